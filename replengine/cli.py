@@ -1,0 +1,226 @@
+"""replctl: the operator's command line.
+
+Every verb takes --config F (default /etc/replengine/<resource>.toml from --resource) and
+--node N (default `uname -n`); exit status 0 on success, non-zero with a one-line reason on
+stderr otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from replengine import config as configmod
+from replengine.client import ControlClient
+from replengine.errors import ReplError
+
+
+def _cfg_path(args: argparse.Namespace) -> Path:
+    if args.config:
+        return Path(args.config)
+    if args.resource:
+        return configmod.default_path(args.resource)
+    raise ReplError("give --config FILE or --resource NAME")
+
+
+def _ctl(args: argparse.Namespace, timeout_s: float = 30.0) -> ControlClient:
+    cfg = configmod.load(_cfg_path(args), node=args.node, check_local=False)
+    return ControlClient(cfg.runtime_dir() / "control.sock", timeout_s)
+
+
+def daemon_running(cfg: configmod.ResourceConfig) -> int | None:
+    """PID of this node's live daemon, or None."""
+    pidfile = cfg.runtime_dir() / "replengined.pid"
+    from replengine.localcluster import is_alive
+
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    if not is_alive(pid):
+        return None
+    if not (cfg.runtime_dir() / "control.sock").exists():
+        return None
+    return pid
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from replengine.srl import SRL
+
+    cfg = configmod.load(_cfg_path(args), node=args.node)
+    node = cfg.local
+    if daemon_running(cfg):
+        raise ReplError(f"node {node.name} of {cfg.name} is running; 'replctl down' first")
+    srl = SRL.create(node.srl, resource=cfg.name, uuid=cfg.uuid, node=node.name,
+                     force=args.force)
+    print(f"initialised SRL {node.srl} for resource {cfg.name} ({cfg.uuid}) node {node.name}: "
+          f"{srl.capacity} bytes of log, LSNs start at {srl.end_lsn}")
+    srl.close()
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    path = _cfg_path(args)
+    cfg = configmod.load(path, node=args.node)
+    pid = daemon_running(cfg)
+    if pid:
+        print(f"{cfg.name}/{cfg.local.name} already up (pid {pid})")
+        return 0
+    rundir = cfg.runtime_dir()
+    rundir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    logfile = rundir / "replengined.log"
+    r, w = os.pipe()
+    cmd = [sys.executable, "-m", "replengine.daemon", "--config", str(path.resolve()),
+           "--node", cfg.local.name, "--ready-fd", str(w), "--log-file", str(logfile)]
+    with open(os.devnull, "rb") as devnull, open(logfile, "ab") as out:
+        proc = subprocess.Popen(cmd, stdin=devnull, stdout=out, stderr=out, pass_fds=(w,),
+                                start_new_session=True, close_fds=True)
+    os.close(w)
+    with os.fdopen(r) as ready:
+        answer = ready.read().strip()
+    if answer != "ok":
+        proc.wait(timeout=10)
+        raise ReplError(answer.removeprefix("error: ") or f"replengined exited with status "
+                        f"{proc.poll()}; see {logfile}")
+    print(f"{cfg.name}/{cfg.local.name} up (pid {proc.pid}), listening on {cfg.local.address}; "
+          f"log {logfile}")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    cfg = configmod.load(_cfg_path(args), node=args.node, check_local=False)
+    pid = daemon_running(cfg)
+    if not pid:
+        print(f"{cfg.name}/{cfg.local.name} is not running")
+        return 0
+    ctl = ControlClient(cfg.runtime_dir() / "control.sock", timeout_s=args.timeout)
+    doc, _ = ctl.call("down")
+    ctl.close()
+    _wait_exit(pid, args.timeout)
+    print(f"{cfg.name}/{cfg.local.name} down; volume complete up to LSN "
+          f"{doc.get('applied_end', 1) - 1}")
+    return 0
+
+
+def _wait_exit(pid: int, timeout: float) -> None:
+    from replengine.localcluster import wait_gone
+
+    wait_gone(pid, timeout)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    ctl = _ctl(args, timeout_s=10)
+    doc, _ = ctl.call("status")
+    ctl.close()
+    doc.pop("id", None)
+    doc.pop("ok", None)
+    if args.json:
+        print(json.dumps(doc, indent=2, sort_keys=True))
+        return 0
+    print(f"{doc['resource']}/{doc['node']}: {doc['role']}, epoch {doc['epoch']}, "
+          f"SRL LSNs [{doc['start_lsn']}, {doc['end_lsn']}), applied up to "
+          f"{doc['applied_end'] - 1}, {doc['srl']['used_bytes']} of {doc['srl']['capacity']} "
+          f"bytes used{'' if doc['consistent'] else ', INCONSISTENT'}")
+    if doc.get("following"):
+        print(f"  following {doc['following']}")
+    if doc.get("divergent_tail"):
+        t = doc["divergent_tail"]
+        print(f"  divergent tail discarded: {t['records']} records, {t['bytes']} bytes, LSNs "
+              f"[{t['first_lsn']}, {t['end_lsn']})")
+    for name, p in sorted(doc["peers"].items()):
+        lag = "" if p["lag_records"] is None else f", lag {p['lag_records']} records"
+        if p.get("lag_bytes") is not None:
+            lag += f" / {p['lag_bytes']} bytes"
+        print(f"  {name}: {'connected' if p['connected'] else 'disconnected'}, {p['mode']}, "
+              f"{p['state']}, acked LSN {p['acked_lsn']}{lag}"
+              f"{' (degraded)' if p['degraded'] else ''}")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    ctl = _ctl(args, timeout_s=args.timeout)
+    doc, _ = ctl.call("promote", force=args.force, timeout_s=args.timeout)
+    ctl.close()
+    if doc.get("already"):
+        print(f"already primary (epoch {doc['epoch']})")
+    else:
+        pulled = (f", pulled {doc['pulled_records']} records from {doc['pulled_from']}"
+                  if doc.get("pulled_from") else "")
+        print(f"promoted: epoch {doc['epoch']} starts at LSN {doc['first_lsn']}{pulled} "
+              f"({doc['seconds']}s)")
+    return 0
+
+
+def cmd_demote(args: argparse.Namespace) -> int:
+    ctl = _ctl(args, timeout_s=args.timeout)
+    ctl.call("demote", timeout_s=args.timeout)
+    ctl.close()
+    print("demoted: secondary")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from replengine.verify import verify
+
+    return verify(_cfg_path(args), args.nodes)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from replengine.demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="replctl", description="replengine control")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="resource config (default /etc/replengine/R.toml)")
+    common.add_argument("--resource", help="resource name, to find its default config")
+    common.add_argument("--node", help="this node's name (default: uname -n)")
+    sub = ap.add_subparsers(dest="verb", required=True)
+    p = sub.add_parser("init", parents=[common], help="write a fresh SRL superblock")
+    p.add_argument("--force", action="store_true", help="overwrite an initialised SRL")
+    p.set_defaults(fn=cmd_init)
+    sub.add_parser("up", parents=[common], help="start the daemon (secondary)").set_defaults(
+        fn=cmd_up)
+    p = sub.add_parser("down", parents=[common], help="stop the daemon cleanly")
+    p.add_argument("--timeout", type=float, default=120)
+    p.set_defaults(fn=cmd_down)
+    p = sub.add_parser("status", parents=[common], help="role, log and peers")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_status)
+    p = sub.add_parser("promote", parents=[common], help="make this node primary")
+    p.add_argument("--force", action="store_true",
+                   help="promote even with fewer reachable peers than promote_min_peers")
+    p.add_argument("--timeout", type=float, default=300)
+    p.set_defaults(fn=cmd_promote)
+    p = sub.add_parser("demote", parents=[common], help="make this primary a secondary")
+    p.add_argument("--timeout", type=float, default=120)
+    p.set_defaults(fn=cmd_demote)
+    p = sub.add_parser("verify", parents=[common], help="compare volume checksums of nodes")
+    p.add_argument("nodes", nargs="*", help="nodes to compare (default: all running here)")
+    p.set_defaults(fn=cmd_verify)
+    p = sub.add_parser("demo", help="3-node resource + async 4th on this machine, a failover")
+    p.add_argument("--dir", help="work directory (default: a new temporary one)")
+    p.add_argument("--keep", action="store_true", help="leave the nodes running")
+    p.add_argument("--volume-mib", type=int, default=256)
+    p.add_argument("--records", type=int, default=4000)
+    p.set_defaults(fn=cmd_demo)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ReplError, OSError) as exc:
+        print(f"replctl {args.verb}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,449 @@
+"""replengined: one process per resource per node, one loop that decides.
+
+The loop owns every ZeroMQ socket and every role decision; disks are touched by the SRL's
+group-commit thread, the durability watcher and the applier, which wake the loop through a
+pipe. Peers are known from their HELLO beacons (sent every heartbeat); a node follows the
+primary with the highest epoch it hears of and steps down when it learns of a higher epoch
+than its own (invariant 4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import uuid as uuidlib
+from pathlib import Path
+from typing import Any
+
+from replengine import config as configmod
+from replengine.applier import Applier, DurabilityWatcher
+from replengine.errors import ProtocolError, ReplError
+from replengine.history import divergence_point
+from replengine.peers import Peer
+from replengine.primary import Primary
+from replengine.protocol import (
+    Ack,
+    Block,
+    BlockDone,
+    BlockReq,
+    Clear,
+    Hello,
+    Message,
+    Nack,
+    Pull,
+    Reject,
+    Update,
+    decode,
+    encode,
+)
+from replengine.rewind import Rewinder, serve_block_req
+from replengine.secondary import Secondary
+from replengine.srl import SRL
+from replengine.transport import Transport
+from replengine.volume import Volume
+
+log = logging.getLogger("replengined")
+
+TICK_S = 0.05
+
+
+class Node:
+    def __init__(self, cfg: configmod.ResourceConfig) -> None:
+        self.cfg = cfg
+        self.me = cfg.local.name
+        self.heartbeat_s = cfg.heartbeat_ms / 1000.0
+        self.srl = SRL.open(cfg.local.srl)
+        self._check_srl_identity()
+        self.volume = Volume(cfg.local.volume)
+        self.known_epoch = self.srl.epoch
+        self.role = "secondary"
+        self.following = ""
+        self.consistent = True
+        self.session = uuidlib.uuid4().hex[:16]
+        self.peers = {n.name: Peer(n.name, n.mode) for n in cfg.peers()}
+        self.rundir = cfg.runtime_dir()
+        self.rundir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.transport = Transport(self.me, cfg.local.address,
+                                   {n.name: n.address for n in cfg.peers()},
+                                   str(self.rundir / "control.sock"), cfg.heartbeat_ms)
+        self.applier = Applier(self.srl, self.volume, self.srl.start_lsn, self.transport.wake)
+        self.watcher = DurabilityWatcher(self.applier, self.srl.end_lsn, self.transport.wake)
+        self.applier.replay(self.srl.start_lsn, self.srl.end_lsn)
+        self.secondary = Secondary(self)
+        self.primary: Primary | None = None
+        self.rewinder: Rewinder | None = None
+        self.ops = Operations(self)
+        self.stop_requested = False
+        self.exit_code = 0
+        self.last_divergent: dict[str, Any] = {}
+        self._warned: dict[str, float] = {}
+
+    @property
+    def epoch(self) -> int:
+        return self.srl.epoch
+
+    def _check_srl_identity(self) -> None:
+        srl, cfg = self.srl, self.cfg
+        if srl.uuid != cfg.uuid or srl.resource != cfg.name or srl.node != self.me:
+            raise ReplError(
+                f"SRL {cfg.local.srl} belongs to resource {srl.resource} ({srl.uuid}) node "
+                f"{srl.node}, not to {cfg.name} ({cfg.uuid}) node {self.me}: run "
+                f"'replctl init --config {cfg.path} --node {self.me} --force' to reinitialise")
+
+    # ---- replies to local clients ---------------------------------------------------------
+
+    def reply(self, client: bytes, doc: dict, data: Any = None) -> None:
+        frames: list = [json.dumps(doc).encode()]
+        if data is not None:
+            frames.append(data)
+        self.transport.reply_control(client, frames)
+
+    def reply_ok(self, client: bytes, req_id: Any, doc: dict | None = None) -> None:
+        self.reply(client, {"id": req_id, "ok": True, **(doc or {})})
+
+    def reply_error(self, client: bytes, req_id: Any, error: str) -> None:
+        self.reply(client, {"id": req_id, "ok": False, "error": error})
+
+    # ---- sending to peers -----------------------------------------------------------------
+
+    def send(self, peer: str, body: Any, flags: int = 0) -> bool:
+        return self.transport.send(peer, encode(self.cfg.uuid, self.known_epoch
+                                                if self.role == "secondary" else self.epoch,
+                                                self.me, body, flags))
+
+    def hello(self) -> Hello:
+        return Hello(role=self.role, session=self.session,
+                     history=[list(h) for h in self.srl.history],  # type: ignore[misc]
+                     start_lsn=self.srl.start_lsn, end_lsn=self.watcher.durable_end,
+                     applied_end=self.applier.applied_end, digest=self.cfg.digest,
+                     volume_size=self.volume.size,
+                     primary=self.me if self.role == "primary" else self.following,
+                     consistent=self.consistent, following=self.following)
+
+    def beacon(self) -> None:
+        hello = self.hello()
+        for name in self.peers:
+            self.send(name, hello)
+
+    def warn_once(self, key: str, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._warned.get(key, -1e9) > 30:
+            self._warned[key] = now
+            log.warning(msg, *args)
+
+    # ---- the loop -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        self.applier.start()
+        self.watcher.start()
+        next_beat = 0.0
+        while True:
+            now = time.monotonic()
+            if now >= next_beat:
+                self.beacon()
+                self.on_tick()
+                next_beat = now + self.heartbeat_s
+            timeout = max(0.0, min(next_beat - now, TICK_S))
+            peer_in, ctl_in, _ = self.transport.poll(int(timeout * 1000) + 1)
+            if peer_in:
+                self.drain_peers()
+            if ctl_in:
+                self.drain_control()
+            if self.watcher.error or self.applier.error:
+                err = self.watcher.error or self.applier.error
+                log.error("node failed: %s", err)
+                if self.primary:
+                    self.primary.fail_all(f"node failed: {err}")
+                self.exit_code = 1
+                break
+            self.progress()
+            if self.ops.finished():
+                break
+        self.shutdown()
+        return self.exit_code
+
+    def on_tick(self) -> None:
+        now = time.monotonic()
+        for p in self.peers.values():
+            if p.streaming and not p.alive(self.heartbeat_s, now):
+                log.warning("peer %s silent for %.1fs: considered gone", p.name,
+                            now - p.last_seen)
+                p.streaming = False
+                p.state = "disconnected"
+            if (self.role == "secondary" and p.name == self.following
+                    and not p.alive(self.heartbeat_s, now)):
+                log.warning("primary %s gone; waiting for a primary", p.name)
+                self.following = ""
+        if self.primary:
+            self.primary.check_sync_peers()
+            self.primary.send_idle_clears()
+        self.ops.tick()
+
+    def progress(self) -> None:
+        if self.primary is not None:
+            self.primary.retry_stalled()
+            self.primary.complete()
+            self.primary.update_clear()
+            self.primary.pump()
+            self.ops.serve_flushes()
+        else:
+            self.secondary.ack()
+            self.secondary.after_clear()
+        if self.rewinder:
+            self.rewinder.progress()
+        self.ops.progress()
+
+    # ---- peer messages --------------------------------------------------------------------
+
+    def drain_peers(self) -> None:
+        for _ in range(2000):
+            inc = self.transport.recv_peer()
+            if inc is None:
+                return
+            sender = inc.identity.decode(errors="replace")
+            peer = self.peers.get(sender)
+            if peer is None:
+                self.warn_once(f"unknown:{sender}", "message from unknown peer %r refused "
+                               "(not a node of resource %s)", sender, self.cfg.name)
+                self.transport.reply_router(inc.identity, encode(
+                    self.cfg.uuid, self.epoch, self.me,
+                    Reject(f"{sender!r} is not a node of resource {self.cfg.name}")))
+                continue
+            try:
+                msg = decode([f.buffer for f in inc.frames], self.cfg.uuid)
+                if msg.header.sender != sender:
+                    raise ProtocolError(f"sender field {msg.header.sender!r} does not match "
+                                        f"the connection's node {sender!r}")
+            except ProtocolError as exc:
+                self.warn_once(f"bad:{sender}:{exc}", "malformed message from %s dropped: %s",
+                               sender, exc)
+                continue
+            try:
+                self.dispatch(peer, msg)
+            except Exception:  # logged loudly; one bad message must not stop replication
+                log.exception("handling %s from %s failed", msg.header.type.name, sender)
+
+    def dispatch(self, peer: Peer, msg: Message) -> None:
+        body, header = msg.body, msg.header
+        if isinstance(body, Hello):
+            self.on_hello(peer, header.epoch, body)
+            return
+        if isinstance(body, Reject):
+            log.error("peer %s refused this node: %s", peer.name, body.reason)
+            return
+        if peer.rejected:
+            return
+        peer.last_seen = time.monotonic()
+        if isinstance(body, Update):
+            if self.role == "secondary":
+                self.secondary.on_update(header, body)
+        elif isinstance(body, Ack):
+            peer.on_ack(body.durable_end, body.applied_end)
+            self.ops.on_ack(peer, body)
+        elif isinstance(body, Clear):
+            if self.role == "secondary" and header.sender == self.following:
+                self.applier.clear(body.clear_end)
+        elif isinstance(body, Nack):
+            if self.primary and peer.streaming and body.expected < peer.next_lsn:
+                peer.restart_stream(max(body.expected, peer.acked_end))
+        elif isinstance(body, Pull):
+            self.ops.serve_pull(peer, body)
+        elif isinstance(body, BlockReq):
+            serve_block_req(self, peer, body)
+        elif isinstance(body, (Block, BlockDone)):
+            if self.rewinder:
+                self.rewinder.on_message(peer, body)
+
+    def on_hello(self, peer: Peer, epoch: int, h: Hello) -> None:
+        if h.digest != self.cfg.digest:
+            reason = (f"config digest mismatch: {peer.name} has {h.digest[:12]}, {self.me} has "
+                      f"{self.cfg.digest[:12]} (node list or settings of {self.cfg.name} differ)")
+            self._reject(peer, reason)
+            return
+        if (self.role == "primary" and h.following == self.me
+                and h.volume_size < self.volume.size):
+            self._reject(peer, f"volume of {peer.name} ({h.volume_size} bytes) is smaller than "
+                         f"the primary's ({self.volume.size} bytes)")
+            return
+        restarted = h.session != peer.session
+        was_alive = peer.alive(self.heartbeat_s)
+        if peer.rejected:
+            log.warning("peer %s accepted again", peer.name)
+        peer.rejected = ""
+        peer.hello, peer.session, peer.epoch = h, h.session, epoch
+        peer.last_seen = time.monotonic()
+        if epoch > self.known_epoch:
+            self.known_epoch = epoch
+        if self.role == "primary" and self.known_epoch > self.epoch:
+            self.step_down(f"{peer.name} knows epoch {self.known_epoch}, newer than this "
+                           f"primary's {self.epoch}")
+        if self.role == "primary":
+            self._primary_hello(peer, h, restarted or not was_alive)
+        else:
+            self._secondary_hello(peer, epoch, h)
+
+    def _reject(self, peer: Peer, reason: str) -> None:
+        if peer.rejected != reason:
+            log.error("refused peer %s: %s", peer.name, reason)
+        peer.rejected = reason
+        peer.streaming = False
+        self.send(peer.name, Reject(reason))
+
+    def _primary_hello(self, peer: Peer, h: Hello, fresh: bool) -> None:
+        assert self.primary is not None
+        if h.following != self.me:
+            peer.streaming = False
+            return
+        if divergence_point(h.history, self.srl.history, h.end_lsn) < h.end_lsn:
+            peer.streaming = False
+            peer.state = "rewinding"
+            return
+        peer.acked_end = max(peer.acked_end, h.end_lsn)
+        if h.end_lsn > peer.acked_end:
+            peer.acked_end = h.end_lsn
+        if fresh or not peer.streaming:
+            if peer.state == "dcm":
+                self.dcm_start_resync(peer)
+                return
+            peer.restart_stream(h.end_lsn)
+            peer.streaming = True
+            log.info("secondary %s connected at LSN %d (primary end %d)", peer.name,
+                     h.end_lsn, self.primary.assigned_end)
+
+    def _secondary_hello(self, peer: Peer, epoch: int, h: Hello) -> None:
+        if h.role == "primary" and epoch >= self.known_epoch:
+            if self.following != peer.name:
+                self.follow(peer, h)
+        elif self.following == peer.name and h.role != "primary":
+            log.warning("%s is no longer primary; waiting for a primary", peer.name)
+            self.following = ""
+
+    def follow(self, peer: Peer, h: Hello) -> None:
+        end = self.watcher.durable_end
+        d = divergence_point(self.srl.history, h.history, end)
+        if d < end:
+            self.rewinder = Rewinder(self, peer.name, d)
+            self.following = peer.name
+            self.rewinder.start()
+            return
+        log.info("following primary %s (epoch %d) from LSN %d", peer.name, peer.epoch, end)
+        self.following = peer.name
+        self.secondary.acked_sent = (0, 0)
+        self.send(peer.name, self.hello())
+
+    def step_down(self, why: str) -> None:
+        log.error("FENCED: stepping down from primary: %s; pending writes fail", why)
+        if self.primary:
+            self.primary.fail_all(f"this node was fenced: {why}")
+        self.become_secondary()
+
+    def become_secondary(self) -> None:
+        self.role = "secondary"
+        self.primary = None
+        self.following = ""
+        self.secondary = Secondary(self)
+        for p in self.peers.values():
+            p.streaming = False
+
+    def become_primary(self, new_epoch: int) -> None:
+        first = self.watcher.durable_end
+        self.srl.add_epoch(new_epoch, first)
+        self.known_epoch = new_epoch
+        self.role = "primary"
+        self.following = ""
+        self.primary = Primary(self)
+        for p in self.peers.values():
+            p.streaming = False
+            p.degraded = False
+            # a peer not heard from yet has at most what was common before this epoch
+            p.acked_end = 0
+            if p.hello and divergence_point(p.hello.history, self.srl.history,
+                                            p.hello.end_lsn) >= p.hello.end_lsn:
+                p.acked_end = p.hello.end_lsn
+        log.warning("PROMOTED to primary: epoch %d starts at LSN %d", new_epoch, first)
+        self.beacon()
+
+    # ---- DCM (dirty-region tracking for a secondary that fell off the log) ------------------
+
+    def dcm_release(self, primary: Primary) -> bool:
+        from replengine.dcmtrack import release_laggards
+        return release_laggards(self, primary)
+
+    def dcm_start_resync(self, peer: Peer) -> None:
+        from replengine.dcmtrack import start_resync
+        start_resync(self, peer)
+
+    # ---- control socket -------------------------------------------------------------------
+
+    def drain_control(self) -> None:
+        for _ in range(2000):
+            inc = self.transport.recv_control()
+            if inc is None:
+                return
+            self.ops.handle(inc.identity, inc.frames)
+
+    def shutdown(self) -> None:
+        self.watcher.stop()
+        self.watcher.join(timeout=30)
+        self.applier.stop()
+        self.applier.join(timeout=120)
+        self.ops.final_replies()
+        self.transport.close()
+        self.volume.close()
+        self.srl.close()
+        pid = self.rundir / "replengined.pid"
+        try:
+            if pid.read_text().strip() == str(os.getpid()):
+                pid.unlink()
+        except FileNotFoundError:
+            pass
+        log.info("stopped")
+
+
+from replengine.ops import Operations  # noqa: E402  (ops needs Node's names at runtime)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="replengined", description="replengine node daemon")
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--node")
+    ap.add_argument("--ready-fd", type=int, help="write 'ok' or an error here once listening")
+    ap.add_argument("--log-file")
+    args = ap.parse_args(argv)
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if args.log_file:
+        handlers = [logging.FileHandler(args.log_file)]
+    logging.basicConfig(level=logging.INFO, handlers=handlers,
+                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    ready = os.fdopen(args.ready_fd, "w") if args.ready_fd is not None else None
+    try:
+        cfg = configmod.load(args.config, node=args.node)
+        node = Node(cfg)
+    except (ReplError, OSError) as exc:
+        log.error("%s", exc)
+        if ready:
+            ready.write(f"error: {exc}\n")
+            ready.close()
+        return 1
+    (node.rundir / "replengined.pid").write_text(f"{os.getpid()}\n")
+    signal.signal(signal.SIGTERM, lambda *_: node.ops.request_down())
+    signal.signal(signal.SIGINT, lambda *_: node.ops.request_down())
+    log.info("node %s of %s listening on %s (SRL %s: start %d end %d epoch %d)", node.me,
+             cfg.name, cfg.local.address, cfg.local.srl, node.srl.start_lsn, node.srl.end_lsn,
+             node.epoch)
+    if ready:
+        ready.write("ok\n")
+        ready.close()
+    return node.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["Node", "main", "Path"]

@@ -1,0 +1,226 @@
+"""A whole resource on this one machine: N nodes on loopback with file volumes.
+
+Used by `replctl demo`, the multi-process tests and the benchmarks. Every node is a real
+replengined process started through `replctl up`, talking ZeroMQ over TCP on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from replengine.client import ControlClient, Volume, connect
+from replengine.errors import ReplError
+
+
+def free_ports(n: int) -> list[int]:
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+@dataclass
+class LocalResource:
+    workdir: Path
+    nodes: dict[str, str] = field(default_factory=lambda: {
+        "alpha": "sync", "beta": "sync", "gamma": "sync"})
+    name: str = "r0"
+    volume_size: int = 64 << 20
+    srl_size: int = 64 << 20
+    srl_full: str = "stall"
+    on_sync_loss: str = "degrade"
+    extra: dict[str, Any] = field(default_factory=dict)
+    heartbeat_ms: int = 300
+
+    def __post_init__(self) -> None:
+        self.workdir = Path(self.workdir)
+        self.config = self.workdir / f"{self.name}.toml"
+        self.run_dir = self.workdir / "run"
+
+    def volume_path(self, node: str) -> Path:
+        return self.workdir / node / "volume.img"
+
+    def srl_path(self, node: str) -> Path:
+        return self.workdir / node / "srl.img"
+
+    def create(self) -> LocalResource:
+        """Write the config, the sparse volume files and SRLs, and `replctl init` each node."""
+        ports = free_ports(len(self.nodes))
+        lines = ["[resource]", f'name = "{self.name}"', f'srl_full = "{self.srl_full}"',
+                 f'on_sync_loss = "{self.on_sync_loss}"', f'run_dir = "{self.run_dir}"',
+                 f"heartbeat_ms = {self.heartbeat_ms}"]
+        for key, val in self.extra.items():
+            lines.append(f"{key} = {json.dumps(val)}")
+        for (name, mode), port in zip(self.nodes.items(), ports, strict=True):
+            (self.workdir / name).mkdir(parents=True, exist_ok=True)
+            with open(self.volume_path(name), "wb") as f:
+                f.truncate(self.volume_size)
+            with open(self.srl_path(name), "wb") as f:
+                f.truncate(self.srl_size)
+            lines += ["", f"[nodes.{name}]", f'address = "127.0.0.1:{port}"',
+                      f'volume = "{self.volume_path(name)}"', f'srl = "{self.srl_path(name)}"',
+                      f'mode = "{mode}"']
+        self.config.write_text("\n".join(lines) + "\n")
+        for name in self.nodes:
+            self.replctl(name, "init")
+        return self
+
+    # ---- replctl --------------------------------------------------------------------------
+
+    def replctl(self, node: str, *args: str, check: bool = True,
+                timeout: float = 300) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "replengine.cli", args[0], "--config", str(self.config),
+               "--node", node, *args[1:]]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise ReplError(f"replctl {' '.join(args)} on {node} failed ({proc.returncode}): "
+                            f"{proc.stderr.strip()}")
+        return proc
+
+    def up(self, *nodes: str) -> None:
+        for n in nodes or tuple(self.nodes):
+            self.replctl(n, "up")
+
+    def down(self, *nodes: str) -> None:
+        for n in nodes or tuple(self.nodes):
+            self.replctl(n, "down")
+
+    def promote(self, node: str, *extra: str) -> str:
+        return self.replctl(node, "promote", *extra).stdout.strip()
+
+    def control(self, node: str, timeout_s: float = 30) -> ControlClient:
+        return ControlClient(self.run_dir / self.name / node / "control.sock", timeout_s)
+
+    def status(self, node: str) -> dict:
+        ctl = self.control(node, 10)
+        try:
+            return ctl.call("status")[0]
+        finally:
+            ctl.close()
+
+    def connect(self, node: str) -> Volume:
+        return connect(self.config, node)
+
+    def pid(self, node: str) -> int | None:
+        try:
+            return int((self.run_dir / self.name / node / "replengined.pid").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def signal(self, node: str, sig: int) -> None:
+        pid = self.pid(node)
+        if pid is None:
+            raise ReplError(f"{node} has no pid file")
+        os.kill(pid, sig)
+
+    def kill(self, node: str) -> None:
+        """SIGKILL the node's daemon and wait until it is gone (a crash)."""
+        pid = self.pid(node)
+        if pid is None:
+            return
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        wait_gone(pid)
+        (self.run_dir / self.name / node / "replengined.pid").unlink(missing_ok=True)
+
+    def log(self, node: str) -> str:
+        try:
+            return (self.run_dir / self.name / node / "replengined.log").read_text()
+        except FileNotFoundError:
+            return ""
+
+    def wait_for(self, pred: Callable[[], Any], timeout: float, what: str) -> Any:
+        """Poll `pred` until truthy; on timeout raise with `what` and the nodes' states."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                val = pred()
+            except ReplError:
+                val = None
+            if val:
+                return val
+            if time.monotonic() > deadline:
+                raise ReplError(f"timed out after {timeout}s waiting for {what}; "
+                                f"{self.describe()}")
+            time.sleep(0.05)
+
+    def describe(self) -> str:
+        out = []
+        for n in self.nodes:
+            try:
+                s = self.status(n)
+                out.append(f"{n}: {s['role']} e{s['epoch']} [{s['start_lsn']},{s['end_lsn']}) "
+                           f"applied {s['applied_end']} following {s['following']}")
+            except (ReplError, OSError) as exc:
+                out.append(f"{n}: down ({exc})")
+        return "; ".join(out)
+
+    def wait_synced(self, nodes: list[str] | None = None, timeout: float = 60) -> int:
+        """Wait until the given running nodes have logged and applied the same end."""
+        names = nodes or [n for n in self.nodes if self.pid(n)]
+
+        def same() -> int | None:
+            sts = [self.status(n) for n in names]
+            ends = {s["end_lsn"] for s in sts} | {s["applied_end"] for s in sts}
+            return ends.pop() if len(ends) == 1 else None
+
+        return self.wait_for(same, timeout, f"{names} to reach the same end LSN")
+
+    def checksums(self, nodes: list[str] | None = None) -> dict[str, str]:
+        names = nodes or [n for n in self.nodes if self.pid(n)]
+        out = {}
+        for n in names:
+            ctl = self.control(n, 600)
+            try:
+                out[n] = ctl.call("checksum", timeout_s=600)[0]["digest"]
+            finally:
+                ctl.close()
+        return out
+
+    def stop_all(self) -> None:
+        """Kill whatever still runs (test teardown): SIGCONT first, in case one is paused."""
+        for n in self.nodes:
+            pid = self.pid(n)
+            if pid:
+                for sig in (signal.SIGCONT, signal.SIGKILL):
+                    try:
+                        os.kill(pid, sig)
+                    except ProcessLookupError:
+                        break
+                wait_gone(pid)
+
+
+def wait_gone(pid: int, timeout: float = 30) -> None:
+    """Wait for a process (not necessarily our child) to be gone; a zombie counts as gone,
+    since whoever reaps it (init, or nobody in a container) is not up to us."""
+    deadline = time.monotonic() + timeout
+    while is_alive(pid):
+        if time.monotonic() > deadline:
+            raise ReplError(f"process {pid} still alive after {timeout}s")
+        time.sleep(0.02)
+
+
+def is_alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -1,0 +1,51 @@
+"""What a node knows of each peer, from its HELLO beacons and ACKs."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from replengine.protocol import Hello
+
+# A peer is alive while its beacons keep arriving; three missed heartbeats mean gone.
+MISSED_BEATS = 3
+
+
+@dataclass
+class Peer:
+    name: str
+    mode: str                       # "sync" | "async": how a primary replicates to it
+    last_seen: float = 0.0
+    hello: Hello | None = None
+    epoch: int = 0
+    session: str = ""
+    rejected: str = ""              # why we refused it (handshake), "" when fine
+    # primary-side replication state
+    acked_end: int = 0              # every LSN below this is durable in its SRL
+    applied_end: int = 0
+    next_lsn: int = 0               # next LSN to send it
+    sent: deque = field(default_factory=deque)   # (lsn, nbytes) in flight
+    inflight_bytes: int = 0
+    state: str = "unknown"          # up-to-date | catching-up | dcm-resync | rewinding | ...
+    degraded: bool = False          # sync peer treated as async until it catches up
+    streaming: bool = False         # primary: handshake done, stream running
+    clear_sent: int = 0
+    last_nack: int = 0
+
+    def alive(self, heartbeat_s: float, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        return self.hello is not None and now - self.last_seen < heartbeat_s * MISSED_BEATS
+
+    def on_ack(self, durable_end: int, applied_end: int) -> None:
+        if durable_end > self.acked_end:
+            self.acked_end = durable_end
+        self.applied_end = max(self.applied_end, applied_end)
+        while self.sent and self.sent[0][0] < self.acked_end:
+            self.inflight_bytes -= self.sent.popleft()[1]
+
+    def restart_stream(self, from_lsn: int) -> None:
+        """Resend from from_lsn: after a reconnect, a restart of the peer, or a NACK."""
+        self.next_lsn = from_lsn
+        self.sent.clear()
+        self.inflight_bytes = 0

@@ -1,0 +1,255 @@
+"""The primary's pipeline (the patent's Fig. 2, primary side).
+
+write → SRL append (group commit, runs beside the network send) → UPDATE to every streaming
+secondary → completion once durable locally and acknowledged by every sync secondary that
+counts (invariant 1) → background apply → CLEAR once every secondary has the record.
+
+Live replication and catch-up are one mechanism: each peer has a `next_lsn` and a bounded
+window; records come from an in-memory cache of recent writes or, for a lagging peer, from the
+SRL. A rejoining peer therefore never stalls the writers: it only ever costs bounded reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from replengine.errors import SRLFullError
+from replengine.protocol import Clear, Update, encode
+from replengine.record import Record
+
+if TYPE_CHECKING:
+    from replengine.daemon import Node
+    from replengine.peers import Peer
+
+log = logging.getLogger(__name__)
+
+WINDOW_BYTES = 32 << 20
+WINDOW_RECORDS = 4096
+CACHE_BYTES = 64 << 20
+PUMP_BUDGET = 16 << 20
+
+
+@dataclass
+class PendingWrite:
+    lsn: int
+    client: bytes
+    req_id: int
+    t0: float
+
+
+@dataclass
+class StalledWrite:
+    client: bytes
+    req_id: int
+    offset: int
+    data: memoryview
+    t0: float
+
+
+class Primary:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.pending: deque[PendingWrite] = deque()
+        self.stalled: deque[StalledWrite] = deque()
+        self.cache: dict[int, Record] = {}
+        self.cache_bytes = 0
+        self.assigned_end = node.srl.end_lsn
+        self.clear_end = node.srl.start_lsn
+        self.accepting = True
+        self._stall_logged = False
+
+    # ---- writes ---------------------------------------------------------------------------
+
+    def submit(self, client: bytes, req_id: int, offset: int, data: memoryview) -> None:
+        node = self.node
+        if offset < 0 or offset + len(data) > node.volume.size:
+            node.reply_error(client, req_id, f"write of {len(data)} bytes at offset {offset} "
+                             f"is outside the volume ({node.volume.size} bytes)")
+            return
+        if self.stalled:
+            self.stalled.append(StalledWrite(client, req_id, offset, data, time.monotonic()))
+            return
+        if not self._append(client, req_id, offset, data, time.monotonic()):
+            self._on_full(StalledWrite(client, req_id, offset, data, time.monotonic()))
+
+    def _append(self, client: bytes, req_id: int, offset: int, data: memoryview,
+                t0: float) -> bool:
+        node = self.node
+        try:
+            pending = node.srl.append_nowait(node.epoch, offset, data)
+        except SRLFullError:
+            return False
+        rec = Record(pending.lsn, node.epoch, offset, data)
+        self.cache[rec.lsn] = rec
+        self.cache_bytes += len(data)
+        self.assigned_end = rec.lsn + 1
+        node.watcher.put(pending, rec)
+        self.pending.append(PendingWrite(rec.lsn, client, req_id, t0))
+        return True
+
+    def _on_full(self, w: StalledWrite) -> None:
+        node = self.node
+        policy = node.cfg.srl_full
+        if policy == "dcm" and node.dcm_release(self):
+            if self._append(w.client, w.req_id, w.offset, w.data, w.t0):
+                return
+        if policy == "fail":
+            node.reply_error(w.client, w.req_id, "SRL full: a secondary lags too far behind "
+                             f"(srl_full=fail; SRL {node.srl.used_bytes} bytes used of "
+                             f"{node.srl.capacity}); write refused")
+            return
+        if not self._stall_logged:
+            log.warning("SRL full (%d of %d bytes used): writers stall until a secondary "
+                        "catches up (srl_full=%s)", node.srl.used_bytes, node.srl.capacity, policy)
+            self._stall_logged = True
+        self.stalled.append(w)
+
+    def retry_stalled(self) -> None:
+        while self.stalled:
+            w = self.stalled[0]
+            if not self._append(w.client, w.req_id, w.offset, w.data, w.t0):
+                if self.node.cfg.srl_full == "dcm" and self.node.dcm_release(self):
+                    continue
+                return
+            self.stalled.popleft()
+        self._stall_logged = False
+
+    def required_sync(self) -> list[Peer]:
+        node = self.node
+        peers = [p for p in node.peers.values() if p.mode == "sync" and not p.rejected
+                 and p.state != "dcm"]
+        if node.cfg.on_sync_loss == "block":
+            return peers
+        return [p for p in peers if not p.degraded]
+
+    def complete(self) -> None:
+        """Complete writes, in LSN order, that are durable wherever they must be."""
+        node = self.node
+        durable = node.watcher.durable_end
+        required = self.required_sync()
+        now = time.monotonic()
+        while self.pending:
+            w = self.pending[0]
+            if w.lsn >= durable:
+                break
+            missing = [p.name for p in required if p.acked_end <= w.lsn]
+            if missing:
+                if node.cfg.on_sync_loss == "block" and now - w.t0 > node.cfg.sync_timeout:
+                    self.pending.popleft()
+                    node.reply_error(w.client, w.req_id, f"write LSN {w.lsn} timed out after "
+                                     f"{node.cfg.sync_timeout}s waiting for sync secondaries "
+                                     f"{', '.join(missing)} (on_sync_loss=block)")
+                    continue
+                break
+            self.pending.popleft()
+            node.reply_ok(w.client, w.req_id, {"lsn": w.lsn})
+        for w in list(self.stalled):
+            if node.cfg.on_sync_loss == "block" and now - w.t0 > node.cfg.sync_timeout:
+                self.stalled.remove(w)
+                node.reply_error(w.client, w.req_id, "write timed out: SRL full for "
+                                 f"{node.cfg.sync_timeout}s (srl_full=stall)")
+
+    def drained(self) -> bool:
+        return not self.pending and not self.stalled
+
+    def fail_all(self, reason: str) -> None:
+        for w in self.pending:
+            self.node.reply_error(w.client, w.req_id, reason)
+        for s in self.stalled:
+            self.node.reply_error(s.client, s.req_id, reason)
+        self.pending.clear()
+        self.stalled.clear()
+
+    # ---- degrade / recover sync peers -----------------------------------------------------
+
+    def check_sync_peers(self) -> None:
+        node = self.node
+        for p in node.peers.values():
+            if p.mode != "sync" or p.rejected:
+                continue
+            alive = p.alive(node.heartbeat_s)
+            if not alive and not p.degraded and node.cfg.on_sync_loss == "degrade":
+                p.degraded = True
+                log.error("SYNC SECONDARY %s LOST: replication to it degraded to async until "
+                          "it catches up (on_sync_loss=degrade); completed writes are no longer "
+                          "guaranteed on it", p.name)
+            elif alive and p.degraded and p.acked_end >= self.assigned_end:
+                p.degraded = False
+                log.warning("sync secondary %s caught up at LSN %d: synchronous again",
+                            p.name, p.acked_end - 1)
+
+    # ---- streaming ------------------------------------------------------------------------
+
+    def pump(self) -> None:
+        node = self.node
+        for p in node.peers.values():
+            if p.streaming and p.alive(node.heartbeat_s):
+                self._pump_peer(p)
+        self._evict()
+
+    def _pump_peer(self, p: Peer) -> None:
+        node = self.node
+        budget = PUMP_BUDGET
+        durable = node.watcher.durable_end
+        while (p.next_lsn < self.assigned_end and p.inflight_bytes < WINDOW_BYTES
+               and len(p.sent) < WINDOW_RECORDS and budget > 0):
+            lsn = p.next_lsn
+            rec = self.cache.get(lsn)
+            if rec is None:
+                if lsn >= durable:
+                    break
+                if lsn < node.srl.start_lsn:
+                    p.state = "needs-resync"
+                    p.streaming = False
+                    log.error("secondary %s needs LSN %d but the SRL starts at %d: it must be "
+                              "resynced from blocks", p.name, lsn, node.srl.start_lsn)
+                    return
+                rec = node.srl.get(lsn)
+                budget -= len(rec.data)
+            frames = encode(node.cfg.uuid, node.epoch, node.me,
+                            Update(rec.lsn, rec.epoch, rec.offset, rec.data, self.clear_end))
+            if not node.transport.send(p.name, frames):
+                break
+            p.sent.append((lsn, len(rec.data)))
+            p.inflight_bytes += len(rec.data)
+            p.next_lsn = lsn + 1
+            p.clear_sent = self.clear_end
+        if p.state != "dcm-resync":
+            p.state = "up-to-date" if p.acked_end >= self.assigned_end else "catching-up"
+
+    def _evict(self) -> None:
+        if not self.cache:
+            return
+        node = self.node
+        nexts = [p.next_lsn for p in node.peers.values() if p.streaming]
+        floor = min(nexts) if nexts else self.assigned_end
+        durable = node.watcher.durable_end
+        lsn = min(self.cache)
+        while self.cache and lsn < durable and (lsn < floor or self.cache_bytes > CACHE_BYTES):
+            rec = self.cache.pop(lsn, None)
+            if rec is not None:
+                self.cache_bytes -= len(rec.data)
+            lsn += 1
+
+    # ---- clearing -------------------------------------------------------------------------
+
+    def update_clear(self) -> None:
+        """CLEAR(X) once every secondary of the resource has logged everything below X."""
+        node = self.node
+        ends = [p.acked_end for p in node.peers.values() if p.state != "dcm"]
+        clear_end = min(ends + [node.watcher.durable_end])
+        if clear_end > self.clear_end:
+            self.clear_end = clear_end
+            node.applier.clear(clear_end)
+
+    def send_idle_clears(self) -> None:
+        node = self.node
+        for p in node.peers.values():
+            if p.streaming and p.clear_sent < self.clear_end and p.next_lsn >= self.assigned_end:
+                if node.transport.send(p.name, encode(node.cfg.uuid, node.epoch, node.me,
+                                                      Clear(self.clear_end))):
+                    p.clear_sent = self.clear_end

@@ -1,0 +1,306 @@
+"""Wire messages between nodes, and between replctl/clients and their daemon.
+
+A message is a header frame followed by at most one raw data frame. The header is a fixed
+binary prefix (magic, version, type, flags, resource UUID, sender epoch, sender name) and a
+type-specific body: fixed structs on the hot path (UPDATE, ACK), JSON checked against a small
+schema for the rare control messages. Decoding is strict: anything unexpected raises
+ProtocolError naming what was wrong, so the daemon can log it and drop the message without
+changing state (invariant 7).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import uuid as uuidlib
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+import crc32c
+
+from replengine.errors import ProtocolError
+
+MAGIC = b"RPLE"
+VERSION = 1
+MAX_DATA = 16 << 20
+MAX_NAME = 64
+MAX_JSON = 1 << 20
+
+# magic, version, type, flags, uuid, epoch, sender length
+_PREFIX = struct.Struct("!4sBBH16sQB")
+
+
+class MsgType(IntEnum):
+    HELLO = 1      # handshake + status beacon (JSON)
+    REJECT = 2     # handshake refused, reason (JSON)
+    UPDATE = 3     # one record (binary + data frame)
+    ACK = 4        # cumulative durable/applied LSNs (binary)
+    CLEAR = 5      # all secondaries have everything < clear_end (binary)
+    NACK = 6       # gap detected: resend from expected (binary)
+    PULL = 7       # send me records [first, end) (binary)
+    BLOCK_REQ = 8  # send me these volume ranges (JSON)
+    BLOCK = 9      # one volume range (binary + data frame)
+    BLOCK_DONE = 10  # end of a block rewrite (JSON)
+
+
+class Flag:
+    PULLED = 1     # UPDATE is a reply to PULL, not the primary's live stream
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    type: MsgType
+    uuid: uuidlib.UUID
+    epoch: int
+    sender: str
+    flags: int = 0
+
+
+_UPDATE = struct.Struct("!QQQIIQ")   # lsn, rec_epoch, offset, length, crc, clear_end
+_ACK = struct.Struct("!QQ")          # durable_end, applied_end
+_ONE = struct.Struct("!Q")
+_PULL = struct.Struct("!QQ")
+_BLOCK = struct.Struct("!QII")       # offset, length, crc
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    lsn: int
+    rec_epoch: int
+    offset: int
+    data: bytes | memoryview
+    clear_end: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    durable_end: int
+    applied_end: int
+
+
+@dataclass(frozen=True, slots=True)
+class Clear:
+    clear_end: int
+
+
+@dataclass(frozen=True, slots=True)
+class Nack:
+    expected: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pull:
+    first: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    offset: int
+    data: bytes | memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Who a node is and where its log stands; sent on connect and as a heartbeat."""
+
+    role: str
+    session: str
+    history: list[tuple[int, int]]
+    start_lsn: int
+    end_lsn: int
+    applied_end: int
+    digest: str
+    volume_size: int
+    primary: str = ""
+    consistent: bool = True
+    following: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class BlockReq:
+    ranges: list[tuple[int, int]]
+    tag: str
+
+
+@dataclass(frozen=True, slots=True)
+class BlockDone:
+    tag: str
+    primary_end: int
+
+
+Body = Update | Ack | Clear | Nack | Pull | Block | Hello | Reject | BlockReq | BlockDone
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    header: Header
+    body: Body = field(default=None)  # type: ignore[assignment]
+
+
+_HELLO_SCHEMA: dict[str, type | tuple[type, ...]] = {
+    "role": str, "session": str, "history": list, "start_lsn": int, "end_lsn": int,
+    "applied_end": int, "digest": str, "volume_size": int, "primary": str,
+    "consistent": bool, "following": str,
+}
+_JSON_SCHEMAS: dict[MsgType, dict[str, type | tuple[type, ...]]] = {
+    MsgType.HELLO: _HELLO_SCHEMA,
+    MsgType.REJECT: {"reason": str},
+    MsgType.BLOCK_REQ: {"ranges": list, "tag": str},
+    MsgType.BLOCK_DONE: {"tag": str, "primary_end": int},
+}
+_BODY_TYPE: dict[type, MsgType] = {
+    Update: MsgType.UPDATE, Ack: MsgType.ACK, Clear: MsgType.CLEAR, Nack: MsgType.NACK,
+    Pull: MsgType.PULL, Block: MsgType.BLOCK, Hello: MsgType.HELLO, Reject: MsgType.REJECT,
+    BlockReq: MsgType.BLOCK_REQ, BlockDone: MsgType.BLOCK_DONE,
+}
+
+
+def encode(uuid: uuidlib.UUID, epoch: int, sender: str, body: Body,
+           flags: int = 0) -> list[bytes | memoryview]:
+    """Frames for `body`; the data of UPDATE/BLOCK is passed through without a copy."""
+    mtype = _BODY_TYPE[type(body)]
+    name = sender.encode()
+    if len(name) > MAX_NAME:
+        raise ProtocolError(f"sender name {sender!r} longer than {MAX_NAME} bytes")
+    prefix = _PREFIX.pack(MAGIC, VERSION, mtype, flags, uuid.bytes, epoch, len(name)) + name
+    if isinstance(body, Update):
+        crc = crc32c.crc32c(body.data)
+        return [prefix + _UPDATE.pack(body.lsn, body.rec_epoch, body.offset, len(body.data),
+                                      crc, body.clear_end), body.data]
+    if isinstance(body, Block):
+        crc = crc32c.crc32c(body.data)
+        return [prefix + _BLOCK.pack(body.offset, len(body.data), crc), body.data]
+    if isinstance(body, Ack):
+        return [prefix + _ACK.pack(body.durable_end, body.applied_end)]
+    if isinstance(body, Clear):
+        return [prefix + _ONE.pack(body.clear_end)]
+    if isinstance(body, Nack):
+        return [prefix + _ONE.pack(body.expected)]
+    if isinstance(body, Pull):
+        return [prefix + _PULL.pack(body.first, body.end)]
+    doc = {k: getattr(body, k) for k in _JSON_SCHEMAS[mtype]}
+    return [prefix + json.dumps(doc, separators=(",", ":")).encode()]
+
+
+def decode(frames: list[bytes] | list[memoryview], expect_uuid: uuidlib.UUID | None = None,
+           ) -> Message:
+    """Parse frames into a Message, or raise ProtocolError saying what is wrong."""
+    if not frames or len(frames) > 2:
+        raise ProtocolError(f"expected 1 or 2 frames, got {len(frames)}")
+    head = bytes(frames[0])
+    if len(head) < _PREFIX.size:
+        raise ProtocolError(f"header frame of {len(head)} bytes is shorter than {_PREFIX.size}")
+    magic, version, mtype, flags, ubytes, epoch, nlen = _PREFIX.unpack_from(head)
+    if magic != MAGIC:
+        raise ProtocolError(f"bad magic {magic!r}: not a replengine message")
+    if version != VERSION:
+        raise ProtocolError(f"protocol version {version} not supported (this node speaks {VERSION})")
+    try:
+        mtype = MsgType(mtype)
+    except ValueError:
+        raise ProtocolError(f"unknown message type {mtype}") from None
+    uuid = uuidlib.UUID(bytes=ubytes)
+    if expect_uuid is not None and uuid != expect_uuid:
+        raise ProtocolError(f"message for foreign resource {uuid} (this resource is {expect_uuid})")
+    off = _PREFIX.size
+    if nlen == 0 or nlen > MAX_NAME or len(head) < off + nlen:
+        raise ProtocolError(f"bad sender name length {nlen}")
+    try:
+        sender = head[off:off + nlen].decode()
+    except UnicodeDecodeError:
+        raise ProtocolError("sender name is not UTF-8") from None
+    off += nlen
+    header = Header(mtype, uuid, epoch, sender, flags)
+    rest = head[off:]
+    data = frames[1] if len(frames) == 2 else None
+    return Message(header, _decode_body(mtype, rest, data))
+
+
+def _fixed(st: struct.Struct, rest: bytes, mtype: MsgType) -> tuple[int, ...]:
+    if len(rest) != st.size:
+        raise ProtocolError(f"{mtype.name} body is {len(rest)} bytes, expected {st.size}")
+    return st.unpack(rest)
+
+
+def _need_data(mtype: MsgType, data: Any, length: int, crc: int) -> bytes | memoryview:
+    if data is None:
+        raise ProtocolError(f"{mtype.name} without its data frame")
+    if length > MAX_DATA:
+        raise ProtocolError(f"{mtype.name} length {length} exceeds the {MAX_DATA} byte limit")
+    if len(data) != length:
+        raise ProtocolError(f"{mtype.name} data frame is {len(data)} bytes, header says {length}")
+    if crc32c.crc32c(data) != crc:
+        raise ProtocolError(f"{mtype.name} data checksum mismatch (corrupted in transit)")
+    return data
+
+
+def _decode_body(mtype: MsgType, rest: bytes, data: Any) -> Body:
+    if mtype not in (MsgType.UPDATE, MsgType.BLOCK) and data is not None:
+        raise ProtocolError(f"{mtype.name} must not carry a data frame")
+    if mtype is MsgType.UPDATE:
+        lsn, rec_epoch, offset, length, crc, clear_end = _fixed(_UPDATE, rest, mtype)
+        if lsn == 0:
+            raise ProtocolError("UPDATE with LSN 0 (LSNs start at 1)")
+        return Update(lsn, rec_epoch, offset, _need_data(mtype, data, length, crc), clear_end)
+    if mtype is MsgType.BLOCK:
+        offset, length, crc = _fixed(_BLOCK, rest, mtype)
+        return Block(offset, _need_data(mtype, data, length, crc))
+    if mtype is MsgType.ACK:
+        return Ack(*_fixed(_ACK, rest, mtype))
+    if mtype is MsgType.CLEAR:
+        return Clear(*_fixed(_ONE, rest, mtype))
+    if mtype is MsgType.NACK:
+        return Nack(*_fixed(_ONE, rest, mtype))
+    if mtype is MsgType.PULL:
+        first, end = _fixed(_PULL, rest, mtype)
+        if end < first:
+            raise ProtocolError(f"PULL range [{first}, {end}) is reversed")
+        return Pull(first, end)
+    return _decode_json(mtype, rest)
+
+
+def _decode_json(mtype: MsgType, rest: bytes) -> Body:
+    if len(rest) > MAX_JSON:
+        raise ProtocolError(f"{mtype.name} body of {len(rest)} bytes is too large")
+    try:
+        doc = json.loads(rest)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"{mtype.name} body is not valid JSON: {exc}") from None
+    schema = _JSON_SCHEMAS[mtype]
+    if not isinstance(doc, dict) or set(doc) != set(schema):
+        keys = sorted(doc) if isinstance(doc, dict) else type(doc).__name__
+        raise ProtocolError(f"{mtype.name} body has keys {keys}, expected {sorted(schema)}")
+    for key, typ in schema.items():
+        val = doc[key]
+        if not isinstance(val, typ) or (typ is int and isinstance(val, bool)):
+            raise ProtocolError(f"{mtype.name}.{key} has type {type(val).__name__}")
+        if typ is int and val < 0:
+            raise ProtocolError(f"{mtype.name}.{key} is negative")
+    if mtype is MsgType.HELLO:
+        doc["history"] = _pairs(doc["history"], "HELLO.history")
+        if doc["role"] not in ("primary", "secondary"):
+            raise ProtocolError(f"HELLO.role {doc['role']!r} is not primary or secondary")
+        return Hello(**doc)
+    if mtype is MsgType.REJECT:
+        return Reject(doc["reason"][:1000])
+    if mtype is MsgType.BLOCK_REQ:
+        return BlockReq(_pairs(doc["ranges"], "BLOCK_REQ.ranges"), doc["tag"])
+    return BlockDone(doc["tag"], doc["primary_end"])
+
+
+def _pairs(value: list, what: str) -> list[tuple[int, int]]:
+    out = []
+    for item in value:
+        if (not isinstance(item, list) or len(item) != 2
+                or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
+                           for x in item)):
+            raise ProtocolError(f"{what} entry {item!r} is not a pair of non-negative integers")
+        out.append((item[0], item[1]))
+    return out

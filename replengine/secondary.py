@@ -1,0 +1,99 @@
+"""The secondary's pipeline (the patent's Fig. 2, secondary side).
+
+UPDATE → epoch check (invariant 4) → LSN continuity → SRL append → cumulative ACK once
+durable → background apply in LSN order → CLEAR advances the SRL start once applied.
+A gap is answered with a NACK naming the LSN expected, so the primary resends from there;
+a duplicate is answered with a fresh ACK. Nothing here ever writes the volume directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from replengine.errors import SRLFullError
+from replengine.protocol import Ack, Flag, Header, Nack, Update, encode
+from replengine.record import Record
+
+if TYPE_CHECKING:
+    from replengine.daemon import Node
+
+log = logging.getLogger(__name__)
+
+
+class Secondary:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.assigned_end = node.srl.end_lsn
+        self.acked_sent = (0, 0)
+        self._last_nack = (0, 0.0)
+        self._full_logged = False
+
+    def on_update(self, header: Header, u: Update) -> None:
+        node = self.node
+        pulled = bool(header.flags & Flag.PULLED)
+        if not pulled and header.sender != node.following:
+            log.debug("UPDATE from %s ignored: following %r", header.sender, node.following)
+            return
+        if header.epoch < node.known_epoch:
+            log.warning("refused UPDATE LSN %d from %s: its epoch %d is older than the known "
+                        "epoch %d (fenced)", u.lsn, header.sender, header.epoch, node.known_epoch)
+            return
+        if u.lsn < self.assigned_end:
+            self.ack(force=True)
+            return
+        if u.lsn > self.assigned_end:
+            self._nack(header.sender)
+            return
+        if u.rec_epoch < node.srl.epoch:
+            log.warning("refused UPDATE LSN %d from %s: record epoch %d is older than this "
+                        "node's epoch %d", u.lsn, header.sender, u.rec_epoch, node.srl.epoch)
+            return
+        if u.offset + len(u.data) > node.volume.size:
+            log.error("refused UPDATE LSN %d from %s: %d bytes at offset %d lie outside this "
+                      "node's volume (%d bytes)", u.lsn, header.sender, len(u.data), u.offset,
+                      node.volume.size)
+            return
+        if u.rec_epoch > node.srl.epoch:
+            node.srl.add_epoch(u.rec_epoch, u.lsn)
+        rec = Record(u.lsn, u.rec_epoch, u.offset, u.data)
+        try:
+            pending = node.srl.append_record_nowait(rec)
+        except SRLFullError:
+            if not self._full_logged:
+                log.warning("SRL full at LSN %d: not logging until the primary clears records",
+                            u.lsn)
+                self._full_logged = True
+            return
+        self._full_logged = False
+        node.watcher.put(pending, rec)
+        self.assigned_end = u.lsn + 1
+        if u.clear_end:
+            node.applier.clear(u.clear_end)
+
+    def _nack(self, sender: str) -> None:
+        """Ask for a resend from our end; at most once per LSN per heartbeat."""
+        expected = self.assigned_end
+        now = time.monotonic()
+        if self._last_nack[0] == expected and now - self._last_nack[1] < self.node.heartbeat_s:
+            return
+        self._last_nack = (expected, now)
+        self.node.transport.send(sender, encode(self.node.cfg.uuid, self.node.known_epoch,
+                                                self.node.me, Nack(expected)))
+
+    def ack(self, force: bool = False) -> None:
+        node = self.node
+        if not node.following:
+            return
+        state = (node.watcher.durable_end, node.applier.applied_end)
+        if state == self.acked_sent and not force:
+            return
+        if node.transport.send(node.following, encode(node.cfg.uuid, node.known_epoch, node.me,
+                                                       Ack(*state))):
+            self.acked_sent = state
+
+    def after_clear(self) -> None:
+        """Space was freed: if we dropped an UPDATE for lack of room, ask for it again."""
+        if self._full_logged and self.node.following:
+            self._nack(self.node.following)

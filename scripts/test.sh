@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Install what the tests need and run them all: unit, multi-process (real daemons over
+# ZeroMQ on loopback, kill -9), loop devices, and the Pacemaker cluster tests (real
+# Pacemaker + Corosync in network namespaces). Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup-venv.sh
+if [ -x scripts/install-cluster-deps.sh ] || [ -f scripts/install-cluster-deps.sh ]; then
+    bash scripts/install-cluster-deps.sh
+fi
+.venv/bin/ruff check replengine tests bench ocf/replengine 2>/dev/null || .venv/bin/ruff check replengine tests bench
+exec .venv/bin/python -m pytest -q "$@"
