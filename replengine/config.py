@@ -1,0 +1,888 @@
+"""Resource configuration: one TOML file per resource, identical on every node.
+
+The file is the one place a sysadmin describes a resource, so this module is strict: every
+unknown key, missing key, wrong type or inconsistent value is refused with a ConfigError that
+names ``file:line``, the dotted key and what is wrong (invariant 7: a wrong config changes
+nothing). tomllib reports no line numbers for semantic errors, so the lines are recovered by a
+small scan of the text (table headers and ``key =`` lines).
+
+Every node loads the same file; the settings that all nodes must agree on are condensed into
+``ResourceConfig.digest`` so peers can refuse each other when their files drift apart, while
+local paths (volume, SRL) may legitimately differ per node and are left out of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import stat
+import tomllib
+import uuid as uuidlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from replengine.errors import ConfigError
+
+__all__ = [
+    "CONFIG_DIR",
+    "DEFAULT_DCM_REGION_SIZE",
+    "DEFAULT_HEARTBEAT_MS",
+    "DEFAULT_RUN_DIR",
+    "DEFAULT_SYNC_TIMEOUT",
+    "MAX_NODES",
+    "MIN_NODES",
+    "MIN_SRL_SIZE",
+    "MIN_VOLUME_SIZE",
+    "MODES",
+    "ON_SYNC_LOSS",
+    "SRL_FULL",
+    "UUID_NAMESPACE",
+    "NodeConfig",
+    "ResourceConfig",
+    "compute_digest",
+    "default_path",
+    "derive_uuid",
+    "load",
+    "loads",
+]
+
+CONFIG_DIR = Path("/etc/replengine")
+DEFAULT_RUN_DIR = Path("/run/replengine")
+DEFAULT_SYNC_TIMEOUT = 30.0
+DEFAULT_HEARTBEAT_MS = 1000
+DEFAULT_DCM_REGION_SIZE = 1 << 20
+MIN_NODES = 2
+MAX_NODES = 16
+MIN_VOLUME_SIZE = 4096
+#: 8 KiB of superblocks plus at least 1 MiB of circular log area (see srl.py).
+MIN_SRL_SIZE = (1 << 20) + 8192
+
+SRL_FULL = ("stall", "fail", "dcm")
+ON_SYNC_LOSS = ("degrade", "block")
+MODES = ("sync", "async")
+
+#: Namespace for resource UUIDs derived from the config (uuid5), fixed forever: changing it
+#: would give every existing resource a new identity and orphan its SRLs.
+UUID_NAMESPACE = uuidlib.uuid5(uuidlib.NAMESPACE_URL, "https://replengine.invalid/resource")
+
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+_MAX_NAME = 64  # uname -n is at most 64 bytes on Linux
+_HOSTNAME_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
+
+_TOP_KEYS = ("resource", "nodes")
+_RESOURCE_KEYS = (
+    "name",
+    "srl_full",
+    "on_sync_loss",
+    "uuid",
+    "sync_timeout",
+    "promote_min_peers",
+    "dcm_region_size",
+    "run_dir",
+    "heartbeat_ms",
+    "device",
+)
+_RESOURCE_REQUIRED = ("name", "srl_full", "on_sync_loss")
+_NODE_KEYS = ("address", "volume", "srl", "mode")
+
+
+# --------------------------------------------------------------------------- dataclasses
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """One node of the resource as the config file describes it.
+
+    ``address`` is the canonical ``host:port`` (IPv6 in brackets), so two spellings of the same
+    endpoint compare equal and the digest does not depend on cosmetic differences.
+    """
+
+    name: str
+    host: str
+    port: int
+    address: str
+    volume: Path
+    srl: Path
+    mode: str
+
+    @property
+    def endpoint(self) -> str:
+        """ZeroMQ TCP endpoint for this node's listening socket (``tcp://host:port``)."""
+        return f"tcp://{self.address}"
+
+    @property
+    def is_sync(self) -> bool:
+        return self.mode == "sync"
+
+
+@dataclass(frozen=True)
+class ResourceConfig:
+    """A validated resource config, seen from one node (``local``).
+
+    Frozen so that every module can hold it without defensive copies; ``nodes`` is a plain dict
+    (kept picklable for multi-process tests) and must not be mutated.
+    """
+
+    path: Path
+    name: str
+    uuid: uuidlib.UUID
+    srl_full: str
+    on_sync_loss: str
+    sync_timeout: float
+    promote_min_peers: int
+    dcm_region_size: int
+    run_dir: Path
+    heartbeat_ms: int
+    device: Path
+    nodes: dict[str, NodeConfig] = field(hash=False)  # in file order
+    local: NodeConfig
+    digest: str
+    #: True when ``uuid`` was not in the file and was derived from name + addresses.
+    uuid_derived: bool = False
+
+    def peers(self) -> list[NodeConfig]:
+        """Every node but the local one, in file order."""
+        return [n for n in self.nodes.values() if n.name != self.local.name]
+
+    def sync_peers(self) -> list[NodeConfig]:
+        """Peers a primary on this node replicates to synchronously."""
+        return [n for n in self.peers() if n.mode == "sync"]
+
+    def async_peers(self) -> list[NodeConfig]:
+        """Peers a primary on this node replicates to asynchronously."""
+        return [n for n in self.peers() if n.mode == "async"]
+
+    def node(self, name: str) -> NodeConfig:
+        """The node called ``name``; ConfigError listing the known names otherwise."""
+        try:
+            return self.nodes[name]
+        except KeyError:
+            raise ConfigError(
+                f"{self.path}: node {name!r} is not in resource {self.name!r} "
+                f"(nodes: {', '.join(self.nodes)})"
+            ) from None
+
+    def for_node(self, name: str) -> ResourceConfig:
+        """The same config seen from node ``name`` (no local file checks are made).
+
+        Lets tests and `replctl` look at several nodes from one file; the digest is unchanged
+        because it covers only settings every node shares.
+        """
+        return dataclasses.replace(self, local=self.node(name))
+
+    def runtime_dir(self, node: str | None = None) -> Path:
+        """``run_dir/<resource>/<node>``: sockets and pid files of one node's daemon.
+
+        Includes the node so several nodes of one resource can run on one host in tests.
+        """
+        name = self.local.name if node is None else self.node(node).name
+        return self.run_dir / self.name / name
+
+
+# --------------------------------------------------------------------------- public helpers
+
+
+def default_path(resource: str) -> Path:
+    """``/etc/replengine/<resource>.toml`` (directory overridable by $REPLENGINE_CONFIG_DIR).
+
+    The environment override exists so the CLI and daemon can be exercised without root.
+    """
+    if not _valid_name(resource):
+        raise ConfigError(
+            f"resource name {resource!r} is not valid: use 1-{_MAX_NAME} of A-Z a-z 0-9 _ . - "
+            "(it becomes a file name)"
+        )
+    base = os.environ.get("REPLENGINE_CONFIG_DIR")
+    return (Path(base) if base else CONFIG_DIR) / f"{resource}.toml"
+
+
+def derive_uuid(name: str, addresses: list[str]) -> uuidlib.UUID:
+    """Resource UUID when the file sets none: uuid5 of the name and the sorted addresses.
+
+    Every node reads the same file, so every node computes the same UUID without coordination.
+    Changing a node address therefore changes a derived UUID: set ``uuid`` explicitly in
+    production so the SRLs keep matching when addresses change.
+    """
+    return uuidlib.uuid5(UUID_NAMESPACE, "\n".join([name, *sorted(addresses)]))
+
+
+def compute_digest(
+    name: str,
+    resource_uuid: uuidlib.UUID,
+    srl_full: str,
+    on_sync_loss: str,
+    dcm_region_size: int,
+    nodes: Mapping[str, NodeConfig],
+) -> str:
+    """sha256 hex over the canonical JSON of the settings every node must agree on.
+
+    Local paths are deliberately excluded (they may differ per node); nodes are sorted by name
+    so reordering tables in the file does not change the digest.
+    """
+    doc = {
+        "name": name,
+        "uuid": str(resource_uuid),
+        "srl_full": srl_full,
+        "on_sync_loss": on_sync_loss,
+        "dcm_region_size": dcm_region_size,
+        "nodes": [
+            {"name": n.name, "address": n.address, "mode": n.mode}
+            for n in sorted(nodes.values(), key=lambda n: n.name)
+        ],
+    }
+    canon = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canon.encode()).hexdigest()
+
+
+def load(
+    path: str | os.PathLike[str], *, node: str | None = None, check_local: bool = True
+) -> ResourceConfig:
+    """Read, parse and validate the resource config at ``path`` as seen from ``node``.
+
+    ``node`` defaults to ``os.uname().nodename`` (what Pacemaker calls the node). With
+    ``check_local`` the local volume and SRL must exist and be large enough; the OCF stop and
+    meta-data actions pass False so a broken disk never blocks stopping the resource.
+    """
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise _mkerr(p, None, None, "config file does not exist") from None
+    except IsADirectoryError:
+        raise _mkerr(p, None, None, "is a directory, expected a TOML config file") from None
+    except OSError as e:
+        raise _mkerr(p, None, None, f"cannot read config file: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise _mkerr(p, line, None, f"not valid UTF-8 at byte {e.start}") from None
+    return loads(text, path=p, node=node, check_local=check_local)
+
+
+def loads(
+    text: str,
+    *,
+    path: str | os.PathLike[str] = "<string>",
+    node: str | None = None,
+    check_local: bool = True,
+) -> ResourceConfig:
+    """Like load() but from a string; ``path`` is used in messages and for relative paths."""
+    p = Path(path)
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise _toml_error(p, e) from None
+    ctx = _Ctx(p, _scan_lines(text))
+    cfg = _build(ctx, doc, node)
+    if check_local:
+        _check_local(ctx, cfg)
+    return cfg
+
+
+# --------------------------------------------------------------------------- errors & lines
+
+
+def _mkerr(path: Path, line: int | None, key: tuple[str, ...] | None, msg: str) -> ConfigError:
+    where = f"{path}:{line}" if line is not None else f"{path}"
+    keytxt = f"key '{_dotted(key)}': " if key else ""
+    err = ConfigError(f"{where}: {keytxt}{msg}")
+    # Structured copies for callers (CLI, agent) that want to point at the spot themselves.
+    err.path = path  # type: ignore[attr-defined]
+    err.line = line  # type: ignore[attr-defined]
+    err.key = _dotted(key) if key else None  # type: ignore[attr-defined]
+    return err
+
+
+_TOML_POS_RE = re.compile(r"\(at line (\d+), column (\d+)\)")
+
+
+def _toml_error(path: Path, e: tomllib.TOMLDecodeError) -> ConfigError:
+    msg = str(e)
+    m = _TOML_POS_RE.search(msg)
+    line = int(m.group(1)) if m else None
+    if "Cannot declare" in msg and "twice" in msg:
+        hint = " (a table such as [nodes.<name>] appears twice: node names must be unique)"
+    else:
+        hint = ""
+    return _mkerr(path, line, None, f"invalid TOML: {msg}{hint}")
+
+
+def _dotted(key: tuple[str, ...]) -> str:
+    return ".".join(k if _BARE_KEY_RE.fullmatch(k) else json.dumps(k) for k in key)
+
+
+def _describe(v: Any) -> str:
+    """A value as the sysadmin wrote it in TOML, for 'got ...' messages."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, dict):
+        return "a table"
+    if isinstance(v, list):
+        return "an array"
+    return f"a {type(v).__name__} ({v})"
+
+
+def _typename(v: Any) -> str:
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, int):
+        return "an integer"
+    if isinstance(v, float):
+        return "a float"
+    if isinstance(v, str):
+        return "a string"
+    if isinstance(v, dict):
+        return "a table"
+    if isinstance(v, list):
+        return "an array"
+    return f"a {type(v).__name__}"
+
+
+def _got(v: Any) -> str:
+    d, t = _describe(v), _typename(v)
+    return d if d in ("a table", "an array") else f"{d} ({t})"
+
+
+def _parse_key(s: str, i: int) -> tuple[list[str], int] | None:
+    """Parse a (dotted, possibly quoted) TOML key at s[i:]; returns parts and end index."""
+    parts: list[str] = []
+    n = len(s)
+    while True:
+        while i < n and s[i] in " \t":
+            i += 1
+        if i >= n:
+            return None
+        c = s[i]
+        if c == '"':
+            j = i + 1
+            while j < n and s[j] != '"':
+                j += 2 if s[j] == "\\" else 1
+            if j >= n:
+                return None
+            try:
+                parts.append(json.loads(s[i : j + 1]))
+            except ValueError:
+                parts.append(s[i + 1 : j])
+            i = j + 1
+        elif c == "'":
+            j = s.find("'", i + 1)
+            if j < 0:
+                return None
+            parts.append(s[i + 1 : j])
+            i = j + 1
+        else:
+            m = _BARE_KEY_RE.match(s, i)
+            if not m:
+                return None
+            parts.append(m.group(0))
+            i = m.end()
+        while i < n and s[i] in " \t":
+            i += 1
+        if i < n and s[i] == ".":
+            i += 1
+            continue
+        return parts, i
+
+
+def _scan_lines(text: str) -> dict[tuple[str, ...], int]:
+    """Map each key path defined in the text to its (first) line number.
+
+    A best-effort scan, enough for error messages: table headers, ``[[arrays]]``, dotted keys
+    and the keys they imply. Lines inside multi-line strings are skipped.
+    """
+    lines: dict[tuple[str, ...], int] = {}
+    table: tuple[str, ...] = ()
+    in_ml: str | None = None
+
+    def record(path: tuple[str, ...], lineno: int) -> None:
+        for k in range(1, len(path) + 1):
+            lines.setdefault(path[:k], lineno)
+
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if in_ml is not None:
+            if line.count(in_ml) % 2 == 1:
+                in_ml = None
+            continue
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        if s.startswith("["):
+            array = s.startswith("[[")
+            parsed = _parse_key(s, 2 if array else 1)
+            if parsed and s[parsed[1] :].startswith("]]" if array else "]"):
+                table = tuple(parsed[0])
+                record(table, lineno)
+            continue
+        parsed = _parse_key(s, 0)
+        if parsed and s[parsed[1] :].startswith("="):
+            record(table + tuple(parsed[0]), lineno)
+            rest = s[parsed[1] + 1 :]
+            for delim in ('"""', "'''"):
+                if rest.count(delim) % 2 == 1:
+                    in_ml = delim
+                    break
+    return lines
+
+
+@dataclass
+class _Ctx:
+    """Validation context: collects every error so the sysadmin sees them all at once."""
+
+    path: Path
+    lines: dict[tuple[str, ...], int]
+    errors: list[tuple[int, str]] = field(default_factory=list)
+
+    def line(self, key: tuple[str, ...] | None) -> int:
+        if key:
+            for k in range(len(key), 0, -1):
+                if key[:k] in self.lines:
+                    return self.lines[key[:k]]
+        return 1
+
+    def error(self, key: tuple[str, ...] | None, msg: str) -> None:
+        line = self.line(key)
+        self.errors.append((line, str(_mkerr(self.path, line, key, msg))))
+
+    def raise_if_any(self) -> None:
+        if self.errors:
+            self.errors.sort(key=lambda e: e[0])  # stable: same line keeps detection order
+            err = ConfigError("\n".join(m for _, m in self.errors))
+            err.path = self.path  # type: ignore[attr-defined]
+            err.line = self.errors[0][0]  # type: ignore[attr-defined]
+            err.errors = [m for _, m in self.errors]  # type: ignore[attr-defined]
+            raise err
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _valid_name(s: str) -> bool:
+    return (
+        isinstance(s, str)
+        and len(s) <= _MAX_NAME
+        and bool(_NAME_RE.fullmatch(s))
+        and s not in (".", "..")
+    )
+
+
+def _check_unknown(
+    ctx: _Ctx, table: dict[str, Any], prefix: tuple[str, ...], known: tuple[str, ...]
+) -> None:
+    for k in table:
+        if k not in known:
+            close = difflib.get_close_matches(k, known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            if prefix:
+                allowed = f"allowed in [{_dotted(prefix)}]: {', '.join(known)}"
+            else:
+                allowed = "allowed at the top level: [resource] and [nodes.<name>] tables"
+            ctx.error(prefix + (k,), f"unknown key{hint} ({allowed})")
+
+
+def _get_str(
+    ctx: _Ctx, table: dict[str, Any], key: tuple[str, ...], *, required: bool, what: str
+) -> str | None:
+    k = key[-1]
+    if k not in table:
+        if required:
+            ctx.error(key, f"missing; set it to {what}")
+        return None
+    v = table[k]
+    if not isinstance(v, str):
+        ctx.error(key, f"expected {what}, got {_got(v)}")
+        return None
+    return v
+
+
+def _choices(choices: tuple[str, ...]) -> str:
+    q = [json.dumps(c) for c in choices]
+    return q[0] if len(q) == 1 else ", ".join(q[:-1]) + " or " + q[-1]
+
+
+def _get_enum(
+    ctx: _Ctx,
+    table: dict[str, Any],
+    key: tuple[str, ...],
+    choices: tuple[str, ...],
+    *,
+    required: bool = True,
+) -> str | None:
+    want = _choices(choices)
+    k = key[-1]
+    if k not in table:
+        if required:
+            ctx.error(key, f"missing; set it to {want}")
+        return None
+    v = table[k]
+    if v not in choices or not isinstance(v, str):
+        ctx.error(
+            key, f"expected {want}, got {_got(v) if not isinstance(v, str) else _describe(v)}"
+        )
+        return None
+    return v
+
+
+def _get_int(
+    ctx: _Ctx, table: dict[str, Any], key: tuple[str, ...], default: int, what: str
+) -> int | None:
+    k = key[-1]
+    if k not in table:
+        return default
+    v = table[k]
+    if isinstance(v, bool) or not isinstance(v, int):
+        ctx.error(key, f"expected {what}, got {_got(v)}")
+        return None
+    return v
+
+
+def _get_path(
+    ctx: _Ctx,
+    table: dict[str, Any],
+    key: tuple[str, ...],
+    *,
+    required: bool,
+    absolute: bool,
+    what: str,
+) -> Path | None:
+    v = _get_str(ctx, table, key, required=required, what=what)
+    if v is None:
+        return None
+    if not v or "\0" in v:
+        ctx.error(key, f"expected {what}, got {_describe(v)}")
+        return None
+    p = Path(v)
+    if absolute and not p.is_absolute():
+        ctx.error(key, f"expected an absolute path, got {_describe(v)}")
+        return None
+    if not p.is_absolute():
+        # Relative device paths are taken relative to the config file's directory, so a demo
+        # directory holding the config and its files works wherever it is.
+        p = ctx.path.parent / p
+    return p
+
+
+def _parse_address(s: str) -> tuple[str, int, str] | str:
+    """(host, port, canonical address) or an error text."""
+    if s.startswith("["):
+        end = s.find("]")
+        if end < 0 or not s[end + 1 :].startswith(":"):
+            return 'expected "[ipv6]:port" (e.g. "[fd00::1]:7790")'
+        host, port_s = s[1:end], s[end + 2 :]
+        try:
+            ip6 = ipaddress.IPv6Address(host)
+        except ValueError:
+            return f"{host!r} is not an IPv6 address"
+        if ip6.is_unspecified:
+            return "'::' is not an address peers can connect to; use the node's own address"
+        host = ip6.compressed
+        canon_host = f"[{host}]"
+    else:
+        host, sep, port_s = s.rpartition(":")
+        if not sep or not host:
+            return 'expected "host:port" (e.g. "10.0.0.1:7790"; IPv6 as "[fd00::1]:7790")'
+        if ":" in host:
+            return 'an IPv6 address must be in brackets: "[fd00::1]:7790"'
+        if re.fullmatch(r"[0-9.]+", host):
+            try:
+                ip4 = ipaddress.IPv4Address(host)
+            except ValueError:
+                return f"{host!r} is not an IPv4 address"
+            if ip4.is_unspecified:
+                return (
+                    "'0.0.0.0' is not an address peers can connect to; use the node's own address"
+                )
+            host = str(ip4)
+        else:
+            labels = host.rstrip(".").split(".")
+            if len(host) > 253 or not all(_HOSTNAME_LABEL_RE.fullmatch(lb) for lb in labels):
+                return f"{host!r} is not a valid host name or IPv4 address"
+            host = host.rstrip(".").lower()
+        canon_host = host
+    if not port_s.isdigit() or not port_s.isascii():
+        return f"port {port_s!r} is not a number (expected 1-65535)"
+    port = int(port_s)
+    if not 1 <= port <= 65535:
+        return f"port {port} is out of range (expected 1-65535)"
+    return host, port, f"{canon_host}:{port}"
+
+
+def _build(ctx: _Ctx, doc: dict[str, Any], node: str | None) -> ResourceConfig:
+    _check_unknown(ctx, doc, (), _TOP_KEYS)
+
+    res = doc.get("resource")
+    res_ok = isinstance(res, dict)  # if not, one error says so; no follow-on "missing" noise
+    if res is None:
+        ctx.error(None, "missing [resource] table (with name, srl_full, on_sync_loss)")
+        res = {}
+    elif not isinstance(res, dict):
+        ctx.error(("resource",), f"expected a table [resource], got {_got(res)}")
+        res = {}
+    R = ("resource",)
+    _check_unknown(ctx, res, R, _RESOURCE_KEYS)
+
+    name = _get_str(ctx, res, R + ("name",), required=res_ok, what='the resource name (e.g. "r0")')
+    if name is not None and not _valid_name(name):
+        ctx.error(
+            R + ("name",),
+            f"expected 1-{_MAX_NAME} of A-Z a-z 0-9 _ . - (it becomes a file and device name), got {_describe(name)}",
+        )
+        name = None
+    srl_full = _get_enum(ctx, res, R + ("srl_full",), SRL_FULL, required=res_ok)
+    on_sync_loss = _get_enum(ctx, res, R + ("on_sync_loss",), ON_SYNC_LOSS, required=res_ok)
+
+    sync_timeout: float | None = DEFAULT_SYNC_TIMEOUT
+    if "sync_timeout" in res:
+        v = res["sync_timeout"]
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, int | float)
+            or not v > 0
+            or v != v
+            or v == float("inf")
+        ):
+            ctx.error(R + ("sync_timeout",), f"expected a number of seconds > 0, got {_got(v)}")
+            sync_timeout = None
+        else:
+            sync_timeout = float(v)
+
+    dcm = _get_int(ctx, res, R + ("dcm_region_size",), DEFAULT_DCM_REGION_SIZE, "a size in bytes")
+    if dcm is not None and (dcm < 4096 or dcm & (dcm - 1)):
+        ctx.error(
+            R + ("dcm_region_size",),
+            f"expected a power of two >= 4096 (bytes per dirty-region bit, e.g. 1048576), got {dcm}",
+        )
+        dcm = None
+
+    hb = _get_int(
+        ctx, res, R + ("heartbeat_ms",), DEFAULT_HEARTBEAT_MS, "milliseconds as an integer"
+    )
+    if hb is not None and not 10 <= hb <= 600_000:
+        ctx.error(R + ("heartbeat_ms",), f"expected 10-600000 milliseconds, got {hb}")
+        hb = None
+
+    run_dir = _get_path(
+        ctx, res, R + ("run_dir",), required=False, absolute=True, what="an absolute directory path"
+    )
+    if run_dir is None and "run_dir" not in res:
+        run_dir = DEFAULT_RUN_DIR
+    device = _get_path(
+        ctx, res, R + ("device",), required=False, absolute=True, what="an absolute device path"
+    )
+    if device is None and "device" not in res and name is not None:
+        device = Path("/dev/replengine") / name
+
+    res_uuid: uuidlib.UUID | None = None
+    uuid_given = "uuid" in res
+    if uuid_given:
+        v = res["uuid"]
+        if not isinstance(v, str):
+            ctx.error(R + ("uuid",), f"expected a UUID string, got {_got(v)}")
+        else:
+            try:
+                res_uuid = uuidlib.UUID(v)
+            except ValueError:
+                ctx.error(
+                    R + ("uuid",),
+                    f'expected a UUID such as "{uuidlib.uuid4()}", got {_describe(v)}',
+                )
+
+    # ---- nodes
+    nodes: dict[str, NodeConfig] = {}
+    raw_nodes = doc.get("nodes")
+    N = ("nodes",)
+    if raw_nodes is None:
+        ctx.error(None, f"missing node tables: add {MIN_NODES}-{MAX_NODES} [nodes.<name>] tables")
+        raw_nodes = {}
+    elif not isinstance(raw_nodes, dict):
+        ctx.error(N, f"expected [nodes.<name>] tables, got {_got(raw_nodes)}")
+        raw_nodes = {}
+    seen_addr: dict[str, str] = {}
+    for nname, ntab in raw_nodes.items():
+        K = N + (nname,)
+        if not _valid_name(nname):
+            ctx.error(
+                K,
+                f"node name {nname!r} is not valid: use 1-{_MAX_NAME} of A-Z a-z 0-9 _ . - (the cluster node name, uname -n)",
+            )
+            continue
+        if not isinstance(ntab, dict):
+            ctx.error(K, f"expected a table [nodes.{nname}], got {_got(ntab)}")
+            continue
+        _check_unknown(ctx, ntab, K, _NODE_KEYS)
+        addr_s = _get_str(
+            ctx,
+            ntab,
+            K + ("address",),
+            required=True,
+            what='a "host:port" string (the address this node listens on)',
+        )
+        volume = _get_path(
+            ctx,
+            ntab,
+            K + ("volume",),
+            required=True,
+            absolute=False,
+            what="a block device or file path",
+        )
+        srl = _get_path(
+            ctx,
+            ntab,
+            K + ("srl",),
+            required=True,
+            absolute=False,
+            what="a block device or file path",
+        )
+        mode = _get_enum(ctx, ntab, K + ("mode",), MODES)
+        parsed = None
+        if addr_s is not None:
+            parsed = _parse_address(addr_s)
+            if isinstance(parsed, str):
+                ctx.error(K + ("address",), f"{parsed}, got {_describe(addr_s)}")
+                parsed = None
+            elif parsed[2] in seen_addr:
+                ctx.error(
+                    K + ("address",),
+                    f"{parsed[2]} is also the address of node '{seen_addr[parsed[2]]}'; every node needs its own host:port",
+                )
+                parsed = None
+            else:
+                seen_addr[parsed[2]] = nname
+        if (
+            volume is not None
+            and srl is not None
+            and os.path.normpath(volume) == os.path.normpath(srl)
+        ):
+            ctx.error(
+                K + ("srl",),
+                f"is the same path as the volume ({volume}); the SRL must be a separate device or file",
+            )
+            srl = None
+        if parsed is None or volume is None or srl is None or mode is None:
+            continue
+        host, port, address = parsed
+        nodes[nname] = NodeConfig(nname, host, port, address, volume, srl, mode)
+
+    count = len(raw_nodes) if isinstance(raw_nodes, dict) else 0
+    if isinstance(raw_nodes, dict) and raw_nodes and count < MIN_NODES:
+        ctx.error(
+            N + (next(iter(raw_nodes)),),
+            f"a resource needs {MIN_NODES}-{MAX_NODES} nodes, this file has {count}; add a [nodes.<name>] table per node",
+        )
+    elif count > MAX_NODES:
+        extra = list(raw_nodes)[MAX_NODES]
+        ctx.error(N + (extra,), f"a resource has at most {MAX_NODES} nodes, this file has {count}")
+
+    pmp = _get_int(ctx, res, R + ("promote_min_peers",), count // 2, "an integer number of peers")
+    if pmp is not None and "promote_min_peers" in res and not 0 <= pmp <= max(count - 1, 0):
+        ctx.error(
+            R + ("promote_min_peers",),
+            f"expected 0-{max(count - 1, 0)} (peers other than the node being promoted), got {pmp}",
+        )
+        pmp = None
+
+    ctx.raise_if_any()
+    assert name is not None and srl_full is not None and on_sync_loss is not None
+    assert sync_timeout is not None and dcm is not None and hb is not None and pmp is not None
+    assert run_dir is not None and device is not None
+
+    derived = res_uuid is None
+    if res_uuid is None:
+        res_uuid = derive_uuid(name, [n.address for n in nodes.values()])
+
+    local_name = node if node is not None else os.uname().nodename
+    if local_name not in nodes:
+        short = local_name.split(".", 1)[0]
+        hint = (
+            f"; did you mean node={short!r} (--node {short})?"
+            if short in nodes and short != local_name
+            else ("; pass the node name explicitly (--node) or add a [nodes.<name>] table for it")
+        )
+        raise _mkerr(
+            ctx.path,
+            ctx.line(N + (next(iter(nodes)),)),
+            None,
+            f"this node {local_name!r} is not in the config (nodes: {', '.join(nodes)}){hint}",
+        )
+
+    return ResourceConfig(
+        path=ctx.path,
+        name=name,
+        uuid=res_uuid,
+        srl_full=srl_full,
+        on_sync_loss=on_sync_loss,
+        sync_timeout=sync_timeout,
+        promote_min_peers=pmp,
+        dcm_region_size=dcm,
+        run_dir=run_dir,
+        heartbeat_ms=hb,
+        device=device,
+        nodes=nodes,
+        local=nodes[local_name],
+        digest=compute_digest(name, res_uuid, srl_full, on_sync_loss, dcm, nodes),
+        uuid_derived=derived,
+    )
+
+
+def _local_size(
+    ctx: _Ctx, key: tuple[str, ...], p: Path, what: str, minimum: int
+) -> os.stat_result | None:
+    """Stat and size one local device; sizes via lseek(SEEK_END) so block devices work."""
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        ctx.error(
+            key,
+            f"{what} {p} does not exist on this node; create it (e.g. lvcreate, or truncate -s for a file)",
+        )
+        return None
+    except OSError as e:
+        ctx.error(key, f"cannot stat {what} {p}: {e.strerror or e}")
+        return None
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+        ctx.error(key, f"{what} {p} is not a regular file or block device")
+        return None
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            size = os.lseek(fd, 0, os.SEEK_END)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        ctx.error(key, f"cannot open {what} {p}: {e.strerror or e}")
+        return None
+    if size < minimum:
+        ctx.error(
+            key, f"{what} {p} is {size} bytes, smaller than the minimum {minimum} bytes; grow it"
+        )
+        return None
+    return st
+
+
+def _check_local(ctx: _Ctx, cfg: ResourceConfig) -> None:
+    K = ("nodes", cfg.local.name)
+    vst = _local_size(ctx, K + ("volume",), cfg.local.volume, "volume", MIN_VOLUME_SIZE)
+    sst = _local_size(ctx, K + ("srl",), cfg.local.srl, "SRL", MIN_SRL_SIZE)
+    if vst is not None and sst is not None:
+
+        def ident(st: os.stat_result) -> tuple[int, ...]:
+            return (st.st_rdev,) if stat.S_ISBLK(st.st_mode) else (st.st_dev, st.st_ino)
+
+        if stat.S_IFMT(vst.st_mode) == stat.S_IFMT(sst.st_mode) and ident(vst) == ident(sst):
+            ctx.error(
+                K + ("srl",),
+                f"{cfg.local.srl} is the same device or file as the volume {cfg.local.volume}; the SRL must be separate",
+            )
+    ctx.raise_if_any()
