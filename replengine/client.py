@@ -22,12 +22,22 @@ from replengine import config as configmod
 from replengine.errors import ReplError, RoleError
 
 
+def _daemon_alive(rundir: Path) -> bool:
+    """A socket file left by a killed daemon must not make callers wait for a timeout."""
+    from replengine.localcluster import is_alive
+
+    try:
+        return is_alive(int((rundir / "replengined.pid").read_text()))
+    except (FileNotFoundError, ValueError):
+        return False
+
+
 class ControlClient:
     """Request/response over the daemon's control socket (mode 0600: root only)."""
 
     def __init__(self, sock_path: Path, timeout_s: float = 30.0) -> None:
         self.sock_path = sock_path
-        if not sock_path.exists():
+        if not sock_path.exists() or not _daemon_alive(sock_path.parent):
             raise ReplError(f"no daemon listening at {sock_path} (is it up? 'replctl up')")
         self.ctx = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
