@@ -1,0 +1,1 @@
+"""Cluster tests: a real Pacemaker/Corosync cluster in network namespaces (see harness.py)."""
