@@ -52,7 +52,7 @@ class Applier(threading.Thread):
         """Advance the SRL start to clear_end once everything before it is applied."""
         if clear_end > self.pending_clear:
             self.pending_clear = clear_end
-            self._q.put(("clear", clear_end))
+            self._q.put(("clear",))
 
     def barrier(self) -> threading.Event:
         """An event set once everything queued so far is applied and flushed."""
@@ -73,6 +73,7 @@ class Applier(threading.Thread):
                 item = self._q.get()
                 kind = item[0]
                 if kind == "stop":
+                    self._clear(self.pending_clear)
                     self.volume.flush()
                     return
                 if kind == "rec":
@@ -82,11 +83,14 @@ class Applier(threading.Thread):
                         if rec.lsn >= self.applied_end:
                             self._apply(rec)
                     # records older than applied_end were applied before the restart
-                elif kind == "clear":
-                    self._clear(item[1])
                 elif kind == "barrier":
                     self.volume.flush()
                     item[1].set()
+                # a clear waits for the records it covers to be applied: retry it whenever
+                # the queue runs dry or the applier has passed its target
+                if self.pending_clear > self.srl.start_lsn and (
+                        self._q.empty() or self.applied_end >= self.pending_clear):
+                    self._clear(self.pending_clear)
         except BaseException as exc:  # surfaced by the loop as a failed node
             log.exception("applier stopped: %s", exc)
             self.error = exc

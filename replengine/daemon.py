@@ -22,6 +22,7 @@ from typing import Any
 
 from replengine import config as configmod
 from replengine.applier import Applier, DurabilityWatcher
+from replengine.dcmtrack import DcmReceiver, DcmTracker
 from replengine.errors import ProtocolError, ReplError
 from replengine.history import divergence_point
 from replengine.peers import Peer
@@ -29,6 +30,7 @@ from replengine.primary import Primary
 from replengine.protocol import (
     Ack,
     Block,
+    BlockAck,
     BlockDone,
     BlockReq,
     Clear,
@@ -77,6 +79,8 @@ class Node:
         self.secondary = Secondary(self)
         self.primary: Primary | None = None
         self.rewinder: Rewinder | None = None
+        self.dcm = DcmTracker(self)
+        self.dcm_rx: DcmReceiver | None = None
         self.ops = Operations(self)
         self.stop_requested = False
         self.exit_code = 0
@@ -186,6 +190,8 @@ class Node:
 
     def progress(self) -> None:
         if self.primary is not None:
+            self.dcm.flush()
+            self.dcm.pump()
             self.primary.retry_stalled()
             self.primary.complete()
             self.primary.update_clear()
@@ -194,6 +200,8 @@ class Node:
         else:
             self.secondary.ack()
             self.secondary.after_clear()
+            if self.dcm_rx and self.dcm_rx.progress():
+                self.dcm_rx = None
         if self.rewinder:
             self.rewinder.progress()
         self.ops.progress()
@@ -255,9 +263,14 @@ class Node:
             self.ops.serve_pull(peer, body)
         elif isinstance(body, BlockReq):
             serve_block_req(self, peer, body)
+        elif isinstance(body, BlockAck):
+            if self.primary:
+                self.dcm.on_block_ack(peer, body)
         elif isinstance(body, (Block, BlockDone)):
             if self.rewinder:
                 self.rewinder.on_message(peer, body)
+            elif self.role == "secondary" and header.sender == self.following:
+                self.on_dcm_message(peer, body)
 
     def on_hello(self, peer: Peer, epoch: int, h: Hello) -> None:
         if h.digest != self.cfg.digest:
@@ -299,17 +312,17 @@ class Node:
         if h.following != self.me:
             peer.streaming = False
             return
+        if peer.state == "dcm" or (peer.state == "dcm-resync" and fresh):
+            self.dcm.start_resync(peer)     # back (or restarted mid-copy): copy the regions
+            return
+        if peer.state == "dcm-resync":
+            return
         if divergence_point(h.history, self.srl.history, h.end_lsn) < h.end_lsn:
             peer.streaming = False
             peer.state = "rewinding"
             return
         peer.acked_end = max(peer.acked_end, h.end_lsn)
-        if h.end_lsn > peer.acked_end:
-            peer.acked_end = h.end_lsn
         if fresh or not peer.streaming:
-            if peer.state == "dcm":
-                self.dcm_start_resync(peer)
-                return
             peer.restart_stream(h.end_lsn)
             peer.streaming = True
             log.info("secondary %s connected at LSN %d (primary end %d)", peer.name,
@@ -357,26 +370,36 @@ class Node:
         self.role = "primary"
         self.following = ""
         self.primary = Primary(self)
+        self.dcm = DcmTracker(self)
         for p in self.peers.values():
             p.streaming = False
             p.degraded = False
+            p.shipped_records = p.shipped_bytes = 0
             # a peer not heard from yet has at most what was common before this epoch
             p.acked_end = 0
             if p.hello and divergence_point(p.hello.history, self.srl.history,
                                             p.hello.end_lsn) >= p.hello.end_lsn:
                 p.acked_end = p.hello.end_lsn
+        self.dcm.load(self.primary)
         log.warning("PROMOTED to primary: epoch %d starts at LSN %d", new_epoch, first)
         self.beacon()
 
     # ---- DCM (dirty-region tracking for a secondary that fell off the log) ------------------
 
     def dcm_release(self, primary: Primary) -> bool:
-        from replengine.dcmtrack import release_laggards
-        return release_laggards(self, primary)
+        return self.dcm.release_laggards(primary)
 
-    def dcm_start_resync(self, peer: Peer) -> None:
-        from replengine.dcmtrack import start_resync
-        start_resync(self, peer)
+    def on_dcm_message(self, peer: Peer, body: Block | BlockDone) -> None:
+        if self.dcm_rx is None or self.dcm_rx.done:
+            self.dcm_rx = DcmReceiver(self, peer.name)
+        if isinstance(body, Block):
+            self.dcm_rx.on_block(body)
+            return
+        if body.resume_lsn and peer.hello:
+            for epoch, first in peer.hello.history:
+                if epoch > self.srl.epoch and first <= body.resume_lsn:
+                    self.srl.add_epoch(epoch, first)
+        self.dcm_rx.on_done(body)
 
     # ---- control socket -------------------------------------------------------------------
 

@@ -67,6 +67,8 @@ class Operations:
     pulls: dict[str, PullJob] = field(default_factory=dict)
     pull_source: str = ""
     finished_jobs: list = field(default_factory=list)
+    last_promotion: dict | None = None
+    pulled_bytes: int = 0
 
     # ---- dispatch -------------------------------------------------------------------------
 
@@ -313,9 +315,11 @@ class Operations:
         new_epoch = max(epochs) + 1
         node.become_primary(new_epoch)
         took = time.monotonic() - pr.t0
-        node.reply_ok(pr.req.client, pr.req.req_id, {
+        self.last_promotion = {
             "role": "primary", "epoch": new_epoch, "first_lsn": node.watcher.durable_end,
-            "pulled_records": pr.pulled, "pulled_from": pr.source, "seconds": round(took, 3)})
+            "pulled_records": pr.pulled, "pulled_bytes": self.pulled_bytes,
+            "pulled_from": pr.source, "seconds": round(took, 3)}
+        node.reply_ok(pr.req.client, pr.req.req_id, self.last_promotion)
         self.promotion = None
         self.pull_source = ""
 
@@ -391,6 +395,7 @@ def status(node: Node) -> dict:
             "lag_records": lag, "lag_bytes": lag_bytes(node, acked) if node.primary else None,
             "state": state, "degraded": p.degraded, "epoch": p.epoch,
             "role": p.hello.role if p.hello else None, "rejected": p.rejected or None,
+            "shipped_records": p.shipped_records, "shipped_bytes": p.shipped_bytes,
         }
     return {
         "resource": node.cfg.name, "node": node.me, "role": node.role, "epoch": node.epoch,
@@ -405,7 +410,7 @@ def status(node: Node) -> dict:
         "rewinding": node.rewinder is not None,
         "writes_pending": len(node.primary.pending) if node.primary else 0,
         "writes_stalled": len(node.primary.stalled) if node.primary else 0,
-        "pid": os.getpid(), "peers": peers,
+        "pid": os.getpid(), "peers": peers, "last_promotion": node.ops.last_promotion,
     }
 
 

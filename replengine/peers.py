@@ -31,6 +31,8 @@ class Peer:
     degraded: bool = False          # sync peer treated as async until it catches up
     streaming: bool = False         # primary: handshake done, stream running
     clear_sent: int = 0
+    shipped_records: int = 0        # records sent to it since this node became primary
+    shipped_bytes: int = 0
     last_nack: int = 0
 
     def alive(self, heartbeat_s: float, now: float | None = None) -> bool:

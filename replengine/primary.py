@@ -84,6 +84,8 @@ class Primary:
         except SRLFullError:
             return False
         rec = Record(pending.lsn, node.epoch, offset, data)
+        if node.dcm.maps:
+            node.dcm.mark(offset, len(data))
         self.cache[rec.lsn] = rec
         self.cache_bytes += len(data)
         self.assigned_end = rec.lsn + 1
@@ -103,8 +105,9 @@ class Primary:
                              f"{node.srl.capacity}); write refused")
             return
         if not self._stall_logged:
-            log.warning("SRL full (%d of %d bytes used): writers stall until a secondary "
-                        "catches up (srl_full=%s)", node.srl.used_bytes, node.srl.capacity, policy)
+            node.warn_once("srl-full", "SRL full (%d of %d bytes used): writers stall until a "
+                           "secondary catches up (srl_full=%s)", node.srl.used_bytes,
+                           node.srl.capacity, policy)
             self._stall_logged = True
         self.stalled.append(w)
 
@@ -121,7 +124,7 @@ class Primary:
     def required_sync(self) -> list[Peer]:
         node = self.node
         peers = [p for p in node.peers.values() if p.mode == "sync" and not p.rejected
-                 and p.state != "dcm"]
+                 and p.state not in ("dcm", "dcm-resync")]
         if node.cfg.on_sync_loss == "block":
             return peers
         return [p for p in peers if not p.degraded]
@@ -203,10 +206,10 @@ class Primary:
                 if lsn >= durable:
                     break
                 if lsn < node.srl.start_lsn:
-                    p.state = "needs-resync"
-                    p.streaming = False
-                    log.error("secondary %s needs LSN %d but the SRL starts at %d: it must be "
-                              "resynced from blocks", p.name, lsn, node.srl.start_lsn)
+                    log.error("secondary %s needs LSN %d but the SRL starts at %d: resyncing "
+                              "it from blocks", p.name, lsn, node.srl.start_lsn)
+                    node.dcm.enter_full(p, self)
+                    node.dcm.start_resync(p)
                     return
                 rec = node.srl.get(lsn)
                 budget -= len(rec.data)
@@ -215,6 +218,8 @@ class Primary:
             if not node.transport.send(p.name, frames):
                 break
             p.sent.append((lsn, len(rec.data)))
+            p.shipped_records += 1
+            p.shipped_bytes += len(rec.data)
             p.inflight_bytes += len(rec.data)
             p.next_lsn = lsn + 1
             p.clear_sent = self.clear_end
@@ -240,7 +245,10 @@ class Primary:
     def update_clear(self) -> None:
         """CLEAR(X) once every secondary of the resource has logged everything below X."""
         node = self.node
-        ends = [p.acked_end for p in node.peers.values() if p.state != "dcm"]
+        ends = []
+        for p in node.peers.values():
+            floor = node.dcm.clear_floor(p)
+            ends.append(p.acked_end if floor is None else floor)
         clear_end = min(ends + [node.watcher.durable_end])
         if clear_end > self.clear_end:
             self.clear_end = clear_end

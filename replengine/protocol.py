@@ -42,6 +42,7 @@ class MsgType(IntEnum):
     BLOCK_REQ = 8  # send me these volume ranges (JSON)
     BLOCK = 9      # one volume range (binary + data frame)
     BLOCK_DONE = 10  # end of a block rewrite (JSON)
+    BLOCK_ACK = 11   # bytes of blocks received so far (binary): flow control of resyncs
 
 
 class Flag:
@@ -131,11 +132,21 @@ class BlockReq:
 
 @dataclass(frozen=True, slots=True)
 class BlockDone:
+    """End of a block copy. The receiver is consistent again once it has applied records
+    up to primary_end; resume_lsn (0 = unchanged) is where its log restarts."""
+
     tag: str
     primary_end: int
+    resume_lsn: int = 0
 
 
-Body = Update | Ack | Clear | Nack | Pull | Block | Hello | Reject | BlockReq | BlockDone
+@dataclass(frozen=True, slots=True)
+class BlockAck:
+    received: int
+
+
+Body = (Update | Ack | Clear | Nack | Pull | Block | Hello | Reject | BlockReq | BlockDone
+        | BlockAck)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,12 +164,12 @@ _JSON_SCHEMAS: dict[MsgType, dict[str, type | tuple[type, ...]]] = {
     MsgType.HELLO: _HELLO_SCHEMA,
     MsgType.REJECT: {"reason": str},
     MsgType.BLOCK_REQ: {"ranges": list, "tag": str},
-    MsgType.BLOCK_DONE: {"tag": str, "primary_end": int},
+    MsgType.BLOCK_DONE: {"tag": str, "primary_end": int, "resume_lsn": int},
 }
 _BODY_TYPE: dict[type, MsgType] = {
     Update: MsgType.UPDATE, Ack: MsgType.ACK, Clear: MsgType.CLEAR, Nack: MsgType.NACK,
     Pull: MsgType.PULL, Block: MsgType.BLOCK, Hello: MsgType.HELLO, Reject: MsgType.REJECT,
-    BlockReq: MsgType.BLOCK_REQ, BlockDone: MsgType.BLOCK_DONE,
+    BlockReq: MsgType.BLOCK_REQ, BlockDone: MsgType.BLOCK_DONE, BlockAck: MsgType.BLOCK_ACK,
 }
 
 
@@ -183,6 +194,8 @@ def encode(uuid: uuidlib.UUID, epoch: int, sender: str, body: Body,
         return [prefix + _ONE.pack(body.clear_end)]
     if isinstance(body, Nack):
         return [prefix + _ONE.pack(body.expected)]
+    if isinstance(body, BlockAck):
+        return [prefix + _ONE.pack(body.received)]
     if isinstance(body, Pull):
         return [prefix + _PULL.pack(body.first, body.end)]
     doc = {k: getattr(body, k) for k in _JSON_SCHEMAS[mtype]}
@@ -258,6 +271,8 @@ def _decode_body(mtype: MsgType, rest: bytes, data: Any) -> Body:
         return Clear(*_fixed(_ONE, rest, mtype))
     if mtype is MsgType.NACK:
         return Nack(*_fixed(_ONE, rest, mtype))
+    if mtype is MsgType.BLOCK_ACK:
+        return BlockAck(*_fixed(_ONE, rest, mtype))
     if mtype is MsgType.PULL:
         first, end = _fixed(_PULL, rest, mtype)
         if end < first:
@@ -292,7 +307,7 @@ def _decode_json(mtype: MsgType, rest: bytes) -> Body:
         return Reject(doc["reason"][:1000])
     if mtype is MsgType.BLOCK_REQ:
         return BlockReq(_pairs(doc["ranges"], "BLOCK_REQ.ranges"), doc["tag"])
-    return BlockDone(doc["tag"], doc["primary_end"])
+    return BlockDone(doc["tag"], doc["primary_end"], doc["resume_lsn"])
 
 
 def _pairs(value: list, what: str) -> list[tuple[int, int]]:

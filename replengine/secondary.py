@@ -13,6 +13,7 @@ import time
 from typing import TYPE_CHECKING
 
 from replengine.errors import SRLFullError
+from replengine.history import epoch_of
 from replengine.protocol import Ack, Flag, Header, Nack, Update, encode
 from replengine.record import Record
 
@@ -40,6 +41,9 @@ class Secondary:
             log.warning("refused UPDATE LSN %d from %s: its epoch %d is older than the known "
                         "epoch %d (fenced)", u.lsn, header.sender, header.epoch, node.known_epoch)
             return
+        if u.clear_end and not pulled:
+            # before anything that may drop this UPDATE: a full SRL needs exactly this clear
+            node.applier.clear(u.clear_end)
         if u.lsn < self.assigned_end:
             self.ack(force=True)
             return
@@ -55,8 +59,8 @@ class Secondary:
                       "node's volume (%d bytes)", u.lsn, header.sender, len(u.data), u.offset,
                       node.volume.size)
             return
-        if u.rec_epoch > node.srl.epoch:
-            node.srl.add_epoch(u.rec_epoch, u.lsn)
+        if u.rec_epoch > node.srl.epoch and not self._adopt_history(header.sender, u):
+            return
         rec = Record(u.lsn, u.rec_epoch, u.offset, u.data)
         try:
             pending = node.srl.append_record_nowait(rec)
@@ -69,8 +73,25 @@ class Secondary:
         self._full_logged = False
         node.watcher.put(pending, rec)
         self.assigned_end = u.lsn + 1
+        if pulled:
+            node.ops.pulled_bytes += len(u.data)
         if u.clear_end:
             node.applier.clear(u.clear_end)
+
+    def _adopt_history(self, sender: str, u: Update) -> bool:
+        """Take the sender's epoch boundaries up to this record, so this node's history says
+        exactly what the primary's does (a guessed boundary would look like divergence)."""
+        node = self.node
+        peer = node.peers.get(sender)
+        theirs = peer.hello.history if peer and peer.hello else []
+        for epoch, first in theirs:
+            if epoch > node.srl.epoch and first <= u.lsn:
+                node.srl.add_epoch(epoch, first)
+        if epoch_of(node.srl.history, u.lsn) != u.rec_epoch:
+            log.error("refused UPDATE LSN %d from %s: record epoch %d does not match its "
+                      "history %s", u.lsn, sender, u.rec_epoch, theirs)
+            return False
+        return True
 
     def _nack(self, sender: str) -> None:
         """Ask for a resend from our end; at most once per LSN per heartbeat."""

@@ -1,0 +1,288 @@
+"""srl_full = "dcm": keep writing when a secondary falls off the log (VVR's DCM).
+
+When the SRL is full because a secondary lags or is gone, the primary stops keeping log
+records for it: every region it has not received is marked in a persistent dirty-region
+bitmap (replengine.dcm.DirtyMap), the bitmap is made durable, and only then may the records
+be cleared (`dcm_covered_end`). When the secondary returns, the primary copies just the dirty
+regions (BLOCK messages, read as of every completed write), tells it where its log restarts
+(BLOCK_DONE.resume_lsn) and streams records from there. The secondary is marked inconsistent
+from the first block until it has applied past the primary's end at the end of the copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid as uuidlib
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from replengine.dcm import DirtyMap
+from replengine.protocol import Block, BlockAck, BlockDone
+
+if TYPE_CHECKING:
+    from replengine.daemon import Node
+    from replengine.peers import Peer
+    from replengine.primary import Primary
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+BLOCK_WINDOW = 32 << 20
+FLUSH_INTERVAL_S = 0.2
+
+
+def dcm_path(node: Node, peer: str) -> Path:
+    """Beside a file SRL; under /var/lib/replengine for an SRL on a block device."""
+    srl = Path(node.cfg.local.srl)
+    if srl.is_file():
+        return srl.with_name(f"{srl.name}.dcm-{peer}")
+    base = Path("/var/lib/replengine") / node.cfg.name / node.me
+    base.mkdir(parents=True, exist_ok=True)
+    return base / f"dcm-{peer}"
+
+
+@dataclass
+class Resync:
+    """A running copy of dirty regions to one secondary."""
+
+    peer: str
+    resume_lsn: int
+    ranges: deque = field(default_factory=deque)
+    sent: int = 0
+    acked: int = 0
+    done: bool = False
+    tag: str = field(default_factory=lambda: "dcm-" + uuidlib.uuid4().hex[:10])
+
+
+class DcmTracker:
+    """Per-primary DCM state: bitmaps of peers in dcm, running resyncs."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.maps: dict[str, DirtyMap] = {}
+        self.covered_end: dict[str, int] = {}
+        self.resyncs: dict[str, Resync] = {}
+        self._dirty: set[str] = set()
+        self._last_flush = 0.0
+
+    # ---- entering dcm ---------------------------------------------------------------------
+
+    def load(self, primary: Primary) -> None:
+        """On promotion: bitmaps left by an earlier term still owe those regions."""
+        node = self.node
+        for name, peer in node.peers.items():
+            path = dcm_path(node, name)
+            if not path.exists():
+                continue
+            dmap = DirtyMap.open(path, volume_size=node.volume.size,
+                                 region_size=node.cfg.dcm_region_size)
+            if dmap.is_empty:
+                path.unlink()
+                continue
+            self._enter(peer, dmap, node.srl.start_lsn, primary)
+            log.warning("secondary %s still has %d dirty bytes from before: in dcm", name,
+                        dmap.dirty_bytes)
+
+    def release_laggards(self, primary: Primary) -> bool:
+        """Switch the peers holding the log's start back to dcm; True if any was switched."""
+        node = self.node
+        candidates = [p for p in node.peers.values()
+                      if p.state not in ("dcm", "dcm-resync") and not p.rejected
+                      and p.acked_end < primary.assigned_end]
+        if not candidates:
+            return False
+        floor = min(p.acked_end for p in candidates)
+        switched = False
+        for p in candidates:
+            if p.acked_end == floor:
+                path = dcm_path(node, p.name)
+                dmap = DirtyMap.create(path, volume_size=node.volume.size,
+                                       region_size=node.cfg.dcm_region_size, force=True)
+                self._enter(p, dmap, p.acked_end, primary)
+                log.error("SRL FULL: secondary %s (acked LSN %d) switched to dcm: its records "
+                          "are released and %d bytes of regions will be resynced when it "
+                          "returns (srl_full=dcm)", p.name, p.acked_end - 1, dmap.dirty_bytes)
+                switched = True
+        self.flush(force=True)
+        return switched
+
+    def enter_full(self, peer: Peer, primary: Primary) -> None:
+        """The peer needs records this SRL no longer has: resync every region."""
+        node = self.node
+        dmap = DirtyMap.create(dcm_path(node, peer.name), volume_size=node.volume.size,
+                               region_size=node.cfg.dcm_region_size, force=True)
+        dmap.mark_all()
+        self._enter(peer, dmap, primary.assigned_end, primary)
+        self.flush(force=True)
+        log.error("secondary %s needs records older than this SRL: full resync through dcm "
+                  "(%d bytes)", peer.name, dmap.dirty_bytes)
+
+    def _enter(self, peer: Peer, dmap: DirtyMap, from_lsn: int, primary: Primary) -> None:
+        node = self.node
+        first = max(from_lsn, node.srl.start_lsn)
+        durable = node.watcher.durable_end
+        if first < durable:
+            for rec in node.srl.read(first, durable):
+                dmap.mark(rec.offset, len(rec.data))
+        for lsn in range(max(first, durable), primary.assigned_end):
+            rec = primary.cache.get(lsn)
+            if rec is not None:
+                dmap.mark(rec.offset, len(rec.data))
+        self.maps[peer.name] = dmap
+        self.covered_end[peer.name] = node.srl.start_lsn
+        self._dirty.add(peer.name)
+        self.resyncs.pop(peer.name, None)
+        peer.state = "dcm"
+        peer.streaming = False
+        peer.degraded = True
+
+    # ---- while in dcm ---------------------------------------------------------------------
+
+    def mark(self, offset: int, length: int) -> None:
+        for name, dmap in self.maps.items():
+            if self.node.peers[name].state == "dcm":
+                dmap.mark(offset, length)
+                self._dirty.add(name)
+
+    def flush(self, force: bool = False) -> None:
+        """Make the bitmaps durable; only then can the records they cover be cleared."""
+        now = time.monotonic()
+        if not force and now - self._last_flush < FLUSH_INTERVAL_S:
+            return
+        self._last_flush = now
+        primary = self.node.primary
+        end = primary.assigned_end if primary else self.node.watcher.durable_end
+        for name in list(self._dirty):
+            dmap = self.maps.get(name)
+            if dmap is not None and self.node.peers[name].state == "dcm":
+                dmap.flush()
+                self.covered_end[name] = end
+        self._dirty.clear()
+
+    def clear_floor(self, peer: Peer) -> int | None:
+        """The LSN below which records may go, as far as this peer is concerned."""
+        if peer.name in self.resyncs:
+            return self.resyncs[peer.name].resume_lsn
+        if peer.name in self.maps:
+            return self.covered_end.get(peer.name, 0)
+        return None
+
+    # ---- resync ---------------------------------------------------------------------------
+
+    def start_resync(self, peer: Peer) -> None:
+        node = self.node
+        dmap = self.maps[peer.name]
+        self.flush(force=True)
+        job = Resync(peer.name, node.watcher.durable_end, deque(dmap.regions()))
+        self.resyncs[peer.name] = job
+        peer.state = "dcm-resync"
+        log.warning("secondary %s back: resyncing %d bytes of dirty regions, then its log from "
+                    "LSN %d", peer.name, dmap.dirty_bytes, job.resume_lsn)
+
+    def on_block_ack(self, peer: Peer, ack: BlockAck) -> None:
+        job = self.resyncs.get(peer.name)
+        if job:
+            job.acked = max(job.acked, ack.received)
+
+    def pump(self) -> None:
+        from replengine.ops import consistent_read
+
+        node = self.node
+        for job in list(self.resyncs.values()):
+            peer = node.peers[job.peer]
+            if not peer.alive(node.heartbeat_s):
+                self._abort(peer, job)
+                continue
+            if job.done:
+                if peer.acked_end >= job.resume_lsn and peer.hello and peer.hello.consistent:
+                    self._finish(peer, job)
+                continue
+            while job.ranges and job.sent - job.acked < BLOCK_WINDOW:
+                off, length = job.ranges[0]
+                n = min(CHUNK, length)
+                if not node.send(job.peer, Block(off, consistent_read(node, off, n))):
+                    break
+                job.sent += n
+                if n == length:
+                    job.ranges.popleft()
+                else:
+                    job.ranges[0] = (off + n, length - n)
+            if not job.ranges and not job.done:
+                if node.send(job.peer, BlockDone(job.tag, node.watcher.durable_end,
+                                                 job.resume_lsn)):
+                    job.done = True
+                    peer.restart_stream(job.resume_lsn)
+                    peer.acked_end = job.resume_lsn
+                    peer.streaming = True
+
+    def _abort(self, peer: Peer, job: Resync) -> None:
+        """The peer went away mid-resync: back to dcm, owing everything since resume_lsn."""
+        self.resyncs.pop(peer.name, None)
+        primary = self.node.primary
+        assert primary is not None
+        self._enter(peer, self.maps[peer.name], job.resume_lsn, primary)
+        log.warning("secondary %s lost during its dcm resync: back in dcm", peer.name)
+
+    def _finish(self, peer: Peer, job: Resync) -> None:
+        self.resyncs.pop(peer.name, None)
+        dmap = self.maps.pop(peer.name)
+        self.covered_end.pop(peer.name, None)
+        dmap.close()
+        dmap.path.unlink(missing_ok=True)
+        peer.state = "catching-up"
+        peer.degraded = peer.mode == "sync"
+        log.warning("secondary %s: dcm resync complete (%d bytes copied), consistent again",
+                    peer.name, job.sent)
+
+
+class DcmReceiver:
+    """Secondary side of a dcm resync: write blocks, then restart the log at resume_lsn."""
+
+    def __init__(self, node: Node, source: str) -> None:
+        self.node = node
+        self.source = source
+        self.received = 0
+        self.primary_end = 0
+        self.done = False
+        node.applier.barrier().wait()
+        node.consistent = False
+        log.warning("dcm resync from %s started: this node is inconsistent until it ends",
+                    source)
+
+    def on_block(self, block: Block) -> None:
+        self.node.volume.write(block.offset, block.data)
+        self.received += len(block.data)
+        if self.received % (4 << 20) < len(block.data):
+            self.node.send(self.source, BlockAck(self.received))
+
+    def on_done(self, done: BlockDone) -> None:
+        node = self.node
+        node.send(self.source, BlockAck(self.received))
+        node.volume.flush()
+        node.applier.barrier().wait()
+        if done.resume_lsn:
+            node.srl.reset(done.resume_lsn)
+            with node.applier.lock:
+                node.applier.applied_end = done.resume_lsn
+                node.applier.overlay.clear()
+                node.applier.pending_clear = 0
+            node.watcher.durable_end = done.resume_lsn
+            node.secondary.assigned_end = done.resume_lsn
+        self.primary_end = done.primary_end
+        self.done = True
+        log.warning("dcm resync: %d bytes of regions received; log restarts at LSN %d; "
+                    "consistent once LSN %d is applied", self.received, done.resume_lsn,
+                    done.primary_end)
+        node.send(self.source, node.hello())
+
+    def progress(self) -> bool:
+        """True once consistent again."""
+        if self.done and self.node.applier.applied_end >= self.primary_end:
+            self.node.consistent = True
+            log.warning("dcm resync complete: consistent at LSN %d",
+                        self.node.applier.applied_end)
+            return True
+        return False

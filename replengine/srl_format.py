@@ -1,0 +1,186 @@
+"""Byte layout of the SRL: the two superblock copies and the record header.
+
+Kept apart from srl.py so the on-disk format (documented byte by byte in docs/srl-format.md)
+can be read and reviewed without the concurrency code around it. Everything here is pure:
+bytes in, dataclasses out, no I/O.
+
+All integers are little-endian. CRCs are CRC32C (Castagnoli), as computed by ``crc32c.crc32c``.
+"""
+
+from __future__ import annotations
+
+import struct
+import uuid
+from dataclasses import dataclass, field
+
+import crc32c
+
+#: Records start on this boundary; also the size of one superblock copy.
+BLOCK = 4096
+SB_SIZE = 4096
+SB_COPIES = 2
+#: The circular record area starts right after the two superblock copies.
+AREA_OFFSET = SB_SIZE * SB_COPIES
+#: Smallest circular area we accept: smaller logs fill before a lagging secondary is noticed.
+MIN_AREA_SIZE = 1 << 20
+
+SB_MAGIC = b"RPLSRLSB"
+FORMAT_VERSION = 1
+NAME_MAX = 64
+#: Room in one 4 KiB superblock copy for this many (epoch, first_lsn) pairs.
+MAX_HISTORY = 240
+
+REC_MAGIC = b"RPLR"
+HEADER_SIZE = 64
+TYPE_DATA = 1
+TYPE_WRAP = 2
+MAX_LENGTH = (1 << 32) - 1
+
+# magic, version, sb_size, generation, uuid, resource, node, area_offset, area_size, log_id,
+# start_lsn, start_pos, end_lsn, end_pos, trunc_lsn, trunc_end_pos, history_count, reserved
+_SB_FIXED = struct.Struct("<8sIIQ16s64s64sQQQQQQQQQII")
+_SB_HIST = struct.Struct("<QQ")
+_SB_HIST_OFF = _SB_FIXED.size  # 248
+_SB_CRC_OFF = SB_SIZE - 4
+assert _SB_HIST_OFF + MAX_HISTORY * _SB_HIST.size <= _SB_CRC_OFF
+
+# magic, type, flags, epoch, lsn, offset, length, reserved, committed_lsn, log_id, crc, hdr_crc
+_HDR = struct.Struct("<4sHHQQQIIQQII")
+assert _HDR.size == HEADER_SIZE
+_HDR_CRC_SPAN = 56  # bytes [0, 56) take part in the record CRC
+_HDR_HCRC_SPAN = 60  # bytes [0, 60) take part in the header CRC
+
+
+def round_up(n: int, to: int = BLOCK) -> int:
+    return (n + to - 1) // to * to
+
+
+def record_size(length: int) -> int:
+    """Bytes of circular area a record with ``length`` data bytes occupies (header + padding)."""
+    return round_up(HEADER_SIZE + length)
+
+
+def _pack_name(what: str, value: str) -> bytes:
+    raw = value.encode("utf-8")
+    if not raw or len(raw) > NAME_MAX or b"\0" in raw:
+        raise ValueError(f"{what} {value!r} must be 1..{NAME_MAX} UTF-8 bytes without NUL")
+    return raw
+
+
+@dataclass
+class Superblock:
+    """One superblock copy's content. ``generation`` orders the two copies: newest valid wins."""
+
+    resource: str
+    uuid: uuid.UUID
+    node: str
+    area_offset: int
+    area_size: int
+    log_id: int
+    start_lsn: int
+    start_pos: int
+    end_lsn: int
+    end_pos: int
+    history: list[tuple[int, int]] = field(default_factory=list)
+    #: A truncate in progress: records with LSN >= trunc_lsn up to trunc_end_pos are dead and
+    #: must be erased by recovery if the crash came before truncate finished (0 = none).
+    trunc_lsn: int = 0
+    trunc_end_pos: int = 0
+    generation: int = 0
+    version: int = FORMAT_VERSION
+
+    def pack(self) -> bytes:
+        """4096 bytes ready to pwrite, CRC in the last 4 bytes."""
+        if len(self.history) > MAX_HISTORY:
+            raise ValueError(f"epoch history has {len(self.history)} entries, max {MAX_HISTORY}")
+        buf = bytearray(SB_SIZE)
+        _SB_FIXED.pack_into(
+            buf, 0, SB_MAGIC, self.version, SB_SIZE, self.generation, self.uuid.bytes,
+            _pack_name("resource name", self.resource), _pack_name("node name", self.node),
+            self.area_offset, self.area_size, self.log_id, self.start_lsn, self.start_pos,
+            self.end_lsn, self.end_pos, self.trunc_lsn, self.trunc_end_pos, len(self.history), 0)
+        for i, (epoch, first_lsn) in enumerate(self.history):
+            _SB_HIST.pack_into(buf, _SB_HIST_OFF + i * _SB_HIST.size, epoch, first_lsn)
+        struct.pack_into("<I", buf, _SB_CRC_OFF, crc32c.crc32c(bytes(buf[:_SB_CRC_OFF])))
+        return bytes(buf)
+
+
+def has_sb_magic(buf: bytes) -> bool:
+    return buf[:len(SB_MAGIC)] == SB_MAGIC
+
+
+def unpack_superblock(buf: bytes) -> Superblock | None:
+    """The superblock in ``buf``, or None if it is not a valid copy (zeroed, torn, corrupt).
+
+    Validity is magic + CRC; a copy from a newer format version is rejected by the caller
+    with its own message, so it is returned here.
+    """
+    if len(buf) < SB_SIZE or not has_sb_magic(buf):
+        return None
+    (crc,) = struct.unpack_from("<I", buf, _SB_CRC_OFF)
+    if crc32c.crc32c(bytes(buf[:_SB_CRC_OFF])) != crc:
+        return None
+    (_magic, version, _sb_size, generation, uuid_b, res, node, area_offset, area_size, log_id,
+     start_lsn, start_pos, end_lsn, end_pos, trunc_lsn, trunc_end_pos, nhist,
+     _r) = _SB_FIXED.unpack_from(buf, 0)
+    if nhist > MAX_HISTORY:
+        return None
+    history = [_SB_HIST.unpack_from(buf, _SB_HIST_OFF + i * _SB_HIST.size) for i in range(nhist)]
+    return Superblock(
+        resource=res.rstrip(b"\0").decode("utf-8", "replace"), uuid=uuid.UUID(bytes=uuid_b),
+        node=node.rstrip(b"\0").decode("utf-8", "replace"), area_offset=area_offset,
+        area_size=area_size, log_id=log_id, start_lsn=start_lsn, start_pos=start_pos,
+        end_lsn=end_lsn, end_pos=end_pos, history=[tuple(h) for h in history],
+        trunc_lsn=trunc_lsn, trunc_end_pos=trunc_end_pos,
+        generation=generation, version=version)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordHeader:
+    """A record header whose own CRC (hdr_crc) checked out; the data may still be torn."""
+
+    type: int
+    epoch: int
+    lsn: int
+    offset: int
+    length: int
+    committed_lsn: int
+    log_id: int
+    crc: int
+
+    @property
+    def size(self) -> int:
+        return record_size(self.length) if self.type == TYPE_DATA else BLOCK
+
+
+def pack_header(rtype: int, epoch: int, lsn: int, offset: int, length: int,
+                committed_lsn: int, log_id: int, data_crc: int) -> bytes:
+    """The 64-byte header. ``data_crc`` is CRC32C(data), computed by the appender beforehand.
+
+    The record CRC is CRC32C(data || header[0:56]): data first so the expensive part can be
+    computed by each appender in parallel before the committer knows ``committed_lsn``.
+    """
+    head = _HDR.pack(REC_MAGIC, rtype, 0, epoch, lsn, offset, length, 0, committed_lsn,
+                     log_id, 0, 0)[:_HDR_CRC_SPAN]
+    crc = crc32c.crc32c(head, data_crc)
+    head += struct.pack("<I", crc)
+    return head + struct.pack("<I", crc32c.crc32c(head))
+
+
+def parse_header(buf: bytes | memoryview) -> RecordHeader | None:
+    """Decode a header, or None if it is not one (zeros, garbage, torn, stale format)."""
+    if len(buf) < HEADER_SIZE or bytes(buf[:4]) != REC_MAGIC:
+        return None
+    (_m, rtype, _flags, epoch, lsn, offset, length, _r, committed, log_id, crc,
+     hcrc) = _HDR.unpack_from(buf, 0)
+    if crc32c.crc32c(bytes(buf[:_HDR_HCRC_SPAN])) != hcrc or rtype not in (TYPE_DATA, TYPE_WRAP):
+        return None
+    return RecordHeader(rtype, epoch, lsn, offset, length, committed, log_id, crc)
+
+
+def data_matches(hdr: RecordHeader, header_bytes: bytes | memoryview,
+                 data: bytes | memoryview) -> bool:
+    """Whether the record CRC covers exactly these data bytes (detects torn/flipped data)."""
+    if len(data) != hdr.length:
+        return False
+    return crc32c.crc32c(bytes(header_bytes[:_HDR_CRC_SPAN]), crc32c.crc32c(data)) == hdr.crc
