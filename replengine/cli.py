@@ -143,7 +143,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_promote(args: argparse.Namespace) -> int:
     ctl = _ctl(args, timeout_s=args.timeout)
-    doc, _ = ctl.call("promote", force=args.force, timeout_s=args.timeout)
+    fields = {"force": args.force}
+    if args.min_peers is not None:
+        fields["min_peers"] = args.min_peers
+    doc, _ = ctl.call("promote", timeout_s=args.timeout, **fields)
     ctl.close()
     if doc.get("already"):
         print(f"already primary (epoch {doc['epoch']})")
@@ -196,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("promote", parents=[common], help="make this node primary")
     p.add_argument("--force", action="store_true",
                    help="promote even with fewer reachable peers than promote_min_peers")
+    p.add_argument("--min-peers", type=int, help="override promote_min_peers for this call")
     p.add_argument("--timeout", type=float, default=300)
     p.set_defaults(fn=cmd_promote)
     p = sub.add_parser("demote", parents=[common], help="make this primary a secondary")

@@ -46,6 +46,7 @@ class Promotion:
     target_end: int = 0
     pulled: int = 0
     deadline: float = 0.0
+    min_peers: int = 0
 
 
 @dataclass
@@ -237,9 +238,12 @@ class Operations:
                              "promote another node or retry when it is done")
             return
         force = bool(doc.get("force", False))
+        min_peers = doc.get("min_peers")
         now = time.monotonic()
         self.promotion = Promotion(Request(req.client, req.req_id), force, now,
-                                   probe_until=now + node.heartbeat_s * 1.5)
+                                   probe_until=now + node.heartbeat_s * 1.5,
+                                   min_peers=node.cfg.promote_min_peers if min_peers is None
+                                   else int(min_peers))
         node.beacon()
 
     def _refuse(self, why: str) -> None:
@@ -274,7 +278,7 @@ class Operations:
         if primaries:
             self._refuse(f"{', '.join(primaries)} is primary and reachable: demote it first")
             return
-        need = node.cfg.promote_min_peers
+        need = pr.min_peers
         if len(fresh) < need:
             if not pr.force:
                 self._refuse(f"only {len(fresh)} of {len(node.peers)} peers reachable "
@@ -396,6 +400,8 @@ def status(node: Node) -> dict:
             "state": state, "degraded": p.degraded, "epoch": p.epoch,
             "role": p.hello.role if p.hello else None, "rejected": p.rejected or None,
             "shipped_records": p.shipped_records, "shipped_bytes": p.shipped_bytes,
+            "end_lsn": p.hello.end_lsn if p.hello else None,
+            "consistent": p.hello.consistent if p.hello else None,
         }
     return {
         "resource": node.cfg.name, "node": node.me, "role": node.role, "epoch": node.epoch,
