@@ -325,6 +325,7 @@ class Node:
         if fresh or not peer.streaming:
             peer.restart_stream(h.end_lsn)
             peer.streaming = True
+            self.primary.on_connect(peer)
             log.info("secondary %s connected at LSN %d (primary end %d)", peer.name,
                      h.end_lsn, self.primary.assigned_end)
 

@@ -55,7 +55,8 @@ def run_demo(args: argparse.Namespace) -> int:
     vol_size = args.volume_mib << 20
     r = LocalResource(workdir, nodes={"alpha": "sync", "beta": "sync", "gamma": "sync",
                                       "delta": "async"},
-                      volume_size=vol_size, srl_size=max(64 << 20, vol_size // 4),
+                      # a 4 KiB record takes 8 KiB of SRL; room for 3x the workload
+                      volume_size=vol_size, srl_size=max(64 << 20, args.records * 3 * 8192),
                       heartbeat_ms=300)
     rng = random.Random(42)
     n = args.records
@@ -83,7 +84,19 @@ def run_demo(args: argparse.Namespace) -> int:
         tl.say("alpha KILLED with SIGKILL")
         r.signal("gamma", signal.SIGCONT)
         r.signal("delta", signal.SIGCONT)
-        before = _ends(r, ["beta", "gamma", "delta"])
+        # resumed nodes first drain what was already in their sockets: wait until the ends
+        # stop moving, so the figures below are what the promotion really finds
+        last: dict[str, dict[str, int]] = {"ends": {}}
+
+        def settled() -> dict[str, int] | None:
+            now = _ends(r, ["beta", "gamma", "delta"])
+            same = now == last["ends"]
+            last["ends"] = now
+            if not same:
+                time.sleep(0.3)
+            return now if same else None
+
+        before = r.wait_for(settled, 30, "the survivors' end LSNs to settle")
         best = max(before, key=lambda k: before[k])
         for name, end in before.items():
             tl.say(f"  {name:5s} end LSN {end:6d}  lacks {before[best] - end:5d} records"

@@ -180,10 +180,25 @@ class Primary:
                 log.error("SYNC SECONDARY %s LOST: replication to it degraded to async until "
                           "it catches up (on_sync_loss=degrade); completed writes are no longer "
                           "guaranteed on it", p.name)
-            elif alive and p.degraded and p.acked_end >= self.assigned_end:
+            elif alive and p.degraded and p.state not in ("dcm", "dcm-resync") and \
+                    p.acked_end >= self.caught_up_mark():
                 p.degraded = False
                 log.warning("sync secondary %s caught up at LSN %d: synchronous again",
                             p.name, p.acked_end - 1)
+
+    def caught_up_mark(self) -> int:
+        """A peer that has every LSN below this has everything already completed, so
+        waiting for it from now on costs no more than any in-sync peer."""
+        return self.pending[0].lsn if self.pending else self.assigned_end
+
+    def on_connect(self, p: Peer) -> None:
+        """Under degrade, a sync peer that (re)connects behind is async until caught up."""
+        if (p.mode == "sync" and self.node.cfg.on_sync_loss == "degrade"
+                and p.acked_end < self.caught_up_mark() and not p.degraded):
+            p.degraded = True
+            log.warning("sync secondary %s connected %d records behind: replicated "
+                        "asynchronously until it catches up", p.name,
+                        self.assigned_end - p.acked_end)
 
     # ---- streaming ------------------------------------------------------------------------
 

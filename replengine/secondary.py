@@ -104,14 +104,17 @@ class Secondary:
                                                 self.node.me, Nack(expected)))
 
     def ack(self, force: bool = False) -> None:
+        """Cumulative ACK to the primary we follow and to a peer we are pulling from."""
         node = self.node
-        if not node.following:
+        targets = [t for t in (node.following, node.ops.pull_source) if t]
+        if not targets:
             return
         state = (node.watcher.durable_end, node.applier.applied_end)
         if state == self.acked_sent and not force:
             return
-        if node.transport.send(node.following, encode(node.cfg.uuid, node.known_epoch, node.me,
-                                                       Ack(*state))):
+        frames = encode(node.cfg.uuid, node.known_epoch, node.me, Ack(*state))
+        sent = [node.transport.send(t, frames) for t in dict.fromkeys(targets)]
+        if all(sent):
             self.acked_sent = state
 
     def after_clear(self) -> None:
