@@ -23,7 +23,7 @@ from typing import Any
 from replengine import config as configmod
 from replengine.applier import Applier, DurabilityWatcher
 from replengine.dcmtrack import DcmReceiver, DcmTracker
-from replengine.errors import ProtocolError, ReplError
+from replengine.errors import ForeignResourceError, ProtocolError, ReplError
 from replengine.history import divergence_point
 from replengine.peers import Peer
 from replengine.primary import Primary
@@ -227,6 +227,13 @@ class Node:
                 if msg.header.sender != sender:
                     raise ProtocolError(f"sender field {msg.header.sender!r} does not match "
                                         f"the connection's node {sender!r}")
+            except ForeignResourceError as exc:
+                self.warn_once(f"foreign:{sender}", "refused %s: %s", sender, exc)
+                self.transport.reply_router(inc.identity, encode(
+                    self.cfg.uuid, self.epoch, self.me,
+                    Reject(f"{self.me} belongs to resource {self.cfg.name} ({self.cfg.uuid}), "
+                           "not to yours: check the uuid and node addresses in the config")))
+                continue
             except ProtocolError as exc:
                 self.warn_once(f"bad:{sender}:{exc}", "malformed message from %s dropped: %s",
                                sender, exc)

@@ -35,6 +35,10 @@ class ProtocolError(ReplError):
     """A wire message is malformed, foreign or from an unknown peer."""
 
 
+class ForeignResourceError(ProtocolError):
+    """A message carries another resource's UUID: a misconfigured or foreign cluster."""
+
+
 class RoleError(ReplError):
     """The operation does not fit the node's current role (e.g. a write on a secondary)."""
 

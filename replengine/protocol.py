@@ -19,7 +19,7 @@ from typing import Any
 
 import crc32c
 
-from replengine.errors import ProtocolError
+from replengine.errors import ForeignResourceError, ProtocolError
 
 MAGIC = b"RPLE"
 VERSION = 1
@@ -221,7 +221,8 @@ def decode(frames: list[bytes] | list[memoryview], expect_uuid: uuidlib.UUID | N
         raise ProtocolError(f"unknown message type {mtype}") from None
     uuid = uuidlib.UUID(bytes=ubytes)
     if expect_uuid is not None and uuid != expect_uuid:
-        raise ProtocolError(f"message for foreign resource {uuid} (this resource is {expect_uuid})")
+        raise ForeignResourceError(f"message for foreign resource {uuid} (this resource is "
+                                   f"{expect_uuid})")
     off = _PREFIX.size
     if nlen == 0 or nlen > MAX_NAME or len(head) < off + nlen:
         raise ProtocolError(f"bad sender name length {nlen}")

@@ -62,10 +62,12 @@ MIN_SRL_SIZE = AREA_OFFSET + MIN_AREA_SIZE
 #: One batch writes at most this much (a single larger record goes alone). Bounds how far a
 #: torn batch can reach beyond its first record, which recovery's look-ahead must cover.
 MAX_BATCH_BYTES = 16 << 20
-#: Batches in flight at once, together at most MAX_INFLIGHT_BYTES (see _can_lead). The code
-#: allows overlapping fdatasyncs, but on ext4 two concurrent fdatasyncs of one file measured
-#: slower than one bigger batch, so one it is.
-MAX_INFLIGHT = 1
+#: Batches in flight at once, together at most MAX_INFLIGHT_BYTES (see _can_lead). A second
+#: batch may start while a big one (>= OVERLAP_MIN_BYTES) is still being written or synced, so
+#: copying large records into the page cache overlaps the other batch's I/O; for small
+#: batches two concurrent fdatasyncs of one ext4 file measured slower than one bigger batch.
+MAX_INFLIGHT = 2
+OVERLAP_MIN_BYTES = 256 << 10
 MAX_INFLIGHT_BYTES = 2 * MAX_BATCH_BYTES
 #: How far recovery looks past the first bad header for evidence that it was durable.
 SCAN_WINDOW = 64 << 20
@@ -566,8 +568,8 @@ class SRL:
             return False
         if self._inflight == 0:
             return True
-        return (self._inflight < MAX_INFLIGHT and self._inflight_bytes + self._queue[0].size
-                <= MAX_INFLIGHT_BYTES)
+        return (self._inflight < MAX_INFLIGHT and self._inflight_bytes >= OVERLAP_MIN_BYTES
+                and self._inflight_bytes + self._queue[0].size <= MAX_INFLIGHT_BYTES)
 
     def _lead_batch(self) -> None:
         """Write + fdatasync the next batch. Called and returns with ``_lock`` held; the I/O
