@@ -422,8 +422,7 @@ def status(node: Node) -> dict:
 
 def lag_bytes(node: Node, acked_end: int) -> int:
     """Bytes of log a peer is behind: the SRL space between its end and ours."""
-    bytes_between = getattr(node.srl, "bytes_between", None)
-    return bytes_between(acked_end, node.srl.end_lsn) if bytes_between else None
+    return node.srl.bytes_between(acked_end, node.srl.next_lsn)
 
 
 __all__ = ["Operations", "Record", "consistent_read", "status"]

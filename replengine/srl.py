@@ -434,6 +434,19 @@ class SRL:
     def record_size(self, length: int) -> int:
         return record_size(length)
 
+    def bytes_between(self, first: int, end: int) -> int:
+        """SRL bytes taken by records [first, end) as far as this log holds them (wasted
+        wrap tails included): how far behind, in log space, a peer at `first` is."""
+        with self._lock:
+            first = max(first, self._start_lsn)
+            end = min(end, self._index.end)
+            if end <= first:
+                return 0
+            a = self._index.lookup(first)[0]
+            pos, length = self._index.lookup(end - 1)
+        d = (pos + record_size(length) - a) % self._cap
+        return d or self._cap
+
     def _used(self) -> int:
         if self._next_lsn == self._start_lsn:
             return 0

@@ -678,3 +678,23 @@ def test_closed(tmp_path: Path) -> None:
     with pytest.raises(SRLError, match="closed"):
         srl.append(1, 0, b"")
     assert os.path.exists(tmp_path / "srl")
+
+
+def test_bytes_between_counts_log_space(tmp_path):
+    """Status reports a peer's lag in bytes from this: records' on-disk sizes, wrap included."""
+    import uuid as _uuid
+
+    from replengine.srl import SRL
+
+    path = tmp_path / "bb.srl"
+    path.write_bytes(b"")
+    srl = SRL.create(path, resource="r0", uuid=_uuid.uuid4(), node="a", size=(1 << 20) + 8192)
+    srl.add_epoch(1, 1)
+    for i in range(10):
+        srl.append(1, i * 4096, b"x" * 4096)
+    assert srl.bytes_between(1, 11) == 10 * srl.record_size(4096)
+    assert srl.bytes_between(4, 6) == 2 * srl.record_size(4096)
+    assert srl.bytes_between(11, 11) == 0
+    srl.advance_start(5)
+    assert srl.bytes_between(1, 11) == 6 * srl.record_size(4096)   # cleared ones are gone
+    srl.close()
