@@ -31,6 +31,9 @@ def install_agent(dest: Path) -> Path:
 def run_agent(agent: Path, action: str, cfg: Path | None, **extra: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OCF_")}
     env["OCF_ROOT"] = "/usr/lib/ocf"
+    # the package may be importable only from this checkout (an interpreter without it
+    # installed); the agent and the replctl/daemon processes it starts inherit this
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env["OCF_RESOURCE_INSTANCE"] = "r0"
     env["OCF_RESKEY_resource"] = "r0"
     if cfg is not None:
