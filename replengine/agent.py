@@ -141,6 +141,13 @@ class Agent:
             log.info("replctl %s: %s", args[0], out)
         return proc
 
+    def marker(self, cfg: configmod.ResourceConfig) -> Path:
+        """'This node is promoted' flag, under HA_RSCTMP: cleared at boot, so a node that
+        lost power comes back as stopped (7), not as a failed primary (9)."""
+        base = Path(env("HA_RSCTMP") or "/run/resource-agents")
+        base.mkdir(parents=True, exist_ok=True)
+        return base / f"replengine-{cfg.name}-{cfg.local.name}.promoted"
+
     def status(self, cfg: configmod.ResourceConfig) -> dict | None:
         from replengine.cli import daemon_running
         from replengine.client import ControlClient
@@ -229,7 +236,7 @@ class Agent:
         from replengine.cli import daemon_running
         from replengine.localcluster import wait_gone
 
-        (cfg.runtime_dir() / "promoted").unlink(missing_ok=True)
+        self.marker(cfg).unlink(missing_ok=True)
         pid = daemon_running(cfg)
         if pid is None:
             return OCF_SUCCESS
@@ -254,7 +261,7 @@ class Agent:
             log.error("%s", exc)
             return OCF_ERR_CONFIGURED if env("OCF_RESKEY_CRM_meta_interval", "0") != "0" \
                 else OCF_NOT_RUNNING
-        marker = cfg.runtime_dir() / "promoted"
+        marker = self.marker(cfg)
         try:
             st = self.status(cfg)
         except ReplError as exc:
@@ -279,7 +286,7 @@ class Agent:
             # refused (cannot see enough peers, or could not pull what it lacks): fail so
             # that Pacemaker picks another node rather than promote one that would lose data
             return OCF_ERR_GENERIC
-        (cfg.runtime_dir() / "promoted").touch()
+        self.marker(cfg).touch()
         self.set_score(SCORE_BEST)
         return OCF_SUCCESS
 
@@ -292,13 +299,13 @@ class Agent:
         from replengine.cli import daemon_running
 
         if not daemon_running(cfg):
-            (cfg.runtime_dir() / "promoted").unlink(missing_ok=True)
+            self.marker(cfg).unlink(missing_ok=True)
             return OCF_SUCCESS
         proc = self.replctl("demote", "--timeout", str(int(action_timeout(120))),
                             timeout=action_timeout(120) + 2)
         if proc.returncode != 0:
             return OCF_ERR_GENERIC
-        (cfg.runtime_dir() / "promoted").unlink(missing_ok=True)
+        self.marker(cfg).unlink(missing_ok=True)
         return OCF_SUCCESS
 
     def notify(self) -> int:

@@ -35,13 +35,13 @@ def _ctl(args: argparse.Namespace, timeout_s: float = 30.0) -> ControlClient:
 def daemon_running(cfg: configmod.ResourceConfig) -> int | None:
     """PID of this node's live daemon, or None."""
     pidfile = cfg.runtime_dir() / "replengined.pid"
-    from replengine.localcluster import is_alive
+    from replengine.localcluster import is_daemon
 
     try:
         pid = int(pidfile.read_text().strip())
     except (FileNotFoundError, ValueError):
         return None
-    if not is_alive(pid):
+    if not is_daemon(pid, cfg.local.name):
         return None
     if not (cfg.runtime_dir() / "control.sock").exists():
         return None

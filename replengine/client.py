@@ -24,10 +24,10 @@ from replengine.errors import ReplError, RoleError
 
 def _daemon_alive(rundir: Path) -> bool:
     """A socket file left by a killed daemon must not make callers wait for a timeout."""
-    from replengine.localcluster import is_alive
+    from replengine.localcluster import is_daemon
 
     try:
-        return is_alive(int((rundir / "replengined.pid").read_text()))
+        return is_daemon(int((rundir / "replengined.pid").read_text()), rundir.name)
     except (FileNotFoundError, ValueError):
         return False
 

@@ -217,6 +217,24 @@ def wait_gone(pid: int, timeout: float = 30) -> None:
         time.sleep(0.02)
 
 
+def is_daemon(pid: int, node: str) -> bool:
+    """True only if `pid` is a live replengined of `node`: after a crash or a reboot a pid
+    file may name a recycled pid, and acting on it (status, or a kill in the agent's stop)
+    would hit an unrelated process."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        cmd = proc.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+    if "replengine.daemon" not in cmd and not any(c.endswith("replengined") for c in cmd):
+        return False
+    return "--node" not in cmd or cmd[cmd.index("--node") + 1:][:1] == [node]
+
+
 def is_alive(pid: int) -> bool:
     import psutil
 

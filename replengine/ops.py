@@ -404,7 +404,9 @@ def status(node: Node) -> dict:
             "consistent": p.hello.consistent if p.hello else None,
         }
     return {
-        "resource": node.cfg.name, "node": node.me, "role": node.role, "epoch": node.epoch,
+        # a secondary may know a newer epoch than its log's last record: report that one
+        "resource": node.cfg.name, "node": node.me, "role": node.role,
+        "epoch": max(node.epoch, node.known_epoch), "log_epoch": node.epoch,
         "known_epoch": node.known_epoch, "history": [list(h) for h in srl.history],
         "start_lsn": srl.start_lsn, "end_lsn": node.watcher.durable_end,
         "applied_end": node.applier.applied_end, "consistent": node.consistent,

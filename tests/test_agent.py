@@ -157,3 +157,40 @@ def test_bad_config(agent, tmp_path):
 
 def test_unknown_action(agent, local_resource):
     assert run_agent(agent, "frobnicate", local_resource.config).returncode == 3
+
+
+def test_stale_pid_file_of_unrelated_process_is_not_trusted(agent, local_resource):
+    """After a crash the pid in the pid file may be recycled: the agent must neither wait on
+    nor kill whatever process now has it."""
+    cfg = local_resource.config
+    me = os.uname().nodename
+    rundir = local_resource.run_dir / "r0" / me
+    rundir.mkdir(parents=True, exist_ok=True)
+    (rundir / "control.sock").write_text("")
+    bystander = subprocess.Popen(["sleep", "300"])
+    try:
+        (rundir / "replengined.pid").write_text(f"{bystander.pid}\n")
+        assert run_agent(agent, "monitor", cfg).returncode == 7
+        assert run_agent(agent, "stop", cfg).returncode == 0
+        assert bystander.poll() is None, "stop killed an unrelated process"
+        assert run_agent(agent, "start", cfg).returncode == 0     # starts a real daemon
+        assert run_agent(agent, "monitor", cfg).returncode == 0
+        assert run_agent(agent, "stop", cfg).returncode == 0
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_promoted_marker_is_per_boot(agent, local_resource, tmp_path):
+    """The 'promoted' flag lives in HA_RSCTMP (cleared at boot): with it gone, a node whose
+    primary daemon vanished reports stopped (7), as after a power cut, not failed (9)."""
+    cfg = local_resource.config
+    me = os.uname().nodename
+    rsctmp = tmp_path / "rsctmp"
+    assert run_agent(agent, "start", cfg, HA_RSCTMP=str(rsctmp)).returncode == 0
+    assert run_agent(agent, "promote", cfg, HA_RSCTMP=str(rsctmp)).returncode == 0
+    assert (rsctmp / f"replengine-r0-{me}.promoted").exists()
+    local_resource.kill(me)
+    assert run_agent(agent, "monitor", cfg, HA_RSCTMP=str(rsctmp)).returncode == 9
+    assert run_agent(agent, "monitor", cfg, HA_RSCTMP=str(tmp_path / "rebooted")).returncode == 7
+    assert run_agent(agent, "stop", cfg, HA_RSCTMP=str(rsctmp)).returncode == 0
