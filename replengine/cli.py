@@ -178,13 +178,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr, like every other failure of replctl."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="replctl", description="replengine control")
-    common = argparse.ArgumentParser(add_help=False)
+    ap = _Parser(prog="replctl", description="replengine control")
+    common = _Parser(add_help=False)
     common.add_argument("--config", help="resource config (default /etc/replengine/R.toml)")
     common.add_argument("--resource", help="resource name, to find its default config")
     common.add_argument("--node", help="this node's name (default: uname -n)")
-    sub = ap.add_subparsers(dest="verb", required=True)
+    sub = ap.add_subparsers(dest="verb", required=True, parser_class=_Parser)
     p = sub.add_parser("init", parents=[common], help="write a fresh SRL superblock")
     p.add_argument("--force", action="store_true", help="overwrite an initialised SRL")
     p.set_defaults(fn=cmd_init)

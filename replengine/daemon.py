@@ -238,6 +238,10 @@ class Node:
                 self.warn_once(f"bad:{sender}:{exc}", "malformed message from %s dropped: %s",
                                sender, exc)
                 continue
+            except Exception as exc:  # a decoder bug must not let one message kill the node
+                log.exception("malformed message from %s dropped (decoder error): %s", sender,
+                              exc)
+                continue
             try:
                 self.dispatch(peer, msg)
             except Exception:  # logged loudly; one bad message must not stop replication
@@ -329,6 +333,14 @@ class Node:
             peer.state = "rewinding"
             return
         peer.acked_end = max(peer.acked_end, h.end_lsn)
+        if (peer.streaming and not fresh and h.end_lsn < peer.next_lsn
+                and time.monotonic() - peer.last_progress > 2 * self.heartbeat_s):
+            # it reports less than we sent and has not acked anything for two beats: what
+            # was in flight was lost (a replaced connection); resend from its end
+            log.warning("secondary %s stuck at LSN %d while %d was sent: resending",
+                        peer.name, h.end_lsn, peer.next_lsn - 1)
+            peer.restart_stream(h.end_lsn)
+            peer.last_progress = time.monotonic()
         if fresh or not peer.streaming:
             peer.restart_stream(h.end_lsn)
             peer.streaming = True
@@ -356,6 +368,8 @@ class Node:
         self.following = peer.name
         self.secondary.acked_sent = (0, 0)
         self.send(peer.name, self.hello())
+        # ask for everything from our end: whatever was in flight before may be lost
+        self.send(peer.name, Nack(self.secondary.assigned_end))
 
     def step_down(self, why: str) -> None:
         log.error("FENCED: stepping down from primary: %s; pending writes fail", why)

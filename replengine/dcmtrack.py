@@ -55,6 +55,8 @@ class Resync:
     acked: int = 0
     done: bool = False
     tag: str = field(default_factory=lambda: "dcm-" + uuidlib.uuid4().hex[:10])
+    started: float = 0.0
+    dirty_bytes: int = 0
 
 
 class DcmTracker:
@@ -67,6 +69,7 @@ class DcmTracker:
         self.resyncs: dict[str, Resync] = {}
         self._dirty: set[str] = set()
         self._last_flush = 0.0
+        self.last_resync: dict | None = None
 
     # ---- entering dcm ---------------------------------------------------------------------
 
@@ -176,11 +179,21 @@ class DcmTracker:
         node = self.node
         dmap = self.maps[peer.name]
         self.flush(force=True)
-        job = Resync(peer.name, node.watcher.durable_end, deque(dmap.regions()))
+        job = Resync(peer.name, node.watcher.durable_end, deque(dmap.regions()),
+                     started=time.monotonic(), dirty_bytes=dmap.dirty_bytes)
         self.resyncs[peer.name] = job
         peer.state = "dcm-resync"
         log.warning("secondary %s back: resyncing %d bytes of dirty regions, then its log from "
                     "LSN %d", peer.name, dmap.dirty_bytes, job.resume_lsn)
+
+    def summary(self) -> dict:
+        """For status: who is in dcm, how much is dirty, the last completed resync."""
+        peers = {}
+        for name, dmap in self.maps.items():
+            job = self.resyncs.get(name)
+            peers[name] = {"dirty_bytes": dmap.dirty_bytes,
+                           "resync_sent": job.sent if job else None}
+        return {"peers": peers, "last_resync": self.last_resync}
 
     def on_block_ack(self, peer: Peer, ack: BlockAck) -> None:
         job = self.resyncs.get(peer.name)
@@ -234,6 +247,8 @@ class DcmTracker:
         dmap.path.unlink(missing_ok=True)
         peer.state = "catching-up"
         peer.degraded = peer.mode == "sync"
+        self.last_resync = {"peer": peer.name, "bytes": job.sent, "resume_lsn": job.resume_lsn,
+                            "seconds": round(time.monotonic() - job.started, 3)}
         log.warning("secondary %s: dcm resync complete (%d bytes copied), consistent again",
                     peer.name, job.sent)
 

@@ -418,7 +418,7 @@ def status(node: Node) -> dict:
         "rewinding": node.rewinder is not None,
         "writes_pending": len(node.primary.pending) if node.primary else 0,
         "writes_stalled": len(node.primary.stalled) if node.primary else 0,
-        "pid": os.getpid(), "peers": peers, "last_promotion": node.ops.last_promotion,
+        "pid": os.getpid(), "peers": peers, "dcm": node.dcm.summary() if node.primary else None, "last_promotion": node.ops.last_promotion,
     }
 
 

@@ -34,6 +34,7 @@ class Peer:
     shipped_records: int = 0        # records sent to it since this node became primary
     shipped_bytes: int = 0
     last_nack: int = 0
+    last_progress: float = 0.0      # when its acked_end last moved (or the stream restarted)
 
     def alive(self, heartbeat_s: float, now: float | None = None) -> bool:
         now = time.monotonic() if now is None else now
@@ -42,6 +43,7 @@ class Peer:
     def on_ack(self, durable_end: int, applied_end: int) -> None:
         if durable_end > self.acked_end:
             self.acked_end = durable_end
+            self.last_progress = time.monotonic()
         self.applied_end = max(self.applied_end, applied_end)
         while self.sent and self.sent[0][0] < self.acked_end:
             self.inflight_bytes -= self.sent.popleft()[1]
@@ -49,5 +51,6 @@ class Peer:
     def restart_stream(self, from_lsn: int) -> None:
         """Resend from from_lsn: after a reconnect, a restart of the peer, or a NACK."""
         self.next_lsn = from_lsn
+        self.last_progress = time.monotonic()
         self.sent.clear()
         self.inflight_bytes = 0

@@ -287,8 +287,10 @@ def _decode_json(mtype: MsgType, rest: bytes) -> Body:
         raise ProtocolError(f"{mtype.name} body of {len(rest)} bytes is too large")
     try:
         doc = json.loads(rest)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"{mtype.name} body is not valid JSON: {exc}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        # ValueError covers JSONDecodeError and over-long integers; RecursionError deep nesting
+        raise ProtocolError(f"{mtype.name} body is not acceptable JSON: "
+                            f"{str(exc)[:200]}") from None
     schema = _JSON_SCHEMAS[mtype]
     if not isinstance(doc, dict) or set(doc) != set(schema):
         keys = sorted(doc) if isinstance(doc, dict) else type(doc).__name__
