@@ -460,6 +460,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ready-fd", type=int, help="write 'ok' or an error here once listening")
     ap.add_argument("--log-file")
     args = ap.parse_args(argv)
+    # the loop, the SRL committer, the durability watcher and the applier hand work to each
+    # other many times per write: with the default 5 ms GIL switch interval a thread woken by
+    # an fdatasync can wait that long for the GIL, which is the whole latency budget
+    sys.setswitchinterval(0.0002)
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if args.log_file:
         handlers = [logging.FileHandler(args.log_file)]
