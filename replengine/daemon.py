@@ -146,8 +146,12 @@ class Node:
         self.applier.start()
         self.watcher.start()
         next_beat = 0.0
+        last_turn = time.monotonic()
         while True:
             now = time.monotonic()
+            if now - last_turn > 2 * self.heartbeat_s:
+                self.after_stall(now - last_turn)
+            last_turn = now
             if now >= next_beat:
                 self.beacon()
                 self.on_tick()
@@ -170,6 +174,18 @@ class Node:
                 break
         self.shutdown()
         return self.exit_code
+
+    def after_stall(self, gap: float) -> None:
+        """This process did not run for `gap` seconds (SIGSTOP, a VM pause, swap): its view of
+        who is alive is stale. Judging peers by it would degrade every sync secondary at once
+        and let a primary that others have replaced complete writes alone. Give every peer a
+        fresh liveness window; a deposed primary hears the newer epoch within it."""
+        log.warning("this node did not run for %.1fs: re-checking peers before judging them",
+                    gap)
+        now = time.monotonic()
+        for p in self.peers.values():
+            if p.hello is not None:
+                p.last_seen = now
 
     def on_tick(self) -> None:
         now = time.monotonic()
@@ -368,8 +384,6 @@ class Node:
         self.following = peer.name
         self.secondary.acked_sent = (0, 0)
         self.send(peer.name, self.hello())
-        # ask for everything from our end: whatever was in flight before may be lost
-        self.send(peer.name, Nack(self.secondary.assigned_end))
 
     def step_down(self, why: str) -> None:
         log.error("FENCED: stepping down from primary: %s; pending writes fail", why)

@@ -239,6 +239,7 @@ class Operations:
             return
         force = bool(doc.get("force", False))
         min_peers = doc.get("min_peers")
+        self.pulled_bytes = 0
         now = time.monotonic()
         self.promotion = Promotion(Request(req.client, req.req_id), force, now,
                                    probe_until=now + node.heartbeat_s * 1.5,

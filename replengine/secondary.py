@@ -34,12 +34,14 @@ class Secondary:
     def on_update(self, header: Header, u: Update) -> None:
         node = self.node
         pulled = bool(header.flags & Flag.PULLED)
+        if header.epoch < node.known_epoch:
+            node.warn_once(f"fenced:{header.sender}:{header.epoch}",
+                           "refused UPDATE LSN %d from %s: its epoch %d is older than the known "
+                           "epoch %d (fenced)", u.lsn, header.sender, header.epoch,
+                           node.known_epoch)
+            return
         if not pulled and header.sender != node.following:
             log.debug("UPDATE from %s ignored: following %r", header.sender, node.following)
-            return
-        if header.epoch < node.known_epoch:
-            log.warning("refused UPDATE LSN %d from %s: its epoch %d is older than the known "
-                        "epoch %d (fenced)", u.lsn, header.sender, header.epoch, node.known_epoch)
             return
         if u.clear_end and not pulled:
             # before anything that may drop this UPDATE: a full SRL needs exactly this clear
