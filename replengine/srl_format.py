@@ -49,6 +49,10 @@ _HDR = struct.Struct("<4sHHQQQIIQQII")
 assert _HDR.size == HEADER_SIZE
 _HDR_CRC_SPAN = 56  # bytes [0, 56) take part in the record CRC
 _HDR_HCRC_SPAN = 60  # bytes [0, 60) take part in the header CRC
+#: The header up to the record CRC, and one u32: pack_header runs once per record.
+_HDR_HEAD = struct.Struct(_HDR.format[:-2])
+_U32 = struct.Struct("<I")
+assert _HDR_HEAD.size == _HDR_CRC_SPAN
 
 
 def round_up(n: int, to: int = BLOCK) -> int:
@@ -160,11 +164,10 @@ def pack_header(rtype: int, epoch: int, lsn: int, offset: int, length: int,
     The record CRC is CRC32C(data || header[0:56]): data first so the expensive part can be
     computed by each appender in parallel before the committer knows ``committed_lsn``.
     """
-    head = _HDR.pack(REC_MAGIC, rtype, 0, epoch, lsn, offset, length, 0, committed_lsn,
-                     log_id, 0, 0)[:_HDR_CRC_SPAN]
-    crc = crc32c.crc32c(head, data_crc)
-    head += struct.pack("<I", crc)
-    return head + struct.pack("<I", crc32c.crc32c(head))
+    head = _HDR_HEAD.pack(REC_MAGIC, rtype, 0, epoch, lsn, offset, length, 0, committed_lsn,
+                          log_id)
+    head += _U32.pack(crc32c.crc32c(head, data_crc))
+    return head + _U32.pack(crc32c.crc32c(head))
 
 
 def parse_header(buf: bytes | memoryview) -> RecordHeader | None:

@@ -698,3 +698,63 @@ def test_bytes_between_counts_log_space(tmp_path):
     srl.advance_start(5)
     assert srl.bytes_between(1, 11) == 6 * srl.record_size(4096)   # cleared ones are gone
     srl.close()
+
+
+def test_big_batches_overlap_and_a_later_sync_covers_earlier_batches(tmp_path: Path) -> None:
+    """Big records do not wait for the sync in flight: a second batch is written meanwhile,
+    and its own fdatasync (started after both writes) makes both durable, in LSN order, even
+    while the first batch's fdatasync has not returned yet."""
+    p = tmp_path / "srl"
+    srl = make(p, size=16 << 20)
+    release, in_sync = threading.Event(), threading.Event()
+    real = srl._fdatasync
+    calls = 0
+
+    def first_sync_held() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            in_sync.set()
+            assert release.wait(30)
+        real()
+
+    srl._fdatasync = first_sync_held  # type: ignore[method-assign]
+    big = 300 << 10
+    first = srl.append_nowait(1, 0, payload(1, big))
+    assert in_sync.wait(30)
+    rest = [srl.append_nowait(1, 0, payload(n, big)) for n in (2, 3)]
+    for pa in (first, *rest):
+        assert pa.wait(30) == pa.lsn  # durable although the first fdatasync is still held
+    assert srl.end_lsn == 4 and srl.stats.batches >= 2
+    release.set()
+    srl._crash()
+    with SRL.open(p) as srl:
+        assert srl.end_lsn == 4
+        assert [r.data for r in srl.read(1, 4)] == [payload(n, big) for n in (1, 2, 3)]
+
+
+def test_concurrent_big_appends_recover_in_order(tmp_path: Path) -> None:
+    p = tmp_path / "srl"
+    threads, per = 8, 12
+    results: dict[int, bytes] = {}
+    lock = threading.Lock()
+    with make(p, size=64 << 20) as srl:
+
+        def writer(t: int) -> None:
+            rng = random.Random(t)
+            for _ in range(per):
+                data = rng.randbytes(rng.choice([200_000, 300_000, 1 << 20]))
+                lsn = srl.append(1, t, data)
+                assert srl.end_lsn > lsn  # durable (and everything before it) on return
+                with lock:
+                    results[lsn] = data
+
+        ts = [threading.Thread(target=writer, args=(t,)) for t in range(threads)]
+        for th in ts:
+            th.start()
+        for th in ts:
+            th.join()
+        assert sorted(results) == list(range(1, threads * per + 1))
+        assert srl.stats.syncs <= srl.stats.batches  # a batch syncs at most once
+    with SRL.open(p) as srl:
+        assert [r.data for r in srl.read(1, srl.end_lsn)] == [results[n] for n in sorted(results)]
