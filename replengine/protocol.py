@@ -289,8 +289,7 @@ def _decode_json(mtype: MsgType, rest: bytes) -> Body:
         doc = json.loads(rest)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         # ValueError covers JSONDecodeError and over-long integers; RecursionError deep nesting
-        raise ProtocolError(f"{mtype.name} body is not acceptable JSON: "
-                            f"{str(exc)[:200]}") from None
+        raise ProtocolError(f"{mtype.name} body is not valid JSON: {str(exc)[:200]}") from None
     schema = _JSON_SCHEMAS[mtype]
     if not isinstance(doc, dict) or set(doc) != set(schema):
         keys = sorted(doc) if isinstance(doc, dict) else type(doc).__name__

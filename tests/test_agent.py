@@ -30,6 +30,7 @@ def install_agent(dest: Path) -> Path:
 
 def run_agent(agent: Path, action: str, cfg: Path | None, **extra: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OCF_")}
+    env.setdefault("HA_RSCTMP", str(Path(tempfile.gettempdir()) / "replengine-rsctmp"))
     env["OCF_ROOT"] = "/usr/lib/ocf"
     # the package may be importable only from this checkout (an interpreter without it
     # installed); the agent and the replctl/daemon processes it starts inherit this
@@ -55,11 +56,13 @@ def local_resource(tmp_path):
 
 
 @pytest.fixture
-def agent():
-    """Installed where 'nobody' can execute it (ocf-tester runs meta-data as nobody)."""
+def agent(monkeypatch, tmp_path):
+    """Installed where 'nobody' can execute it (ocf-tester runs meta-data as nobody), with a
+    private HA_RSCTMP so no 'promoted' flag of another test or run is seen."""
     root = Path(tempfile.mkdtemp(prefix="replengine-ocf-", dir="/var/tmp"))
     root.chmod(0o755)
     path = install_agent(root / "replengine")
+    monkeypatch.setenv("HA_RSCTMP", str(tmp_path / "rsctmp"))
     yield path
     shutil.rmtree(root, ignore_errors=True)
 
