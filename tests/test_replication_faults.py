@@ -449,7 +449,9 @@ def test_json_bomb_hello_does_not_kill_the_daemon(resource, body):
     r.promote("alpha")
     vol = r.connect("alpha")
     vol.write(0, b"j" * 4096)
-    r.wait_synced()
+    end = r.wait_synced()
+    r.wait_for(lambda: all(r.status(n)["start_lsn"] == end for n in r.nodes), 10,
+               "idle CLEARs to settle")
     before = snapshot(r, "beta")
     pid = r.pid("beta")
     from replengine import config as configmod
