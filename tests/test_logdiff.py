@@ -272,9 +272,10 @@ def scenarios(draw: st.DrawFn) -> tuple[list[NodeLog], str, dict[str, dict[int, 
         name = f"n{i}"
         nodes.append(NodeLog(name, known, start, end))
         content[name] = {n: epoch_on_line(n) for n in range(1, end)}
-    # The reference line must be known by someone for a divergent tail to be divergent.
-    max_known = max((nd.history[-1][1] for nd in nodes if nd.history), default=0)
-    bumps = [(j, f) for j, (_, f) in enumerate(line) if j > 0 and f <= max_known]
+    # The epoch that superseded the old primary must be known by someone, or its tail is
+    # not divergent at all (it is simply the furthest record of the only line anyone knows).
+    bumps = [(j, f) for j, (_, f) in enumerate(line)
+             if j > 0 and any(line[j] in nd.history for nd in nodes)]
     if bumps and draw(st.booleans()):
         j, f = draw(st.sampled_from(bumps))
         end = draw(st.integers(f + 1, f + 6))
