@@ -1,8 +1,9 @@
 """replengined: one process per resource per node, one loop that decides.
 
-The loop owns every ZeroMQ socket and every role decision; disks are touched by the SRL's
-group-commit thread, the durability watcher and the applier, which wake the loop through a
-pipe. Peers are known from their HELLO beacons (sent every heartbeat); a node follows the
+The loop owns every ZeroMQ socket and every role decision. It also leads the SRL's group
+commit: it queues the records of everything it has drained, writes and fdatasyncs them in one
+batch, and acknowledges right after (LocalSync). The applier thread writes the volume behind
+it and wakes the loop through a pipe. Peers are known from their HELLO beacons (sent every heartbeat); a node follows the
 primary with the highest epoch it hears of and steps down when it learns of a higher epoch
 than its own (invariant 4).
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from replengine import config as configmod
-from replengine.applier import Applier, DurabilityWatcher
+from replengine.applier import Applier, LocalSync
 from replengine.dcmtrack import DcmReceiver, DcmTracker
 from replengine.errors import ForeignResourceError, ProtocolError, ReplError
 from replengine.history import divergence_point
@@ -74,7 +75,7 @@ class Node:
                                    {n.name: n.address for n in cfg.peers()},
                                    str(self.rundir / "control.sock"), cfg.heartbeat_ms)
         self.applier = Applier(self.srl, self.volume, self.srl.start_lsn, self.transport.wake)
-        self.watcher = DurabilityWatcher(self.applier, self.srl.end_lsn, self.transport.wake)
+        self.watcher = LocalSync(self.applier, self.srl.end_lsn)
         self.applier.replay(self.srl.start_lsn, self.srl.end_lsn)
         self.secondary = Secondary(self)
         self.primary: Primary | None = None
@@ -162,6 +163,7 @@ class Node:
                 self.drain_peers()
             if ctl_in:
                 self.drain_control()
+            self.watcher.sync()
             if self.watcher.error or self.applier.error:
                 err = self.watcher.error or self.applier.error
                 log.error("node failed: %s", err)
@@ -474,9 +476,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ready-fd", type=int, help="write 'ok' or an error here once listening")
     ap.add_argument("--log-file")
     args = ap.parse_args(argv)
-    # the loop, the SRL committer, the durability watcher and the applier hand work to each
-    # other many times per write: with the default 5 ms GIL switch interval a thread woken by
-    # an fdatasync can wait that long for the GIL, which is the whole latency budget
+    # the loop and the applier share the GIL: with the default 5 ms switch interval the loop,
+    # woken by a returning fdatasync or a socket, can wait that long for the applier's turn
+    # to end, which is the whole latency budget of a sync write
     sys.setswitchinterval(0.0002)
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if args.log_file:

@@ -80,7 +80,7 @@ class Primary:
                 t0: float) -> bool:
         node = self.node
         try:
-            pending = node.srl.append_nowait(node.epoch, offset, data)
+            pending = node.srl.append_nowait(node.epoch, offset, data, kick=False)
         except SRLFullError:
             return False
         rec = Record(pending.lsn, node.epoch, offset, data)

@@ -65,7 +65,7 @@ class Secondary:
             return
         rec = Record(u.lsn, u.rec_epoch, u.offset, u.data)
         try:
-            pending = node.srl.append_record_nowait(rec)
+            pending = node.srl.append_record_nowait(rec, kick=False)
         except SRLFullError:
             if not self._full_logged:
                 log.warning("SRL full at LSN %d: not logging until the primary clears records",

@@ -239,19 +239,23 @@ class SRL:
         """Append with the next LSN; returns it once durable (concurrent callers share syncs)."""
         return self._wait_item(self._enqueue(None, epoch, offset, data, kick=False), None)
 
-    def append_nowait(self, epoch: int, offset: int, data: bytes) -> PendingAppend:
-        """Reserve the next LSN and queue the record; the committer makes it durable."""
-        return PendingAppend(self, self._enqueue(None, epoch, offset, data, kick=True))
+    def append_nowait(self, epoch: int, offset: int, data: bytes, *,
+                      kick: bool = True) -> PendingAppend:
+        """Reserve the next LSN and queue the record. With kick, the committer thread makes it
+        durable; without, whoever first waits on it (or a later record) writes the batch in
+        its own thread — the daemon's loop does that to avoid thread hand-offs."""
+        return PendingAppend(self, self._enqueue(None, epoch, offset, data, kick=kick))
 
     def append_record(self, rec: Record) -> None:
         """Log a record received from the primary (or a peer in log-diff sync), same LSN."""
         self._wait_item(self._enqueue(rec.lsn, rec.epoch, rec.offset, rec.data, kick=False),
                         None)
 
-    def append_record_nowait(self, rec: Record) -> PendingAppend:
-        """(Addition) append_record without waiting, so a secondary can pipeline UPDATEs."""
+    def append_record_nowait(self, rec: Record, *, kick: bool = True) -> PendingAppend:
+        """(Addition) append_record without waiting, so a secondary can pipeline UPDATEs;
+        `kick` as for append_nowait."""
         return PendingAppend(self, self._enqueue(rec.lsn, rec.epoch, rec.offset, rec.data,
-                                                 kick=True))
+                                                 kick=kick))
 
     def _enqueue(self, lsn: int | None, epoch: int, offset: int, data: bytes, *,
                  kick: bool) -> Item:
