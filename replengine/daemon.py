@@ -159,6 +159,8 @@ class Node:
                 next_beat = now + self.heartbeat_s
             timeout = max(0.0, min(next_beat - now, TICK_S))
             peer_in, ctl_in, _ = self.transport.poll(int(timeout * 1000) + 1)
+            for name in self.transport.take_disconnected():
+                self.on_disconnect(name)
             if peer_in:
                 self.drain_peers()
             if ctl_in:
@@ -189,18 +191,33 @@ class Node:
             if p.hello is not None:
                 p.last_seen = now
 
+    def on_disconnect(self, name: str) -> None:
+        """The connection to a peer dropped (its process died, or the link): treat it as
+        gone now rather than after three silent heartbeats; a HELLO brings it back."""
+        peer = self.peers[name]
+        if peer.hello is None or not peer.alive(self.heartbeat_s):
+            return
+        log.warning("connection to %s lost", name)
+        peer.last_seen = 0.0
+        self.on_tick_peer(peer, time.monotonic())
+        if self.primary:
+            self.primary.check_sync_peers()
+
+    def on_tick_peer(self, p: Peer, now: float) -> None:
+        if p.streaming and not p.alive(self.heartbeat_s, now):
+            log.warning("peer %s silent for %.1fs: considered gone", p.name,
+                        now - p.last_seen if p.last_seen else 0.0)
+            p.streaming = False
+            p.state = "disconnected"
+        if (self.role == "secondary" and p.name == self.following
+                and not p.alive(self.heartbeat_s, now)):
+            log.warning("primary %s gone; waiting for a primary", p.name)
+            self.following = ""
+
     def on_tick(self) -> None:
         now = time.monotonic()
         for p in self.peers.values():
-            if p.streaming and not p.alive(self.heartbeat_s, now):
-                log.warning("peer %s silent for %.1fs: considered gone", p.name,
-                            now - p.last_seen)
-                p.streaming = False
-                p.state = "disconnected"
-            if (self.role == "secondary" and p.name == self.following
-                    and not p.alive(self.heartbeat_s, now)):
-                log.warning("primary %s gone; waiting for a primary", p.name)
-                self.following = ""
+            self.on_tick_peer(p, now)
         if self.primary:
             self.primary.check_sync_peers()
             self.primary.send_idle_clears()

@@ -5,7 +5,9 @@ ROUTER, so each direction between two nodes is one ordered pipe. The ROUTER can 
 sender it does not know (to tell it why it is refused). Sends never block the daemon's loop:
 DEALERs use ZMQ_IMMEDIATE, so nothing queues for a peer that is not connected, and a full pipe
 shows up as `False` from send(); the replication code keeps its own window and resends from the
-SRL. ZMTP heartbeats drop dead TCP connections so reconnects happen by themselves.
+SRL. ZMTP heartbeats drop dead TCP connections so reconnects happen by themselves, and a
+socket monitor on each DEALER reports a lost connection at once (a killed peer's TCP reset),
+so the daemon need not wait three missed heartbeats to know.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 from dataclasses import dataclass
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,7 @@ class Transport:
         self.router.setsockopt(zmq.HEARTBEAT_TIMEOUT, heartbeat_ms * 3)
         self.router.bind(tcp_endpoint(address))
         self.dealers: dict[str, zmq.Socket] = {}
+        self.monitors: dict[zmq.Socket, str] = {}
         for name, addr in peers.items():
             sock = self.ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.ROUTING_ID, me.encode())
@@ -56,6 +60,8 @@ class Transport:
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
             sock.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ms)
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, heartbeat_ms * 3)
+            mon = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            self.monitors[mon] = name
             sock.connect(tcp_endpoint(addr))
             self.dealers[name] = sock
         self.control = self.ctx.socket(zmq.ROUTER)
@@ -74,6 +80,9 @@ class Transport:
         self.poller.register(self.router, zmq.POLLIN)
         self.poller.register(self.control, zmq.POLLIN)
         self.poller.register(self._wake_r, zmq.POLLIN)
+        for mon in self.monitors:
+            self.poller.register(mon, zmq.POLLIN)
+        self.disconnected: list[str] = []
 
     def wake(self) -> None:
         """Called from any thread: make the loop's poll return."""
@@ -84,6 +93,9 @@ class Transport:
 
     def poll(self, timeout_ms: int) -> tuple[bool, bool, bool]:
         events = dict(self.poller.poll(timeout_ms))
+        for mon, name in self.monitors.items():
+            if mon in events:
+                self._drain_monitor(mon, name)
         woke = self._wake_r in events
         if woke:
             try:
@@ -92,6 +104,20 @@ class Transport:
             except BlockingIOError:
                 pass
         return self.router in events, self.control in events, woke
+
+    def _drain_monitor(self, mon: zmq.Socket, name: str) -> None:
+        while True:
+            try:
+                event = recv_monitor_message(mon, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                self.disconnected.append(name)
+
+    def take_disconnected(self) -> list[str]:
+        """Peers whose connection dropped since the last call."""
+        out, self.disconnected = self.disconnected, []
+        return out
 
     def recv_peer(self) -> Incoming | None:
         try:
@@ -129,7 +155,9 @@ class Transport:
             log.warning("control reply dropped: %s", exc)
 
     def close(self) -> None:
-        for sock in [self.router, self.control, *self.dealers.values()]:
+        for sock in self.dealers.values():
+            sock.disable_monitor()
+        for sock in [self.router, self.control, *self.dealers.values(), *self.monitors]:
             sock.close(0)
         os.close(self._wake_r)
         os.close(self._wake_w)
