@@ -87,6 +87,7 @@ class Node:
         self.exit_code = 0
         self.last_divergent: dict[str, Any] = {}
         self._warned: dict[str, float] = {}
+        self.stall_grace_until = 0.0
 
     @property
     def epoch(self) -> int:
@@ -187,6 +188,9 @@ class Node:
         log.warning("this node did not run for %.1fs: re-checking peers before judging them",
                     gap)
         now = time.monotonic()
+        # connections the peers dropped while we were frozen report as lost right now: they
+        # say nothing about the peers either
+        self.stall_grace_until = now + 3 * self.heartbeat_s
         for p in self.peers.values():
             if p.hello is not None:
                 p.last_seen = now
@@ -196,6 +200,10 @@ class Node:
         gone now rather than after three silent heartbeats; a HELLO brings it back."""
         peer = self.peers[name]
         if peer.hello is None or not peer.alive(self.heartbeat_s):
+            return
+        if time.monotonic() < self.stall_grace_until:
+            log.info("connection to %s dropped while this node was stalled; waiting for its "
+                     "beacon", name)
             return
         log.warning("connection to %s lost", name)
         peer.last_seen = 0.0
