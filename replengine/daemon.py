@@ -349,6 +349,8 @@ class Node:
         if self.role == "primary" and self.known_epoch > self.epoch:
             self.step_down(f"{peer.name} knows epoch {self.known_epoch}, newer than this "
                            f"primary's {self.epoch}")
+        if restarted or not was_alive:
+            self.send(peer.name, self.hello())   # answer a newcomer now, not at our next beat
         if self.role == "primary":
             self._primary_hello(peer, h, restarted or not was_alive)
         else:

@@ -56,8 +56,10 @@ class Transport:
             sock.setsockopt(zmq.IMMEDIATE, 1)
             sock.setsockopt(zmq.SNDHWM, 100_000)
             sock.setsockopt(zmq.LINGER, 0)
+            # retry every 100 ms without backoff: a promotion probes its peers for only 1.5
+            # heartbeats, and a backed-off reconnect to a restarted peer could outlast that
             sock.setsockopt(zmq.RECONNECT_IVL, 100)
-            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 0)
             sock.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ms)
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, heartbeat_ms * 3)
             mon = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
