@@ -41,9 +41,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ["PYTHONPATH"] = os.pathsep.join(
-    [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+)
 
-from replengine.localcluster import LocalResource, wait_gone  # noqa: E402
+from replengine.demo.localcluster import LocalResource, wait_gone  # noqa: E402
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -84,8 +85,9 @@ def write_lag(v, n: int, size: int, rng: random.Random) -> None:
 def failover_case(base: Path, size: int, lag: int, seed: int) -> dict:
     rng = random.Random(seed)
     work = Path(tempfile.mkdtemp(prefix=f"failover-{size // GIB}g-", dir=base))
-    r = LocalResource(work, nodes={"a": "sync", "b": "sync", "c": "async"}, volume_size=size,
-                      srl_size=256 * MIB)
+    r = LocalResource(
+        work, nodes={"a": "sync", "b": "sync", "c": "async"}, volume_size=size, srl_size=256 * MIB
+    )
     try:
         t = time.monotonic()
         r.create()
@@ -93,16 +95,18 @@ def failover_case(base: Path, size: int, lag: int, seed: int) -> dict:
         log(f"  {size // GIB} GiB: resource created and up in {time.monotonic() - t:.1f}s")
         r.promote("a")
         v = r.connect("a")
-        write_lag(v, 200, size, rng)                 # common history
+        write_lag(v, 200, size, rng)  # common history
         r.wait_synced()
         r.signal("c", signal.SIGSTOP)
         t = time.monotonic()
         write_lag(v, lag, size, rng)
-        log(f"  {size // GIB} GiB: {lag} records written in {time.monotonic() - t:.1f}s "
-            "with c frozen")
+        log(
+            f"  {size // GIB} GiB: {lag} records written in {time.monotonic() - t:.1f}s "
+            "with c frozen"
+        )
         st_a = r.status("a")
         freeze_and_crash(r, "c")
-        r.kill("a")                                  # the primary dies
+        r.kill("a")  # the primary dies
         v.close()
         r.up("c")
 
@@ -120,24 +124,34 @@ def failover_case(base: Path, size: int, lag: int, seed: int) -> dict:
         out = r.promote("b")
         promote_s = time.monotonic() - t0
         t1 = time.monotonic()
-        r.wait_for(lambda: (lambda b, c: c["end_lsn"] == b["end_lsn"]
-                            and c["applied_end"] == c["end_lsn"])(r.status("b"), r.status("c")),
-                   300, "c to catch up")
+        r.wait_for(
+            lambda: (
+                lambda b, c: c["end_lsn"] == b["end_lsn"] and c["applied_end"] == c["end_lsn"]
+            )(r.status("b"), r.status("c")),
+            300,
+            "c to catch up",
+        )
         catchup_s = time.monotonic() - t1
         st_b = r.status("b")
         t2 = time.monotonic()
         r.wait_for(lambda: r.status("b")["applied_end"] == st_b["end_lsn"], 60, "b to apply")
         identical = sparse_files_identical(r.volume_path("b"), r.volume_path("c"))
-        log(f"  {size // GIB} GiB: promote {promote_s:.2f}s, catch-up {catchup_s:.2f}s, "
-            f"compared the volumes' data extents in {time.monotonic() - t2:.1f}s")
+        log(
+            f"  {size // GIB} GiB: promote {promote_s:.2f}s, catch-up {catchup_s:.2f}s, "
+            f"compared the volumes' data extents in {time.monotonic() - t2:.1f}s"
+        )
         return {
-            "size": size, "promote_s": promote_s, "daemon_promote_s": st_b["last_promotion"][
-                "seconds"], "catchup_s": catchup_s,
+            "size": size,
+            "promote_s": promote_s,
+            "daemon_promote_s": st_b["last_promotion"]["seconds"],
+            "catchup_s": catchup_s,
             "shipped_bytes": st_b["peers"]["c"]["shipped_bytes"],
             "shipped_records": st_b["peers"]["c"]["shipped_records"],
             "pulled_bytes": st_b["last_promotion"]["pulled_bytes"],
-            "lag_records": lag_records, "lag_bytes": lag_records * REC,
-            "identical": identical, "promote_out": out,
+            "lag_records": lag_records,
+            "lag_bytes": lag_records * REC,
+            "identical": identical,
+            "promote_out": out,
         }
     finally:
         r.stop_all()
@@ -149,7 +163,7 @@ def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
     while pos < size:
         try:
             start = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError:            # ENXIO: no data after pos
+        except OSError:  # ENXIO: no data after pos
             break
         end = os.lseek(fd, start, os.SEEK_HOLE)
         out.append((start, end))
@@ -246,12 +260,16 @@ def main(argv: list[str] | None = None) -> int:
         s1 = copies[1 * GIB][0]
         copies[8 * GIB] = (8 * s1, "est. 8x 1 GiB")
 
-    print(f"failover bench{' (--quick)' if args.quick else ''}: 3 nodes, lag "
-          f"{lag} records x 4 KiB on the async secondary; full copy = dense file, "
-          "read + write + fdatasync on the same disk")
-    hdr = (f"{'volume':>7} {'promote s':>9} {'(daemon)':>8} {'catch-up s':>10} "
-           f"{'shipped B':>11} {'lag B':>11} {'pulled B':>8} {'same':>5} "
-           f"{'full-copy s':>16} {'full/log-diff':>13}")
+    print(
+        f"failover bench{' (--quick)' if args.quick else ''}: 3 nodes, lag "
+        f"{lag} records x 4 KiB on the async secondary; full copy = dense file, "
+        "read + write + fdatasync on the same disk"
+    )
+    hdr = (
+        f"{'volume':>7} {'promote s':>9} {'(daemon)':>8} {'catch-up s':>10} "
+        f"{'shipped B':>11} {'lag B':>11} {'pulled B':>8} {'same':>5} "
+        f"{'full-copy s':>16} {'full/log-diff':>13}"
+    )
     print(hdr)
     for row in rows:
         size = row["size"]
@@ -262,27 +280,45 @@ def main(argv: list[str] | None = None) -> int:
             ratio = f"{cs / failover_s:12.1f}x"
         else:
             copy_col, ratio = f"{'-':>16}", f"{'-':>13}"
-        print(f"{size // GIB:>4} GiB {row['promote_s']:9.3f} {row['daemon_promote_s']:8.3f} "
-              f"{row['catchup_s']:10.3f} {row['shipped_bytes']:11d} {row['lag_bytes']:11d} "
-              f"{row['pulled_bytes']:8d} {'yes' if row['identical'] else 'NO':>5} "
-              f"{copy_col:>16} {ratio:>13}")
+        print(
+            f"{size // GIB:>4} GiB {row['promote_s']:9.3f} {row['daemon_promote_s']:8.3f} "
+            f"{row['catchup_s']:10.3f} {row['shipped_bytes']:11d} {row['lag_bytes']:11d} "
+            f"{row['pulled_bytes']:8d} {'yes' if row['identical'] else 'NO':>5} "
+            f"{copy_col:>16} {ratio:>13}"
+        )
     by = {row["size"]: row for row in rows}
     goals = []
     big = max(sizes)
     p_ratio = by[big]["promote_s"] / by[GIB]["promote_s"]
-    goals.append((f"promote time at {big // GIB} GiB <= 1.2x at 1 GiB "
-                  f"({p_ratio:.2f}x)", p_ratio <= 1.2))
+    goals.append(
+        (f"promote time at {big // GIB} GiB <= 1.2x at 1 GiB ({p_ratio:.2f}x)", p_ratio <= 1.2)
+    )
     exact = all(r["shipped_bytes"] == r["lag_bytes"] for r in rows)
-    goals.append(("bytes shipped == lag bytes at every size ("
-                  + ", ".join(f"{r['shipped_bytes']}/{r['lag_bytes']}" for r in rows) + ")",
-                  exact))
+    goals.append(
+        (
+            "bytes shipped == lag bytes at every size ("
+            + ", ".join(f"{r['shipped_bytes']}/{r['lag_bytes']}" for r in rows)
+            + ")",
+            exact,
+        )
+    )
     cs8, how8 = copies[8 * GIB]
     f8 = by[8 * GIB]["promote_s"] + by[8 * GIB]["catchup_s"]
     p8 = by[8 * GIB]["promote_s"]
-    goals.append((f">= 20x: service failover (promote; the new primary takes writes) vs the "
-                  f"full copy at 8 GiB ({cs8 / p8:.1f}x, full copy {how8})", cs8 / p8 >= 20))
-    goals.append((f">= 20x: promote + the lagging secondary's catch-up vs the full copy at "
-                  f"8 GiB ({cs8 / f8:.1f}x, full copy {how8})", cs8 / f8 >= 20))
+    goals.append(
+        (
+            f">= 20x: service failover (promote; the new primary takes writes) vs the "
+            f"full copy at 8 GiB ({cs8 / p8:.1f}x, full copy {how8})",
+            cs8 / p8 >= 20,
+        )
+    )
+    goals.append(
+        (
+            f">= 20x: promote + the lagging secondary's catch-up vs the full copy at "
+            f"8 GiB ({cs8 / f8:.1f}x, full copy {how8})",
+            cs8 / f8 >= 20,
+        )
+    )
     goals.append(("volumes identical after catch-up", all(r["identical"] for r in rows)))
     for text, ok in goals:
         print(f"{'PASS' if ok else 'MISS'}  {text}")

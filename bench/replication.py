@@ -35,9 +35,10 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ["PYTHONPATH"] = os.pathsep.join(
-    [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+)
 
-from replengine.localcluster import LocalResource  # noqa: E402
+from replengine.demo.localcluster import LocalResource  # noqa: E402
 
 KIB, MIB = 1 << 10, 1 << 20
 VOLUME = 256 * MIB
@@ -45,8 +46,10 @@ VOLUME = 256 * MIB
 CONFIGS = {
     "a: primary alone": ({"alpha": "sync", "beta": "sync"}, ["alpha"]),
     "b: 1 sync": ({"alpha": "sync", "beta": "sync"}, ["alpha", "beta"]),
-    "c: 2 sync + 1 async": ({"alpha": "sync", "beta": "sync", "gamma": "sync",
-                             "delta": "async"}, ["alpha", "beta", "gamma", "delta"]),
+    "c: 2 sync + 1 async": (
+        {"alpha": "sync", "beta": "sync", "gamma": "sync", "delta": "async"},
+        ["alpha", "beta", "gamma", "delta"],
+    ),
 }
 
 HEADER = """\
@@ -99,6 +102,7 @@ def summarise(lat: list[float], total_bytes: int, elapsed: float) -> Result:
 
 # ---- raw baseline -----------------------------------------------------------------------
 
+
 def run_raw(path: Path, wl: Workload, offsets: list[int]) -> Result:
     buf = os.urandom(wl.size)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -136,6 +140,7 @@ def run_raw(path: Path, wl: Workload, offsets: list[int]) -> Result:
 
 
 # ---- through the client API -----------------------------------------------------------
+
 
 def run_client(r: LocalResource, wl: Workload, offsets: list[int]) -> Result:
     vol = r.connect("alpha")
@@ -188,11 +193,22 @@ class RssSampler(threading.Thread):
         return self.peak
 
 
-def run_config(workdir: Path, label: str, nodes: dict[str, str], running: list[str],
-               workloads: list[Workload], srl_size: int
-               ) -> tuple[dict[str, Result], dict[str, int]]:
-    r = LocalResource(workdir, nodes=nodes, volume_size=VOLUME, srl_size=srl_size,
-                      on_sync_loss="degrade", srl_full="stall")
+def run_config(
+    workdir: Path,
+    label: str,
+    nodes: dict[str, str],
+    running: list[str],
+    workloads: list[Workload],
+    srl_size: int,
+) -> tuple[dict[str, Result], dict[str, int]]:
+    r = LocalResource(
+        workdir,
+        nodes=nodes,
+        volume_size=VOLUME,
+        srl_size=srl_size,
+        on_sync_loss="degrade",
+        srl_full="stall",
+    )
     r.create()
     try:
         r.up(*running)
@@ -216,8 +232,10 @@ def run_config(workdir: Path, label: str, nodes: dict[str, str], running: list[s
 
 def fmt_row(label: str, res: Result, raw: Result, copies: int) -> str:
     ratio = res.mib_s / raw.mib_s
-    return (f"  {label:<22} {res.mib_s:9.1f} {res.p50_ms:8.3f} {res.p99_ms:8.3f} "
-            f"{ratio:7.3f} {ratio * copies:9.3f}")
+    return (
+        f"  {label:<22} {res.mib_s:9.1f} {res.p50_ms:8.3f} {res.p99_ms:8.3f} "
+        f"{ratio:7.3f} {ratio * copies:9.3f}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,19 +263,24 @@ def main(argv: list[str] | None = None) -> int:
         print("\nraw disk (pwrite + fdatasync per write):")
         for wl in workloads:
             x = raw[wl.name]
-            print(f"  {wl.name:<13} {x.mib_s:9.1f} MiB/s  p50 {x.p50_ms:.3f} ms  "
-                  f"p99 {x.p99_ms:.3f} ms  ({x.writes} writes)")
+            print(
+                f"  {wl.name:<13} {x.mib_s:9.1f} MiB/s  p50 {x.p50_ms:.3f} ms  "
+                f"p99 {x.p99_ms:.3f} ms  ({x.writes} writes)"
+            )
         results: dict[str, tuple[dict[str, Result], dict[str, int], int]] = {}
         for i, (label, (nodes, running)) in enumerate(CONFIGS.items()):
-            res, peaks = run_config(base / f"cfg{i}", label, nodes, running, workloads,
-                                    srl_size)
+            res, peaks = run_config(base / f"cfg{i}", label, nodes, running, workloads, srl_size)
             results[label] = (res, peaks, 2 * len(running))
         goals: list[tuple[str, bool, str]] = []
         for wl in workloads:
-            print(f"\n{wl.name} ({wl.count} writes of {wl.size // KIB} KiB, "
-                  f"raw {raw[wl.name].mib_s:.1f} MiB/s)")
-            print(f"  {'configuration':<22} {'MiB/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-                  f"{'ratio':>7} {'raw-equiv':>9}")
+            print(
+                f"\n{wl.name} ({wl.count} writes of {wl.size // KIB} KiB, "
+                f"raw {raw[wl.name].mib_s:.1f} MiB/s)"
+            )
+            print(
+                f"  {'configuration':<22} {'MiB/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+                f"{'ratio':>7} {'raw-equiv':>9}"
+            )
             for label, (res, _, copies) in results.items():
                 print(fmt_row(label, res[wl.name], raw[wl.name], copies))
         print("\ndaemon peak RSS (MiB):")
@@ -267,13 +290,19 @@ def main(argv: list[str] | None = None) -> int:
         for label, (res, peaks, copies) in results.items():
             if not label.startswith("a"):
                 p99 = res["rand-4K-qd1"].p99_ms
-                goals.append((f"4K qd1 p99 {label}", p99 <= 3 * raw_p99,
-                              f"{p99:.3f} ms vs 3 x {raw_p99:.3f} = {3 * raw_p99:.3f} ms"))
+                goals.append(
+                    (
+                        f"4K qd1 p99 {label}",
+                        p99 <= 3 * raw_p99,
+                        f"{p99:.3f} ms vs 3 x {raw_p99:.3f} = {3 * raw_p99:.3f} ms",
+                    )
+                )
             eq = res["seq-1M-qd1"].mib_s * copies / raw["seq-1M-qd1"].mib_s
             goals.append((f"1 MiB raw-equiv {label}", eq >= 0.5, f"{eq:.3f} (goal >= 0.5)"))
             worst = max(peaks.values())
-            goals.append((f"RSS {label}", worst <= 200 * MIB,
-                          f"max {worst / MIB:.1f} MiB (goal <= 200)"))
+            goals.append(
+                (f"RSS {label}", worst <= 200 * MIB, f"max {worst / MIB:.1f} MiB (goal <= 200)")
+            )
         print("\ngoals:")
         for what, ok, detail in goals:
             print(f"  {'PASS' if ok else 'MISS'}  {what:<36} {detail}")

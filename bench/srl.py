@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from replengine.srl import SRL  # noqa: E402
+from replengine.log.srl import SRL  # noqa: E402
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -47,9 +47,9 @@ REPEATS = 3
 #: Why a goal can miss on a shared virtual disk (printed under a MISS).
 MISS_WHY = {
     (1 * MIB, 8): "records become durable in LSN order: a record waits for the syncs of the "
-                  "records before it, raw writers only for their own",
+    "records before it, raw writers only for their own",
     None: "run-to-run noise of a shared disk is about +-15 %; the SRL also writes header + "
-          "padding and takes the GIL per record",
+    "padding and takes the GIL per record",
 }
 
 
@@ -112,8 +112,9 @@ def bench_raw(fd: int, size: int, writers: int, count: int) -> float:
     return per * writers * size / run_threads(writers, work)
 
 
-def bench_srl(srl: SRL, size: int, writers: int, count: int,
-              serial: threading.Lock | None = None) -> float:
+def bench_srl(
+    srl: SRL, size: int, writers: int, count: int, serial: threading.Lock | None = None
+) -> float:
     """``writers`` threads appending; with ``serial`` every append is its own batch, which is
     exactly one fdatasync per record (group commit switched off, same code path)."""
     srl.reset(1)
@@ -177,16 +178,19 @@ def run(work_dir: Path, scale: int) -> int:
             group = max(group, bench_srl(srl, 4 * KIB, 8, gc_count))
             syncs += srl.stats.syncs - syncs0 - 1  # minus reset()'s superblock write
             appends += srl.stats.appends - appends0
-            single = max(single, bench_srl(srl, 4 * KIB, 8, gc_count // 2,
-                                           serial=threading.Lock()))
+            single = max(single, bench_srl(srl, 4 * KIB, 8, gc_count // 2, serial=threading.Lock()))
         per_batch = appends / max(1, syncs)
     finally:
         os.close(raw_fd)
         srl.close()
-    print(f"SRL append throughput vs raw pwrite+fdatasync ({work_dir.parent}, "
-          f"{'quick' if scale > 1 else 'full'} run)")
-    print("raw: each writer pwrite()s its record and fdatasync()s, into a preallocated file; "
-          "SRL: append() (header, padding to 4 KiB, group commit) into a preallocated SRL")
+    print(
+        f"SRL append throughput vs raw pwrite+fdatasync ({work_dir.parent}, "
+        f"{'quick' if scale > 1 else 'full'} run)"
+    )
+    print(
+        "raw: each writer pwrite()s its record and fdatasync()s, into a preallocated file; "
+        "SRL: append() (header, padding to 4 KiB, group commit) into a preallocated SRL"
+    )
     print(f"{'record':>8} {'writers':>7} {'SRL':>14} {'raw':>14} {'ratio':>6}  goal")
     ok = True
     for r in results:
@@ -195,19 +199,25 @@ def run(work_dir: Path, scale: int) -> int:
             passed = r.ratio >= 0.8
             ok &= passed
             goal = f"{'PASS' if passed else 'MISS'} (>= 0.80)"
-        print(f"{r.size // KIB:>6}Ki {r.writers:>7} {fmt_rate(r.srl):>14} {fmt_rate(r.raw):>14} "
-              f"{r.ratio:6.2f}  {goal}")
+        print(
+            f"{r.size // KIB:>6}Ki {r.writers:>7} {fmt_rate(r.srl):>14} {fmt_rate(r.raw):>14} "
+            f"{r.ratio:6.2f}  {goal}"
+        )
         if goal.startswith("MISS"):
             print(f"{'':>17}# {MISS_WHY.get((r.size, r.writers), MISS_WHY[None])}")
     gc_ratio = group / single
     passed = gc_ratio >= 3.0
     ok &= passed
-    print(f"group commit vs one fdatasync per record, 4 KiB x 8 writers: "
-          f"{fmt_rate(group).strip()} vs {fmt_rate(single).strip()} = {gc_ratio:.2f}x "
-          f"({per_batch:.1f} appends/fdatasync)  {'PASS' if passed else 'MISS'} (>= 3x)")
+    print(
+        f"group commit vs one fdatasync per record, 4 KiB x 8 writers: "
+        f"{fmt_rate(group).strip()} vs {fmt_rate(single).strip()} = {gc_ratio:.2f}x "
+        f"({per_batch:.1f} appends/fdatasync)  {'PASS' if passed else 'MISS'} (>= 3x)"
+    )
     if not passed:
-        print("  # one fdatasync per record is cheap on this disk, so Python's per-record cost "
-              "(GIL, wakeups) bounds the group commit gain")
+        print(
+            "  # one fdatasync per record is cheap on this disk, so Python's per-record cost "
+            "(GIL, wakeups) bounds the group commit gain"
+        )
     print(f"total {time.perf_counter() - t0:.1f} s")
     return 0 if ok else 1
 

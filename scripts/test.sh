@@ -8,5 +8,7 @@ bash scripts/setup-venv.sh
 if [ -x scripts/install-cluster-deps.sh ] || [ -f scripts/install-cluster-deps.sh ]; then
     bash scripts/install-cluster-deps.sh
 fi
-.venv/bin/ruff check replengine tests bench ocf/replengine 2>/dev/null || .venv/bin/ruff check replengine tests bench
+.venv/bin/ruff check replengine tests bench
+.venv/bin/ruff format --check replengine tests bench
+.venv/bin/lint-imports
 exec .venv/bin/python -m pytest -q "$@"

@@ -25,8 +25,8 @@ import psutil
 import pytest
 
 from replengine.client import Volume
+from replengine.demo.localcluster import LocalResource, wait_gone
 from replengine.errors import ReplError
-from replengine.localcluster import LocalResource, wait_gone
 
 KiB, MiB = 1 << 10, 1 << 20
 
@@ -71,22 +71,24 @@ class Ledger:
         for lsn, off, data in self.sorted_entries():
             assert lsn not in lsns, f"LSN {lsn} was returned for two different writes"
             lsns.add(lsn)
-            vol[off:off + len(data)] = data
+            vol[off : off + len(data)] = data
         return vol
 
     def expected(self, offset: int, length: int, model: bytearray | None = None) -> bytes:
         m = self.model() if model is None else model
-        return bytes(m[offset:offset + length])
+        return bytes(m[offset : offset + length])
 
     def check_reads(self, vol: Volume) -> None:
         """Read every ledger entry back through the client: the last bytes written there."""
         model = self.model()
         for lsn, off, data in self.sorted_entries():
             got = vol.read(off, len(data))
-            want = bytes(model[off:off + len(data)])
-            assert got == want, (f"read of write LSN {lsn} ({len(data)} bytes at {off}) "
-                                 f"differs from the ledger at byte "
-                                 f"{first_diff(got, want)}")
+            want = bytes(model[off : off + len(data)])
+            assert got == want, (
+                f"read of write LSN {lsn} ({len(data)} bytes at {off}) "
+                f"differs from the ledger at byte "
+                f"{first_diff(got, want)}"
+            )
 
     def check_file(self, path: Path, what: str) -> None:
         """Compare a volume file byte for byte with the model (zeros where never written)."""
@@ -96,25 +98,35 @@ class Ledger:
         assert len(content) == self.size, f"{what}: volume file is {len(content)} bytes"
         if content != model:
             at = first_diff(content, bytes(model))
-            hits = [(lsn, off, len(d)) for lsn, off, d in self.sorted_entries()
-                    if off <= at < off + len(d)]
-            raise AssertionError(f"{what}: volume file {path} differs from the ledger at byte "
-                                 f"{at}; writes covering it (lsn, offset, length): {hits[-3:]}")
+            hits = [
+                (lsn, off, len(d))
+                for lsn, off, d in self.sorted_entries()
+                if off <= at < off + len(d)
+            ]
+            raise AssertionError(
+                f"{what}: volume file {path} differs from the ledger at byte "
+                f"{at}; writes covering it (lsn, offset, length): {hits[-3:]}"
+            )
 
 
 def first_diff(a: bytes, b: bytes) -> int:
     if len(a) != len(b):
         return min(len(a), len(b))
     for i in range(0, len(a), 4096):
-        if a[i:i + 4096] != b[i:i + 4096]:
+        if a[i : i + 4096] != b[i : i + 4096]:
             for j in range(i, min(i + 4096, len(a))):
                 if a[j] != b[j]:
                     return j
     return -1
 
 
-def random_write(rng: random.Random, size: int = VOLUME_SIZE, lo: int = 4 * KiB,
-                 hi: int = 256 * KiB, span: int | None = None) -> tuple[int, bytes]:
+def random_write(
+    rng: random.Random,
+    size: int = VOLUME_SIZE,
+    lo: int = 4 * KiB,
+    hi: int = 256 * KiB,
+    span: int | None = None,
+) -> tuple[int, bytes]:
     """A 4 KiB-aligned write of lo..hi bytes; `span` confines offsets (more overlaps)."""
     length = rng.randrange(lo // 4096, hi // 4096 + 1) * 4096
     limit = min(size, span or size) - length
@@ -128,8 +140,16 @@ class Writer(threading.Thread):
     Keeps the ledger of completed writes; a write that fails is recorded in `errors` (its
     outcome is unknown, so a test that wants an exact ledger asserts there are none)."""
 
-    def __init__(self, r: LocalResource, node: str, ledger: Ledger, seed: int = 1,
-                 hi: int = 256 * KiB, span: int | None = None, limit: int | None = None) -> None:
+    def __init__(
+        self,
+        r: LocalResource,
+        node: str,
+        ledger: Ledger,
+        seed: int = 1,
+        hi: int = 256 * KiB,
+        span: int | None = None,
+        limit: int | None = None,
+    ) -> None:
         super().__init__(name=f"writer-{node}", daemon=True)
         self.r, self.node, self.ledger = r, node, ledger
         self.rng = random.Random(seed)
@@ -183,7 +203,9 @@ def kill_leftovers(config: Path) -> None:
 
 
 @pytest.fixture
-def resource(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., LocalResource]]:
+def resource(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., LocalResource]]:
     """Factory: resource(nodes=..., **LocalResource kwargs) -> created (not started)."""
     made: list[LocalResource] = []
     base = short_workdir(tmp_path)

@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from replengine.localcluster import LocalResource
-from replengine.srl import SRL
+from replengine.demo.localcluster import LocalResource
+from replengine.log.srl import SRL
 
 
 def wait_stopped(pid: int, timeout: float = 10.0) -> None:
@@ -88,8 +88,9 @@ def settled_ends(r: LocalResource, nodes: list[str], timeout: float = 30.0) -> d
     return r.wait_for(pred, timeout, f"{nodes} to settle without a primary")
 
 
-def wait_role(r: LocalResource, node: str, role: str, following: str | None = None,
-              timeout: float = 30.0) -> dict:
+def wait_role(
+    r: LocalResource, node: str, role: str, following: str | None = None, timeout: float = 30.0
+) -> dict:
     def pred() -> dict | None:
         s = r.status(node)
         if s["role"] != role:
@@ -98,8 +99,9 @@ def wait_role(r: LocalResource, node: str, role: str, following: str | None = No
             return None
         return s
 
-    return r.wait_for(pred, timeout, f"{node} to be {role}"
-                      + (f" following {following}" if following else ""))
+    return r.wait_for(
+        pred, timeout, f"{node} to be {role}" + (f" following {following}" if following else "")
+    )
 
 
 def wait_consistent(r: LocalResource, nodes: list[str], timeout: float = 60.0) -> int:
@@ -111,8 +113,9 @@ def wait_consistent(r: LocalResource, nodes: list[str], timeout: float = 60.0) -
         if any(s["rewinding"] or not s["consistent"] for s in sts):
             return None
         primaries = [s["node"] for s in sts if s["role"] == "primary"]
-        if len(primaries) > 1 or any(s["role"] == "secondary" and primaries
-                                     and s["following"] != primaries[0] for s in sts):
+        if len(primaries) > 1 or any(
+            s["role"] == "secondary" and primaries and s["following"] != primaries[0] for s in sts
+        ):
             return None
         ends = {s["end_lsn"] for s in sts} | {s["applied_end"] for s in sts}
         return ends.pop() if len(ends) == 1 else None
@@ -124,7 +127,7 @@ def wait_consistent(r: LocalResource, nodes: list[str], timeout: float = 60.0) -
 class Write:
     offset: int
     data: bytes
-    lsn: int | None = None          # set when the write completed to the writer
+    lsn: int | None = None  # set when the write completed to the writer
 
 
 @dataclass
@@ -152,8 +155,8 @@ class Ledger:
     def image_at(self, end_lsn: int) -> bytearray:
         """The volume as of every record below end_lsn."""
         img = bytearray(self.image)
-        for w in self.writes[:end_lsn - self.base_lsn]:
-            img[w.offset:w.offset + len(w.data)] = w.data
+        for w in self.writes[: end_lsn - self.base_lsn]:
+            img[w.offset : w.offset + len(w.data)] = w.data
         return img
 
     def matching_prefix(self, snapshot: bytes, upto: int) -> int | None:
@@ -162,7 +165,7 @@ class Ledger:
         if img == snapshot:
             return 0
         for k, w in enumerate(self.writes[:upto], start=1):
-            img[w.offset:w.offset + len(w.data)] = w.data
+            img[w.offset : w.offset + len(w.data)] = w.data
             if img == snapshot:
                 return k
         return None
@@ -184,7 +187,7 @@ def random_write(rng: random.Random, volume_size: int, hot: int = 1 << 20) -> tu
 
 
 def diff_summary(a: bytes, b: bytes, block: int = 4096) -> str:
-    bad = [i for i in range(0, min(len(a), len(b)), block) if a[i:i + block] != b[i:i + block]]
+    bad = [i for i in range(0, min(len(a), len(b)), block) if a[i : i + block] != b[i : i + block]]
     return f"{len(bad)} blocks of {block} differ, first at offsets {bad[:8]}"
 
 
@@ -201,6 +204,21 @@ def promote_cli(r: LocalResource, node: str, *extra: str) -> tuple[int, str, str
     return proc.returncode, proc.stdout, proc.stderr
 
 
-__all__ = ["Ledger", "Write", "crash", "cont", "describe_logs", "diff_summary", "log_tail",
-           "offline_srl", "promote_cli", "random_write", "settled_ends",
-           "stop", "volume_bytes", "wait_consistent", "wait_role", "wait_stopped"]
+__all__ = [
+    "Ledger",
+    "Write",
+    "crash",
+    "cont",
+    "describe_logs",
+    "diff_summary",
+    "log_tail",
+    "offline_srl",
+    "promote_cli",
+    "random_write",
+    "settled_ends",
+    "stop",
+    "volume_bytes",
+    "wait_consistent",
+    "wait_role",
+    "wait_stopped",
+]

@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from replengine.errors import SRLFullError  # noqa: E402
-from replengine.srl import SRL  # noqa: E402
+from replengine.log.srl import SRL  # noqa: E402
 
 
 def say(line: str) -> None:

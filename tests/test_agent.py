@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from replengine.localcluster import LocalResource
+from replengine.demo.localcluster import LocalResource
 
 REPO = Path(__file__).resolve().parent.parent
 AGENT_SRC = REPO / "ocf" / "replengine"
@@ -28,7 +28,9 @@ def install_agent(dest: Path) -> Path:
     return dest
 
 
-def run_agent(agent: Path, action: str, cfg: Path | None, **extra: str) -> subprocess.CompletedProcess:
+def run_agent(
+    agent: Path, action: str, cfg: Path | None, **extra: str
+) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OCF_")}
     env.setdefault("HA_RSCTMP", str(Path(tempfile.gettempdir()) / "replengine-rsctmp"))
     env["OCF_ROOT"] = "/usr/lib/ocf"
@@ -40,16 +42,18 @@ def run_agent(agent: Path, action: str, cfg: Path | None, **extra: str) -> subpr
     if cfg is not None:
         env["OCF_RESKEY_config"] = str(cfg)
     env.update(extra)
-    return subprocess.run([str(agent), action], capture_output=True, text=True, env=env,
-                          timeout=300)
+    return subprocess.run(
+        [str(agent), action], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 @pytest.fixture
 def local_resource(tmp_path):
     """A 2-node resource whose first node is this host (uname -n), as ocf-tester needs."""
     me = os.uname().nodename
-    r = LocalResource(tmp_path, nodes={me: "sync", "peer-b": "sync"},
-                      extra={"promote_min_peers": 0})
+    r = LocalResource(
+        tmp_path, nodes={me: "sync", "peer-b": "sync"}, extra={"promote_min_peers": 0}
+    )
     r.create()
     yield r
     r.stop_all()
@@ -69,8 +73,13 @@ def agent(monkeypatch, tmp_path):
 
 def _lint(agent: Path, *args: str) -> subprocess.CompletedProcess:
     meta = run_agent(agent, "meta-data", None).stdout
-    return subprocess.run(["xmllint", "--noout", *args, "-"], input=meta, text=True,
-                          capture_output=True, cwd="/usr/share/resource-agents")
+    return subprocess.run(
+        ["xmllint", "--noout", *args, "-"],
+        input=meta,
+        text=True,
+        capture_output=True,
+        cwd="/usr/share/resource-agents",
+    )
 
 
 @pytest.mark.skipif(not shutil.which("xmllint"), reason="xmllint (libxml2-utils) not installed")
@@ -88,9 +97,21 @@ def test_metadata_validates_against_dtd_and_rng(agent):
 def test_ocf_tester_passes(agent, local_resource):
     if os.geteuid() != 0:
         pytest.skip("ocf-tester checks permissions as root")
-    proc = subprocess.run(["ocf-tester", "-n", "r0", "-o", "resource=r0",
-                           "-o", f"config={local_resource.config}", str(agent)],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            "ocf-tester",
+            "-n",
+            "r0",
+            "-o",
+            "resource=r0",
+            "-o",
+            f"config={local_resource.config}",
+            str(agent),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "passed all tests" in out, out
@@ -100,17 +121,24 @@ def test_actions_exit_codes(agent, local_resource):
     r, cfg = local_resource, local_resource.config
     me = os.uname().nodename
     assert run_agent(agent, "validate-all", cfg).returncode == 0
-    assert run_agent(agent, "monitor", cfg).returncode == 7          # probe: stopped
-    assert run_agent(agent, "stop", cfg).returncode == 0             # stop when stopped
+    assert run_agent(agent, "monitor", cfg).returncode == 7  # probe: stopped
+    assert run_agent(agent, "stop", cfg).returncode == 0  # stop when stopped
     assert run_agent(agent, "start", cfg).returncode == 0
-    assert run_agent(agent, "start", cfg).returncode == 0            # idempotent
-    assert run_agent(agent, "monitor", cfg).returncode == 0          # Unpromoted
+    assert run_agent(agent, "start", cfg).returncode == 0  # idempotent
+    assert run_agent(agent, "monitor", cfg).returncode == 0  # Unpromoted
     assert r.status(me)["role"] == "secondary"
-    assert run_agent(agent, "notify", cfg,
-                     OCF_RESKEY_CRM_meta_notify_type="pre",
-                     OCF_RESKEY_CRM_meta_notify_operation="promote").returncode == 0
+    assert (
+        run_agent(
+            agent,
+            "notify",
+            cfg,
+            OCF_RESKEY_CRM_meta_notify_type="pre",
+            OCF_RESKEY_CRM_meta_notify_operation="promote",
+        ).returncode
+        == 0
+    )
     assert run_agent(agent, "promote", cfg).returncode == 0
-    assert run_agent(agent, "monitor", cfg).returncode == 8          # Promoted
+    assert run_agent(agent, "monitor", cfg).returncode == 8  # Promoted
     vol = r.connect(me)
     vol.write(0, b"a" * 4096)
     vol.close()
@@ -140,7 +168,7 @@ def test_promote_refused_without_enough_peers_fails(agent, local_resource):
     proc = run_agent(agent, "promote", cfg, OCF_RESKEY_min_peers="1")
     assert proc.returncode == 1
     assert "peers reachable" in proc.stderr
-    assert run_agent(agent, "monitor", cfg).returncode == 0          # still Unpromoted
+    assert run_agent(agent, "monitor", cfg).returncode == 0  # still Unpromoted
     assert run_agent(agent, "stop", cfg).returncode == 0
 
 
@@ -151,8 +179,8 @@ def test_bad_config(agent, tmp_path):
     assert proc.returncode == 6
     assert "bad.toml" in proc.stderr
     assert run_agent(agent, "start", bad).returncode == 6
-    assert run_agent(agent, "stop", bad).returncode == 0              # stop never fails on it
-    assert run_agent(agent, "monitor", bad).returncode == 7           # a probe says stopped
+    assert run_agent(agent, "stop", bad).returncode == 0  # stop never fails on it
+    assert run_agent(agent, "monitor", bad).returncode == 7  # a probe says stopped
     assert run_agent(agent, "notify", bad).returncode == 0
     missing = run_agent(agent, "validate-all", tmp_path / "nope.toml")
     assert missing.returncode == 6
@@ -176,7 +204,7 @@ def test_stale_pid_file_of_unrelated_process_is_not_trusted(agent, local_resourc
         assert run_agent(agent, "monitor", cfg).returncode == 7
         assert run_agent(agent, "stop", cfg).returncode == 0
         assert bystander.poll() is None, "stop killed an unrelated process"
-        assert run_agent(agent, "start", cfg).returncode == 0     # starts a real daemon
+        assert run_agent(agent, "start", cfg).returncode == 0  # starts a real daemon
         assert run_agent(agent, "monitor", cfg).returncode == 0
         assert run_agent(agent, "stop", cfg).returncode == 0
     finally:

@@ -1,4 +1,4 @@
-"""Tests for replengine.dcm: the persistent dirty-region bitmap."""
+"""Tests for replengine.storage.dirtymap: the persistent dirty-region bitmap."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replengine.dcm import (
+from replengine.errors import ReplError
+from replengine.storage.dirtymap import (
     HEADER_SIZE,
     DCMCorruptError,
     DCMError,
     DCMRangeError,
     DirtyMap,
 )
-from replengine.errors import ReplError
 
 KiB = 1024
 

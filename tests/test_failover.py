@@ -27,8 +27,8 @@ from failover_helpers import (
     wait_role,
 )
 
+from replengine.demo.localcluster import LocalResource
 from replengine.errors import ReplError
-from replengine.localcluster import LocalResource
 
 VOL = 16 << 20
 
@@ -79,17 +79,17 @@ def build_fig5b(make_resource, seed: int):
     r.promote("alpha")
     v = r.connect("alpha")
     ledger = Ledger(bytearray(VOL), 1)
-    write_n(v, ledger, rng, 30)                          # LSN 1..30 everywhere
+    write_n(v, ledger, rng, 30)  # LSN 1..30 everywhere
     r.wait_synced()
-    stop(r, "beta")                                      # SN1: E1 = 31
-    write_n(v, ledger, rng, 12)                          # LSN 31..42
+    stop(r, "beta")  # SN1: E1 = 31
+    write_n(v, ledger, rng, 12)  # LSN 31..42
     r.wait_for(lambda: r.status("gamma")["end_lsn"] == 43, 20, "gamma to log LSN 42")
-    stop(r, "gamma")                                     # SN2: E2 = 43
-    write_n(v, ledger, rng, 9)                           # LSN 43..51
+    stop(r, "gamma")  # SN2: E2 = 43
+    write_n(v, ledger, rng, 9)  # LSN 43..51
     r.wait_for(lambda: r.status("delta")["applied_end"] == 52, 20, "delta to apply LSN 51")
     crash(r, "beta")
     crash(r, "gamma")
-    crash(r, "alpha")                                    # the primary dies
+    crash(r, "alpha")  # the primary dies
     v.close()
     r.up("beta", "gamma")
     ends = settled_ends(r, ["beta", "gamma", "delta"])
@@ -155,7 +155,7 @@ def test_zombie_old_primary_is_fenced_by_epoch(make_resource):
     v = r.connect("alpha")
     ledger = Ledger(bytearray(VOL), 1)
     write_n(v, ledger, rng, 20)
-    base = r.wait_synced()                                   # 21
+    base = r.wait_synced()  # 21
     # writes in flight at the cut: the secondaries are frozen so none is acknowledged
     for s in ("beta", "gamma", "delta"):
         stop(r, s)
@@ -164,10 +164,11 @@ def test_zombie_old_primary_is_fenced_by_epoch(make_resource):
     for i in range(4):
         off, data = region + i * (64 << 10), rng.randbytes(64 << 10)
         inflight.append((off, data, v.submit(off, data)))
-    r.wait_for(lambda: r.status("alpha")["end_lsn"] == base + 4, 20,
-               "alpha to log the in-flight writes")
-    stop(r, "alpha")                                          # the cut
-    late = v.submit(region + (1 << 20), b"Z" * 4096)          # sent to alpha after the cut
+    r.wait_for(
+        lambda: r.status("alpha")["end_lsn"] == base + 4, 20, "alpha to log the in-flight writes"
+    )
+    stop(r, "alpha")  # the cut
+    late = v.submit(region + (1 << 20), b"Z" * 4096)  # sent to alpha after the cut
     for s in ("beta", "gamma", "delta"):
         cont(r, s)
     settled_ends(r, ["beta", "gamma", "delta"])
@@ -198,15 +199,18 @@ def test_zombie_old_primary_is_fenced_by_epoch(make_resource):
             assert lsn < first_lsn, (
                 f"write at {off} (LSN {lsn}), in flight at the cut, completed on the zombie "
                 f"primary although beta's epoch 2 starts at LSN {first_lsn} without it\n"
-                f"{describe_logs(r, ['alpha', 'beta'])}")
+                f"{describe_logs(r, ['alpha', 'beta'])}"
+            )
     # the write sent to alpha after the cut must not complete
     try:
         lsn = v.wait(late)
     except ReplError:
         pass
     else:
-        pytest.fail(f"write sent after the cut completed on the zombie primary (LSN {lsn}; "
-                    f"beta's epoch 2 starts at {first_lsn})\n{describe_logs(r, ['alpha'])}")
+        pytest.fail(
+            f"write sent after the cut completed on the zombie primary (LSN {lsn}; "
+            f"beta's epoch 2 starts at {first_lsn})\n{describe_logs(r, ['alpha'])}"
+        )
     v.close()
     wait_role(r, "alpha", "secondary", following="beta")
     end = wait_consistent(r, ["alpha", "beta", "gamma", "delta"], timeout=90)
@@ -216,9 +220,9 @@ def test_zombie_old_primary_is_fenced_by_epoch(make_resource):
     expect = ledger.image_at(base)
     for i, (off, data, _req) in enumerate(inflight):
         if base + i < first_lsn:
-            expect[off:off + len(data)] = data
+            expect[off : off + len(data)] = data
     for off, data in newer:
-        expect[off:off + len(data)] = data
+        expect[off : off + len(data)] = data
     assert_volumes(r, ["alpha", "beta", "gamma", "delta"], bytes(expect))
 
 
@@ -231,7 +235,7 @@ def test_stale_epoch_update_is_refused_and_logged(make_resource):
     import zmq
 
     from replengine import config as configmod
-    from replengine.protocol import Update, encode
+    from replengine.wire.protocol import Update, encode
 
     r = make_resource({"alpha": "sync", "beta": "sync", "gamma": "sync"})
     r.up()
@@ -256,12 +260,16 @@ def test_stale_epoch_update_is_refused_and_logged(make_resource):
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(f"tcp://{cfg.nodes['gamma'].address}")
     try:
-        for lsn in (end - 1, end):      # a record gamma has and the next one
-            sock.send_multipart(encode(cfg.uuid, 1, "alpha",
-                                       Update(lsn, 1, 8192, b"Z" * 4096, 0)))
-        r.wait_for(lambda: "epoch 1" in "".join(
-            ln for ln in r.log("gamma").splitlines() if "refused" in ln.lower()), 10,
-            "gamma to log that it refused alpha's epoch-1 UPDATE")
+        for lsn in (end - 1, end):  # a record gamma has and the next one
+            sock.send_multipart(encode(cfg.uuid, 1, "alpha", Update(lsn, 1, 8192, b"Z" * 4096, 0)))
+        r.wait_for(
+            lambda: (
+                "epoch 1"
+                in "".join(ln for ln in r.log("gamma").splitlines() if "refused" in ln.lower())
+            ),
+            10,
+            "gamma to log that it refused alpha's epoch-1 UPDATE",
+        )
     finally:
         sock.close(0)
     st = r.status("gamma")
@@ -292,10 +300,10 @@ def test_failback_rewinds_only_the_divergent_tail(make_resource):
         off = (4 << 20) + i * 3 * 4096 + (512 if i % 2 else 0)
         data = rng.randbytes(4096 * (1 + i % 3))
         tail.append((off, data))
-        v.write(off, data)                       # completes once the sync peers are degraded
+        v.write(off, data)  # completes once the sync peers are degraded
     st = r.status("alpha")
     assert st["end_lsn"] == base + 6, st
-    stop(r, "alpha")                             # the old primary is cut off
+    stop(r, "alpha")  # the old primary is cut off
     r.up("beta", "gamma", "delta")
     settled_ends(r, ["beta", "gamma", "delta"])
     out = r.promote("beta")
@@ -350,7 +358,7 @@ def test_promote_refuses_with_too_few_peers_unless_forced(make_resource):
     v.close()
     r.wait_synced()
     crash(r, "alpha")
-    crash(r, "gamma")                 # beta reaches only delta: 1 < promote_min_peers (2)
+    crash(r, "gamma")  # beta reaches only delta: 1 < promote_min_peers (2)
     code, out, err = promote_cli(r, "beta")
     assert code == 1, (code, out, err)
     assert "only 1 of 3 peers reachable" in err and "--force" in err, err

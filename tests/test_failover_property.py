@@ -40,8 +40,8 @@ from failover_helpers import (
     wait_consistent,
 )
 
+from replengine.demo.localcluster import LocalResource
 from replengine.errors import ReplError
-from replengine.localcluster import LocalResource
 
 VOL = 4 << 20
 NODES = {"n1": "sync", "n2": "sync", "n3": "sync", "n4": "async"}
@@ -59,15 +59,23 @@ class Schedule:
         self.primary = "n1"
         self.epoch = 1
         self.ledger = Ledger(bytearray(VOL), 1)
-        self.stats = {"rounds": 0, "snapshots": 0, "killed_inflight": 0, "divergent": 0,
-                      "pulled": 0, "stopped_sync": 0}
+        self.stats = {
+            "rounds": 0,
+            "snapshots": 0,
+            "killed_inflight": 0,
+            "divergent": 0,
+            "pulled": 0,
+            "stopped_sync": 0,
+        }
         self.round = 0
         self.trace: list[str] = []
 
     def fail(self, msg: str) -> None:
-        pytest.fail(f"[seed {self.seed}, round {self.round}] {msg}\nschedule: "
-                    f"{'; '.join(self.trace)}\n{self.r.describe()}\n"
-                    f"{describe_logs(self.r, lines=15)}")
+        pytest.fail(
+            f"[seed {self.seed}, round {self.round}] {msg}\nschedule: "
+            f"{'; '.join(self.trace)}\n{self.r.describe()}\n"
+            f"{describe_logs(self.r, lines=15)}"
+        )
 
     def check(self, cond: bool, msg: str) -> None:
         if not cond:
@@ -86,25 +94,28 @@ class Schedule:
         # a strict subset of the secondaries to freeze, leaving a sync one running
         while True:
             frozen = [s for s in secs if rng.random() < 0.4]
-            if len(frozen) < len(secs) and any(NODES[s] == "sync" for s in secs
-                                               if s not in frozen):
+            if len(frozen) < len(secs) and any(NODES[s] == "sync" for s in secs if s not in frozen):
                 break
         # stopping a sync node costs ~1 s (declared gone, then degraded): keep it to a third
         if any(NODES[s] == "sync" for s in frozen) and rng.random() < 0.66:
             frozen = [s for s in frozen if NODES[s] == "async"]
         stop_at = {s: rng.randint(0, n_writes) for s in frozen}
         kill_at = rng.randint(0, n_writes)
-        self.trace = [f"round {self.round}: primary {p} base {base} writes {n_writes} qd {qd} "
-                      f"freeze {stop_at} kill at {kill_at}"]
+        self.trace = [
+            f"round {self.round}: primary {p} base {base} writes {n_writes} qd {qd} "
+            f"freeze {stop_at} kill at {kill_at}"
+        ]
         v = r.connect(p)
-        inflight: list[tuple[int, int]] = []     # (index, request)
+        inflight: list[tuple[int, int]] = []  # (index, request)
         snapshots: list[tuple[str, bytes, int]] = []
 
         def complete_oldest() -> None:
             idx, req = inflight.pop(0)
             lsn = v.wait(req)
-            self.check(lsn == led.lsn_of(idx), f"write #{idx} got LSN {lsn}, expected "
-                       f"{led.lsn_of(idx)} (submission order)")
+            self.check(
+                lsn == led.lsn_of(idx),
+                f"write #{idx} got LSN {lsn}, expected {led.lsn_of(idx)} (submission order)",
+            )
             led.writes[idx].lsn = lsn
 
         for i in range(n_writes + 1):
@@ -132,27 +143,37 @@ class Schedule:
         v.close()
         for s in frozen:
             cont(r, s)
-        completed_end = max([w.lsn + 1 for w in led.writes if w.lsn is not None],
-                            default=base)
-        self.trace.append(f"completed up to LSN {completed_end - 1}, submitted "
-                          f"{len(led.writes)}, in flight {len(inflight)}")
+        completed_end = max([w.lsn + 1 for w in led.writes if w.lsn is not None], default=base)
+        self.trace.append(
+            f"completed up to LSN {completed_end - 1}, submitted "
+            f"{len(led.writes)}, in flight {len(inflight)}"
+        )
 
         # invariant 2 on the frozen volumes: base + some prefix of the submitted writes
         for s, snap, submitted in snapshots:
             k = led.matching_prefix(snap, submitted)
-            self.check(k is not None, f"{s}'s volume while frozen is not the primary's volume "
-                       f"as of any LSN in [{base}, {base + submitted}]: "
-                       f"{diff_summary(snap, bytes(led.image_at(base + submitted)))}")
+            self.check(
+                k is not None,
+                f"{s}'s volume while frozen is not the primary's volume "
+                f"as of any LSN in [{base}, {base + submitted}]: "
+                f"{diff_summary(snap, bytes(led.image_at(base + submitted)))}",
+            )
             self.stats["snapshots"] += 1
 
         survivors = secs
         ends = settled_ends(r, survivors)
         best = max(ends.values())
         self.trace.append(f"ends after the crash {ends}")
-        self.check(best >= completed_end, f"invariant 6: writes up to LSN {completed_end - 1} "
-                   f"completed but the best survivor ends at {best}: {ends}")
-        self.check(best <= base + len(led.writes), f"a survivor ends at {best}, past the "
-                   f"{len(led.writes)} writes submitted from LSN {base}")
+        self.check(
+            best >= completed_end,
+            f"invariant 6: writes up to LSN {completed_end - 1} "
+            f"completed but the best survivor ends at {best}: {ends}",
+        )
+        self.check(
+            best <= base + len(led.writes),
+            f"a survivor ends at {best}, past the "
+            f"{len(led.writes)} writes submitted from LSN {base}",
+        )
 
         # promote a random survivor
         new = rng.choice(survivors)
@@ -162,20 +183,28 @@ class Schedule:
         st = r.status(new)
         lp = st["last_promotion"]
         lacked = best - ends[new]
-        self.check(lp["epoch"] == self.epoch and lp["first_lsn"] == best,
-                   f"promotion of {new}: {lp}, expected epoch {self.epoch} first LSN {best}")
-        self.check(lp["pulled_records"] == lacked,
-                   f"{new} lacked {lacked} records but pulled {lp['pulled_records']}: {lp}")
-        self.check(lp["pulled_bytes"] == led.bytes_between(ends[new], best),
-                   f"{new} pulled {lp['pulled_bytes']} bytes, the records it lacked hold "
-                   f"{led.bytes_between(ends[new], best)}: {lp}")
+        self.check(
+            lp["epoch"] == self.epoch and lp["first_lsn"] == best,
+            f"promotion of {new}: {lp}, expected epoch {self.epoch} first LSN {best}",
+        )
+        self.check(
+            lp["pulled_records"] == lacked,
+            f"{new} lacked {lacked} records but pulled {lp['pulled_records']}: {lp}",
+        )
+        self.check(
+            lp["pulled_bytes"] == led.bytes_between(ends[new], best),
+            f"{new} pulled {lp['pulled_bytes']} bytes, the records it lacked hold "
+            f"{led.bytes_between(ends[new], best)}: {lp}",
+        )
         if lacked:
             self.stats["pulled"] += 1
-            self.check(ends[lp["pulled_from"]] == best, f"pulled from {lp['pulled_from']}, "
-                       f"not a most up-to-date node: {ends}")
+            self.check(
+                ends[lp["pulled_from"]] == best,
+                f"pulled from {lp['pulled_from']}, not a most up-to-date node: {ends}",
+            )
 
         # a few writes on the new primary, then the killed node comes back
-        led.writes = led.writes[:best - base]
+        led.writes = led.writes[: best - base]
         v = r.connect(new)
         for _ in range(rng.randint(0, 4)):
             off, data = random_write(rng, VOL, hot=256 << 10)
@@ -203,8 +232,11 @@ class Schedule:
         expect = bytes(led.image_at(end_now))
         for n in nodes:
             got = volume_bytes(r, n)
-            self.check(got == expect, f"{n}'s volume is not the ledger's state at LSN "
-                       f"{end_now}: {diff_summary(got, expect)}")
+            self.check(
+                got == expect,
+                f"{n}'s volume is not the ledger's state at LSN "
+                f"{end_now}: {diff_summary(got, expect)}",
+            )
         # invariant 5: what was shipped is each node's lag, not more
         peers = r.status(new)["peers"]
         for s in survivors:
@@ -212,36 +244,45 @@ class Schedule:
                 continue
             want = end_now - ends[s]
             sp = peers[s]
-            self.check(sp["shipped_records"] == want and sp["shipped_bytes"]
-                       == led.bytes_between(ends[s], end_now),
-                       f"shipped to {s}: {sp['shipped_records']} records / "
-                       f"{sp['shipped_bytes']} bytes, its lag is {want} records / "
-                       f"{led.bytes_between(ends[s], end_now)} bytes (end {ends[s]} -> "
-                       f"{end_now})")
+            self.check(
+                sp["shipped_records"] == want
+                and sp["shipped_bytes"] == led.bytes_between(ends[s], end_now),
+                f"shipped to {s}: {sp['shipped_records']} records / "
+                f"{sp['shipped_bytes']} bytes, its lag is {want} records / "
+                f"{led.bytes_between(ends[s], end_now)} bytes (end {ends[s]} -> "
+                f"{end_now})",
+            )
         from_lsn = best if divergent else k_end
         sp = peers[p]
-        self.check(sp["shipped_records"] == end_now - from_lsn
-                   and sp["shipped_bytes"] == led.bytes_between(from_lsn, end_now),
-                   f"shipped to the restarted {p}: {sp['shipped_records']} records / "
-                   f"{sp['shipped_bytes']} bytes, it needed [{from_lsn}, {end_now})")
+        self.check(
+            sp["shipped_records"] == end_now - from_lsn
+            and sp["shipped_bytes"] == led.bytes_between(from_lsn, end_now),
+            f"shipped to the restarted {p}: {sp['shipped_records']} records / "
+            f"{sp['shipped_bytes']} bytes, it needed [{from_lsn}, {end_now})",
+        )
         kst = r.status(p)
         if divergent:
             dt = kst["divergent_tail"]
-            self.check(bool(dt) and dt["records"] == k_end - best
-                       and (dt["first_lsn"], dt["end_lsn"]) == (best, k_end),
-                       f"{p} came back with LSNs [{best}, {k_end}) nobody else has; its "
-                       f"divergent_tail is {dt}")
+            self.check(
+                bool(dt)
+                and dt["records"] == k_end - best
+                and (dt["first_lsn"], dt["end_lsn"]) == (best, k_end),
+                f"{p} came back with LSNs [{best}, {k_end}) nobody else has; its "
+                f"divergent_tail is {dt}",
+            )
         else:
-            self.check(not kst["divergent_tail"], f"{p}: unexpected divergent_tail "
-                       f"{kst['divergent_tail']}")
+            self.check(
+                not kst["divergent_tail"], f"{p}: unexpected divergent_tail {kst['divergent_tail']}"
+            )
         led.rebase(end_now)
         self.primary = new
         self.stats["rounds"] += 1
 
 
 def run_schedules(tmp_path, seed: int, rounds: int) -> dict:
-    r = LocalResource(tmp_path / "res", nodes=NODES, volume_size=VOL, srl_size=32 << 20,
-                      heartbeat_ms=HEARTBEAT_MS)
+    r = LocalResource(
+        tmp_path / "res", nodes=NODES, volume_size=VOL, srl_size=32 << 20, heartbeat_ms=HEARTBEAT_MS
+    )
     r.create()
     try:
         r.up()
@@ -268,7 +309,7 @@ def test_random_failover_schedules(tmp_path, k):
     seed = _seed(k)
     try:
         stats = run_schedules(tmp_path, seed, ROUNDS)
-    except ReplError as exc:              # a wait timed out: say which seed
+    except ReplError as exc:  # a wait timed out: say which seed
         pytest.fail(f"[seed {seed}] {exc}")
     assert stats["rounds"] == ROUNDS
     assert stats["snapshots"] > 0, stats

@@ -1,4 +1,4 @@
-"""Tests for replengine.logdiff: the patent's worked examples, edge cases, and a property test
+"""Tests for replengine.failover.planner: the patent's worked examples, edge cases, and a property test
 that simulates carrying out random plans."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from replengine.errors import ReplError
-from replengine.logdiff import (
+from replengine.failover.planner import (
     LogDiffError,
     NodeLog,
     SyncPlan,
@@ -274,8 +274,11 @@ def scenarios(draw: st.DrawFn) -> tuple[list[NodeLog], str, dict[str, dict[int, 
         content[name] = {n: epoch_on_line(n) for n in range(1, end)}
     # The epoch that superseded the old primary must be known by someone, or its tail is
     # not divergent at all (it is simply the furthest record of the only line anyone knows).
-    bumps = [(j, f) for j, (_, f) in enumerate(line)
-             if j > 0 and any(line[j] in nd.history for nd in nodes)]
+    bumps = [
+        (j, f)
+        for j, (_, f) in enumerate(line)
+        if j > 0 and any(line[j] in nd.history for nd in nodes)
+    ]
     if bumps and draw(st.booleans()):
         j, f = draw(st.sampled_from(bumps))
         end = draw(st.integers(f + 1, f + 6))

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from replengine import protocol
 from replengine.errors import ProtocolError
-from replengine.protocol import (
+from replengine.wire import protocol
+from replengine.wire.protocol import (
     MAGIC,
     VERSION,
     Ack,
@@ -36,9 +36,19 @@ U = uuidlib.UUID("6f1c2a9e-3d4b-4c5d-8e6f-7a8b9c0d1e2f")
 OTHER = uuidlib.UUID("11111111-2222-3333-4444-555555555555")
 PREFIX = protocol._PREFIX
 
-HELLO = Hello(role="secondary", session="0123456789abcdef", history=[(1, 1), (2, 40)],
-              start_lsn=3, end_lsn=57, applied_end=50, digest="ab" * 32,
-              volume_size=1 << 30, primary="alpha", consistent=True, following="alpha")
+HELLO = Hello(
+    role="secondary",
+    session="0123456789abcdef",
+    history=[(1, 1), (2, 40)],
+    start_lsn=3,
+    end_lsn=57,
+    applied_end=50,
+    digest="ab" * 32,
+    volume_size=1 << 30,
+    primary="alpha",
+    consistent=True,
+    following="alpha",
+)
 
 SAMPLES: dict[type, object] = {
     Update: Update(lsn=41, rec_epoch=2, offset=1 << 20, data=b"\x01\x02" * 2048, clear_end=30),
@@ -90,21 +100,34 @@ def norm(body: object) -> dict:
 
 
 def frames_of(body: object, **kw) -> list[bytes]:
-    return [bytes(f) for f in encode(kw.pop("uuid", U), kw.pop("epoch", 7),
-                                     kw.pop("sender", "beta"), body, **kw)]
+    return [
+        bytes(f)
+        for f in encode(kw.pop("uuid", U), kw.pop("epoch", 7), kw.pop("sender", "beta"), body, **kw)
+    ]
 
 
-def head(mtype: int, *, magic: bytes = MAGIC, version: int = VERSION, uuid=U, epoch: int = 7,
-         sender: bytes = b"beta", nlen: int | None = None, flags: int = 0) -> bytes:
+def head(
+    mtype: int,
+    *,
+    magic: bytes = MAGIC,
+    version: int = VERSION,
+    uuid=U,
+    epoch: int = 7,
+    sender: bytes = b"beta",
+    nlen: int | None = None,
+    flags: int = 0,
+) -> bytes:
     n = len(sender) if nlen is None else nlen
     return PREFIX.pack(magic, version, mtype, flags, uuid.bytes, epoch, n) + sender
 
 
 # ---- round trips ------------------------------------------------------------------------
 
+
 def test_every_message_type_has_a_body_class():
-    assert set(protocol._BODY_TYPE.values()) == set(MsgType), \
+    assert set(protocol._BODY_TYPE.values()) == set(MsgType), (
         "a MsgType without a body class (or the reverse)"
+    )
 
 
 @pytest.mark.parametrize("cls", ALL_BODIES, ids=lambda c: c.__name__)
@@ -145,6 +168,7 @@ def test_encode_refuses_long_sender():
 
 # ---- each rejection names the problem ---------------------------------------------------
 
+
 def _upd_head(length: int = 4096, crc: int | None = None, lsn: int = 5) -> bytes:
     data = b"q" * length
     c = protocol.crc32c.crc32c(data) if crc is None else crc
@@ -152,7 +176,7 @@ def _upd_head(length: int = 4096, crc: int | None = None, lsn: int = 5) -> bytes
 
 
 def _hello_doc(**changes) -> bytes:
-    doc = json.loads(frames_of(HELLO)[0][PREFIX.size + 4:])
+    doc = json.loads(frames_of(HELLO)[0][PREFIX.size + 4 :])
     doc.update(changes)
     for k in [k for k, v in changes.items() if v is ...]:
         del doc[k]
@@ -182,11 +206,14 @@ REJECTIONS = {
     "UPDATE bad crc": ([_upd_head(crc=1), b"q" * 4096], "checksum mismatch"),
     "UPDATE LSN 0": ([_upd_head(lsn=0), b"q" * 4096], "LSN 0"),
     "UPDATE truncated": ([_upd_head()[:-1], b"q" * 4096], "UPDATE body is"),
-    "UPDATE too long": ([head(MsgType.UPDATE) + struct.pack("!QQQIIQ", 1, 1, 0,
-                                                            protocol.MAX_DATA + 1, 0, 0),
-                         b"q"], "exceeds"),
-    "BLOCK bad crc": ([head(MsgType.BLOCK) + struct.pack("!QII", 0, 3, 0), b"abc"],
-                      "checksum mismatch"),
+    "UPDATE too long": (
+        [head(MsgType.UPDATE) + struct.pack("!QQQIIQ", 1, 1, 0, protocol.MAX_DATA + 1, 0, 0), b"q"],
+        "exceeds",
+    ),
+    "BLOCK bad crc": (
+        [head(MsgType.BLOCK) + struct.pack("!QII", 0, 3, 0), b"abc"],
+        "checksum mismatch",
+    ),
     "HELLO not JSON": ([head(MsgType.HELLO) + b"{nope"], "not valid JSON"),
     "HELLO not UTF-8": ([head(MsgType.HELLO) + b"\xff\xfe{}"], "HELLO"),
     "HELLO array": ([head(MsgType.HELLO) + b"[]"], "keys"),
@@ -199,12 +226,13 @@ REJECTIONS = {
     "HELLO bad history": ([_hello_doc(history=[[1, 2, 3]])], "HELLO.history"),
     "HELLO history neg": ([_hello_doc(history=[[1, -2]])], "HELLO.history"),
     "REJECT wrong type": ([head(MsgType.REJECT) + b'{"reason": 5}'], "REJECT.reason"),
-    "BLOCK_REQ bad ranges": ([head(MsgType.BLOCK_REQ) + b'{"ranges": [5], "tag": "t"}'],
-                             "BLOCK_REQ.ranges"),
+    "BLOCK_REQ bad ranges": (
+        [head(MsgType.BLOCK_REQ) + b'{"ranges": [5], "tag": "t"}'],
+        "BLOCK_REQ.ranges",
+    ),
     "HELLO too large": ([head(MsgType.HELLO) + b" " * (protocol.MAX_JSON + 1)], "too large"),
     "HELLO deep nesting": ([head(MsgType.HELLO) + b"[" * 100_000], "HELLO"),
-    "HELLO 5000-digit int": ([head(MsgType.HELLO) + b'{"end_lsn": ' + b"9" * 5000 + b"}"],
-                             "HELLO"),
+    "HELLO 5000-digit int": ([head(MsgType.HELLO) + b'{"end_lsn": ' + b"9" * 5000 + b"}"], "HELLO"),
     "HELLO NaN": ([_hello_doc()[:-1] + b', "x": NaN}'], "keys"),
 }
 
@@ -226,6 +254,7 @@ def test_foreign_resource_refused():
 
 # ---- fuzzing ----------------------------------------------------------------------------
 
+
 def _decode_only_protocol_errors(frames: list[bytes]) -> None:
     try:
         decode(frames, U)
@@ -233,8 +262,11 @@ def _decode_only_protocol_errors(frames: list[bytes]) -> None:
         pass
 
 
-FUZZ = settings(max_examples=400, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=400,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 @FUZZ
@@ -244,9 +276,13 @@ def test_fuzz_random_frames(frames):
 
 
 @FUZZ
-@given(mtype=st.integers(0, 255), sender=st.binary(min_size=0, max_size=70),
-       nlen=st.integers(0, 255), rest=st.binary(max_size=200),
-       data=st.one_of(st.none(), st.binary(max_size=64)))
+@given(
+    mtype=st.integers(0, 255),
+    sender=st.binary(min_size=0, max_size=70),
+    nlen=st.integers(0, 255),
+    rest=st.binary(max_size=200),
+    data=st.one_of(st.none(), st.binary(max_size=64)),
+)
 def test_fuzz_valid_prefix_random_body(mtype, sender, nlen, rest, data):
     frames = [PREFIX.pack(MAGIC, VERSION, mtype, 0, U.bytes, 1, nlen) + sender + rest]
     if data is not None:
@@ -255,19 +291,26 @@ def test_fuzz_valid_prefix_random_body(mtype, sender, nlen, rest, data):
 
 
 @FUZZ
-@given(mtype=st.sampled_from([MsgType.HELLO, MsgType.REJECT, MsgType.BLOCK_REQ,
-                              MsgType.BLOCK_DONE]),
-       doc=st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
-                        lambda c: st.lists(c, max_size=4)
-                        | st.dictionaries(st.text(max_size=12), c, max_size=6),
-                        max_leaves=20))
+@given(
+    mtype=st.sampled_from([MsgType.HELLO, MsgType.REJECT, MsgType.BLOCK_REQ, MsgType.BLOCK_DONE]),
+    doc=st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+        lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=12), c, max_size=6),
+        max_leaves=20,
+    ),
+)
 def test_fuzz_json_bodies(mtype, doc):
     _decode_only_protocol_errors([head(mtype) + json.dumps(doc).encode()])
 
 
 @FUZZ
-@given(cls=st.sampled_from(ALL_BODIES), pos=st.integers(0, 10_000), val=st.integers(0, 255),
-       cut=st.integers(0, 10_000), data=st.data())
+@given(
+    cls=st.sampled_from(ALL_BODIES),
+    pos=st.integers(0, 10_000),
+    val=st.integers(0, 255),
+    cut=st.integers(0, 10_000),
+    data=st.data(),
+)
 def test_fuzz_mutated_valid_messages(cls, pos, val, cut, data):
     frames = [bytearray(f) for f in frames_of(sample(cls))]
     which = data.draw(st.integers(0, len(frames) - 1))
@@ -275,5 +318,5 @@ def test_fuzz_mutated_valid_messages(cls, pos, val, cut, data):
     if data.draw(st.booleans()) and f:
         f[pos % len(f)] = val
     else:
-        del f[cut % (len(f) + 1):]
+        del f[cut % (len(f) + 1) :]
     _decode_only_protocol_errors([bytes(x) for x in frames])

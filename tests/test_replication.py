@@ -79,12 +79,18 @@ def test_async_peer_lag_is_reported(resource):
         assert p["lag_records"] == 0 and p["state"] == "up-to-date", (name, p)
         assert p["acked_lsn"] == st["end_lsn"] - 1, (name, p)
     # 40 records of 8 KiB behind: at least their data in bytes of log
-    assert isinstance(d["lag_bytes"], int) and d["lag_bytes"] >= 40 * 8 * KiB, \
+    assert isinstance(d["lag_bytes"], int) and d["lag_bytes"] >= 40 * 8 * KiB, (
         f"lag_bytes of the stopped async peer is {d['lag_bytes']!r}, not its byte lag"
+    )
     r.signal("delta", signal.SIGCONT)
-    r.wait_for(lambda: peer(r, "alpha", "delta")["lag_records"] == 0
-               and peer(r, "alpha", "delta")["state"] == "up-to-date", 20,
-               "delta to catch up after SIGCONT")
+    r.wait_for(
+        lambda: (
+            peer(r, "alpha", "delta")["lag_records"] == 0
+            and peer(r, "alpha", "delta")["state"] == "up-to-date"
+        ),
+        20,
+        "delta to catch up after SIGCONT",
+    )
     r.wait_synced()
     sums = r.checksums()
     assert len(set(sums.values())) == 1, sums
@@ -161,8 +167,11 @@ def test_clean_switchover_demote_then_promote_elsewhere(resource):
     r.promote("beta")
     st = r.status("beta")
     assert st["role"] == "primary" and st["epoch"] == 2, st
-    r.wait_for(lambda: all(r.status(n)["following"] == "beta" for n in ("alpha", "gamma")),
-               10, "alpha and gamma to follow beta")
+    r.wait_for(
+        lambda: all(r.status(n)["following"] == "beta" for n in ("alpha", "gamma")),
+        10,
+        "alpha and gamma to follow beta",
+    )
     vol = r.connect("beta")
     for _ in range(30):
         off, data = random_write(rng, hi=64 * KiB)
@@ -177,8 +186,17 @@ def test_clean_switchover_demote_then_promote_elsewhere(resource):
 
 
 DOCUMENTED_STATUS_KEYS = {"role", "epoch", "start_lsn", "end_lsn", "applied_end", "srl", "peers"}
-DOCUMENTED_PEER_KEYS = {"connected", "mode", "acked_lsn", "lag_records", "lag_bytes", "state",
-                        "degraded", "shipped_records", "shipped_bytes"}
+DOCUMENTED_PEER_KEYS = {
+    "connected",
+    "mode",
+    "acked_lsn",
+    "lag_records",
+    "lag_bytes",
+    "state",
+    "degraded",
+    "shipped_records",
+    "shipped_bytes",
+}
 
 
 def test_replctl_status_json_keys(resource):
@@ -215,9 +233,11 @@ def _one_line_error(proc: subprocess.CompletedProcess, what: str) -> str:
 CLI = [sys.executable, "-m", "replengine.cli"]
 
 
-@pytest.mark.parametrize("argv", [["frobnicate", "--config", "/nonexistent.toml"],
-                                  ["status", "--bogus-option"], []],
-                         ids=["unknown-verb", "unknown-option", "no-verb"])
+@pytest.mark.parametrize(
+    "argv",
+    [["frobnicate", "--config", "/nonexistent.toml"], ["status", "--bogus-option"], []],
+    ids=["unknown-verb", "unknown-option", "no-verb"],
+)
 def test_replctl_usage_errors_exit_nonzero_with_one_line(argv):
     proc = subprocess.run([*CLI, *argv], capture_output=True, text=True, timeout=30)
     line = _one_line_error(proc, f"replctl {' '.join(argv)}")
@@ -230,13 +250,18 @@ def test_replctl_failed_verbs_exit_nonzero_with_one_line(resource):
     r.promote("alpha")
     line = _one_line_error(r.replctl("gamma", "status", check=False), "status of a down node")
     assert "gamma" in line or "no daemon" in line, line
-    line = _one_line_error(r.replctl("beta", "promote", check=False),
-                           "promote while another node is primary")
+    line = _one_line_error(
+        r.replctl("beta", "promote", check=False), "promote while another node is primary"
+    )
     assert "alpha" in line, line
     line = _one_line_error(r.replctl("alpha", "init", check=False), "init while running")
     assert "running" in line, line
-    bad = subprocess.run([*CLI, "status", "--config", str(r.workdir / "nope.toml"),
-                          "--node", "alpha"], capture_output=True, text=True, timeout=30)
+    bad = subprocess.run(
+        [*CLI, "status", "--config", str(r.workdir / "nope.toml"), "--node", "alpha"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     line = _one_line_error(bad, "missing config file")
     assert "nope.toml" in line, line
 
@@ -251,8 +276,11 @@ def test_clear_waits_for_every_secondary(resource):
     for i in range(30):
         vol.write(i * 4096, bytes([i + 1]) * 4096)
     end = r.wait_synced()
-    r.wait_for(lambda: all(r.status(n)["start_lsn"] == end for n in r.nodes), 10,
-               f"every node's start_lsn to reach {end} after idle")
+    r.wait_for(
+        lambda: all(r.status(n)["start_lsn"] == end for n in r.nodes),
+        10,
+        f"every node's start_lsn to reach {end} after idle",
+    )
     r.signal("gamma", signal.SIGSTOP)
     gamma_end = peer(r, "alpha", "gamma")["acked_lsn"] + 1
     assert gamma_end == end
@@ -265,10 +293,14 @@ def test_clear_waits_for_every_secondary(resource):
     for n in ("alpha", "beta", "delta"):
         st = r.status(n)
         assert st["start_lsn"] <= gamma_end, (
-            f"{n} cleared up to {st['start_lsn']} but gamma only has LSNs below {gamma_end}")
+            f"{n} cleared up to {st['start_lsn']} but gamma only has LSNs below {gamma_end}"
+        )
     r.signal("gamma", signal.SIGCONT)
-    r.wait_for(lambda: all(r.status(n)["start_lsn"] == new_end for n in r.nodes), 20,
-               f"every node's start_lsn to reach {new_end} once gamma is back")
+    r.wait_for(
+        lambda: all(r.status(n)["start_lsn"] == new_end for n in r.nodes),
+        20,
+        f"every node's start_lsn to reach {new_end} once gamma is back",
+    )
     vol.close()
 
 

@@ -19,10 +19,10 @@ import pytest
 import zmq
 from conftest import FOUR_NODES, THREE_NODES, KiB, Ledger, MiB, Writer, peer, random_write
 
-from replengine import protocol
+from replengine.demo.localcluster import LocalResource
 from replengine.errors import ReplError
-from replengine.localcluster import LocalResource
-from replengine.protocol import Hello, MsgType, Update, encode
+from replengine.wire import protocol
+from replengine.wire.protocol import Hello, MsgType, Update, encode
 
 pytestmark = pytest.mark.slow
 
@@ -31,8 +31,9 @@ def all_equal(sums: dict[str, str]) -> bool:
     return len(set(sums.values())) == 1
 
 
-def write_in_thread(pool: cf.ThreadPoolExecutor, r: LocalResource, node: str,
-                    writes: list[tuple[int, bytes]]) -> cf.Future:
+def write_in_thread(
+    pool: cf.ThreadPoolExecutor, r: LocalResource, node: str, writes: list[tuple[int, bytes]]
+) -> cf.Future:
     """Run writes (QD1) on their own client connection; the future gives their LSNs."""
 
     def run() -> list[int]:
@@ -46,6 +47,7 @@ def write_in_thread(pool: cf.ThreadPoolExecutor, r: LocalResource, node: str,
 
 
 # ---- a sync secondary goes silent ---------------------------------------------------------
+
 
 def test_sync_secondary_stopped_degrade(resource):
     r = resource(THREE_NODES, on_sync_loss="degrade")
@@ -69,9 +71,13 @@ def test_sync_secondary_stopped_degrade(resource):
     assert peer(r, "alpha", "gamma")["acked_lsn"] == lsns[-1], "gamma (sync) missed writes"
     assert "SYNC SECONDARY beta LOST" in r.log("alpha"), r.log("alpha")[-2000:]
     r.signal("beta", signal.SIGCONT)
-    r.wait_for(lambda: (lambda b: b["lag_records"] == 0 and not b["degraded"]
-                        and b["state"] == "up-to-date")(peer(r, "alpha", "beta")),
-               20, "beta to catch up and be synchronous again")
+    r.wait_for(
+        lambda: (
+            lambda b: b["lag_records"] == 0 and not b["degraded"] and b["state"] == "up-to-date"
+        )(peer(r, "alpha", "beta")),
+        20,
+        "beta to catch up and be synchronous again",
+    )
     r.wait_synced()
     assert all_equal(r.checksums())
     ledger.check_reads(vol)
@@ -99,9 +105,13 @@ def test_sync_secondary_stopped_block(resource):
     assert "gamma" not in msg, f"gamma acked, yet the error names it: {msg}"
     assert peer(r, "alpha", "beta")["degraded"] is False
     r.signal("beta", signal.SIGCONT)
-    r.wait_for(lambda: (lambda b: b["lag_records"] == 0 and not b["degraded"]
-                        and b["state"] == "up-to-date")(peer(r, "alpha", "beta")),
-               20, "beta to catch up after SIGCONT")
+    r.wait_for(
+        lambda: (
+            lambda b: b["lag_records"] == 0 and not b["degraded"] and b["state"] == "up-to-date"
+        )(peer(r, "alpha", "beta")),
+        20,
+        "beta to catch up after SIGCONT",
+    )
     # with beta back, writes complete again
     vol.write(12288, b"c" * 4096)
     r.wait_synced()
@@ -110,6 +120,7 @@ def test_sync_secondary_stopped_block(resource):
 
 
 # ---- kill -9 a secondary while a writer runs ----------------------------------------------
+
 
 @pytest.mark.parametrize("victim", ["beta", "delta"], ids=["sync", "async"])
 def test_kill9_secondary_mid_stream_restarts_from_srl(resource, writers, victim):
@@ -157,8 +168,13 @@ def _fill_writes(count: int, seed: int) -> list[tuple[int, bytes]]:
 
 
 def _srl_full_resource(resource, policy: str) -> LocalResource:
-    r = resource(THREE_NODES, srl_size=SMALL_SRL, srl_full=policy, on_sync_loss="degrade",
-                 extra={"dcm_region_size": 256 * KiB} if policy == "dcm" else {})
+    r = resource(
+        THREE_NODES,
+        srl_size=SMALL_SRL,
+        srl_full=policy,
+        on_sync_loss="degrade",
+        extra={"dcm_region_size": 256 * KiB} if policy == "dcm" else {},
+    )
     r.up()
     r.promote("alpha")
     vol = r.connect("alpha")
@@ -180,8 +196,9 @@ def test_srl_full_stall_blocks_until_secondary_returns(resource):
             fut.result(timeout=1.5)
         st = r.status("alpha")
         assert st["role"] == "primary" and st["writes_stalled"] >= 1, st
-        assert st["start_lsn"] <= peer(r, "alpha", "gamma")["acked_lsn"] + 1, \
+        assert st["start_lsn"] <= peer(r, "alpha", "gamma")["acked_lsn"] + 1, (
             "the primary cleared records the killed secondary never got"
+        )
         assert "SRL full" in r.log("alpha")
         r.up("gamma")
         lsns = fut.result(timeout=60)
@@ -219,8 +236,11 @@ def test_srl_full_fail_refuses_write_and_stays_healthy(resource):
     ledger.check_reads(vol)  # the node still serves reads
     r.up("gamma")
     r.wait_synced()
-    r.wait_for(lambda: r.status("alpha")["start_lsn"] == r.status("alpha")["end_lsn"], 20,
-               "the primary's SRL to be cleared once gamma has everything")
+    r.wait_for(
+        lambda: r.status("alpha")["start_lsn"] == r.status("alpha")["end_lsn"],
+        20,
+        "the primary's SRL to be cleared once gamma has everything",
+    )
     off, data = 0, b"after" * 1000
     ledger.add(vol.write(off, data), off, data)  # space again: writes succeed
     r.wait_synced()
@@ -252,8 +272,9 @@ def test_srl_full_dcm_keeps_writing_and_resyncs(resource):
     r.wait_for(resynced, 60, "gamma to be resynced from the dirty-region map")
     # dcm-resync may be too short to catch by polling: then the log must show it
     log = r.log("alpha")
-    assert "dcm-resync" in seen or ("dirty regions" in log and "dcm resync complete" in log), \
+    assert "dcm-resync" in seen or ("dirty regions" in log and "dcm resync complete" in log), (
         f"no dcm resync seen (states {seen}); log tail:\n{log[-2000:]}"
+    )
     r.wait_synced()
     sums = r.checksums()
     assert all_equal(sums), sums
@@ -267,21 +288,40 @@ def test_srl_full_dcm_keeps_writing_and_resyncs(resource):
 PREFIX = protocol._PREFIX
 
 
-def raw_header(uuid: uuidlib.UUID, sender: str, *, magic: bytes = protocol.MAGIC,
-               version: int = protocol.VERSION, mtype: int = MsgType.ACK, epoch: int = 1,
-               flags: int = 0) -> bytes:
+def raw_header(
+    uuid: uuidlib.UUID,
+    sender: str,
+    *,
+    magic: bytes = protocol.MAGIC,
+    version: int = protocol.VERSION,
+    mtype: int = MsgType.ACK,
+    epoch: int = 1,
+    flags: int = 0,
+) -> bytes:
     name = sender.encode()
     return PREFIX.pack(magic, version, mtype, flags, uuid.bytes, epoch, len(name)) + name
 
 
 def snapshot(r: LocalResource, node: str) -> dict:
     st = r.status(node)
-    return {k: st[k] for k in ("role", "epoch", "known_epoch", "start_lsn", "end_lsn",
-                               "applied_end", "following", "history")}
+    return {
+        k: st[k]
+        for k in (
+            "role",
+            "epoch",
+            "known_epoch",
+            "start_lsn",
+            "end_lsn",
+            "applied_end",
+            "following",
+            "history",
+        )
+    }
 
 
-@pytest.mark.parametrize("target,spoof", [("beta", "alpha"), ("alpha", "beta")],
-                         ids=["secondary", "primary"])
+@pytest.mark.parametrize(
+    "target,spoof", [("beta", "alpha"), ("alpha", "beta")], ids=["secondary", "primary"]
+)
 def test_malformed_and_foreign_messages_are_refused(resource, target, spoof):
     """Garbage, bad headers, truncated bodies, a bad UPDATE crc, a foreign resource's HELLO,
     an unknown sender and an UPDATE with an LSN gap: the daemon stays up, its state and
@@ -293,8 +333,9 @@ def test_malformed_and_foreign_messages_are_refused(resource, target, spoof):
     for i in range(5):
         vol.write(i * 4096, bytes([i + 1]) * 4096)
     end = r.wait_synced()
-    r.wait_for(lambda: all(r.status(n)["start_lsn"] == end for n in r.nodes), 10,
-               "idle CLEARs to settle")
+    r.wait_for(
+        lambda: all(r.status(n)["start_lsn"] == end for n in r.nodes), 10, "idle CLEARs to settle"
+    )
     before = snapshot(r, target)
     before_sum = r.checksums([target])[target]
     pid = r.pid(target)
@@ -307,10 +348,20 @@ def test_malformed_and_foreign_messages_are_refused(resource, target, spoof):
     good_update = encode(uuid, epoch, spoof, Update(end, epoch, 0, b"x" * 4096))
     u_head = bytes(good_update[0])
     bad_crc = bytearray(u_head)
-    struct.pack_into("!I", bad_crc, len(bad_crc) - 12, 0xDEADBEEF)   # the crc field
-    hello = Hello(role="primary", session="evil", history=[[epoch + 5, 1]], start_lsn=1,
-                  end_lsn=end + 100, applied_end=end + 100, digest=cfg.digest,
-                  volume_size=r.volume_size, primary=spoof, consistent=True, following="")
+    struct.pack_into("!I", bad_crc, len(bad_crc) - 12, 0xDEADBEEF)  # the crc field
+    hello = Hello(
+        role="primary",
+        session="evil",
+        history=[[epoch + 5, 1]],
+        start_lsn=1,
+        end_lsn=end + 100,
+        applied_end=end + 100,
+        digest=cfg.digest,
+        volume_size=r.volume_size,
+        primary=spoof,
+        consistent=True,
+        following="",
+    )
     foreign = encode(uuidlib.uuid4(), epoch + 5, spoof, hello)
     gap = encode(uuid, epoch, spoof, Update(end + 7, epoch, 0, b"g" * 4096))
     messages = {
@@ -343,17 +394,33 @@ def test_malformed_and_foreign_messages_are_refused(resource, target, spoof):
         for frames in messages.values():
             socks[0].send_multipart([bytes(f) for f in frames])
         socks[1].send_multipart([bytes(f) for f in encode(uuid, epoch, "mallory", hello)])
-        reasons = ["bad magic", "version 99", "unknown message type", "shorter than",
-                   "checksum mismatch", "foreign resource", "unknown peer", "'mallory'",
-                   "not valid JSON", "does not match", "without its data frame",
-                   "expected 1 or 2 frames", "ACK body is 5 bytes", "UPDATE body is",
-                   "data frame is 100 bytes"]
-        r.wait_for(lambda: all(x in r.log(target) for x in reasons), 10,
-                   f"{target}'s log to name every reason; missing: "
-                   f"{[x for x in reasons if x not in r.log(target)]}")
+        reasons = [
+            "bad magic",
+            "version 99",
+            "unknown message type",
+            "shorter than",
+            "checksum mismatch",
+            "foreign resource",
+            "unknown peer",
+            "'mallory'",
+            "not valid JSON",
+            "does not match",
+            "without its data frame",
+            "expected 1 or 2 frames",
+            "ACK body is 5 bytes",
+            "UPDATE body is",
+            "data frame is 100 bytes",
+        ]
+        r.wait_for(
+            lambda: all(x in r.log(target) for x in reasons),
+            10,
+            f"{target}'s log to name every reason; missing: "
+            f"{[x for x in reasons if x not in r.log(target)]}",
+        )
         # a valid message sent after all the bad ones: once it is handled, they all were
-        socks[0].send_multipart([bytes(f) for f in
-                                 encode(uuid, epoch, spoof, protocol.Reject("probe-9z"))])
+        socks[0].send_multipart(
+            [bytes(f) for f in encode(uuid, epoch, spoof, protocol.Reject("probe-9z"))]
+        )
         r.wait_for(lambda: "probe-9z" in r.log(target), 10, "the probe message to be handled")
     finally:
         for s in socks:
@@ -395,8 +462,9 @@ def test_update_lost_in_transit_is_resent(resource):
             s.connect(f"tcp://{cfg.nodes['beta'].address}")
             try:
                 tag = f"probe-r{round_}x"
-                s.send_multipart([bytes(f) for f in encode(cfg.uuid, 1, "alpha",
-                                                           protocol.Reject(tag))])
+                s.send_multipart(
+                    [bytes(f) for f in encode(cfg.uuid, 1, "alpha", protocol.Reject(tag))]
+                )
                 r.wait_for(lambda t=tag: t in r.log("beta"), 10, "the spoofed connection")
                 fut = write_in_thread(pool, r, "alpha", [((round_ + 1) * 4096, b"w" * 4096)])
             finally:
@@ -405,10 +473,12 @@ def test_update_lost_in_transit_is_resent(resource):
                 fut.result(timeout=8)
             except cf.TimeoutError:
                 st = r.status("alpha")
-                pytest.fail(f"round {round_}: a write has waited 8 s for beta, which is alive "
-                            f"and connected (peers.beta = {st['peers']['beta']}); beta has "
-                            f"end_lsn {r.status('beta')['end_lsn']}, the primary "
-                            f"{st['end_lsn']}: the lost UPDATE was never resent")
+                pytest.fail(
+                    f"round {round_}: a write has waited 8 s for beta, which is alive "
+                    f"and connected (peers.beta = {st['peers']['beta']}); beta has "
+                    f"end_lsn {r.status('beta')['end_lsn']}, the primary "
+                    f"{st['end_lsn']}: the lost UPDATE was never resent"
+                )
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
     r.wait_synced()
@@ -425,11 +495,16 @@ def test_config_digest_mismatch_peer_is_refused(resource, tmp_path):
     bad.write_text(text.replace('mode = "sync"', 'mode = "async"', 1))
     r.up("alpha", "beta")
     r.promote("alpha")
-    proc = subprocess.run([sys.executable, "-m", "replengine.cli", "up", "--config", str(bad),
-                           "--node", "gamma"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "replengine.cli", "up", "--config", str(bad), "--node", "gamma"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
-    r.wait_for(lambda: "config digest mismatch" in r.log("alpha"), 10,
-               "alpha to refuse gamma's config")
+    r.wait_for(
+        lambda: "config digest mismatch" in r.log("alpha"), 10, "alpha to refuse gamma's config"
+    )
     vol = r.connect("alpha")
     vol.write(0, b"d" * 4096)
     vol.close()
@@ -438,8 +513,11 @@ def test_config_digest_mismatch_peer_is_refused(resource, tmp_path):
     assert r.status("gamma")["end_lsn"] == 1, "gamma logged data despite being refused"
 
 
-@pytest.mark.parametrize("body", [b"[" * 100_000, b'{"role": ' + b"9" * 5000 + b"}"],
-                         ids=["deeply-nested-json", "5000-digit-int"])
+@pytest.mark.parametrize(
+    "body",
+    [b"[" * 100_000, b'{"role": ' + b"9" * 5000 + b"}"],
+    ids=["deeply-nested-json", "5000-digit-int"],
+)
 def test_json_bomb_hello_does_not_kill_the_daemon(resource, body):
     """A HELLO whose JSON body makes json.loads raise something other than JSONDecodeError
     (RecursionError, ValueError for a huge integer) must be refused like any malformed
@@ -450,8 +528,9 @@ def test_json_bomb_hello_does_not_kill_the_daemon(resource, body):
     vol = r.connect("alpha")
     vol.write(0, b"j" * 4096)
     end = r.wait_synced()
-    r.wait_for(lambda: all(r.status(n)["start_lsn"] == end for n in r.nodes), 10,
-               "idle CLEARs to settle")
+    r.wait_for(
+        lambda: all(r.status(n)["start_lsn"] == end for n in r.nodes), 10, "idle CLEARs to settle"
+    )
     before = snapshot(r, "beta")
     pid = r.pid("beta")
     from replengine import config as configmod
@@ -464,10 +543,14 @@ def test_json_bomb_hello_does_not_kill_the_daemon(resource, body):
     s.connect(f"tcp://{cfg.nodes['beta'].address}")
     try:
         s.send_multipart([raw_header(cfg.uuid, "gamma", mtype=MsgType.HELLO) + body])
-        s.send_multipart([bytes(f) for f in
-                          encode(cfg.uuid, 1, "gamma", protocol.Reject("probe-7q"))])
-        r.wait_for(lambda: "probe-7q" in r.log("beta") or r.pid("beta") is None
-                   or not _alive(pid), 10, "beta to handle the probe after the bomb")
+        s.send_multipart(
+            [bytes(f) for f in encode(cfg.uuid, 1, "gamma", protocol.Reject("probe-7q"))]
+        )
+        r.wait_for(
+            lambda: "probe-7q" in r.log("beta") or r.pid("beta") is None or not _alive(pid),
+            10,
+            "beta to handle the probe after the bomb",
+        )
     finally:
         s.close(0)
     log = r.log("beta")
@@ -481,6 +564,6 @@ def test_json_bomb_hello_does_not_kill_the_daemon(resource, body):
 
 
 def _alive(pid: int | None) -> bool:
-    from replengine.localcluster import is_alive
+    from replengine.demo.localcluster import is_alive
 
     return pid is not None and is_alive(pid)

@@ -18,10 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from replengine import srl_format as fmt
 from replengine.errors import SRLCorruptError, SRLError, SRLFullError
-from replengine.record import Record
-from replengine.srl import MIN_SRL_SIZE, SRL
+from replengine.log import srl_format as fmt
+from replengine.log.record import Record
+from replengine.log.srl import MIN_SRL_SIZE, SRL
 
 UUID = uuid.UUID("12345678-1234-5678-1234-567812345678")
 SMALL = MIN_SRL_SIZE  # 1 MiB area: wraps quickly
@@ -40,7 +40,7 @@ def find_record(path: Path, lsn: int, rtype: int = fmt.TYPE_DATA) -> int:
     """Absolute byte position of the header of record ``lsn`` (independent of SRL internals)."""
     data = Path(path).read_bytes()
     for pos in range(fmt.AREA_OFFSET, len(data), fmt.BLOCK):
-        hdr = fmt.parse_header(data[pos:pos + fmt.HEADER_SIZE])
+        hdr = fmt.parse_header(data[pos : pos + fmt.HEADER_SIZE])
         if hdr is not None and hdr.lsn == lsn and hdr.type == rtype:
             return pos
     raise AssertionError(f"record {lsn} not found")
@@ -94,9 +94,14 @@ def test_header_and_superblock_layout() -> None:
     hdr = fmt.pack_header(fmt.TYPE_DATA, 3, 42, 8192, 5, 40, 0xABC, 0)
     assert len(hdr) == 64 and hdr[:4] == b"RPLR"
     parsed = fmt.parse_header(hdr)
-    assert parsed is not None and (parsed.epoch, parsed.lsn, parsed.offset, parsed.length,
-                                   parsed.committed_lsn, parsed.log_id) == (3, 42, 8192, 5, 40,
-                                                                            0xABC)
+    assert parsed is not None and (
+        parsed.epoch,
+        parsed.lsn,
+        parsed.offset,
+        parsed.length,
+        parsed.committed_lsn,
+        parsed.log_id,
+    ) == (3, 42, 8192, 5, 40, 0xABC)
     assert int.from_bytes(hdr[16:24], "little") == 42  # little-endian LSN at offset 16
     assert fmt.parse_header(hdr[:20] + bytes([hdr[20] ^ 1]) + hdr[21:]) is None  # header CRC
     sb = fmt.Superblock("r0", UUID, "n", 8192, 1 << 20, 5, 1, 0, 1, 0, [(1, 1)], generation=9)
@@ -185,8 +190,7 @@ def test_full_leaves_state_unchanged(tmp_path: Path) -> None:
         needed, free = int(m[1]), int(m[2])
         assert free == srl.free_bytes < srl.record_size(n) <= needed  # needed counts the tail
         assert f"start LSN {srl.start_lsn}" in msg and f"end LSN {srl.end_lsn}" in msg
-        assert (srl.start_lsn, srl.end_lsn, srl.next_lsn, srl.used_bytes,
-                srl.free_bytes) == state
+        assert (srl.start_lsn, srl.end_lsn, srl.next_lsn, srl.used_bytes, srl.free_bytes) == state
         end = srl.end_lsn
         srl.advance_start(3)
         assert srl.append(1, 0, payload(end, n)) == end  # space freed by the clear is reused
@@ -475,7 +479,7 @@ def test_zeroed_superblock_copy_recovers_from_other(tmp_path: Path, slot: int) -
         assert srl.start_lsn == 3 and srl.end_lsn == 6 and srl.history == [(4, 3)]
         assert [r.data for r in srl.read(3, 6)] == [payload(n, 100) for n in (3, 4, 5)]
     raw = p.read_bytes()
-    assert all(fmt.unpack_superblock(raw[i * 4096:(i + 1) * 4096]) for i in (0, 1))
+    assert all(fmt.unpack_superblock(raw[i * 4096 : (i + 1) * 4096]) for i in (0, 1))
 
 
 def test_both_superblocks_corrupt(tmp_path: Path) -> None:
@@ -580,13 +584,20 @@ def test_history_limit(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- model-based
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(ops=st.lists(st.one_of(
-    st.tuples(st.just("append"), st.integers(0, 120_000)),
-    st.tuples(st.just("clear"), st.integers(0, 5)),
-    st.tuples(st.just("truncate"), st.integers(0, 3)),
-    st.tuples(st.just("reopen"), st.just(0)),
-), max_size=60))
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    ops=st.lists(
+        st.one_of(
+            st.tuples(st.just("append"), st.integers(0, 120_000)),
+            st.tuples(st.just("clear"), st.integers(0, 5)),
+            st.tuples(st.just("truncate"), st.integers(0, 3)),
+            st.tuples(st.just("reopen"), st.just(0)),
+        ),
+        max_size=60,
+    )
+)
 def test_model(tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[str, int]]) -> None:
     """Random appends/clears/truncates/reopens against a dict model of what must be there."""
     p = tmp_path_factory.mktemp("model") / "srl"
@@ -631,8 +642,9 @@ def test_loop_device(tmp_path: Path) -> None:
     with open(backing, "wb") as f:
         f.truncate(4 << 20)
     try:
-        dev = subprocess.run(["losetup", "-f", "--show", str(backing)], check=True,
-                             capture_output=True, text=True).stdout.strip()
+        dev = subprocess.run(
+            ["losetup", "-f", "--show", str(backing)], check=True, capture_output=True, text=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError) as exc:
         pytest.skip(f"losetup cannot attach a loop device here: {exc}")
     try:
@@ -684,7 +696,7 @@ def test_bytes_between_counts_log_space(tmp_path):
     """Status reports a peer's lag in bytes from this: records' on-disk sizes, wrap included."""
     import uuid as _uuid
 
-    from replengine.srl import SRL
+    from replengine.log.srl import SRL
 
     path = tmp_path / "bb.srl"
     path.write_bytes(b"")
@@ -696,7 +708,7 @@ def test_bytes_between_counts_log_space(tmp_path):
     assert srl.bytes_between(4, 6) == 2 * srl.record_size(4096)
     assert srl.bytes_between(11, 11) == 0
     srl.advance_start(5)
-    assert srl.bytes_between(1, 11) == 6 * srl.record_size(4096)   # cleared ones are gone
+    assert srl.bytes_between(1, 11) == 6 * srl.record_size(4096)  # cleared ones are gone
     srl.close()
 
 

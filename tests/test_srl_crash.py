@@ -18,19 +18,24 @@ from pathlib import Path
 
 import pytest
 
-from replengine.srl import MIN_SRL_SIZE, SRL
+from replengine.log.srl import MIN_SRL_SIZE, SRL
 
 CHILD = Path(__file__).with_name("srl_crash_child.py")
 TRIALS = 60
 
 
-def run_child_and_kill(path: Path, seed: int, writers: int, acks_before_kill: int
-                       ) -> tuple[dict[int, tuple[int, int, str]], int]:
+def run_child_and_kill(
+    path: Path, seed: int, writers: int, acks_before_kill: int
+) -> tuple[dict[int, tuple[int, int, str]], int]:
     """Run the child until it has acknowledged ``acks_before_kill`` appends, SIGKILL it, and
     return every acknowledgement it managed to write (also those still in the pipe) and the
     highest clear it reported."""
-    proc = subprocess.Popen([sys.executable, str(CHILD), str(path), str(seed), str(writers)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(CHILD), str(path), str(seed), str(writers)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     acks: dict[int, tuple[int, int, str]] = {}
     cleared = 0
     assert proc.stdout is not None

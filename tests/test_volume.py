@@ -1,4 +1,4 @@
-"""Tests for replengine.volume: bounds-checked apply/read, flush, and sparse-aware checksums."""
+"""Tests for replengine.storage.volume: bounds-checked apply/read, flush, and sparse-aware checksums."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from replengine import volume as volmod
 from replengine.errors import VolumeError
-from replengine.record import Record
-from replengine.volume import Volume, VolumeChecksum, chunk_digest, diff
+from replengine.log.record import Record
+from replengine.storage import volume as volmod
+from replengine.storage.volume import Volume, VolumeChecksum, chunk_digest, diff
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 

@@ -52,8 +52,9 @@ def data(tag: str, k: int) -> bytes:
 # ----------------------------------------------------------------------------- node side
 
 
-def _node_write(cfg: str, ledger: str, tag: str, first: int, count: int, block0: int,
-                depth: int = 1) -> int:
+def _node_write(
+    cfg: str, ledger: str, tag: str, first: int, count: int, block0: int, depth: int = 1
+) -> int:
     from collections import deque
 
     from replengine.client import connect
@@ -103,11 +104,29 @@ def _node_check(cfg: str, ledgers: list[str]) -> int:
                 got = vol.read(off, BLOCK)
                 checked += 1
                 if got != data(tag, k):
-                    bad.append({"tag": tag, "k": k, "offset": off, "lsn": lsn,
-                                "zero": got == bytes(len(got)), "len": len(got)})
+                    bad.append(
+                        {
+                            "tag": tag,
+                            "k": k,
+                            "offset": off,
+                            "lsn": lsn,
+                            "zero": got == bytes(len(got)),
+                            "len": len(got),
+                        }
+                    )
         st = vol.status()
-    print(json.dumps({"checked": checked, "bad": bad[:20], "bad_count": len(bad),
-                      "node": st["node"], "role": st["role"], "end_lsn": st["end_lsn"]}))
+    print(
+        json.dumps(
+            {
+                "checked": checked,
+                "bad": bad[:20],
+                "bad_count": len(bad),
+                "node": st["node"],
+                "role": st["role"],
+                "end_lsn": st["end_lsn"],
+            }
+        )
+    )
     return 0
 
 
@@ -135,8 +154,9 @@ def node_main(argv: list[str]) -> int:
     verb, args = argv[0], argv[1:]
     if verb == "write":
         cfg, ledger, tag, first, count, block0, *depth = args
-        return _node_write(cfg, ledger, tag, int(first), int(count), int(block0),
-                           int(depth[0]) if depth else 1)
+        return _node_write(
+            cfg, ledger, tag, int(first), int(count), int(block0), int(depth[0]) if depth else 1
+        )
     if verb == "check":
         return _node_check(args[0], args[1:])
     if verb in ("checksum", "status"):
@@ -195,8 +215,9 @@ def node_json(cluster: Any, i: int, *args: Any, timeout: float = 120) -> dict:
 
 
 def replctl(cluster: Any, i: int, *args: Any, check: bool = True, timeout: float = 60):
-    return cluster.run(i, sys.executable, "-m", "replengine.cli", *args, check=check,
-                       timeout=timeout)
+    return cluster.run(
+        i, sys.executable, "-m", "replengine.cli", *args, check=check, timeout=timeout
+    )
 
 
 def status(cluster: Any, i: int, cfg: Path) -> dict:
@@ -208,8 +229,22 @@ def promotion_score(cluster: Any, asker: int, node: str) -> str | None:
     """The transient promotion score of r0 on node (Pacemaker 2.1: master-r0; 3.x:
     promotion-r0), read with crm_attribute from node `asker`; None if absent."""
     for name in (f"master-{RESOURCE}", f"promotion-{RESOURCE}"):
-        res = cluster.run(asker, "crm_attribute", "-t", "status", "-l", "reboot", "-N", node,
-                          "-n", name, "-G", "-q", check=False, timeout=20)
+        res = cluster.run(
+            asker,
+            "crm_attribute",
+            "-t",
+            "status",
+            "-l",
+            "reboot",
+            "-N",
+            node,
+            "-n",
+            name,
+            "-G",
+            "-q",
+            check=False,
+            timeout=20,
+        )
         if res.returncode == 0 and res.stdout.strip():
             return res.stdout.strip()
     return None
@@ -219,8 +254,11 @@ def agent_log_count(cluster: Any, i: int, text: str) -> int:
     """How many of node i's pacemaker.log lines (kept across reboots) hold the agent's text."""
     path = cluster.log_dir(i) / "pacemaker" / "pacemaker.log"
     try:
-        return sum(1 for line in path.read_text(errors="replace").splitlines()
-                   if "replengine(" in line and text in line)
+        return sum(
+            1
+            for line in path.read_text(errors="replace").splitlines()
+            if "replengine(" in line and text in line
+        )
     except OSError:
         return 0
 
@@ -243,8 +281,9 @@ def diagnostics(cluster: Any, run_dir: Path) -> str:
         parts.append(f"===== {name} replengined.log (tail)")
         parts.append(tail(run_dir / RESOURCE / name / "replengined.log", 80))
         parts.append(f"===== {name} pacemaker.log: agent lines (tail)")
-        parts.append(tail(cluster.log_dir(i) / "pacemaker" / "pacemaker.log", 60,
-                          grep="replengine("))
+        parts.append(
+            tail(cluster.log_dir(i) / "pacemaker" / "pacemaker.log", 60, grep="replengine(")
+        )
     parts.append(f"fence events: {cluster.fence_events}")
     return "\n".join(parts)
 

@@ -89,13 +89,15 @@ class R0:
         return sts
 
     def wait_agreed(self, promoted: str, timeout: float = 60) -> dict[str, dict]:
-        return self.c.wait_for(lambda: self.agreed(promoted), timeout,
-                               f"daemons agree: {promoted} primary, the others following it "
-                               "and caught up", interval=0.5)
+        return self.c.wait_for(
+            lambda: self.agreed(promoted),
+            timeout,
+            f"daemons agree: {promoted} primary, the others following it and caught up",
+            interval=0.5,
+        )
 
     def checksums(self) -> dict[str, dict]:
-        return {self.c.name(i): rh.node_json(self.c, i, "checksum", self.cfg)
-                for i in self.c.nodes}
+        return {self.c.name(i): rh.node_json(self.c, i, "checksum", self.cfg) for i in self.c.nodes}
 
     def assert_identical(self) -> dict[str, dict]:
         sums = self.checksums()
@@ -107,8 +109,7 @@ class R0:
 
     def check_ledgers(self, node: str) -> dict:
         """Read every completed write back through node's client API (it must be primary)."""
-        res = rh.node_json(self.c, self.c.index(node), "check", self.cfg, *LEDGERS,
-                           timeout=180)
+        res = rh.node_json(self.c, self.c.index(node), "check", self.cfg, *LEDGERS, timeout=180)
         expected = sum(len(rh.read_ledger(p)) for p in LEDGERS)
         assert res["checked"] == expected, res
         assert res["bad_count"] == 0, f"completed writes lost or wrong on {node}: {res}"
@@ -117,8 +118,11 @@ class R0:
     def failures(self, node: str) -> list[dict]:
         """Failed operations of r0 on node that Pacemaker keeps (crm_mon's failures)."""
         root = self.c.crm_mon_xml()
-        return [dict(f.attrib) for f in root.iterfind("failures/failure")
-                if f.get("node") == node and (f.get("op_key") or "").startswith(f"{RSC}_")]
+        return [
+            dict(f.attrib)
+            for f in root.iterfind("failures/failure")
+            if f.get("node") == node and (f.get("op_key") or "").startswith(f"{RSC}_")
+        ]
 
     def ledger(self, tag: str) -> str:
         path = str(self.work / f"ledger-{tag}")
@@ -147,10 +151,13 @@ def r0(cluster: Cluster, request):
         cluster.start_node(i)
     cluster.wait_for(lambda: cluster.online_nodes() == set(cluster.names), 90, "all online")
     cluster.pcs("resource", "delete", RSC, check=False, timeout=180)
-    cluster.wait_for(lambda: set(cluster.resource_roles(RSC).values()) == {"Stopped"}, 120,
-                     f"{RSC} removed")
-    left = {i: cluster.run(i, "pgrep", "-af", "replengine.daemon", check=False).stdout.strip()
-            for i in cluster.nodes}
+    cluster.wait_for(
+        lambda: set(cluster.resource_roles(RSC).values()) == {"Stopped"}, 120, f"{RSC} removed"
+    )
+    left = {
+        i: cluster.run(i, "pgrep", "-af", "replengine.daemon", check=False).stdout.strip()
+        for i in cluster.nodes
+    }
     print("\nTIMINGS " + ", ".join(f"{k}={v:.2f}s" for k, v in TIMINGS.items()), flush=True)
     assert not any(left.values()), f"replengined left running after delete: {left}"
 
@@ -160,8 +167,16 @@ def r0(cluster: Cluster, request):
 
 def test_create_one_promoted_two_unpromoted(cluster: Cluster, r0: R0):
     t0 = time.monotonic()
-    cluster.pcs("resource", "create", RSC, "ocf:replengine:replengine", f"resource={RSC}",
-                f"config={r0.cfg}", "promotable", "notify=true")
+    cluster.pcs(
+        "resource",
+        "create",
+        RSC,
+        "ocf:replengine:replengine",
+        f"resource={RSC}",
+        f"config={r0.cfg}",
+        "promotable",
+        "notify=true",
+    )
     r0.wait_healthy(90, "1 Promoted + 2 Unpromoted")
     _report("create r0 -> 1 Promoted + 2 Unpromoted", time.monotonic() - t0)
     roles = cluster.resource_roles(CLONE)
@@ -218,15 +233,28 @@ def test_crash_promoted_failover_no_completed_write_lost(cluster: Cluster, r0: R
 
     def writer() -> None:
         try:
-            writer_result["res"] = rh.node_tool(cluster, victim, "write", r0.cfg, ledger_b, "B",
-                                                0, 8000, 1000, 8, timeout=120, check=False)
+            writer_result["res"] = rh.node_tool(
+                cluster,
+                victim,
+                "write",
+                r0.cfg,
+                ledger_b,
+                "B",
+                0,
+                8000,
+                1000,
+                8,
+                timeout=120,
+                check=False,
+            )
         except ClusterError as e:
             writer_result["err"] = e
 
     th = threading.Thread(target=writer, daemon=True)
     th.start()
-    cluster.wait_for(lambda: len(rh.read_ledger(ledger_b)) >= 100 or not th.is_alive(), 60,
-                     "writer B under way")
+    cluster.wait_for(
+        lambda: len(rh.read_ledger(ledger_b)) >= 100 or not th.is_alive(), 60, "writer B under way"
+    )
     assert th.is_alive(), f"writer B ended before the crash: {writer_result}"
 
     t0 = cluster.crash(victim)
@@ -234,8 +262,12 @@ def test_crash_promoted_failover_no_completed_write_lost(cluster: Cluster, r0: R
     completed_b = len(rh.read_ledger(ledger_b))
     print(f"\nwriter B: {completed_b} writes completed before the power cut", flush=True)
 
-    new = cluster.wait_for(lambda: [n for n in cluster.promoted(RSC) if n != victim_name], 90,
-                           f"another node promoted after crashing {victim_name}", interval=0.1)
+    new = cluster.wait_for(
+        lambda: [n for n in cluster.promoted(RSC) if n != victim_name],
+        90,
+        f"another node promoted after crashing {victim_name}",
+        interval=0.1,
+    )
     t_promoted = time.monotonic()
     assert len(new) == 1
     [new_name] = new
@@ -246,8 +278,9 @@ def test_crash_promoted_failover_no_completed_write_lost(cluster: Cluster, r0: R
     print(f"\nlast promotion on {new_name}: {st_new.get('last_promotion')}", flush=True)
 
     # fenced by the cluster (fence_replengine_ns -> harness power cut), before the promotion
-    offs = [e for e in cluster.fence_events
-            if e.node == victim_name and e.action == "off" and e.t > t0]
+    offs = [
+        e for e in cluster.fence_events if e.node == victim_name and e.action == "off" and e.t > t0
+    ]
     assert offs, f"{victim_name} was not fenced: {cluster.fence_events}"
     assert offs[0].t < t_promoted
     _report("kill promoted -> fence off", offs[0].t - t0)
@@ -256,35 +289,48 @@ def test_crash_promoted_failover_no_completed_write_lost(cluster: Cluster, r0: R
 
     # invariant 6 at once on the new primary: every completed write of A and B is there
     res = r0.check_ledgers(new_name)
-    print(f"\nread back {res['checked']} completed writes on {new_name}: all present",
-          flush=True)
+    print(f"\nread back {res['checked']} completed writes on {new_name}: all present", flush=True)
 
     # the fence reboot boots the victim; it comes back through start as Unpromoted
-    cluster.wait_for(lambda: len(cluster.boots[victim]) > boots_before, 60,
-                     f"{victim_name} rebooted by fencing")
+    cluster.wait_for(
+        lambda: len(cluster.boots[victim]) > boots_before, 60, f"{victim_name} rebooted by fencing"
+    )
     _report("kill promoted -> fenced node booted again", cluster.boots[victim][-1] - t0)
     # Unpromoted in crm_mon *and* its daemon up again (crm_mon alone also says Unpromoted in
     # the window between a demote and the stop of a recovery)
-    cluster.wait_for(lambda: r0.healthy() and cluster.resource_roles(RSC)[victim_name]
-                     == "Unpromoted" and rh.status(cluster, victim, r0.cfg)["role"]
-                     == "secondary", 90, f"{victim_name} rejoined as Unpromoted")
+    cluster.wait_for(
+        lambda: (
+            r0.healthy()
+            and cluster.resource_roles(RSC)[victim_name] == "Unpromoted"
+            and rh.status(cluster, victim, r0.cfg)["role"] == "secondary"
+        ),
+        90,
+        f"{victim_name} rejoined as Unpromoted",
+    )
     _report("kill promoted -> rejoined as Unpromoted", time.monotonic() - t0)
     assert cluster.promoted(RSC) == [new_name]
     # ... through the agent's start action (pacemaker.log keeps the agent's stderr)
-    cluster.wait_for(lambda: rh.agent_log_count(cluster, victim, "INFO: start -> 0")
-                     > starts_before, 15, f"a start of {RSC} on {victim_name} after its reboot")
+    cluster.wait_for(
+        lambda: rh.agent_log_count(cluster, victim, "INFO: start -> 0") > starts_before,
+        15,
+        f"a start of {RSC} on {victim_name} after its reboot",
+    )
     CRASH["victim"] = victim_name
     CRASH["failures"] = r0.failures(victim_name)
     CRASH["log_copy"] = r0.work / f"pacemaker-{victim_name}-after-reboot.log"
-    CRASH["log_copy"].write_text(rh.tail(
-        cluster.log_dir(victim) / "pacemaker" / "pacemaker.log", 400, grep=" r0 "))
+    CRASH["log_copy"].write_text(
+        rh.tail(cluster.log_dir(victim) / "pacemaker" / "pacemaker.log", 400, grep=" r0 ")
+    )
     history = cluster.run(new_i, "stonith_admin", "--history", victim_name, check=False).stdout
     assert "reboot" in history, history
     sts = r0.wait_agreed(new_name, 60)
     _report("kill promoted -> all daemons caught up", time.monotonic() - t0)
     st_v = sts[victim_name]
-    print(f"\n{victim_name} after rejoin: epoch {st_v['epoch']} end {st_v['end_lsn']} "
-          f"divergent_tail {st_v.get('divergent_tail')}", flush=True)
+    print(
+        f"\n{victim_name} after rejoin: epoch {st_v['epoch']} end {st_v['end_lsn']} "
+        f"divergent_tail {st_v.get('divergent_tail')}",
+        flush=True,
+    )
     assert st_v["known_epoch"] == sts[new_name]["epoch"], st_v
     r0.assert_identical()
 
@@ -310,9 +356,13 @@ def test_rebooted_former_primary_rejoins_without_failure(cluster: Cluster, r0: R
         r0.wait_healthy(60, "healthy after cleanup")
     assert not failures, (
         f"{victim} rebooted after its fencing, and Pacemaker recorded failed operations of "
-        f"{RSC} there: {failures}\n" + "\n".join(
-            line for line in rh.tail(log, 400, grep="Result of").splitlines()
-            if "notify" not in line)[-2000:])
+        f"{RSC} there: {failures}\n"
+        + "\n".join(
+            line
+            for line in rh.tail(log, 400, grep="Result of").splitlines()
+            if "notify" not in line
+        )[-2000:]
+    )
 
 
 def test_switchover_move_promoted(cluster: Cluster, r0: R0):
@@ -323,8 +373,7 @@ def test_switchover_move_promoted(cluster: Cluster, r0: R0):
     t0 = time.monotonic()
     # pcs 0.11: `move` = the old `move --autodelete`; --promoted needs the clone id
     cluster.pcs("resource", "move", CLONE, target, "--promoted", timeout=180)
-    cluster.wait_for(lambda: cluster.promoted(RSC) == [target], 60,
-                     f"{CLONE} promoted on {target}")
+    cluster.wait_for(lambda: cluster.promoted(RSC) == [target], 60, f"{CLONE} promoted on {target}")
     _report(f"pcs resource move {CLONE} {target} --promoted -> promoted", time.monotonic() - t0)
     r0.wait_healthy(60, "healthy after switchover")
     assert cluster.resource_roles(RSC)[old] == "Unpromoted"
@@ -334,8 +383,9 @@ def test_switchover_move_promoted(cluster: Cluster, r0: R0):
     constraints = cluster.pcs("constraint", "location", "config", "--full").stdout
     assert "cli-" not in constraints, constraints
     # writes on the new primary, then everything is there and identical
-    out = rh.node_json(cluster, cluster.index(target), "write", r0.cfg, r0.ledger("D"), "D", 0,
-                       100, 12000)
+    out = rh.node_json(
+        cluster, cluster.index(target), "write", r0.cfg, r0.ledger("D"), "D", 0, 100, 12000
+    )
     assert out == {"written": 100}
     r0.wait_agreed(target, 30)
     r0.check_ledgers(target)
@@ -352,8 +402,11 @@ def test_promotion_scores_set_and_removed_on_stop(cluster: Cluster, r0: R0):
     asker = cluster.index(promoted)
     scores = cluster.wait_for(
         lambda: (lambda s: s if all(v is not None for v in s.values()) else None)(
-            {n: rh.promotion_score(cluster, asker, n) for n in cluster.names}),
-        30, "a promotion score on every node")
+            {n: rh.promotion_score(cluster, asker, n) for n in cluster.names}
+        ),
+        30,
+        "a promotion score on every node",
+    )
     print(f"\npromotion scores: {scores}", flush=True)
     assert all(int(v) > 0 for v in scores.values()), scores
     assert int(scores[promoted]) == max(int(v) for v in scores.values()), scores
@@ -362,15 +415,23 @@ def test_promotion_scores_set_and_removed_on_stop(cluster: Cluster, r0: R0):
     name = next(n for n, r in sorted(cluster.resource_roles(RSC).items()) if r == "Unpromoted")
     cluster.pcs("resource", "ban", CLONE, name)
     try:
-        cluster.wait_for(lambda: cluster.resource_roles(RSC)[name] == "Stopped", 60,
-                         f"{RSC} stopped on {name}")
-        cluster.wait_for(lambda: rh.promotion_score(cluster, asker, name) is None, 30,
-                         f"promotion score of {name} removed on stop")
+        cluster.wait_for(
+            lambda: cluster.resource_roles(RSC)[name] == "Stopped", 60, f"{RSC} stopped on {name}"
+        )
+        cluster.wait_for(
+            lambda: rh.promotion_score(cluster, asker, name) is None,
+            30,
+            f"promotion score of {name} removed on stop",
+        )
         assert cluster.promoted(RSC) == [promoted]
         for n in set(cluster.names) - {name}:
             assert rh.promotion_score(cluster, asker, n) is not None, n
-        assert cluster.run(cluster.index(name), "pgrep", "-af", "replengine.daemon",
-                           check=False).stdout.strip() == ""
+        assert (
+            cluster.run(
+                cluster.index(name), "pgrep", "-af", "replengine.daemon", check=False
+            ).stdout.strip()
+            == ""
+        )
     finally:
         cluster.pcs("resource", "clear", CLONE, name)
     constraints = cluster.pcs("constraint", "location", "config", "--full").stdout
@@ -378,8 +439,11 @@ def test_promotion_scores_set_and_removed_on_stop(cluster: Cluster, r0: R0):
     # back through start: Unpromoted again, with a score again
     r0.wait_healthy(60, f"{name} started again after clear")
     assert cluster.promoted(RSC) == [promoted]
-    cluster.wait_for(lambda: rh.promotion_score(cluster, asker, name) is not None, 30,
-                     f"promotion score of {name} back after start")
+    cluster.wait_for(
+        lambda: rh.promotion_score(cluster, asker, name) is not None,
+        30,
+        f"promotion score of {name} back after start",
+    )
     r0.wait_agreed(promoted, 60)
     r0.check_ledgers(promoted)
     r0.assert_identical()

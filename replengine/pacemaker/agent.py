@@ -21,6 +21,8 @@ from pathlib import Path
 
 from replengine import config as configmod
 from replengine.errors import ConfigError, ReplError
+from replengine.runtime import wait_gone
+from replengine.wire.control import ControlClient
 
 OCF_SUCCESS = 0
 OCF_ERR_GENERIC = 1
@@ -100,8 +102,10 @@ def env(name: str, default: str = "") -> str:
 
 def in_cluster() -> bool:
     """True when Pacemaker runs us as a clone instance (ocf-tester does not)."""
-    return any(k in os.environ for k in ("OCF_RESKEY_CRM_meta_promoted_max",
-                                         "OCF_RESKEY_CRM_meta_master_max"))
+    return any(
+        k in os.environ
+        for k in ("OCF_RESKEY_CRM_meta_promoted_max", "OCF_RESKEY_CRM_meta_master_max")
+    )
 
 
 def action_timeout(default: float) -> float:
@@ -115,11 +119,12 @@ def action_timeout(default: float) -> float:
 class Agent:
     def __init__(self) -> None:
         self.resource = env("OCF_RESKEY_resource")
-        self.config_path = Path(env("OCF_RESKEY_config") or
-                                (configmod.default_path(self.resource) if self.resource else ""))
+        self.config_path = Path(
+            env("OCF_RESKEY_config")
+            or (configmod.default_path(self.resource) if self.resource else "")
+        )
         self.min_peers = env("OCF_RESKEY_min_peers")
-        self.auto_init = env("OCF_RESKEY_auto_init", "true").lower() in ("1", "true", "yes",
-                                                                           "on")
+        self.auto_init = env("OCF_RESKEY_auto_init", "true").lower() in ("1", "true", "yes", "on")
 
     # ---- helpers --------------------------------------------------------------------------
 
@@ -128,13 +133,22 @@ class Agent:
             raise ConfigError("parameter 'resource' is required")
         cfg = configmod.load(self.config_path, check_local=check_local)
         if cfg.name != self.resource:
-            raise ConfigError(f"{self.config_path}: resource name is {cfg.name!r}, the agent's "
-                              f"'resource' parameter says {self.resource!r}")
+            raise ConfigError(
+                f"{self.config_path}: resource name is {cfg.name!r}, the agent's "
+                f"'resource' parameter says {self.resource!r}"
+            )
         return cfg
 
     def replctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        cmd = [sys.executable, "-m", "replengine.cli", args[0], "--config",
-               str(self.config_path), *args[1:]]
+        cmd = [
+            sys.executable,
+            "-m",
+            "replengine.cli",
+            args[0],
+            "--config",
+            str(self.config_path),
+            *args[1:],
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         out = (proc.stdout + proc.stderr).strip()
         if out:
@@ -149,12 +163,9 @@ class Agent:
         return base / f"replengine-{cfg.name}-{cfg.local.name}.promoted"
 
     def status(self, cfg: configmod.ResourceConfig) -> dict | None:
-        from replengine.cli import daemon_running
-        from replengine.client import ControlClient
-
-        if not daemon_running(cfg):
+        if not cfg.paths().running_pid():
             return None
-        ctl = ControlClient(cfg.runtime_dir() / "control.sock", timeout_s=15)
+        ctl = ControlClient(cfg.paths().socket, timeout_s=15)
         try:
             return ctl.call("status", timeout_s=15)[0]
         finally:
@@ -206,12 +217,15 @@ class Agent:
         except ConfigError as exc:
             log.error("%s", exc)
             return OCF_ERR_CONFIGURED
-        from replengine.srl import SRL
+        from replengine.log.srl import SRL
 
         if not SRL.is_initialised(cfg.local.srl):
             if not self.auto_init:
-                log.error("SRL %s is not initialised: run 'replctl init --config %s'",
-                          cfg.local.srl, self.config_path)
+                log.error(
+                    "SRL %s is not initialised: run 'replctl init --config %s'",
+                    cfg.local.srl,
+                    self.config_path,
+                )
                 return OCF_ERR_CONFIGURED
             proc = self.replctl("init")
             if proc.returncode != 0:
@@ -233,15 +247,13 @@ class Agent:
         except ConfigError as exc:
             log.warning("stop with a broken config (%s): nothing of ours can be running", exc)
             return OCF_SUCCESS
-        from replengine.cli import daemon_running
-        from replengine.localcluster import wait_gone
-
         self.marker(cfg).unlink(missing_ok=True)
-        pid = daemon_running(cfg)
+        pid = cfg.paths().running_pid()
         if pid is None:
             return OCF_SUCCESS
-        proc = self.replctl("down", "--timeout", str(int(action_timeout(120) * 0.7)),
-                            timeout=action_timeout(120))
+        proc = self.replctl(
+            "down", "--timeout", str(int(action_timeout(120) * 0.7)), timeout=action_timeout(120)
+        )
         if proc.returncode == 0:
             return OCF_SUCCESS
         log.error("clean stop failed; killing replengined pid %d", pid)
@@ -259,8 +271,11 @@ class Agent:
             cfg = self.load(check_local=False)
         except ConfigError as exc:
             log.error("%s", exc)
-            return OCF_ERR_CONFIGURED if env("OCF_RESKEY_CRM_meta_interval", "0") != "0" \
+            return (
+                OCF_ERR_CONFIGURED
+                if env("OCF_RESKEY_CRM_meta_interval", "0") != "0"
                 else OCF_NOT_RUNNING
+            )
         marker = self.marker(cfg)
         try:
             st = self.status(cfg)
@@ -296,13 +311,13 @@ class Agent:
         except ConfigError as exc:
             log.error("%s", exc)
             return OCF_ERR_CONFIGURED
-        from replengine.cli import daemon_running
 
-        if not daemon_running(cfg):
+        if not cfg.paths().running_pid():
             self.marker(cfg).unlink(missing_ok=True)
             return OCF_SUCCESS
-        proc = self.replctl("demote", "--timeout", str(int(action_timeout(120))),
-                            timeout=action_timeout(120) + 2)
+        proc = self.replctl(
+            "demote", "--timeout", str(int(action_timeout(120))), timeout=action_timeout(120) + 2
+        )
         if proc.returncode != 0:
             return OCF_ERR_GENERIC
         self.marker(cfg).unlink(missing_ok=True)
@@ -320,8 +335,9 @@ class Agent:
             st = self.status(cfg)
             if st is not None:
                 if kind == "pre" and op == "promote":
-                    log.info("pre-promote: this node at epoch %d, end LSN %d", st["epoch"],
-                             st["end_lsn"])
+                    log.info(
+                        "pre-promote: this node at epoch %d, end LSN %d", st["epoch"], st["end_lsn"]
+                    )
                     self.publish_position(st)
                 self.set_score(self.score_from(st))
         except (ReplError, OSError) as exc:
@@ -332,23 +348,43 @@ class Agent:
         """Each node's (epoch, end LSN) as a transient node attribute, for operators."""
         if not in_cluster():
             return
-        subprocess.run(["crm_attribute", "-t", "status", "-l", "reboot", "-n",
-                        f"replengine-{self.resource}-position", "-v",
-                        f"{st['epoch']}:{st['end_lsn']}"], capture_output=True, timeout=30,
-                       check=False)
+        subprocess.run(
+            [
+                "crm_attribute",
+                "-t",
+                "status",
+                "-l",
+                "reboot",
+                "-n",
+                f"replengine-{self.resource}-position",
+                "-v",
+                f"{st['epoch']}:{st['end_lsn']}",
+            ],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     action = argv[0] if argv else ""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format=f"replengine({env('OCF_RESOURCE_INSTANCE', '-')})[%(process)d]: "
-                               "%(levelname)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format=f"replengine({env('OCF_RESOURCE_INSTANCE', '-')})[%(process)d]: "
+        "%(levelname)s: %(message)s",
+    )
     agent = Agent()
     actions = {
-        "meta-data": agent.meta_data, "validate-all": agent.validate_all,
-        "start": agent.start, "stop": agent.stop, "monitor": agent.monitor,
-        "promote": agent.promote, "demote": agent.demote, "notify": agent.notify,
+        "meta-data": agent.meta_data,
+        "validate-all": agent.validate_all,
+        "start": agent.start,
+        "stop": agent.stop,
+        "monitor": agent.monitor,
+        "promote": agent.promote,
+        "demote": agent.demote,
+        "notify": agent.notify,
     }
     if action in ("usage", "help"):
         print(f"usage: {Path(sys.argv[0]).name} {{{'|'.join(actions)}}}")

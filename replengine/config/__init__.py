@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from replengine.config_check import (
+from replengine.config.check import (
     _MAX_NAME,
     _check_unknown,
     _Ctx,
@@ -44,6 +44,7 @@ from replengine.config_check import (
     _valid_name,
 )
 from replengine.errors import ConfigError
+from replengine.runtime import RuntimePaths
 
 __all__ = [
     "CONFIG_DIR",
@@ -195,6 +196,10 @@ class ResourceConfig:
         """
         name = self.local.name if node is None else self.node(node).name
         return self.run_dir / self.name / name
+
+    def paths(self, node: str | None = None) -> RuntimePaths:
+        """The control socket, pid file and log of a node's daemon."""
+        return RuntimePaths(self.runtime_dir(node))
 
 
 # --------------------------------------------------------------------------- public helpers

@@ -99,10 +99,27 @@ class Superblock:
             raise ValueError(f"epoch history has {len(self.history)} entries, max {MAX_HISTORY}")
         buf = bytearray(SB_SIZE)
         _SB_FIXED.pack_into(
-            buf, 0, SB_MAGIC, self.version, SB_SIZE, self.generation, self.uuid.bytes,
-            _pack_name("resource name", self.resource), _pack_name("node name", self.node),
-            self.area_offset, self.area_size, self.log_id, self.start_lsn, self.start_pos,
-            self.end_lsn, self.end_pos, self.trunc_lsn, self.trunc_end_pos, len(self.history), 0)
+            buf,
+            0,
+            SB_MAGIC,
+            self.version,
+            SB_SIZE,
+            self.generation,
+            self.uuid.bytes,
+            _pack_name("resource name", self.resource),
+            _pack_name("node name", self.node),
+            self.area_offset,
+            self.area_size,
+            self.log_id,
+            self.start_lsn,
+            self.start_pos,
+            self.end_lsn,
+            self.end_pos,
+            self.trunc_lsn,
+            self.trunc_end_pos,
+            len(self.history),
+            0,
+        )
         for i, (epoch, first_lsn) in enumerate(self.history):
             _SB_HIST.pack_into(buf, _SB_HIST_OFF + i * _SB_HIST.size, epoch, first_lsn)
         struct.pack_into("<I", buf, _SB_CRC_OFF, crc32c.crc32c(bytes(buf[:_SB_CRC_OFF])))
@@ -110,7 +127,7 @@ class Superblock:
 
 
 def has_sb_magic(buf: bytes) -> bool:
-    return buf[:len(SB_MAGIC)] == SB_MAGIC
+    return buf[: len(SB_MAGIC)] == SB_MAGIC
 
 
 def unpack_superblock(buf: bytes) -> Superblock | None:
@@ -124,19 +141,46 @@ def unpack_superblock(buf: bytes) -> Superblock | None:
     (crc,) = struct.unpack_from("<I", buf, _SB_CRC_OFF)
     if crc32c.crc32c(bytes(buf[:_SB_CRC_OFF])) != crc:
         return None
-    (_magic, version, _sb_size, generation, uuid_b, res, node, area_offset, area_size, log_id,
-     start_lsn, start_pos, end_lsn, end_pos, trunc_lsn, trunc_end_pos, nhist,
-     _r) = _SB_FIXED.unpack_from(buf, 0)
+    (
+        _magic,
+        version,
+        _sb_size,
+        generation,
+        uuid_b,
+        res,
+        node,
+        area_offset,
+        area_size,
+        log_id,
+        start_lsn,
+        start_pos,
+        end_lsn,
+        end_pos,
+        trunc_lsn,
+        trunc_end_pos,
+        nhist,
+        _r,
+    ) = _SB_FIXED.unpack_from(buf, 0)
     if nhist > MAX_HISTORY:
         return None
     history = [_SB_HIST.unpack_from(buf, _SB_HIST_OFF + i * _SB_HIST.size) for i in range(nhist)]
     return Superblock(
-        resource=res.rstrip(b"\0").decode("utf-8", "replace"), uuid=uuid.UUID(bytes=uuid_b),
-        node=node.rstrip(b"\0").decode("utf-8", "replace"), area_offset=area_offset,
-        area_size=area_size, log_id=log_id, start_lsn=start_lsn, start_pos=start_pos,
-        end_lsn=end_lsn, end_pos=end_pos, history=[tuple(h) for h in history],
-        trunc_lsn=trunc_lsn, trunc_end_pos=trunc_end_pos,
-        generation=generation, version=version)
+        resource=res.rstrip(b"\0").decode("utf-8", "replace"),
+        uuid=uuid.UUID(bytes=uuid_b),
+        node=node.rstrip(b"\0").decode("utf-8", "replace"),
+        area_offset=area_offset,
+        area_size=area_size,
+        log_id=log_id,
+        start_lsn=start_lsn,
+        start_pos=start_pos,
+        end_lsn=end_lsn,
+        end_pos=end_pos,
+        history=[tuple(h) for h in history],
+        trunc_lsn=trunc_lsn,
+        trunc_end_pos=trunc_end_pos,
+        generation=generation,
+        version=version,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,15 +201,22 @@ class RecordHeader:
         return record_size(self.length) if self.type == TYPE_DATA else BLOCK
 
 
-def pack_header(rtype: int, epoch: int, lsn: int, offset: int, length: int,
-                committed_lsn: int, log_id: int, data_crc: int) -> bytes:
+def pack_header(
+    rtype: int,
+    epoch: int,
+    lsn: int,
+    offset: int,
+    length: int,
+    committed_lsn: int,
+    log_id: int,
+    data_crc: int,
+) -> bytes:
     """The 64-byte header. ``data_crc`` is CRC32C(data), computed by the appender beforehand.
 
     The record CRC is CRC32C(data || header[0:56]): data first so the expensive part can be
     computed by each appender in parallel before the committer knows ``committed_lsn``.
     """
-    head = _HDR_HEAD.pack(REC_MAGIC, rtype, 0, epoch, lsn, offset, length, 0, committed_lsn,
-                          log_id)
+    head = _HDR_HEAD.pack(REC_MAGIC, rtype, 0, epoch, lsn, offset, length, 0, committed_lsn, log_id)
     head += _U32.pack(crc32c.crc32c(head, data_crc))
     return head + _U32.pack(crc32c.crc32c(head))
 
@@ -174,15 +225,17 @@ def parse_header(buf: bytes | memoryview) -> RecordHeader | None:
     """Decode a header, or None if it is not one (zeros, garbage, torn, stale format)."""
     if len(buf) < HEADER_SIZE or bytes(buf[:4]) != REC_MAGIC:
         return None
-    (_m, rtype, _flags, epoch, lsn, offset, length, _r, committed, log_id, crc,
-     hcrc) = _HDR.unpack_from(buf, 0)
+    (_m, rtype, _flags, epoch, lsn, offset, length, _r, committed, log_id, crc, hcrc) = (
+        _HDR.unpack_from(buf, 0)
+    )
     if crc32c.crc32c(bytes(buf[:_HDR_HCRC_SPAN])) != hcrc or rtype not in (TYPE_DATA, TYPE_WRAP):
         return None
     return RecordHeader(rtype, epoch, lsn, offset, length, committed, log_id, crc)
 
 
-def data_matches(hdr: RecordHeader, header_bytes: bytes | memoryview,
-                 data: bytes | memoryview) -> bool:
+def data_matches(
+    hdr: RecordHeader, header_bytes: bytes | memoryview, data: bytes | memoryview
+) -> bool:
     """Whether the record CRC covers exactly these data bytes (detects torn/flipped data)."""
     if len(data) != hdr.length:
         return False

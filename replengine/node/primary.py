@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from replengine.errors import SRLFullError
-from replengine.protocol import Clear, Update, encode
-from replengine.record import Record
+from replengine.log.record import Record
+from replengine.wire.protocol import Clear, Update, encode
 
 if TYPE_CHECKING:
-    from replengine.daemon import Node
-    from replengine.peers import Peer
+    from replengine.node.core import Node
+    from replengine.node.peers import Peer
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,12 @@ class Primary:
     def submit(self, client: bytes, req_id: int, offset: int, data: memoryview) -> None:
         node = self.node
         if offset < 0 or offset + len(data) > node.volume.size:
-            node.reply_error(client, req_id, f"write of {len(data)} bytes at offset {offset} "
-                             f"is outside the volume ({node.volume.size} bytes)")
+            node.reply_error(
+                client,
+                req_id,
+                f"write of {len(data)} bytes at offset {offset} "
+                f"is outside the volume ({node.volume.size} bytes)",
+            )
             return
         if self.stalled:
             self.stalled.append(StalledWrite(client, req_id, offset, data, time.monotonic()))
@@ -76,8 +80,7 @@ class Primary:
         if not self._append(client, req_id, offset, data, time.monotonic()):
             self._on_full(StalledWrite(client, req_id, offset, data, time.monotonic()))
 
-    def _append(self, client: bytes, req_id: int, offset: int, data: memoryview,
-                t0: float) -> bool:
+    def _append(self, client: bytes, req_id: int, offset: int, data: memoryview, t0: float) -> bool:
         node = self.node
         try:
             pending = node.srl.append_nowait(node.epoch, offset, data, kick=False)
@@ -100,14 +103,23 @@ class Primary:
             if self._append(w.client, w.req_id, w.offset, w.data, w.t0):
                 return
         if policy == "fail":
-            node.reply_error(w.client, w.req_id, "SRL full: a secondary lags too far behind "
-                             f"(srl_full=fail; SRL {node.srl.used_bytes} bytes used of "
-                             f"{node.srl.capacity}); write refused")
+            node.reply_error(
+                w.client,
+                w.req_id,
+                "SRL full: a secondary lags too far behind "
+                f"(srl_full=fail; SRL {node.srl.used_bytes} bytes used of "
+                f"{node.srl.capacity}); write refused",
+            )
             return
         if not self._stall_logged:
-            node.warn_once("srl-full", "SRL full (%d of %d bytes used): writers stall until a "
-                           "secondary catches up (srl_full=%s)", node.srl.used_bytes,
-                           node.srl.capacity, policy)
+            node.warn_once(
+                "srl-full",
+                "SRL full (%d of %d bytes used): writers stall until a "
+                "secondary catches up (srl_full=%s)",
+                node.srl.used_bytes,
+                node.srl.capacity,
+                policy,
+            )
             self._stall_logged = True
         self.stalled.append(w)
 
@@ -123,8 +135,11 @@ class Primary:
 
     def required_sync(self) -> list[Peer]:
         node = self.node
-        peers = [p for p in node.peers.values() if p.mode == "sync" and not p.rejected
-                 and p.state not in ("dcm", "dcm-resync")]
+        peers = [
+            p
+            for p in node.peers.values()
+            if p.mode == "sync" and not p.rejected and p.state not in ("dcm", "dcm-resync")
+        ]
         if node.cfg.on_sync_loss == "block":
             return peers
         return [p for p in peers if not p.degraded]
@@ -143,9 +158,13 @@ class Primary:
             if missing:
                 if node.cfg.on_sync_loss == "block" and now - w.t0 > node.cfg.sync_timeout:
                     self.pending.popleft()
-                    node.reply_error(w.client, w.req_id, f"write LSN {w.lsn} timed out after "
-                                     f"{node.cfg.sync_timeout}s waiting for sync secondaries "
-                                     f"{', '.join(missing)} (on_sync_loss=block)")
+                    node.reply_error(
+                        w.client,
+                        w.req_id,
+                        f"write LSN {w.lsn} timed out after "
+                        f"{node.cfg.sync_timeout}s waiting for sync secondaries "
+                        f"{', '.join(missing)} (on_sync_loss=block)",
+                    )
                     continue
                 break
             self.pending.popleft()
@@ -153,8 +172,11 @@ class Primary:
         for w in list(self.stalled):
             if node.cfg.on_sync_loss == "block" and now - w.t0 > node.cfg.sync_timeout:
                 self.stalled.remove(w)
-                node.reply_error(w.client, w.req_id, "write timed out: SRL full for "
-                                 f"{node.cfg.sync_timeout}s (srl_full=stall)")
+                node.reply_error(
+                    w.client,
+                    w.req_id,
+                    f"write timed out: SRL full for {node.cfg.sync_timeout}s (srl_full=stall)",
+                )
 
     def drained(self) -> bool:
         return not self.pending and not self.stalled
@@ -177,14 +199,24 @@ class Primary:
             alive = p.alive(node.heartbeat_s)
             if not alive and not p.degraded and node.cfg.on_sync_loss == "degrade":
                 p.degraded = True
-                log.error("SYNC SECONDARY %s LOST: replication to it degraded to async until "
-                          "it catches up (on_sync_loss=degrade); completed writes are no longer "
-                          "guaranteed on it", p.name)
-            elif alive and p.degraded and p.state not in ("dcm", "dcm-resync") and \
-                    p.acked_end >= self.caught_up_mark():
+                log.error(
+                    "SYNC SECONDARY %s LOST: replication to it degraded to async until "
+                    "it catches up (on_sync_loss=degrade); completed writes are no longer "
+                    "guaranteed on it",
+                    p.name,
+                )
+            elif (
+                alive
+                and p.degraded
+                and p.state not in ("dcm", "dcm-resync")
+                and p.acked_end >= self.caught_up_mark()
+            ):
                 p.degraded = False
-                log.warning("sync secondary %s caught up at LSN %d: synchronous again",
-                            p.name, p.acked_end - 1)
+                log.warning(
+                    "sync secondary %s caught up at LSN %d: synchronous again",
+                    p.name,
+                    p.acked_end - 1,
+                )
 
     def caught_up_mark(self) -> int:
         """A peer that has every LSN below this has everything already completed, so
@@ -193,12 +225,19 @@ class Primary:
 
     def on_connect(self, p: Peer) -> None:
         """Under degrade, a sync peer that (re)connects behind is async until caught up."""
-        if (p.mode == "sync" and self.node.cfg.on_sync_loss == "degrade"
-                and p.acked_end < self.caught_up_mark() and not p.degraded):
+        if (
+            p.mode == "sync"
+            and self.node.cfg.on_sync_loss == "degrade"
+            and p.acked_end < self.caught_up_mark()
+            and not p.degraded
+        ):
             p.degraded = True
-            log.warning("sync secondary %s connected %d records behind: replicated "
-                        "asynchronously until it catches up", p.name,
-                        self.assigned_end - p.acked_end)
+            log.warning(
+                "sync secondary %s connected %d records behind: replicated "
+                "asynchronously until it catches up",
+                p.name,
+                self.assigned_end - p.acked_end,
+            )
 
     # ---- streaming ------------------------------------------------------------------------
 
@@ -213,23 +252,36 @@ class Primary:
         node = self.node
         budget = PUMP_BUDGET
         durable = node.watcher.durable_end
-        while (p.next_lsn < self.assigned_end and p.inflight_bytes < WINDOW_BYTES
-               and len(p.sent) < WINDOW_RECORDS and budget > 0):
+        while (
+            p.next_lsn < self.assigned_end
+            and p.inflight_bytes < WINDOW_BYTES
+            and len(p.sent) < WINDOW_RECORDS
+            and budget > 0
+        ):
             lsn = p.next_lsn
             rec = self.cache.get(lsn)
             if rec is None:
                 if lsn >= durable:
                     break
                 if lsn < node.srl.start_lsn:
-                    log.error("secondary %s needs LSN %d but the SRL starts at %d: resyncing "
-                              "it from blocks", p.name, lsn, node.srl.start_lsn)
+                    log.error(
+                        "secondary %s needs LSN %d but the SRL starts at %d: resyncing "
+                        "it from blocks",
+                        p.name,
+                        lsn,
+                        node.srl.start_lsn,
+                    )
                     node.dcm.enter_full(p, self)
                     node.dcm.start_resync(p)
                     return
                 rec = node.srl.get(lsn)
                 budget -= len(rec.data)
-            frames = encode(node.cfg.uuid, node.epoch, node.me,
-                            Update(rec.lsn, rec.epoch, rec.offset, rec.data, self.clear_end))
+            frames = encode(
+                node.cfg.uuid,
+                node.epoch,
+                node.me,
+                Update(rec.lsn, rec.epoch, rec.offset, rec.data, self.clear_end),
+            )
             if not node.transport.send(p.name, frames):
                 break
             p.sent.append((lsn, len(rec.data)))
@@ -273,6 +325,7 @@ class Primary:
         node = self.node
         for p in node.peers.values():
             if p.streaming and p.clear_sent < self.clear_end and p.next_lsn >= self.assigned_end:
-                if node.transport.send(p.name, encode(node.cfg.uuid, node.epoch, node.me,
-                                                      Clear(self.clear_end))):
+                if node.transport.send(
+                    p.name, encode(node.cfg.uuid, node.epoch, node.me, Clear(self.clear_end))
+                ):
                     p.clear_sent = self.clear_end

@@ -15,8 +15,9 @@ import sys
 from pathlib import Path
 
 from replengine import config as configmod
-from replengine.client import ControlClient
 from replengine.errors import ReplError
+from replengine.runtime import wait_gone
+from replengine.wire.control import ControlClient
 
 
 def _cfg_path(args: argparse.Namespace) -> Path:
@@ -29,36 +30,26 @@ def _cfg_path(args: argparse.Namespace) -> Path:
 
 def _ctl(args: argparse.Namespace, timeout_s: float = 30.0) -> ControlClient:
     cfg = configmod.load(_cfg_path(args), node=args.node, check_local=False)
-    return ControlClient(cfg.runtime_dir() / "control.sock", timeout_s)
+    return ControlClient(cfg.paths().socket, timeout_s)
 
 
 def daemon_running(cfg: configmod.ResourceConfig) -> int | None:
     """PID of this node's live daemon, or None."""
-    pidfile = cfg.runtime_dir() / "replengined.pid"
-    from replengine.localcluster import is_daemon
-
-    try:
-        pid = int(pidfile.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-    if not is_daemon(pid, cfg.local.name):
-        return None
-    if not (cfg.runtime_dir() / "control.sock").exists():
-        return None
-    return pid
+    return cfg.paths().running_pid()
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from replengine.srl import SRL
+    from replengine.log.srl import SRL
 
     cfg = configmod.load(_cfg_path(args), node=args.node)
     node = cfg.local
     if daemon_running(cfg):
         raise ReplError(f"node {node.name} of {cfg.name} is running; 'replctl down' first")
-    srl = SRL.create(node.srl, resource=cfg.name, uuid=cfg.uuid, node=node.name,
-                     force=args.force)
-    print(f"initialised SRL {node.srl} for resource {cfg.name} ({cfg.uuid}) node {node.name}: "
-          f"{srl.capacity} bytes of log, LSNs start at {srl.end_lsn}")
+    srl = SRL.create(node.srl, resource=cfg.name, uuid=cfg.uuid, node=node.name, force=args.force)
+    print(
+        f"initialised SRL {node.srl} for resource {cfg.name} ({cfg.uuid}) node {node.name}: "
+        f"{srl.capacity} bytes of log, LSNs start at {srl.end_lsn}"
+    )
     srl.close()
     return 0
 
@@ -72,22 +63,44 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 0
     rundir = cfg.runtime_dir()
     rundir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    logfile = rundir / "replengined.log"
+    logfile = cfg.paths().log
     r, w = os.pipe()
-    cmd = [sys.executable, "-m", "replengine.daemon", "--config", str(path.resolve()),
-           "--node", cfg.local.name, "--ready-fd", str(w), "--log-file", str(logfile)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "replengine.daemon",
+        "--config",
+        str(path.resolve()),
+        "--node",
+        cfg.local.name,
+        "--ready-fd",
+        str(w),
+        "--log-file",
+        str(logfile),
+    ]
     with open(os.devnull, "rb") as devnull, open(logfile, "ab") as out:
-        proc = subprocess.Popen(cmd, stdin=devnull, stdout=out, stderr=out, pass_fds=(w,),
-                                start_new_session=True, close_fds=True)
+        proc = subprocess.Popen(
+            cmd,
+            stdin=devnull,
+            stdout=out,
+            stderr=out,
+            pass_fds=(w,),
+            start_new_session=True,
+            close_fds=True,
+        )
     os.close(w)
     with os.fdopen(r) as ready:
         answer = ready.read().strip()
     if answer != "ok":
         proc.wait(timeout=10)
-        raise ReplError(answer.removeprefix("error: ") or f"replengined exited with status "
-                        f"{proc.poll()}; see {logfile}")
-    print(f"{cfg.name}/{cfg.local.name} up (pid {proc.pid}), listening on {cfg.local.address}; "
-          f"log {logfile}")
+        raise ReplError(
+            answer.removeprefix("error: ")
+            or f"replengined exited with status {proc.poll()}; see {logfile}"
+        )
+    print(
+        f"{cfg.name}/{cfg.local.name} up (pid {proc.pid}), listening on {cfg.local.address}; "
+        f"log {logfile}"
+    )
     return 0
 
 
@@ -97,18 +110,18 @@ def cmd_down(args: argparse.Namespace) -> int:
     if not pid:
         print(f"{cfg.name}/{cfg.local.name} is not running")
         return 0
-    ctl = ControlClient(cfg.runtime_dir() / "control.sock", timeout_s=args.timeout)
+    ctl = ControlClient(cfg.paths().socket, timeout_s=args.timeout)
     doc, _ = ctl.call("down")
     ctl.close()
     _wait_exit(pid, args.timeout)
-    print(f"{cfg.name}/{cfg.local.name} down; volume complete up to LSN "
-          f"{doc.get('applied_end', 1) - 1}")
+    print(
+        f"{cfg.name}/{cfg.local.name} down; volume complete up to LSN "
+        f"{doc.get('applied_end', 1) - 1}"
+    )
     return 0
 
 
 def _wait_exit(pid: int, timeout: float) -> None:
-    from replengine.localcluster import wait_gone
-
     wait_gone(pid, timeout)
 
 
@@ -121,23 +134,29 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(doc, indent=2, sort_keys=True))
         return 0
-    print(f"{doc['resource']}/{doc['node']}: {doc['role']}, epoch {doc['epoch']}, "
-          f"SRL LSNs [{doc['start_lsn']}, {doc['end_lsn']}), applied up to "
-          f"{doc['applied_end'] - 1}, {doc['srl']['used_bytes']} of {doc['srl']['capacity']} "
-          f"bytes used{'' if doc['consistent'] else ', INCONSISTENT'}")
+    print(
+        f"{doc['resource']}/{doc['node']}: {doc['role']}, epoch {doc['epoch']}, "
+        f"SRL LSNs [{doc['start_lsn']}, {doc['end_lsn']}), applied up to "
+        f"{doc['applied_end'] - 1}, {doc['srl']['used_bytes']} of {doc['srl']['capacity']} "
+        f"bytes used{'' if doc['consistent'] else ', INCONSISTENT'}"
+    )
     if doc.get("following"):
         print(f"  following {doc['following']}")
     if doc.get("divergent_tail"):
         t = doc["divergent_tail"]
-        print(f"  divergent tail discarded: {t['records']} records, {t['bytes']} bytes, LSNs "
-              f"[{t['first_lsn']}, {t['end_lsn']})")
+        print(
+            f"  divergent tail discarded: {t['records']} records, {t['bytes']} bytes, LSNs "
+            f"[{t['first_lsn']}, {t['end_lsn']})"
+        )
     for name, p in sorted(doc["peers"].items()):
         lag = "" if p["lag_records"] is None else f", lag {p['lag_records']} records"
         if p.get("lag_bytes") is not None:
             lag += f" / {p['lag_bytes']} bytes"
-        print(f"  {name}: {'connected' if p['connected'] else 'disconnected'}, {p['mode']}, "
-              f"{p['state']}, acked LSN {p['acked_lsn']}{lag}"
-              f"{' (degraded)' if p['degraded'] else ''}")
+        print(
+            f"  {name}: {'connected' if p['connected'] else 'disconnected'}, {p['mode']}, "
+            f"{p['state']}, acked LSN {p['acked_lsn']}{lag}"
+            f"{' (degraded)' if p['degraded'] else ''}"
+        )
     return 0
 
 
@@ -151,10 +170,15 @@ def cmd_promote(args: argparse.Namespace) -> int:
     if doc.get("already"):
         print(f"already primary (epoch {doc['epoch']})")
     else:
-        pulled = (f", pulled {doc['pulled_records']} records from {doc['pulled_from']}"
-                  if doc.get("pulled_from") else "")
-        print(f"promoted: epoch {doc['epoch']} starts at LSN {doc['first_lsn']}{pulled} "
-              f"({doc['seconds']}s)")
+        pulled = (
+            f", pulled {doc['pulled_records']} records from {doc['pulled_from']}"
+            if doc.get("pulled_from")
+            else ""
+        )
+        print(
+            f"promoted: epoch {doc['epoch']} starts at LSN {doc['first_lsn']}{pulled} "
+            f"({doc['seconds']}s)"
+        )
     return 0
 
 
@@ -167,13 +191,13 @@ def cmd_demote(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from replengine.verify import verify
+    from replengine.cli.main.verify import verify
 
     return verify(_cfg_path(args), args.nodes)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from replengine.demo import run_demo
+    from replengine.demo.run import run_demo
 
     return run_demo(args)
 
@@ -196,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite an initialised SRL")
     p.set_defaults(fn=cmd_init)
     sub.add_parser("up", parents=[common], help="start the daemon (secondary)").set_defaults(
-        fn=cmd_up)
+        fn=cmd_up
+    )
     p = sub.add_parser("down", parents=[common], help="stop the daemon cleanly")
     p.add_argument("--timeout", type=float, default=120)
     p.set_defaults(fn=cmd_down)
@@ -204,8 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_status)
     p = sub.add_parser("promote", parents=[common], help="make this node primary")
-    p.add_argument("--force", action="store_true",
-                   help="promote even with fewer reachable peers than promote_min_peers")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="promote even with fewer reachable peers than promote_min_peers",
+    )
     p.add_argument("--min-peers", type=int, help="override promote_min_peers for this call")
     p.add_argument("--timeout", type=float, default=300)
     p.set_defaults(fn=cmd_promote)
@@ -231,7 +259,3 @@ def main(argv: list[str] | None = None) -> int:
     except (ReplError, OSError) as exc:
         print(f"replctl {args.verb}: {exc}", file=sys.stderr)
         return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

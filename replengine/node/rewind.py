@@ -14,11 +14,11 @@ import logging
 import uuid as uuidlib
 from typing import TYPE_CHECKING
 
-from replengine.protocol import Block, BlockDone, BlockReq
+from replengine.wire.protocol import Block, BlockDone, BlockReq
 
 if TYPE_CHECKING:
-    from replengine.daemon import Node
-    from replengine.peers import Peer
+    from replengine.node.core import Node
+    from replengine.node.peers import Peer
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +61,25 @@ class Rewinder:
         node.consistent = False
         nbytes = sum(len(r.data) for r in tail)
         node.last_divergent = {
-            "records": len(tail), "bytes": nbytes,
-            "first_lsn": tail[0].lsn if tail else d, "end_lsn": (tail[-1].lsn + 1) if tail else d,
+            "records": len(tail),
+            "bytes": nbytes,
+            "first_lsn": tail[0].lsn if tail else d,
+            "end_lsn": (tail[-1].lsn + 1) if tail else d,
             "epochs": sorted({r.epoch for r in tail}),
-            "block_ranges": [list(r) for r in ranges], "rewritten_from": self.source,
+            "block_ranges": [list(r) for r in ranges],
+            "rewritten_from": self.source,
         }
-        log.warning("divergent tail discarded: %d records (%d bytes), LSNs [%d, %d); rewriting "
-                    "%d block ranges from %s: %s", len(tail), nbytes, d,
-                    node.last_divergent["end_lsn"], len(ranges), self.source,
-                    ", ".join(f"{o}+{n}" for o, n in ranges))
+        log.warning(
+            "divergent tail discarded: %d records (%d bytes), LSNs [%d, %d); rewriting "
+            "%d block ranges from %s: %s",
+            len(tail),
+            nbytes,
+            d,
+            node.last_divergent["end_lsn"],
+            len(ranges),
+            self.source,
+            ", ".join(f"{o}+{n}" for o, n in ranges),
+        )
         node.send(self.source, BlockReq(ranges, self.tag))
 
     def on_message(self, peer: Peer, body: Block | BlockDone) -> None:
@@ -84,8 +94,12 @@ class Rewinder:
         self.node.volume.flush()
         self.primary_end = body.primary_end
         self.blocks_done = True
-        log.info("divergent blocks rewritten (%d bytes); catching up from LSN %d to %d",
-                 self.bytes_received, self.divergence, self.primary_end)
+        log.info(
+            "divergent blocks rewritten (%d bytes); catching up from LSN %d to %d",
+            self.bytes_received,
+            self.divergence,
+            self.primary_end,
+        )
         self.node.send(self.source, self.node.hello())
 
     def progress(self) -> None:
@@ -98,13 +112,14 @@ class Rewinder:
 
 def serve_block_req(node: Node, peer: Peer, req: BlockReq) -> None:
     """Send the requested volume ranges as of every completed write, then BLOCK_DONE."""
-    from replengine.ops import consistent_read
+    from replengine.node.ops import consistent_read
 
     end_at_copy = node.watcher.durable_end
     for off, length in req.ranges:
         if off + length > node.volume.size:
-            log.error("%s asked for blocks %d+%d beyond the volume; refused", peer.name, off,
-                      length)
+            log.error(
+                "%s asked for blocks %d+%d beyond the volume; refused", peer.name, off, length
+            )
             return
         pos = off
         while pos < off + length:

@@ -37,8 +37,14 @@ class Transport:
     """Sockets of one node; owned by the daemon's loop thread only (zmq sockets are not
     thread-safe). Other threads wake the loop through `wake_fd`."""
 
-    def __init__(self, me: str, address: str, peers: dict[str, str], control_path: str,
-                 heartbeat_ms: int = 1000) -> None:
+    def __init__(
+        self,
+        me: str,
+        address: str,
+        peers: dict[str, str],
+        control_path: str,
+        heartbeat_ms: int = 1000,
+    ) -> None:
         self.ctx = zmq.Context.instance()
         self.me = me
         self.router = self.ctx.socket(zmq.ROUTER)

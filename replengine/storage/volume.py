@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from replengine.errors import VolumeError
-from replengine.record import Record
+from replengine.log.record import Record
 
 __all__ = [
     "DEFAULT_CHUNK",

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from replengine.record import Record
+from replengine.log.record import Record
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,9 @@ CLEAR_PRESSURE = 0.5
 
 
 class Applier(threading.Thread):
-    def __init__(self, srl: Any, volume: Any, applied_end: int,
-                 on_progress: Callable[[], None]) -> None:
+    def __init__(
+        self, srl: Any, volume: Any, applied_end: int, on_progress: Callable[[], None]
+    ) -> None:
         super().__init__(name="applier", daemon=True)
         self.srl = srl
         self.volume = volume
@@ -109,8 +110,9 @@ class Applier(threading.Thread):
         if rec.lsn < self.applied_end:
             return
         if rec.lsn != self.applied_end:
-            raise RuntimeError(f"apply out of order: LSN {rec.lsn} while expecting "
-                               f"{self.applied_end}")
+            raise RuntimeError(
+                f"apply out of order: LSN {rec.lsn} while expecting {self.applied_end}"
+            )
         self.volume.apply(rec)
         with self.lock:
             self.applied_end = rec.lsn + 1
@@ -155,7 +157,7 @@ class LocalSync:
             return False
         batch, self._pending = self._pending, []
         try:
-            for pending, _ in reversed(batch):   # the last one first: it leads the batch
+            for pending, _ in reversed(batch):  # the last one first: it leads the batch
                 pending.wait()
         except BaseException as exc:  # surfaced by the loop as a failed node
             log.exception("SRL append failed: %s", exc)

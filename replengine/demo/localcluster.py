@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from replengine.client import ControlClient, Volume, connect
+from replengine.client import Volume, connect
 from replengine.errors import ReplError
+from replengine.runtime import RuntimePaths, is_alive, is_daemon, wait_gone
+from replengine.wire.control import ControlClient
 
 
 def free_ports(n: int) -> list[int]:
@@ -37,8 +39,9 @@ def free_ports(n: int) -> list[int]:
 @dataclass
 class LocalResource:
     workdir: Path
-    nodes: dict[str, str] = field(default_factory=lambda: {
-        "alpha": "sync", "beta": "sync", "gamma": "sync"})
+    nodes: dict[str, str] = field(
+        default_factory=lambda: {"alpha": "sync", "beta": "sync", "gamma": "sync"}
+    )
     name: str = "r0"
     volume_size: int = 64 << 20
     srl_size: int = 64 << 20
@@ -52,6 +55,9 @@ class LocalResource:
         self.config = self.workdir / f"{self.name}.toml"
         self.run_dir = self.workdir / "run"
 
+    def paths(self, node: str) -> RuntimePaths:
+        return RuntimePaths(self.run_dir / self.name / node)
+
     def volume_path(self, node: str) -> Path:
         return self.workdir / node / "volume.img"
 
@@ -61,9 +67,14 @@ class LocalResource:
     def create(self) -> LocalResource:
         """Write the config, the sparse volume files and SRLs, and `replctl init` each node."""
         ports = free_ports(len(self.nodes))
-        lines = ["[resource]", f'name = "{self.name}"', f'srl_full = "{self.srl_full}"',
-                 f'on_sync_loss = "{self.on_sync_loss}"', f'run_dir = "{self.run_dir}"',
-                 f"heartbeat_ms = {self.heartbeat_ms}"]
+        lines = [
+            "[resource]",
+            f'name = "{self.name}"',
+            f'srl_full = "{self.srl_full}"',
+            f'on_sync_loss = "{self.on_sync_loss}"',
+            f'run_dir = "{self.run_dir}"',
+            f"heartbeat_ms = {self.heartbeat_ms}",
+        ]
         for key, val in self.extra.items():
             lines.append(f"{key} = {json.dumps(val)}")
         for (name, mode), port in zip(self.nodes.items(), ports, strict=True):
@@ -72,9 +83,14 @@ class LocalResource:
                 f.truncate(self.volume_size)
             with open(self.srl_path(name), "wb") as f:
                 f.truncate(self.srl_size)
-            lines += ["", f"[nodes.{name}]", f'address = "127.0.0.1:{port}"',
-                      f'volume = "{self.volume_path(name)}"', f'srl = "{self.srl_path(name)}"',
-                      f'mode = "{mode}"']
+            lines += [
+                "",
+                f"[nodes.{name}]",
+                f'address = "127.0.0.1:{port}"',
+                f'volume = "{self.volume_path(name)}"',
+                f'srl = "{self.srl_path(name)}"',
+                f'mode = "{mode}"',
+            ]
         self.config.write_text("\n".join(lines) + "\n")
         for name in self.nodes:
             self.replctl(name, "init")
@@ -82,14 +98,26 @@ class LocalResource:
 
     # ---- replctl --------------------------------------------------------------------------
 
-    def replctl(self, node: str, *args: str, check: bool = True,
-                timeout: float = 300) -> subprocess.CompletedProcess:
-        cmd = [sys.executable, "-m", "replengine.cli", args[0], "--config", str(self.config),
-               "--node", node, *args[1:]]
+    def replctl(
+        self, node: str, *args: str, check: bool = True, timeout: float = 300
+    ) -> subprocess.CompletedProcess:
+        cmd = [
+            sys.executable,
+            "-m",
+            "replengine.cli",
+            args[0],
+            "--config",
+            str(self.config),
+            "--node",
+            node,
+            *args[1:],
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
-            raise ReplError(f"replctl {' '.join(args)} on {node} failed ({proc.returncode}): "
-                            f"{proc.stderr.strip()}")
+            raise ReplError(
+                f"replctl {' '.join(args)} on {node} failed ({proc.returncode}): "
+                f"{proc.stderr.strip()}"
+            )
         return proc
 
     def up(self, *nodes: str) -> None:
@@ -104,7 +132,7 @@ class LocalResource:
         return self.replctl(node, "promote", *extra).stdout.strip()
 
     def control(self, node: str, timeout_s: float = 30) -> ControlClient:
-        return ControlClient(self.run_dir / self.name / node / "control.sock", timeout_s)
+        return ControlClient(self.paths(node).socket, timeout_s)
 
     def status(self, node: str) -> dict:
         ctl = self.control(node, 10)
@@ -118,7 +146,7 @@ class LocalResource:
 
     def pid(self, node: str) -> int | None:
         try:
-            return int((self.run_dir / self.name / node / "replengined.pid").read_text())
+            return int(self.paths(node).pid.read_text())
         except (FileNotFoundError, ValueError):
             return None
 
@@ -138,11 +166,11 @@ class LocalResource:
         except ProcessLookupError:
             return
         wait_gone(pid)
-        (self.run_dir / self.name / node / "replengined.pid").unlink(missing_ok=True)
+        self.paths(node).pid.unlink(missing_ok=True)
 
     def log(self, node: str) -> str:
         try:
-            return (self.run_dir / self.name / node / "replengined.log").read_text()
+            return self.paths(node).log.read_text()
         except FileNotFoundError:
             return ""
 
@@ -157,8 +185,7 @@ class LocalResource:
             if val:
                 return val
             if time.monotonic() > deadline:
-                raise ReplError(f"timed out after {timeout}s waiting for {what}; "
-                                f"{self.describe()}")
+                raise ReplError(f"timed out after {timeout}s waiting for {what}; {self.describe()}")
             time.sleep(0.05)
 
     def describe(self) -> str:
@@ -166,8 +193,10 @@ class LocalResource:
         for n in self.nodes:
             try:
                 s = self.status(n)
-                out.append(f"{n}: {s['role']} e{s['epoch']} [{s['start_lsn']},{s['end_lsn']}) "
-                           f"applied {s['applied_end']} following {s['following']}")
+                out.append(
+                    f"{n}: {s['role']} e{s['epoch']} [{s['start_lsn']},{s['end_lsn']}) "
+                    f"applied {s['applied_end']} following {s['following']}"
+                )
             except (ReplError, OSError) as exc:
                 out.append(f"{n}: down ({exc})")
         return "; ".join(out)
@@ -207,38 +236,4 @@ class LocalResource:
                 wait_gone(pid)
 
 
-def wait_gone(pid: int, timeout: float = 30) -> None:
-    """Wait for a process (not necessarily our child) to be gone; a zombie counts as gone,
-    since whoever reaps it (init, or nobody in a container) is not up to us."""
-    deadline = time.monotonic() + timeout
-    while is_alive(pid):
-        if time.monotonic() > deadline:
-            raise ReplError(f"process {pid} still alive after {timeout}s")
-        time.sleep(0.02)
-
-
-def is_daemon(pid: int, node: str) -> bool:
-    """True only if `pid` is a live replengined of `node`: after a crash or a reboot a pid
-    file may name a recycled pid, and acting on it (status, or a kill in the agent's stop)
-    would hit an unrelated process."""
-    import psutil
-
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        cmd = proc.cmdline()
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
-    if "replengine.daemon" not in cmd and not any(c.endswith("replengined") for c in cmd):
-        return False
-    return "--node" not in cmd or cmd[cmd.index("--node") + 1:][:1] == [node]
-
-
-def is_alive(pid: int) -> bool:
-    import psutil
-
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+__all__ = ["LocalResource", "free_ports", "is_alive", "is_daemon", "wait_gone"]

@@ -13,12 +13,12 @@ import time
 from typing import TYPE_CHECKING
 
 from replengine.errors import SRLFullError
-from replengine.history import epoch_of
-from replengine.protocol import Ack, Flag, Header, Nack, Update, encode
-from replengine.record import Record
+from replengine.log.history import epoch_of
+from replengine.log.record import Record
+from replengine.wire.protocol import Ack, Flag, Header, Nack, Update, encode
 
 if TYPE_CHECKING:
-    from replengine.daemon import Node
+    from replengine.node.core import Node
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +35,15 @@ class Secondary:
         node = self.node
         pulled = bool(header.flags & Flag.PULLED)
         if header.epoch < node.known_epoch:
-            node.warn_once(f"fenced:{header.sender}:{header.epoch}",
-                           "refused UPDATE LSN %d from %s: its epoch %d is older than the known "
-                           "epoch %d (fenced)", u.lsn, header.sender, header.epoch,
-                           node.known_epoch)
+            node.warn_once(
+                f"fenced:{header.sender}:{header.epoch}",
+                "refused UPDATE LSN %d from %s: its epoch %d is older than the known "
+                "epoch %d (fenced)",
+                u.lsn,
+                header.sender,
+                header.epoch,
+                node.known_epoch,
+            )
             return
         if not pulled and header.sender != node.following:
             log.debug("UPDATE from %s ignored: following %r", header.sender, node.following)
@@ -53,13 +58,24 @@ class Secondary:
             self._nack(header.sender)
             return
         if u.rec_epoch < node.srl.epoch:
-            log.warning("refused UPDATE LSN %d from %s: record epoch %d is older than this "
-                        "node's epoch %d", u.lsn, header.sender, u.rec_epoch, node.srl.epoch)
+            log.warning(
+                "refused UPDATE LSN %d from %s: record epoch %d is older than this node's epoch %d",
+                u.lsn,
+                header.sender,
+                u.rec_epoch,
+                node.srl.epoch,
+            )
             return
         if u.offset + len(u.data) > node.volume.size:
-            log.error("refused UPDATE LSN %d from %s: %d bytes at offset %d lie outside this "
-                      "node's volume (%d bytes)", u.lsn, header.sender, len(u.data), u.offset,
-                      node.volume.size)
+            log.error(
+                "refused UPDATE LSN %d from %s: %d bytes at offset %d lie outside this "
+                "node's volume (%d bytes)",
+                u.lsn,
+                header.sender,
+                len(u.data),
+                u.offset,
+                node.volume.size,
+            )
             return
         if u.rec_epoch > node.srl.epoch and not self._adopt_history(header.sender, u):
             return
@@ -68,8 +84,9 @@ class Secondary:
             pending = node.srl.append_record_nowait(rec, kick=False)
         except SRLFullError:
             if not self._full_logged:
-                log.warning("SRL full at LSN %d: not logging until the primary clears records",
-                            u.lsn)
+                log.warning(
+                    "SRL full at LSN %d: not logging until the primary clears records", u.lsn
+                )
                 self._full_logged = True
             return
         self._full_logged = False
@@ -90,8 +107,13 @@ class Secondary:
             if epoch > node.srl.epoch and first <= u.lsn:
                 node.srl.add_epoch(epoch, first)
         if epoch_of(node.srl.history, u.lsn) != u.rec_epoch:
-            log.error("refused UPDATE LSN %d from %s: record epoch %d does not match its "
-                      "history %s", u.lsn, sender, u.rec_epoch, theirs)
+            log.error(
+                "refused UPDATE LSN %d from %s: record epoch %d does not match its history %s",
+                u.lsn,
+                sender,
+                u.rec_epoch,
+                theirs,
+            )
             return False
         return True
 
@@ -102,8 +124,9 @@ class Secondary:
         if self._last_nack[0] == expected and now - self._last_nack[1] < self.node.heartbeat_s:
             return
         self._last_nack = (expected, now)
-        self.node.transport.send(sender, encode(self.node.cfg.uuid, self.node.known_epoch,
-                                                self.node.me, Nack(expected)))
+        self.node.transport.send(
+            sender, encode(self.node.cfg.uuid, self.node.known_epoch, self.node.me, Nack(expected))
+        )
 
     def ack(self, force: bool = False) -> None:
         """Cumulative ACK to the primary we follow and to a peer we are pulling from."""

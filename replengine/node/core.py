@@ -10,25 +10,26 @@ than its own (invariant 4).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import signal
-import sys
 import time
 import uuid as uuidlib
-from pathlib import Path
 from typing import Any
 
 from replengine import config as configmod
-from replengine.applier import Applier, LocalSync
-from replengine.dcmtrack import DcmReceiver, DcmTracker
 from replengine.errors import ForeignResourceError, ProtocolError, ReplError
-from replengine.history import divergence_point
-from replengine.peers import Peer
-from replengine.primary import Primary
-from replengine.protocol import (
+from replengine.log.history import divergence_point
+from replengine.log.srl import SRL
+from replengine.node.applier import Applier, LocalSync
+from replengine.node.dcm import DcmReceiver, DcmTracker
+from replengine.node.ops import Operations
+from replengine.node.peers import Peer
+from replengine.node.primary import Primary
+from replengine.node.rewind import Rewinder, serve_block_req
+from replengine.node.secondary import Secondary
+from replengine.storage.volume import Volume
+from replengine.wire.protocol import (
     Ack,
     Block,
     BlockAck,
@@ -44,11 +45,7 @@ from replengine.protocol import (
     decode,
     encode,
 )
-from replengine.rewind import Rewinder, serve_block_req
-from replengine.secondary import Secondary
-from replengine.srl import SRL
-from replengine.transport import Transport
-from replengine.volume import Volume
+from replengine.wire.transport import Transport
 
 log = logging.getLogger("replengined")
 
@@ -69,11 +66,16 @@ class Node:
         self.consistent = True
         self.session = uuidlib.uuid4().hex[:16]
         self.peers = {n.name: Peer(n.name, n.mode) for n in cfg.peers()}
-        self.rundir = cfg.runtime_dir()
+        self.paths = cfg.paths()
+        self.rundir = self.paths.dir
         self.rundir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.transport = Transport(self.me, cfg.local.address,
-                                   {n.name: n.address for n in cfg.peers()},
-                                   str(self.rundir / "control.sock"), cfg.heartbeat_ms)
+        self.transport = Transport(
+            self.me,
+            cfg.local.address,
+            {n.name: n.address for n in cfg.peers()},
+            str(self.paths.socket),
+            cfg.heartbeat_ms,
+        )
         self.applier = Applier(self.srl, self.volume, self.srl.start_lsn, self.transport.wake)
         self.watcher = LocalSync(self.applier, self.srl.end_lsn)
         self.applier.replay(self.srl.start_lsn, self.srl.end_lsn)
@@ -99,7 +101,8 @@ class Node:
             raise ReplError(
                 f"SRL {cfg.local.srl} belongs to resource {srl.resource} ({srl.uuid}) node "
                 f"{srl.node}, not to {cfg.name} ({cfg.uuid}) node {self.me}: run "
-                f"'replctl init --config {cfg.path} --node {self.me} --force' to reinitialise")
+                f"'replctl init --config {cfg.path} --node {self.me} --force' to reinitialise"
+            )
 
     # ---- replies to local clients ---------------------------------------------------------
 
@@ -118,18 +121,31 @@ class Node:
     # ---- sending to peers -----------------------------------------------------------------
 
     def send(self, peer: str, body: Any, flags: int = 0) -> bool:
-        return self.transport.send(peer, encode(self.cfg.uuid, self.known_epoch
-                                                if self.role == "secondary" else self.epoch,
-                                                self.me, body, flags))
+        return self.transport.send(
+            peer,
+            encode(
+                self.cfg.uuid,
+                self.known_epoch if self.role == "secondary" else self.epoch,
+                self.me,
+                body,
+                flags,
+            ),
+        )
 
     def hello(self) -> Hello:
-        return Hello(role=self.role, session=self.session,
-                     history=[list(h) for h in self.srl.history],  # type: ignore[misc]
-                     start_lsn=self.srl.start_lsn, end_lsn=self.watcher.durable_end,
-                     applied_end=self.applier.applied_end, digest=self.cfg.digest,
-                     volume_size=self.volume.size,
-                     primary=self.me if self.role == "primary" else self.following,
-                     consistent=self.consistent, following=self.following)
+        return Hello(
+            role=self.role,
+            session=self.session,
+            history=[list(h) for h in self.srl.history],  # type: ignore[misc]
+            start_lsn=self.srl.start_lsn,
+            end_lsn=self.watcher.durable_end,
+            applied_end=self.applier.applied_end,
+            digest=self.cfg.digest,
+            volume_size=self.volume.size,
+            primary=self.me if self.role == "primary" else self.following,
+            consistent=self.consistent,
+            following=self.following,
+        )
 
     def beacon(self) -> None:
         hello = self.hello()
@@ -185,8 +201,7 @@ class Node:
         who is alive is stale. Judging peers by it would degrade every sync secondary at once
         and let a primary that others have replaced complete writes alone. Give every peer a
         fresh liveness window; a deposed primary hears the newer epoch within it."""
-        log.warning("this node did not run for %.1fs: re-checking peers before judging them",
-                    gap)
+        log.warning("this node did not run for %.1fs: re-checking peers before judging them", gap)
         now = time.monotonic()
         # connections the peers dropped while we were frozen report as lost right now: they
         # say nothing about the peers either
@@ -202,8 +217,9 @@ class Node:
         if peer.hello is None or not peer.alive(self.heartbeat_s):
             return
         if time.monotonic() < self.stall_grace_until:
-            log.info("connection to %s dropped while this node was stalled; waiting for its "
-                     "beacon", name)
+            log.info(
+                "connection to %s dropped while this node was stalled; waiting for its beacon", name
+            )
             return
         log.warning("connection to %s lost", name)
         peer.last_seen = 0.0
@@ -213,12 +229,18 @@ class Node:
 
     def on_tick_peer(self, p: Peer, now: float) -> None:
         if p.streaming and not p.alive(self.heartbeat_s, now):
-            log.warning("peer %s silent for %.1fs: considered gone", p.name,
-                        now - p.last_seen if p.last_seen else 0.0)
+            log.warning(
+                "peer %s silent for %.1fs: considered gone",
+                p.name,
+                now - p.last_seen if p.last_seen else 0.0,
+            )
             p.streaming = False
             p.state = "disconnected"
-        if (self.role == "secondary" and p.name == self.following
-                and not p.alive(self.heartbeat_s, now)):
+        if (
+            self.role == "secondary"
+            and p.name == self.following
+            and not p.alive(self.heartbeat_s, now)
+        ):
             log.warning("primary %s gone; waiting for a primary", p.name)
             self.following = ""
 
@@ -259,31 +281,51 @@ class Node:
             sender = inc.identity.decode(errors="replace")
             peer = self.peers.get(sender)
             if peer is None:
-                self.warn_once(f"unknown:{sender}", "message from unknown peer %r refused "
-                               "(not a node of resource %s)", sender, self.cfg.name)
-                self.transport.reply_router(inc.identity, encode(
-                    self.cfg.uuid, self.epoch, self.me,
-                    Reject(f"{sender!r} is not a node of resource {self.cfg.name}")))
+                self.warn_once(
+                    f"unknown:{sender}",
+                    "message from unknown peer %r refused (not a node of resource %s)",
+                    sender,
+                    self.cfg.name,
+                )
+                self.transport.reply_router(
+                    inc.identity,
+                    encode(
+                        self.cfg.uuid,
+                        self.epoch,
+                        self.me,
+                        Reject(f"{sender!r} is not a node of resource {self.cfg.name}"),
+                    ),
+                )
                 continue
             try:
                 msg = decode([f.buffer for f in inc.frames], self.cfg.uuid)
                 if msg.header.sender != sender:
-                    raise ProtocolError(f"sender field {msg.header.sender!r} does not match "
-                                        f"the connection's node {sender!r}")
+                    raise ProtocolError(
+                        f"sender field {msg.header.sender!r} does not match "
+                        f"the connection's node {sender!r}"
+                    )
             except ForeignResourceError as exc:
                 self.warn_once(f"foreign:{sender}", "refused %s: %s", sender, exc)
-                self.transport.reply_router(inc.identity, encode(
-                    self.cfg.uuid, self.epoch, self.me,
-                    Reject(f"{self.me} belongs to resource {self.cfg.name} ({self.cfg.uuid}), "
-                           "not to yours: check the uuid and node addresses in the config")))
+                self.transport.reply_router(
+                    inc.identity,
+                    encode(
+                        self.cfg.uuid,
+                        self.epoch,
+                        self.me,
+                        Reject(
+                            f"{self.me} belongs to resource {self.cfg.name} ({self.cfg.uuid}), "
+                            "not to yours: check the uuid and node addresses in the config"
+                        ),
+                    ),
+                )
                 continue
             except ProtocolError as exc:
-                self.warn_once(f"bad:{sender}:{exc}", "malformed message from %s dropped: %s",
-                               sender, exc)
+                self.warn_once(
+                    f"bad:{sender}:{exc}", "malformed message from %s dropped: %s", sender, exc
+                )
                 continue
             except Exception as exc:  # a decoder bug must not let one message kill the node
-                log.exception("malformed message from %s dropped (decoder error): %s", sender,
-                              exc)
+                log.exception("malformed message from %s dropped (decoder error): %s", sender, exc)
                 continue
             try:
                 self.dispatch(peer, msg)
@@ -328,14 +370,18 @@ class Node:
 
     def on_hello(self, peer: Peer, epoch: int, h: Hello) -> None:
         if h.digest != self.cfg.digest:
-            reason = (f"config digest mismatch: {peer.name} has {h.digest[:12]}, {self.me} has "
-                      f"{self.cfg.digest[:12]} (node list or settings of {self.cfg.name} differ)")
+            reason = (
+                f"config digest mismatch: {peer.name} has {h.digest[:12]}, {self.me} has "
+                f"{self.cfg.digest[:12]} (node list or settings of {self.cfg.name} differ)"
+            )
             self._reject(peer, reason)
             return
-        if (self.role == "primary" and h.following == self.me
-                and h.volume_size < self.volume.size):
-            self._reject(peer, f"volume of {peer.name} ({h.volume_size} bytes) is smaller than "
-                         f"the primary's ({self.volume.size} bytes)")
+        if self.role == "primary" and h.following == self.me and h.volume_size < self.volume.size:
+            self._reject(
+                peer,
+                f"volume of {peer.name} ({h.volume_size} bytes) is smaller than "
+                f"the primary's ({self.volume.size} bytes)",
+            )
             return
         restarted = h.session != peer.session
         was_alive = peer.alive(self.heartbeat_s)
@@ -347,10 +393,12 @@ class Node:
         if epoch > self.known_epoch:
             self.known_epoch = epoch
         if self.role == "primary" and self.known_epoch > self.epoch:
-            self.step_down(f"{peer.name} knows epoch {self.known_epoch}, newer than this "
-                           f"primary's {self.epoch}")
+            self.step_down(
+                f"{peer.name} knows epoch {self.known_epoch}, newer than this "
+                f"primary's {self.epoch}"
+            )
         if restarted or not was_alive:
-            self.send(peer.name, self.hello())   # answer a newcomer now, not at our next beat
+            self.send(peer.name, self.hello())  # answer a newcomer now, not at our next beat
         if self.role == "primary":
             self._primary_hello(peer, h, restarted or not was_alive)
         else:
@@ -369,7 +417,7 @@ class Node:
             peer.streaming = False
             return
         if peer.state == "dcm" or (peer.state == "dcm-resync" and fresh):
-            self.dcm.start_resync(peer)     # back (or restarted mid-copy): copy the regions
+            self.dcm.start_resync(peer)  # back (or restarted mid-copy): copy the regions
             return
         if peer.state == "dcm-resync":
             return
@@ -378,20 +426,32 @@ class Node:
             peer.state = "rewinding"
             return
         peer.acked_end = max(peer.acked_end, h.end_lsn)
-        if (peer.streaming and not fresh and h.end_lsn < peer.next_lsn
-                and time.monotonic() - peer.last_progress > 2 * self.heartbeat_s):
+        if (
+            peer.streaming
+            and not fresh
+            and h.end_lsn < peer.next_lsn
+            and time.monotonic() - peer.last_progress > 2 * self.heartbeat_s
+        ):
             # it reports less than we sent and has not acked anything for two beats: what
             # was in flight was lost (a replaced connection); resend from its end
-            log.warning("secondary %s stuck at LSN %d while %d was sent: resending",
-                        peer.name, h.end_lsn, peer.next_lsn - 1)
+            log.warning(
+                "secondary %s stuck at LSN %d while %d was sent: resending",
+                peer.name,
+                h.end_lsn,
+                peer.next_lsn - 1,
+            )
             peer.restart_stream(h.end_lsn)
             peer.last_progress = time.monotonic()
         if fresh or not peer.streaming:
             peer.restart_stream(h.end_lsn)
             peer.streaming = True
             self.primary.on_connect(peer)
-            log.info("secondary %s connected at LSN %d (primary end %d)", peer.name,
-                     h.end_lsn, self.primary.assigned_end)
+            log.info(
+                "secondary %s connected at LSN %d (primary end %d)",
+                peer.name,
+                h.end_lsn,
+                self.primary.assigned_end,
+            )
 
     def _secondary_hello(self, peer: Peer, epoch: int, h: Hello) -> None:
         if h.role == "primary" and epoch >= self.known_epoch:
@@ -442,8 +502,11 @@ class Node:
             p.shipped_records = p.shipped_bytes = 0
             # a peer not heard from yet has at most what was common before this epoch
             p.acked_end = 0
-            if p.hello and divergence_point(p.hello.history, self.srl.history,
-                                            p.hello.end_lsn) >= p.hello.end_lsn:
+            if (
+                p.hello
+                and divergence_point(p.hello.history, self.srl.history, p.hello.end_lsn)
+                >= p.hello.end_lsn
+            ):
                 p.acked_end = p.hello.end_lsn
         self.dcm.load(self.primary)
         log.warning("PROMOTED to primary: epoch %d starts at LSN %d", new_epoch, first)
@@ -484,7 +547,7 @@ class Node:
         self.transport.close()
         self.volume.close()
         self.srl.close()
-        pid = self.rundir / "replengined.pid"
+        pid = self.paths.pid
         try:
             if pid.read_text().strip() == str(os.getpid()):
                 pid.unlink()
@@ -493,49 +556,4 @@ class Node:
         log.info("stopped")
 
 
-from replengine.ops import Operations  # noqa: E402  (ops needs Node's names at runtime)
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="replengined", description="replengine node daemon")
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--node")
-    ap.add_argument("--ready-fd", type=int, help="write 'ok' or an error here once listening")
-    ap.add_argument("--log-file")
-    args = ap.parse_args(argv)
-    # the loop and the applier share the GIL: with the default 5 ms switch interval the loop,
-    # woken by a returning fdatasync or a socket, can wait that long for the applier's turn
-    # to end, which is the whole latency budget of a sync write
-    sys.setswitchinterval(0.0002)
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if args.log_file:
-        handlers = [logging.FileHandler(args.log_file)]
-    logging.basicConfig(level=logging.INFO, handlers=handlers,
-                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
-    ready = os.fdopen(args.ready_fd, "w") if args.ready_fd is not None else None
-    try:
-        cfg = configmod.load(args.config, node=args.node)
-        node = Node(cfg)
-    except (ReplError, OSError) as exc:
-        log.error("%s", exc)
-        if ready:
-            ready.write(f"error: {exc}\n")
-            ready.close()
-        return 1
-    (node.rundir / "replengined.pid").write_text(f"{os.getpid()}\n")
-    signal.signal(signal.SIGTERM, lambda *_: node.ops.request_down())
-    signal.signal(signal.SIGINT, lambda *_: node.ops.request_down())
-    log.info("node %s of %s listening on %s (SRL %s: start %d end %d epoch %d)", node.me,
-             cfg.name, cfg.local.address, cfg.local.srl, node.srl.start_lsn, node.srl.end_lsn,
-             node.epoch)
-    if ready:
-        ready.write("ok\n")
-        ready.close()
-    return node.run()
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-
-
-__all__ = ["Node", "main", "Path"]
+__all__ = ["Node"]

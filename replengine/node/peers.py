@@ -6,7 +6,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from replengine.protocol import Hello
+from replengine.wire.protocol import Hello
 
 # A peer is alive while its beacons keep arriving; three missed heartbeats mean gone.
 MISSED_BEATS = 3
@@ -15,26 +15,26 @@ MISSED_BEATS = 3
 @dataclass
 class Peer:
     name: str
-    mode: str                       # "sync" | "async": how a primary replicates to it
+    mode: str  # "sync" | "async": how a primary replicates to it
     last_seen: float = 0.0
     hello: Hello | None = None
     epoch: int = 0
     session: str = ""
-    rejected: str = ""              # why we refused it (handshake), "" when fine
+    rejected: str = ""  # why we refused it (handshake), "" when fine
     # primary-side replication state
-    acked_end: int = 0              # every LSN below this is durable in its SRL
+    acked_end: int = 0  # every LSN below this is durable in its SRL
     applied_end: int = 0
-    next_lsn: int = 0               # next LSN to send it
-    sent: deque = field(default_factory=deque)   # (lsn, nbytes) in flight
+    next_lsn: int = 0  # next LSN to send it
+    sent: deque = field(default_factory=deque)  # (lsn, nbytes) in flight
     inflight_bytes: int = 0
-    state: str = "unknown"          # up-to-date | catching-up | dcm-resync | rewinding | ...
-    degraded: bool = False          # sync peer treated as async until it catches up
-    streaming: bool = False         # primary: handshake done, stream running
+    state: str = "unknown"  # up-to-date | catching-up | dcm-resync | rewinding | ...
+    degraded: bool = False  # sync peer treated as async until it catches up
+    streaming: bool = False  # primary: handshake done, stream running
     clear_sent: int = 0
-    shipped_records: int = 0        # records sent to it since this node became primary
+    shipped_records: int = 0  # records sent to it since this node became primary
     shipped_bytes: int = 0
     last_nack: int = 0
-    last_progress: float = 0.0      # when its acked_end last moved (or the stream restarted)
+    last_progress: float = 0.0  # when its acked_end last moved (or the stream restarted)
 
     def alive(self, heartbeat_s: float, now: float | None = None) -> bool:
         now = time.monotonic() if now is None else now

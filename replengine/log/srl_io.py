@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import SRLCorruptError, SRLError
-from .record import Record
-from .srl_format import (
+from replengine.errors import SRLCorruptError, SRLError
+from replengine.log.record import Record
+from replengine.log.srl_format import (
     BLOCK,
     HEADER_SIZE,
     TYPE_DATA,
@@ -30,11 +30,26 @@ from .srl_format import (
 )
 
 if TYPE_CHECKING:
-    from .srl import SRL
+    from replengine.log.srl import SRL
 
-__all__ = ["DURABLE", "FAILED", "IOV_MAX", "PENDING", "ZEROS", "Batch", "Index", "Item",
-           "PendingAppend", "SRLStats", "new_log_id", "open_locked", "pread_all",
-           "pwritev_all", "read_record", "write_records"]
+__all__ = [
+    "DURABLE",
+    "FAILED",
+    "IOV_MAX",
+    "PENDING",
+    "ZEROS",
+    "Batch",
+    "Index",
+    "Item",
+    "PendingAppend",
+    "SRLStats",
+    "new_log_id",
+    "open_locked",
+    "pread_all",
+    "pwritev_all",
+    "read_record",
+    "write_records",
+]
 
 IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024)
 #: One block of zeros: padding and header erasure write slices of it, never a copy.
@@ -85,8 +100,9 @@ def open_locked(path: Path) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise SRLError(f"{path}: SRL is in use by another process (is replengined running?)"
-                       ) from None
+        raise SRLError(
+            f"{path}: SRL is in use by another process (is replengined running?)"
+        ) from None
     return fd
 
 
@@ -125,14 +141,14 @@ class Index:
     def drop_before(self, lsn: int) -> None:
         self._head = max(self._head, min(lsn - self._base, len(self._pos)))
         if self._head > 4096 and self._head * 2 > len(self._pos):
-            del self._pos[:self._head]
-            del self._len[:self._head]
+            del self._pos[: self._head]
+            del self._len[: self._head]
             self._base += self._head
             self._head = 0
 
     def truncate(self, lsn: int) -> None:
-        del self._pos[lsn - self._base:]
-        del self._len[lsn - self._base:]
+        del self._pos[lsn - self._base :]
+        del self._len[lsn - self._base :]
 
     def reset(self, lsn: int) -> None:
         self.__init__(lsn)  # type: ignore[misc]
@@ -239,8 +255,11 @@ def write_records(fd: int, area_off: int, log_id: int, items: list[Item], commit
             run_pos = run_end = it.pos
             bufs = []
         length = it.length
-        bufs.append(pack_header(TYPE_DATA, it.epoch, it.lsn, it.offset, length, committed,
-                                log_id, it.data_crc))
+        bufs.append(
+            pack_header(
+                TYPE_DATA, it.epoch, it.lsn, it.offset, length, committed, log_id, it.data_crc
+            )
+        )
         if length:
             bufs.append(it.data)
         pad = it.size - HEADER_SIZE - length
@@ -254,15 +273,23 @@ def write_records(fd: int, area_off: int, log_id: int, items: list[Item], commit
     return total
 
 
-def read_record(fd: int, path: Path, area_off: int, log_id: int, lsn: int, pos: int,
-                length: int) -> Record:
+def read_record(
+    fd: int, path: Path, area_off: int, log_id: int, lsn: int, pos: int, length: int
+) -> Record:
     """Record ``lsn`` at area position ``pos``, verified by its CRCs (SRLCorruptError if not)."""
     raw = pread_all(fd, HEADER_SIZE, area_off + pos)
     hdr = parse_header(raw)
     data = pread_all(fd, length, area_off + pos + HEADER_SIZE) if length else b""
-    if (hdr is None or hdr.type != TYPE_DATA or hdr.lsn != lsn or hdr.length != length
-            or hdr.log_id != log_id or not data_matches(hdr, raw, data)):
+    if (
+        hdr is None
+        or hdr.type != TYPE_DATA
+        or hdr.lsn != lsn
+        or hdr.length != length
+        or hdr.log_id != log_id
+        or not data_matches(hdr, raw, data)
+    ):
         raise SRLCorruptError(
             f"{path}: record LSN {lsn} at byte {area_off + pos} fails its "
-            "checksum (media corruption); resync this node's SRL from a peer")
+            "checksum (media corruption); resync this node's SRL from a peer"
+        )
     return Record(lsn=lsn, epoch=hdr.epoch, offset=hdr.offset, data=data)

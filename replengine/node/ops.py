@@ -14,13 +14,13 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from replengine.logdiff import NodeLog, plan_sync
-from replengine.peers import Peer
-from replengine.protocol import Ack, Flag, Pull, Update, encode
-from replengine.record import Record
+from replengine.failover.planner import NodeLog, plan_sync
+from replengine.log.record import Record
+from replengine.node.peers import Peer
+from replengine.wire.protocol import Ack, Flag, Pull, Update, encode
 
 if TYPE_CHECKING:
-    from replengine.daemon import Node
+    from replengine.node.core import Node
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class Promotion:
     req: Request
     force: bool
     t0: float
-    phase: str = "probe"            # probe -> pull -> done
+    phase: str = "probe"  # probe -> pull -> done
     probe_until: float = 0.0
     source: str = ""
     target_end: int = 0
@@ -98,8 +98,11 @@ class Operations:
         node = self.node
         if node.primary is None:
             where = f"; the primary is {node.following}" if node.following else ""
-            node.reply_error(req.client, req.req_id, f"node {node.me} of {node.cfg.name} is a "
-                             f"secondary (read-only){where}")
+            node.reply_error(
+                req.client,
+                req.req_id,
+                f"node {node.me} of {node.cfg.name} is a secondary (read-only){where}",
+            )
             return False
         if self.down or self.demotion or not node.primary.accepting:
             node.reply_error(req.client, req.req_id, f"node {node.me} is stopping or demoting")
@@ -120,11 +123,16 @@ class Operations:
             return
         offset, length = int(doc["offset"]), int(doc["length"])
         if offset < 0 or length < 0 or offset + length > node.volume.size:
-            node.reply_error(req.client, req.req_id, f"read of {length} bytes at {offset} is "
-                             f"outside the volume ({node.volume.size} bytes)")
+            node.reply_error(
+                req.client,
+                req.req_id,
+                f"read of {length} bytes at {offset} is "
+                f"outside the volume ({node.volume.size} bytes)",
+            )
             return
-        node.reply(req.client, {"id": req.req_id, "ok": True}, consistent_read(node, offset,
-                                                                               length))
+        node.reply(
+            req.client, {"id": req.req_id, "ok": True}, consistent_read(node, offset, length)
+        )
 
     def op_flush(self, req: Request, doc: dict, data: Any) -> None:
         if self._writable(req):
@@ -135,8 +143,9 @@ class Operations:
         node = self.node
         if not self.flushes or node.primary is None:
             return
-        done_below = node.primary.pending[0].lsn if node.primary.pending else \
-            node.primary.assigned_end
+        done_below = (
+            node.primary.pending[0].lsn if node.primary.pending else node.primary.assigned_end
+        )
         keep = []
         for req, target in self.flushes:
             if target <= done_below:
@@ -154,8 +163,13 @@ class Operations:
             barrier.wait()
             try:
                 cs = node.volume.checksum()
-                result = {"digest": cs.digest, "chunks": cs.chunks, "chunk_size": cs.chunk_size,
-                          "size": cs.size, "applied_end": node.applier.applied_end}
+                result = {
+                    "digest": cs.digest,
+                    "chunks": cs.chunks,
+                    "chunk_size": cs.chunk_size,
+                    "size": cs.size,
+                    "applied_end": node.applier.applied_end,
+                }
             except Exception as exc:  # reported to the caller, the node goes on
                 result = {"error": f"checksum failed: {exc}"}
             self.finished_jobs.append((req, result))
@@ -198,7 +212,9 @@ class Operations:
 
     def final_replies(self) -> None:
         for req in self.down:
-            self.node.reply_ok(req.client, req.req_id, {"applied_end": self.node.applier.applied_end})
+            self.node.reply_ok(
+                req.client, req.req_id, {"applied_end": self.node.applier.applied_end}
+            )
 
     # ---- demote ---------------------------------------------------------------------------
 
@@ -227,24 +243,32 @@ class Operations:
     def op_promote(self, req: Request, doc: dict, data: Any) -> None:
         node = self.node
         if node.primary is not None:
-            node.reply_ok(req.client, req.req_id, {"role": "primary", "epoch": node.epoch,
-                                                   "already": True})
+            node.reply_ok(
+                req.client, req.req_id, {"role": "primary", "epoch": node.epoch, "already": True}
+            )
             return
         if self.promotion:
             node.reply_error(req.client, req.req_id, "a promotion is already running")
             return
         if node.rewinder:
-            node.reply_error(req.client, req.req_id, "this node is rewinding a divergent tail; "
-                             "promote another node or retry when it is done")
+            node.reply_error(
+                req.client,
+                req.req_id,
+                "this node is rewinding a divergent tail; "
+                "promote another node or retry when it is done",
+            )
             return
         force = bool(doc.get("force", False))
         min_peers = doc.get("min_peers")
         self.pulled_bytes = 0
         now = time.monotonic()
-        self.promotion = Promotion(Request(req.client, req.req_id), force, now,
-                                   probe_until=now + node.heartbeat_s * 1.5,
-                                   min_peers=node.cfg.promote_min_peers if min_peers is None
-                                   else int(min_peers))
+        self.promotion = Promotion(
+            Request(req.client, req.req_id),
+            force,
+            now,
+            probe_until=now + node.heartbeat_s * 1.5,
+            min_peers=node.cfg.promote_min_peers if min_peers is None else int(min_peers),
+        )
         node.beacon()
 
     def _refuse(self, why: str) -> None:
@@ -269,9 +293,11 @@ class Operations:
             if node.watcher.durable_end >= pr.target_end:
                 self._finish(pr)
             elif now > pr.deadline:
-                self._refuse(f"could not pull LSNs [{node.watcher.durable_end}, "
-                             f"{pr.target_end}) from {pr.source} in time; refusing so another "
-                             "node can be promoted")
+                self._refuse(
+                    f"could not pull LSNs [{node.watcher.durable_end}, "
+                    f"{pr.target_end}) from {pr.source} in time; refusing so another "
+                    "node can be promoted"
+                )
 
     def _plan(self, pr: Promotion, fresh: list[Peer]) -> None:
         node = self.node
@@ -282,26 +308,40 @@ class Operations:
         need = pr.min_peers
         if len(fresh) < need:
             if not pr.force:
-                self._refuse(f"only {len(fresh)} of {len(node.peers)} peers reachable "
-                             f"({', '.join(p.name for p in fresh) or 'none'}); promotion needs "
-                             f"{need} so that no acknowledged write is left behind on an "
-                             "unreachable node; use --force to promote anyway")
+                self._refuse(
+                    f"only {len(fresh)} of {len(node.peers)} peers reachable "
+                    f"({', '.join(p.name for p in fresh) or 'none'}); promotion needs "
+                    f"{need} so that no acknowledged write is left behind on an "
+                    "unreachable node; use --force to promote anyway"
+                )
                 return
-            log.error("FORCED PROMOTION with %d of %d peers reachable (need %d): writes only "
-                      "unreachable nodes hold may be lost", len(fresh), len(node.peers), need)
-        logs = [NodeLog(node.me, tuple(map(tuple, node.srl.history)), node.srl.start_lsn,
-                        node.watcher.durable_end)]
+            log.error(
+                "FORCED PROMOTION with %d of %d peers reachable (need %d): writes only "
+                "unreachable nodes hold may be lost",
+                len(fresh),
+                len(node.peers),
+                need,
+            )
+        logs = [
+            NodeLog(
+                node.me,
+                tuple(map(tuple, node.srl.history)),
+                node.srl.start_lsn,
+                node.watcher.durable_end,
+            )
+        ]
         for p in fresh:
             h = p.hello
             assert h is not None
             if h.consistent:
-                logs.append(NodeLog(p.name, tuple(map(tuple, h.history)), h.start_lsn,
-                                    h.end_lsn))
+                logs.append(NodeLog(p.name, tuple(map(tuple, h.history)), h.start_lsn, h.end_lsn))
         plan = plan_sync(logs, node.me)
         if node.me in plan.divergent:
             first, end = plan.divergent[node.me]
-            self._refuse(f"this node holds a divergent tail (LSNs [{first}, {end}) of an older "
-                         f"epoch); promote {plan.best} instead")
+            self._refuse(
+                f"this node holds a divergent tail (LSNs [{first}, {end}) of an older "
+                f"epoch); promote {plan.best} instead"
+            )
             return
         if plan.pull is None:
             self._finish(pr)
@@ -310,8 +350,12 @@ class Operations:
         pr.pulled = plan.pull.end_lsn - plan.pull.first_lsn
         pr.deadline = time.monotonic() + 30.0 + pr.pulled / 2000.0
         self.pull_source = pr.source
-        log.warning("promotion: %s is ahead; pulling LSNs [%d, %d) from it first",
-                    pr.source, plan.pull.first_lsn, plan.pull.end_lsn)
+        log.warning(
+            "promotion: %s is ahead; pulling LSNs [%d, %d) from it first",
+            pr.source,
+            plan.pull.first_lsn,
+            plan.pull.end_lsn,
+        )
         node.send(pr.source, Pull(plan.pull.first_lsn, plan.pull.end_lsn))
 
     def _finish(self, pr: Promotion) -> None:
@@ -321,9 +365,14 @@ class Operations:
         node.become_primary(new_epoch)
         took = time.monotonic() - pr.t0
         self.last_promotion = {
-            "role": "primary", "epoch": new_epoch, "first_lsn": node.watcher.durable_end,
-            "pulled_records": pr.pulled, "pulled_bytes": self.pulled_bytes,
-            "pulled_from": pr.source, "seconds": round(took, 3)}
+            "role": "primary",
+            "epoch": new_epoch,
+            "first_lsn": node.watcher.durable_end,
+            "pulled_records": pr.pulled,
+            "pulled_bytes": self.pulled_bytes,
+            "pulled_from": pr.source,
+            "seconds": round(took, 3),
+        }
         node.reply_ok(pr.req.client, pr.req.req_id, self.last_promotion)
         self.promotion = None
         self.pull_source = ""
@@ -338,8 +387,12 @@ class Operations:
         end = min(pull.end, node.watcher.durable_end)
         first = max(pull.first, node.srl.start_lsn)
         if first != pull.first:
-            log.error("%s asked for LSN %d but this SRL starts at %d", peer.name, pull.first,
-                      node.srl.start_lsn)
+            log.error(
+                "%s asked for LSN %d but this SRL starts at %d",
+                peer.name,
+                pull.first,
+                node.srl.start_lsn,
+            )
         self.pulls[peer.name] = PullJob(peer.name, first, end, first)
         log.info("serving pull of LSNs [%d, %d) to %s", first, end, peer.name)
         self._pump_pulls()
@@ -357,8 +410,13 @@ class Operations:
             budget = PULL_BUDGET
             while job.next_lsn < job.end and job.next_lsn - job.acked < PULL_WINDOW and budget:
                 rec = node.srl.get(job.next_lsn)
-                frames = encode(node.cfg.uuid, node.known_epoch, node.me,
-                                Update(rec.lsn, rec.epoch, rec.offset, rec.data), Flag.PULLED)
+                frames = encode(
+                    node.cfg.uuid,
+                    node.known_epoch,
+                    node.me,
+                    Update(rec.lsn, rec.epoch, rec.offset, rec.data),
+                    Flag.PULLED,
+                )
                 if not node.transport.send(job.peer, frames):
                     break
                 budget = max(0, budget - len(rec.data))
@@ -376,15 +434,16 @@ def consistent_read(node: Node, offset: int, length: int) -> bytes:
     for rec in snap:
         lo, hi = max(offset, rec.offset), min(end, rec.offset + len(rec.data))
         if lo < hi:
-            buf[lo - offset:hi - offset] = rec.data[lo - rec.offset:hi - rec.offset]
+            buf[lo - offset : hi - offset] = rec.data[lo - rec.offset : hi - rec.offset]
     return bytes(buf)
 
 
 def status(node: Node) -> dict:
     srl = node.srl
     peers = {}
-    best_end = max([node.watcher.durable_end] + [p.hello.end_lsn for p in node.peers.values()
-                                                   if p.hello])
+    best_end = max(
+        [node.watcher.durable_end] + [p.hello.end_lsn for p in node.peers.values() if p.hello]
+    )
     for p in node.peers.values():
         connected = p.alive(node.heartbeat_s)
         if node.primary:
@@ -396,30 +455,49 @@ def status(node: Node) -> dict:
             lag = max(0, best_end - acked) if p.hello else None
             state = (p.hello.role if p.hello else "unknown") if connected else "disconnected"
         peers[p.name] = {
-            "connected": connected, "mode": p.mode, "acked_lsn": max(0, acked - 1),
-            "lag_records": lag, "lag_bytes": lag_bytes(node, acked) if node.primary else None,
-            "state": state, "degraded": p.degraded, "epoch": p.epoch,
-            "role": p.hello.role if p.hello else None, "rejected": p.rejected or None,
-            "shipped_records": p.shipped_records, "shipped_bytes": p.shipped_bytes,
+            "connected": connected,
+            "mode": p.mode,
+            "acked_lsn": max(0, acked - 1),
+            "lag_records": lag,
+            "lag_bytes": lag_bytes(node, acked) if node.primary else None,
+            "state": state,
+            "degraded": p.degraded,
+            "epoch": p.epoch,
+            "role": p.hello.role if p.hello else None,
+            "rejected": p.rejected or None,
+            "shipped_records": p.shipped_records,
+            "shipped_bytes": p.shipped_bytes,
             "end_lsn": p.hello.end_lsn if p.hello else None,
             "consistent": p.hello.consistent if p.hello else None,
         }
     return {
         # a secondary may know a newer epoch than its log's last record: report that one
-        "resource": node.cfg.name, "node": node.me, "role": node.role,
-        "epoch": max(node.epoch, node.known_epoch), "log_epoch": node.epoch,
-        "known_epoch": node.known_epoch, "history": [list(h) for h in srl.history],
-        "start_lsn": srl.start_lsn, "end_lsn": node.watcher.durable_end,
-        "applied_end": node.applier.applied_end, "consistent": node.consistent,
+        "resource": node.cfg.name,
+        "node": node.me,
+        "role": node.role,
+        "epoch": max(node.epoch, node.known_epoch),
+        "log_epoch": node.epoch,
+        "known_epoch": node.known_epoch,
+        "history": [list(h) for h in srl.history],
+        "start_lsn": srl.start_lsn,
+        "end_lsn": node.watcher.durable_end,
+        "applied_end": node.applier.applied_end,
+        "consistent": node.consistent,
         "following": node.following or None,
-        "srl": {"capacity": srl.capacity, "used_bytes": srl.used_bytes,
-                "free_bytes": srl.free_bytes},
+        "srl": {
+            "capacity": srl.capacity,
+            "used_bytes": srl.used_bytes,
+            "free_bytes": srl.free_bytes,
+        },
         "volume": {"path": str(node.cfg.local.volume), "size": node.volume.size},
         "divergent_tail": node.last_divergent or None,
         "rewinding": node.rewinder is not None,
         "writes_pending": len(node.primary.pending) if node.primary else 0,
         "writes_stalled": len(node.primary.stalled) if node.primary else 0,
-        "pid": os.getpid(), "peers": peers, "dcm": node.dcm.summary() if node.primary else None, "last_promotion": node.ops.last_promotion,
+        "pid": os.getpid(),
+        "peers": peers,
+        "dcm": node.dcm.summary() if node.primary else None,
+        "last_promotion": node.ops.last_promotion,
     }
 
 

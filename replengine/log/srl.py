@@ -29,10 +29,17 @@ from threading import get_ident
 
 import crc32c
 
-from .errors import SRLCorruptError, SRLError, SRLFullError
-from .record import Record
-from .srl_format import BLOCK, MAX_HISTORY, MAX_LENGTH, SB_SIZE, Superblock, record_size
-from .srl_io import (
+from replengine.errors import SRLCorruptError, SRLError, SRLFullError
+from replengine.log.record import Record
+from replengine.log.srl_format import (
+    BLOCK,
+    MAX_HISTORY,
+    MAX_LENGTH,
+    SB_SIZE,
+    Superblock,
+    record_size,
+)
+from replengine.log.srl_io import (
     DURABLE,
     FAILED,
     PENDING,
@@ -47,7 +54,7 @@ from .srl_io import (
     read_record,
     write_records,
 )
-from .srl_recovery import (
+from replengine.log.srl_recovery import (
     MIN_SRL_SIZE,
     SCAN_WINDOW,
     choose_superblock,
@@ -70,6 +77,7 @@ MAX_INFLIGHT = 8
 OVERLAP_MIN_BYTES = 256 << 10
 MAX_INFLIGHT_BYTES = 2 * MAX_BATCH_BYTES
 assert SCAN_WINDOW > 2 * MAX_INFLIGHT_BYTES - BLOCK  # recovery's look-ahead covers them
+
 
 class SRL:
     """An open SRL. Build with ``SRL.create`` or ``SRL.open``; all methods are thread-safe."""
@@ -111,8 +119,16 @@ class SRL:
         self._committer: threading.Thread | None = None
 
     @classmethod
-    def create(cls, path: str | os.PathLike, *, resource: str, uuid: uuid_mod.UUID, node: str,
-               force: bool = False, size: int | None = None) -> SRL:
+    def create(
+        cls,
+        path: str | os.PathLike,
+        *,
+        resource: str,
+        uuid: uuid_mod.UUID,
+        node: str,
+        force: bool = False,
+        size: int | None = None,
+    ) -> SRL:
         """Initialise an empty SRL (start = end = LSN 1) and return it open.
 
         ``size`` (addition) creates or grows a regular file first, for tests and file-backed
@@ -125,8 +141,9 @@ class SRL:
                 pass
         fd = open_locked(path)
         try:
-            sb = format_log(path, fd, resource=resource, uuid=uuid, node=node, force=force,
-                            size=size)
+            sb = format_log(
+                path, fd, resource=resource, uuid=uuid, node=node, force=force, size=size
+            )
             srl = cls(path, fd, sb, 1)
             srl._start()
             return srl
@@ -156,8 +173,9 @@ class SRL:
         return is_initialised(path)
 
     def _start(self) -> None:
-        self._committer = threading.Thread(target=self._commit_loop, daemon=True,
-                                           name=f"srl-commit:{self.path.name}")
+        self._committer = threading.Thread(
+            target=self._commit_loop, daemon=True, name=f"srl-commit:{self.path.name}"
+        )
         self._committer.start()
 
     # ------------------------------------------------------------------ properties
@@ -239,8 +257,9 @@ class SRL:
         """Append with the next LSN; returns it once durable (concurrent callers share syncs)."""
         return self._wait_item(self._enqueue(None, epoch, offset, data, kick=False), None)
 
-    def append_nowait(self, epoch: int, offset: int, data: bytes, *,
-                      kick: bool = True) -> PendingAppend:
+    def append_nowait(
+        self, epoch: int, offset: int, data: bytes, *, kick: bool = True
+    ) -> PendingAppend:
         """Reserve the next LSN and queue the record. With kick, the committer thread makes it
         durable; without, whoever first waits on it (or a later record) writes the batch in
         its own thread — the daemon's loop does that to avoid thread hand-offs."""
@@ -248,31 +267,36 @@ class SRL:
 
     def append_record(self, rec: Record) -> None:
         """Log a record received from the primary (or a peer in log-diff sync), same LSN."""
-        self._wait_item(self._enqueue(rec.lsn, rec.epoch, rec.offset, rec.data, kick=False),
-                        None)
+        self._wait_item(self._enqueue(rec.lsn, rec.epoch, rec.offset, rec.data, kick=False), None)
 
     def append_record_nowait(self, rec: Record, *, kick: bool = True) -> PendingAppend:
         """(Addition) append_record without waiting, so a secondary can pipeline UPDATEs;
         `kick` as for append_nowait."""
-        return PendingAppend(self, self._enqueue(rec.lsn, rec.epoch, rec.offset, rec.data,
-                                                 kick=kick))
+        return PendingAppend(
+            self, self._enqueue(rec.lsn, rec.epoch, rec.offset, rec.data, kick=kick)
+        )
 
-    def _enqueue(self, lsn: int | None, epoch: int, offset: int, data: bytes, *,
-                 kick: bool) -> Item:
+    def _enqueue(
+        self, lsn: int | None, epoch: int, offset: int, data: bytes, *, kick: bool
+    ) -> Item:
         """Reserve LSN + space and queue the record. ``kick`` wakes the committer thread, for
         callers that will not wait (and lead) right away."""
         mv = memoryview(data).cast("B")
         if len(mv) > MAX_LENGTH or not 0 <= offset < 1 << 64 or not 0 <= epoch < 1 << 64:
-            raise SRLError(f"{self.path}: record out of range (epoch {epoch}, offset {offset}, "
-                           f"length {len(mv)})")
+            raise SRLError(
+                f"{self.path}: record out of range (epoch {epoch}, offset {offset}, "
+                f"length {len(mv)})"
+            )
         data_crc = crc32c.crc32c(mv)  # outside the lock: appenders checksum in parallel
         with self._lock:
             while self._paused:
                 self._done_cv.wait()
             self._check_usable()
             if lsn is not None and lsn != self._next_lsn:
-                raise SRLError(f"{self.path}: record LSN {lsn} does not follow the log: expected "
-                               f"LSN {self._next_lsn} (end of log)")
+                raise SRLError(
+                    f"{self.path}: record LSN {lsn} does not follow the log: expected "
+                    f"LSN {self._next_lsn} (end of log)"
+                )
             item = self._reserve(epoch, offset, mv, data_crc)
             self._queue.append(item)
             self._queued_bytes += item.size
@@ -296,8 +320,10 @@ class SRL:
         SRLFullError changing nothing. Free space counts from the durable start."""
         size = record_size(len(mv))
         if size > self._cap:
-            raise SRLError(f"{self.path}: a record of {len(mv)} bytes needs {size} bytes, more "
-                           f"than the whole SRL ({self._cap} bytes)")
+            raise SRLError(
+                f"{self.path}: a record of {len(mv)} bytes needs {size} bytes, more "
+                f"than the whole SRL ({self._cap} bytes)"
+            )
         pos, wrap_pos, need = self._next_pos, None, size
         if pos + size > self._cap:
             wrap_pos, need, pos = pos, size + self._cap - pos, 0
@@ -306,9 +332,11 @@ class SRL:
             raise SRLFullError(
                 f"{self.path}: SRL full: LSN {self._next_lsn} needs {need} bytes, {free} of "
                 f"{self._cap} free (start LSN {self._start_lsn}, end LSN {self._next_lsn}); "
-                "a secondary is lagging or the SRL is too small")
-        item = Item(self._next_lsn, epoch, offset, mv, len(mv), data_crc, pos, size, wrap_pos,
-                     get_ident())
+                "a secondary is lagging or the SRL is too small"
+            )
+        item = Item(
+            self._next_lsn, epoch, offset, mv, len(mv), data_crc, pos, size, wrap_pos, get_ident()
+        )
         self._next_lsn += 1
         self._next_pos = (pos + size) % self._cap
         return item
@@ -346,8 +374,7 @@ class SRL:
                     if item.state != PENDING:  # finished after the wakeup: pass it on
                         item.signal()
                 elif item.state == PENDING:
-                    raise TimeoutError(f"{self.path}: LSN {item.lsn} not durable after "
-                                       f"{timeout} s")
+                    raise TimeoutError(f"{self.path}: LSN {item.lsn} not durable after {timeout} s")
         if item.state == FAILED:
             assert item.error is not None
             raise item.error
@@ -375,8 +402,11 @@ class SRL:
             return False
         if self._inflight == 0:
             return True
-        return (self._inflight < MAX_INFLIGHT and self._queued_bytes >= OVERLAP_MIN_BYTES
-                and self._inflight_bytes + self._queue[0].size <= MAX_INFLIGHT_BYTES)
+        return (
+            self._inflight < MAX_INFLIGHT
+            and self._queued_bytes >= OVERLAP_MIN_BYTES
+            and self._inflight_bytes + self._queue[0].size <= MAX_INFLIGHT_BYTES
+        )
 
     def _lead_batch(self) -> None:
         """Write + fdatasync the next batch. Called and returns with ``_lock`` held; the I/O
@@ -402,8 +432,7 @@ class SRL:
         lock.release()
         try:
             try:
-                written = write_records(self._fd, self._area_off, self._sb.log_id, items,
-                                        committed)
+                written = write_records(self._fd, self._area_off, self._sb.log_id, items, committed)
             finally:
                 lock.acquire()
             if self._failed is not None:  # another batch failed meanwhile: this one too
@@ -505,8 +534,10 @@ class SRL:
 
     def _fail(self, batch: list[Item], exc: OSError) -> None:
         """An I/O error leaves the on-disk tail unknown: fail everything, refuse further use."""
-        err = SRLError(f"{self.path}: writing LSNs {batch[0].lsn}..{batch[-1].lsn} failed: "
-                       f"{exc}; the SRL must be reopened (recovery decides what survived)")
+        err = SRLError(
+            f"{self.path}: writing LSNs {batch[0].lsn}..{batch[-1].lsn} failed: "
+            f"{exc}; the SRL must be reopened (recovery decides what survived)"
+        )
         self._failed = err
         for it in (*(i for b in self._flight for i in b.items), *self._queue):
             if it.state == PENDING:
@@ -529,8 +560,10 @@ class SRL:
         (SRLError), the records are read lazily with pread, concurrently with appends."""
         with self._lock:
             if not self._start_lsn <= first_lsn <= end_lsn <= self._durable_end:
-                raise SRLError(f"{self.path}: cannot read LSNs [{first_lsn}, {end_lsn}): the "
-                               f"log holds [{self._start_lsn}, {self._durable_end})")
+                raise SRLError(
+                    f"{self.path}: cannot read LSNs [{first_lsn}, {end_lsn}): the "
+                    f"log holds [{self._start_lsn}, {self._durable_end})"
+                )
         return self._iter_records(first_lsn, end_lsn)
 
     def _iter_records(self, first_lsn: int, end_lsn: int) -> Iterator[Record]:
@@ -543,8 +576,10 @@ class SRL:
             try:
                 pos, length = self._index.lookup(lsn)
             except KeyError:
-                raise SRLError(f"{self.path}: LSN {lsn} is not in the log [{self._start_lsn}, "
-                               f"{self._durable_end})") from None
+                raise SRLError(
+                    f"{self.path}: LSN {lsn} is not in the log [{self._start_lsn}, "
+                    f"{self._durable_end})"
+                ) from None
         try:
             return self._read_at(lsn, pos, length)
         except SRLCorruptError:
@@ -553,8 +588,7 @@ class SRL:
             raise
 
     def _read_at(self, lsn: int, pos: int, length: int) -> Record:
-        return read_record(self._fd, self.path, self._area_off, self._sb.log_id, lsn, pos,
-                           length)
+        return read_record(self._fd, self.path, self._area_off, self._sb.log_id, lsn, pos, length)
 
     # ------------------------------------------------------------------ clear / truncate / reset
 
@@ -567,12 +601,13 @@ class SRL:
                 if new_start == self._start_lsn:
                     return
                 if not self._start_lsn < new_start <= self._durable_end:
-                    raise SRLError(f"{self.path}: cannot move start to LSN {new_start}: log "
-                                   f"holds [{self._start_lsn}, {self._durable_end}) durable")
+                    raise SRLError(
+                        f"{self.path}: cannot move start to LSN {new_start}: log "
+                        f"holds [{self._start_lsn}, {self._durable_end}) durable"
+                    )
                 pos = self._pos_of(new_start)
                 end, end_pos = self._durable_end, self._durable_pos
-            self._write_superblock(start_lsn=new_start, start_pos=pos, end_lsn=end,
-                                   end_pos=end_pos)
+            self._write_superblock(start_lsn=new_start, start_pos=pos, end_lsn=end, end_pos=end_pos)
             with self._lock:
                 self._start_lsn, self._start_pos = new_start, pos
                 self._index.drop_before(new_start)
@@ -597,15 +632,18 @@ class SRL:
         """
         with self._sb_lock, self._paused_appends():
             if not self._start_lsn <= new_end <= self._durable_end:
-                raise SRLError(f"{self.path}: cannot truncate to LSN {new_end}: log holds "
-                               f"[{self._start_lsn}, {self._durable_end})")
+                raise SRLError(
+                    f"{self.path}: cannot truncate to LSN {new_end}: log holds "
+                    f"[{self._start_lsn}, {self._durable_end})"
+                )
             old_end, old_end_pos = self._durable_end, self._durable_pos
             if new_end == old_end:
                 return []
             records = [self._read_at(n, *self._index.lookup(n)) for n in range(new_end, old_end)]
             end_pos = self._end_pos_of(new_end)
-            self._write_superblock(end_lsn=new_end, end_pos=end_pos, trunc_lsn=new_end,
-                                   trunc_end_pos=old_end_pos)
+            self._write_superblock(
+                end_lsn=new_end, end_pos=end_pos, trunc_lsn=new_end, trunc_end_pos=old_end_pos
+            )
             self._zero_headers(self._positions_from(new_end, end_pos, old_end))
             self._write_superblock(trunc_lsn=0, trunc_end_pos=0)
             self._index.truncate(new_end)
@@ -635,8 +673,15 @@ class SRL:
         if lsn < 1:
             raise SRLError(f"{self.path}: cannot reset to LSN {lsn}: LSNs start at 1")
         with self._sb_lock, self._paused_appends():
-            self._write_superblock(log_id=new_log_id(), start_lsn=lsn, start_pos=0,
-                                   end_lsn=lsn, end_pos=0, trunc_lsn=0, trunc_end_pos=0)
+            self._write_superblock(
+                log_id=new_log_id(),
+                start_lsn=lsn,
+                start_pos=0,
+                end_lsn=lsn,
+                end_pos=0,
+                trunc_lsn=0,
+                trunc_end_pos=0,
+            )
             self._index.reset(lsn)
             self._start_lsn = self._durable_end = self._next_lsn = lsn
             self._start_pos = self._durable_pos = self._next_pos = 0
@@ -662,19 +707,25 @@ class SRL:
         with self._sb_lock:
             hist = list(self._sb.history)
             if epoch <= self.epoch:
-                raise SRLError(f"{self.path}: epoch {epoch} must exceed the current epoch "
-                               f"{self.epoch}")
+                raise SRLError(
+                    f"{self.path}: epoch {epoch} must exceed the current epoch {self.epoch}"
+                )
             if hist and first_lsn < hist[-1][1]:
-                raise SRLError(f"{self.path}: epoch {epoch} cannot start at LSN {first_lsn}, "
-                               f"before epoch {hist[-1][0]} (LSN {hist[-1][1]})")
+                raise SRLError(
+                    f"{self.path}: epoch {epoch} cannot start at LSN {first_lsn}, "
+                    f"before epoch {hist[-1][0]} (LSN {hist[-1][1]})"
+                )
             if len(hist) >= MAX_HISTORY:
-                raise SRLError(f"{self.path}: epoch history is full ({MAX_HISTORY} entries); "
-                               "re-create the SRL after a full resync to start a new history")
+                raise SRLError(
+                    f"{self.path}: epoch history is full ({MAX_HISTORY} entries); "
+                    "re-create the SRL after a full resync to start a new history"
+                )
             with self._lock:
                 self._check_usable()
                 end, end_pos = self._durable_end, self._durable_pos
-            self._write_superblock(history=[*hist, (epoch, first_lsn)], end_lsn=end,
-                                   end_pos=end_pos)
+            self._write_superblock(
+                history=[*hist, (epoch, first_lsn)], end_lsn=end, end_pos=end_pos
+            )
 
     # ------------------------------------------------------------------ superblock
 
@@ -713,8 +764,7 @@ class SRL:
         try:
             if self._failed is None:
                 with self._sb_lock:
-                    self._write_superblock(end_lsn=self._durable_end,
-                                           end_pos=self._durable_pos)
+                    self._write_superblock(end_lsn=self._durable_end, end_pos=self._durable_pos)
         finally:
             self._release()
 
@@ -745,6 +795,7 @@ class SRL:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"SRL({str(self.path)!r}, start={self._start_lsn}, end={self._durable_end}, "
-                f"used={self.used_bytes}/{self._cap})")
-
+        return (
+            f"SRL({str(self.path)!r}, start={self._start_lsn}, end={self._durable_end}, "
+            f"used={self.used_bytes}/{self._cap})"
+        )

@@ -32,21 +32,21 @@ _PREFIX = struct.Struct("!4sBBH16sQB")
 
 
 class MsgType(IntEnum):
-    HELLO = 1      # handshake + status beacon (JSON)
-    REJECT = 2     # handshake refused, reason (JSON)
-    UPDATE = 3     # one record (binary + data frame)
-    ACK = 4        # cumulative durable/applied LSNs (binary)
-    CLEAR = 5      # all secondaries have everything < clear_end (binary)
-    NACK = 6       # gap detected: resend from expected (binary)
-    PULL = 7       # send me records [first, end) (binary)
+    HELLO = 1  # handshake + status beacon (JSON)
+    REJECT = 2  # handshake refused, reason (JSON)
+    UPDATE = 3  # one record (binary + data frame)
+    ACK = 4  # cumulative durable/applied LSNs (binary)
+    CLEAR = 5  # all secondaries have everything < clear_end (binary)
+    NACK = 6  # gap detected: resend from expected (binary)
+    PULL = 7  # send me records [first, end) (binary)
     BLOCK_REQ = 8  # send me these volume ranges (JSON)
-    BLOCK = 9      # one volume range (binary + data frame)
+    BLOCK = 9  # one volume range (binary + data frame)
     BLOCK_DONE = 10  # end of a block rewrite (JSON)
-    BLOCK_ACK = 11   # bytes of blocks received so far (binary): flow control of resyncs
+    BLOCK_ACK = 11  # bytes of blocks received so far (binary): flow control of resyncs
 
 
 class Flag:
-    PULLED = 1     # UPDATE is a reply to PULL, not the primary's live stream
+    PULLED = 1  # UPDATE is a reply to PULL, not the primary's live stream
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,11 +58,11 @@ class Header:
     flags: int = 0
 
 
-_UPDATE = struct.Struct("!QQQIIQ")   # lsn, rec_epoch, offset, length, crc, clear_end
-_ACK = struct.Struct("!QQ")          # durable_end, applied_end
+_UPDATE = struct.Struct("!QQQIIQ")  # lsn, rec_epoch, offset, length, crc, clear_end
+_ACK = struct.Struct("!QQ")  # durable_end, applied_end
 _ONE = struct.Struct("!Q")
 _PULL = struct.Struct("!QQ")
-_BLOCK = struct.Struct("!QII")       # offset, length, crc
+_BLOCK = struct.Struct("!QII")  # offset, length, crc
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,8 +145,7 @@ class BlockAck:
     received: int
 
 
-Body = (Update | Ack | Clear | Nack | Pull | Block | Hello | Reject | BlockReq | BlockDone
-        | BlockAck)
+Body = Update | Ack | Clear | Nack | Pull | Block | Hello | Reject | BlockReq | BlockDone | BlockAck
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,9 +155,17 @@ class Message:
 
 
 _HELLO_SCHEMA: dict[str, type | tuple[type, ...]] = {
-    "role": str, "session": str, "history": list, "start_lsn": int, "end_lsn": int,
-    "applied_end": int, "digest": str, "volume_size": int, "primary": str,
-    "consistent": bool, "following": str,
+    "role": str,
+    "session": str,
+    "history": list,
+    "start_lsn": int,
+    "end_lsn": int,
+    "applied_end": int,
+    "digest": str,
+    "volume_size": int,
+    "primary": str,
+    "consistent": bool,
+    "following": str,
 }
 _JSON_SCHEMAS: dict[MsgType, dict[str, type | tuple[type, ...]]] = {
     MsgType.HELLO: _HELLO_SCHEMA,
@@ -167,14 +174,23 @@ _JSON_SCHEMAS: dict[MsgType, dict[str, type | tuple[type, ...]]] = {
     MsgType.BLOCK_DONE: {"tag": str, "primary_end": int, "resume_lsn": int},
 }
 _BODY_TYPE: dict[type, MsgType] = {
-    Update: MsgType.UPDATE, Ack: MsgType.ACK, Clear: MsgType.CLEAR, Nack: MsgType.NACK,
-    Pull: MsgType.PULL, Block: MsgType.BLOCK, Hello: MsgType.HELLO, Reject: MsgType.REJECT,
-    BlockReq: MsgType.BLOCK_REQ, BlockDone: MsgType.BLOCK_DONE, BlockAck: MsgType.BLOCK_ACK,
+    Update: MsgType.UPDATE,
+    Ack: MsgType.ACK,
+    Clear: MsgType.CLEAR,
+    Nack: MsgType.NACK,
+    Pull: MsgType.PULL,
+    Block: MsgType.BLOCK,
+    Hello: MsgType.HELLO,
+    Reject: MsgType.REJECT,
+    BlockReq: MsgType.BLOCK_REQ,
+    BlockDone: MsgType.BLOCK_DONE,
+    BlockAck: MsgType.BLOCK_ACK,
 }
 
 
-def encode(uuid: uuidlib.UUID, epoch: int, sender: str, body: Body,
-           flags: int = 0) -> list[bytes | memoryview]:
+def encode(
+    uuid: uuidlib.UUID, epoch: int, sender: str, body: Body, flags: int = 0
+) -> list[bytes | memoryview]:
     """Frames for `body`; the data of UPDATE/BLOCK is passed through without a copy."""
     mtype = _BODY_TYPE[type(body)]
     name = sender.encode()
@@ -183,8 +199,13 @@ def encode(uuid: uuidlib.UUID, epoch: int, sender: str, body: Body,
     prefix = _PREFIX.pack(MAGIC, VERSION, mtype, flags, uuid.bytes, epoch, len(name)) + name
     if isinstance(body, Update):
         crc = crc32c.crc32c(body.data)
-        return [prefix + _UPDATE.pack(body.lsn, body.rec_epoch, body.offset, len(body.data),
-                                      crc, body.clear_end), body.data]
+        return [
+            prefix
+            + _UPDATE.pack(
+                body.lsn, body.rec_epoch, body.offset, len(body.data), crc, body.clear_end
+            ),
+            body.data,
+        ]
     if isinstance(body, Block):
         crc = crc32c.crc32c(body.data)
         return [prefix + _BLOCK.pack(body.offset, len(body.data), crc), body.data]
@@ -202,8 +223,10 @@ def encode(uuid: uuidlib.UUID, epoch: int, sender: str, body: Body,
     return [prefix + json.dumps(doc, separators=(",", ":")).encode()]
 
 
-def decode(frames: list[bytes] | list[memoryview], expect_uuid: uuidlib.UUID | None = None,
-           ) -> Message:
+def decode(
+    frames: list[bytes] | list[memoryview],
+    expect_uuid: uuidlib.UUID | None = None,
+) -> Message:
     """Parse frames into a Message, or raise ProtocolError saying what is wrong."""
     if not frames or len(frames) > 2:
         raise ProtocolError(f"expected 1 or 2 frames, got {len(frames)}")
@@ -214,20 +237,23 @@ def decode(frames: list[bytes] | list[memoryview], expect_uuid: uuidlib.UUID | N
     if magic != MAGIC:
         raise ProtocolError(f"bad magic {magic!r}: not a replengine message")
     if version != VERSION:
-        raise ProtocolError(f"protocol version {version} not supported (this node speaks {VERSION})")
+        raise ProtocolError(
+            f"protocol version {version} not supported (this node speaks {VERSION})"
+        )
     try:
         mtype = MsgType(mtype)
     except ValueError:
         raise ProtocolError(f"unknown message type {mtype}") from None
     uuid = uuidlib.UUID(bytes=ubytes)
     if expect_uuid is not None and uuid != expect_uuid:
-        raise ForeignResourceError(f"message for foreign resource {uuid} (this resource is "
-                                   f"{expect_uuid})")
+        raise ForeignResourceError(
+            f"message for foreign resource {uuid} (this resource is {expect_uuid})"
+        )
     off = _PREFIX.size
     if nlen == 0 or nlen > MAX_NAME or len(head) < off + nlen:
         raise ProtocolError(f"bad sender name length {nlen}")
     try:
-        sender = head[off:off + nlen].decode()
+        sender = head[off : off + nlen].decode()
     except UnicodeDecodeError:
         raise ProtocolError("sender name is not UTF-8") from None
     off += nlen
@@ -315,9 +341,11 @@ def _decode_json(mtype: MsgType, rest: bytes) -> Body:
 def _pairs(value: list, what: str) -> list[tuple[int, int]]:
     out = []
     for item in value:
-        if (not isinstance(item, list) or len(item) != 2
-                or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
-                           for x in item)):
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in item)
+        ):
             raise ProtocolError(f"{what} entry {item!r} is not a pair of non-negative integers")
         out.append((item[0], item[1]))
     return out

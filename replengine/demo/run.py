@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from replengine.localcluster import LocalResource
+from replengine.demo.localcluster import LocalResource
 
 BLOCK = 4096
 
@@ -49,22 +49,29 @@ def _ends(r: LocalResource, names: list[str]) -> dict[str, int]:
 
 def run_demo(args: argparse.Namespace) -> int:
     tl = Timeline()
-    workdir = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="replengine-demo-",
-                                                                    dir="/var/tmp"))
+    workdir = (
+        Path(args.dir)
+        if args.dir
+        else Path(tempfile.mkdtemp(prefix="replengine-demo-", dir="/var/tmp"))
+    )
     workdir.mkdir(parents=True, exist_ok=True)
     vol_size = args.volume_mib << 20
-    r = LocalResource(workdir, nodes={"alpha": "sync", "beta": "sync", "gamma": "sync",
-                                      "delta": "async"},
-                      # a 4 KiB record takes 8 KiB of SRL; room for 3x the workload
-                      volume_size=vol_size, srl_size=max(64 << 20, args.records * 3 * 8192),
-                      heartbeat_ms=300)
+    r = LocalResource(
+        workdir,
+        nodes={"alpha": "sync", "beta": "sync", "gamma": "sync", "delta": "async"},
+        # a 4 KiB record takes 8 KiB of SRL; room for 3x the workload
+        volume_size=vol_size,
+        srl_size=max(64 << 20, args.records * 3 * 8192),
+        heartbeat_ms=300,
+    )
     rng = random.Random(42)
     n = args.records
     ok = False
     try:
         r.create()
-        tl.say(f"resource r0: 4 nodes on 127.0.0.1, {args.volume_mib} MiB file volumes in "
-               f"{workdir}")
+        tl.say(
+            f"resource r0: 4 nodes on 127.0.0.1, {args.volume_mib} MiB file volumes in {workdir}"
+        )
         r.up()
         r.promote("alpha")
         tl.say("alpha is primary (epoch 1); beta, gamma sync; delta async")
@@ -99,35 +106,45 @@ def run_demo(args: argparse.Namespace) -> int:
         before = r.wait_for(settled, 30, "the survivors' end LSNs to settle")
         best = max(before, key=lambda k: before[k])
         for name, end in before.items():
-            tl.say(f"  {name:5s} end LSN {end:6d}  lacks {before[best] - end:5d} records"
-                   f"{'  <- most up to date' if name == best else ''}")
+            tl.say(
+                f"  {name:5s} end LSN {end:6d}  lacks {before[best] - end:5d} records"
+                f"{'  <- most up to date' if name == best else ''}"
+            )
         t = time.monotonic()
         r.promote("gamma")
         promote_s = time.monotonic() - t
         st = r.status("gamma")
         lp = st["last_promotion"]
-        tl.say(f"promoted gamma in {promote_s:.2f}s: pulled {lp['pulled_records']} records "
-               f"({lp['pulled_bytes']} bytes) from {lp['pulled_from'] or 'nobody'}, epoch "
-               f"{lp['epoch']} starts at LSN {lp['first_lsn']}")
+        tl.say(
+            f"promoted gamma in {promote_s:.2f}s: pulled {lp['pulled_records']} records "
+            f"({lp['pulled_bytes']} bytes) from {lp['pulled_from'] or 'nobody'}, epoch "
+            f"{lp['epoch']} starts at LSN {lp['first_lsn']}"
+        )
         r.wait_synced(["beta", "gamma", "delta"])
         st = r.status("gamma")
         tl.say("survivors in sync; log-diff shipped by gamma:")
         for name in ("beta", "delta"):
             p = st["peers"][name]
-            tl.say(f"  to {name:5s}: {p['shipped_records']:5d} records, {p['shipped_bytes']:9d} "
-                   f"bytes = {p['shipped_bytes'] / vol_size:.4%} of the {vol_size} byte volume")
+            tl.say(
+                f"  to {name:5s}: {p['shipped_records']:5d} records, {p['shipped_bytes']:9d} "
+                f"bytes = {p['shipped_bytes'] / vol_size:.4%} of the {vol_size} byte volume"
+            )
         r.up("alpha")
         r.wait_synced()
         tl.say("alpha restarted: rejoined as a secondary of gamma and caught up")
         sums = r.checksums()
         same = len(set(sums.values())) == 1
-        tl.say(f"verify: volume checksums {'IDENTICAL' if same else 'DIFFER'} on "
-               f"{', '.join(sums)} ({next(iter(sums.values()))[:16]}...)")
+        tl.say(
+            f"verify: volume checksums {'IDENTICAL' if same else 'DIFFER'} on "
+            f"{', '.join(sums)} ({next(iter(sums.values()))[:16]}...)"
+        )
         shipped = sum(st["peers"][n]["shipped_bytes"] for n in ("beta", "delta"))
         print()
-        print(f"figures: promote {promote_s:.2f}s; records pulled {lp['pulled_records']}; "
-              f"bytes shipped to survivors {shipped + lp['pulled_bytes']} vs a full copy of "
-              f"{2 * vol_size} (2 volumes): {(shipped + lp['pulled_bytes']) / (2 * vol_size):.4%}")
+        print(
+            f"figures: promote {promote_s:.2f}s; records pulled {lp['pulled_records']}; "
+            f"bytes shipped to survivors {shipped + lp['pulled_bytes']} vs a full copy of "
+            f"{2 * vol_size} (2 volumes): {(shipped + lp['pulled_bytes']) / (2 * vol_size):.4%}"
+        )
         ok = same
         if args.keep:
             print(f"\nleft running (--keep): replctl status --config {r.config} --node gamma")

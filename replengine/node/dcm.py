@@ -2,7 +2,7 @@
 
 When the SRL is full because a secondary lags or is gone, the primary stops keeping log
 records for it: every region it has not received is marked in a persistent dirty-region
-bitmap (replengine.dcm.DirtyMap), the bitmap is made durable, and only then may the records
+bitmap (replengine.storage.dirtymap.DirtyMap), the bitmap is made durable, and only then may the records
 be cleared (`dcm_covered_end`). When the secondary returns, the primary copies just the dirty
 regions (BLOCK messages, read as of every completed write), tells it where its log restarts
 (BLOCK_DONE.resume_lsn) and streams records from there. The secondary is marked inconsistent
@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from replengine.dcm import DirtyMap
-from replengine.protocol import Block, BlockAck, BlockDone
+from replengine.storage.dirtymap import DirtyMap
+from replengine.wire.protocol import Block, BlockAck, BlockDone
 
 if TYPE_CHECKING:
-    from replengine.daemon import Node
-    from replengine.peers import Peer
-    from replengine.primary import Primary
+    from replengine.node.core import Node
+    from replengine.node.peers import Peer
+    from replengine.node.primary import Primary
 
 log = logging.getLogger(__name__)
 
@@ -80,21 +80,27 @@ class DcmTracker:
             path = dcm_path(node, name)
             if not path.exists():
                 continue
-            dmap = DirtyMap.open(path, volume_size=node.volume.size,
-                                 region_size=node.cfg.dcm_region_size)
+            dmap = DirtyMap.open(
+                path, volume_size=node.volume.size, region_size=node.cfg.dcm_region_size
+            )
             if dmap.is_empty:
                 path.unlink()
                 continue
             self._enter(peer, dmap, node.srl.start_lsn, primary)
-            log.warning("secondary %s still has %d dirty bytes from before: in dcm", name,
-                        dmap.dirty_bytes)
+            log.warning(
+                "secondary %s still has %d dirty bytes from before: in dcm", name, dmap.dirty_bytes
+            )
 
     def release_laggards(self, primary: Primary) -> bool:
         """Switch the peers holding the log's start back to dcm; True if any was switched."""
         node = self.node
-        candidates = [p for p in node.peers.values()
-                      if p.state not in ("dcm", "dcm-resync") and not p.rejected
-                      and p.acked_end < primary.assigned_end]
+        candidates = [
+            p
+            for p in node.peers.values()
+            if p.state not in ("dcm", "dcm-resync")
+            and not p.rejected
+            and p.acked_end < primary.assigned_end
+        ]
         if not candidates:
             return False
         floor = min(p.acked_end for p in candidates)
@@ -102,12 +108,21 @@ class DcmTracker:
         for p in candidates:
             if p.acked_end == floor:
                 path = dcm_path(node, p.name)
-                dmap = DirtyMap.create(path, volume_size=node.volume.size,
-                                       region_size=node.cfg.dcm_region_size, force=True)
+                dmap = DirtyMap.create(
+                    path,
+                    volume_size=node.volume.size,
+                    region_size=node.cfg.dcm_region_size,
+                    force=True,
+                )
                 self._enter(p, dmap, p.acked_end, primary)
-                log.error("SRL FULL: secondary %s (acked LSN %d) switched to dcm: its records "
-                          "are released and %d bytes of regions will be resynced when it "
-                          "returns (srl_full=dcm)", p.name, p.acked_end - 1, dmap.dirty_bytes)
+                log.error(
+                    "SRL FULL: secondary %s (acked LSN %d) switched to dcm: its records "
+                    "are released and %d bytes of regions will be resynced when it "
+                    "returns (srl_full=dcm)",
+                    p.name,
+                    p.acked_end - 1,
+                    dmap.dirty_bytes,
+                )
                 switched = True
         self.flush(force=True)
         return switched
@@ -115,13 +130,20 @@ class DcmTracker:
     def enter_full(self, peer: Peer, primary: Primary) -> None:
         """The peer needs records this SRL no longer has: resync every region."""
         node = self.node
-        dmap = DirtyMap.create(dcm_path(node, peer.name), volume_size=node.volume.size,
-                               region_size=node.cfg.dcm_region_size, force=True)
+        dmap = DirtyMap.create(
+            dcm_path(node, peer.name),
+            volume_size=node.volume.size,
+            region_size=node.cfg.dcm_region_size,
+            force=True,
+        )
         dmap.mark_all()
         self._enter(peer, dmap, primary.assigned_end, primary)
         self.flush(force=True)
-        log.error("secondary %s needs records older than this SRL: full resync through dcm "
-                  "(%d bytes)", peer.name, dmap.dirty_bytes)
+        log.error(
+            "secondary %s needs records older than this SRL: full resync through dcm (%d bytes)",
+            peer.name,
+            dmap.dirty_bytes,
+        )
 
     def _enter(self, peer: Peer, dmap: DirtyMap, from_lsn: int, primary: Primary) -> None:
         node = self.node
@@ -179,20 +201,31 @@ class DcmTracker:
         node = self.node
         dmap = self.maps[peer.name]
         self.flush(force=True)
-        job = Resync(peer.name, node.watcher.durable_end, deque(dmap.regions()),
-                     started=time.monotonic(), dirty_bytes=dmap.dirty_bytes)
+        job = Resync(
+            peer.name,
+            node.watcher.durable_end,
+            deque(dmap.regions()),
+            started=time.monotonic(),
+            dirty_bytes=dmap.dirty_bytes,
+        )
         self.resyncs[peer.name] = job
         peer.state = "dcm-resync"
-        log.warning("secondary %s back: resyncing %d bytes of dirty regions, then its log from "
-                    "LSN %d", peer.name, dmap.dirty_bytes, job.resume_lsn)
+        log.warning(
+            "secondary %s back: resyncing %d bytes of dirty regions, then its log from LSN %d",
+            peer.name,
+            dmap.dirty_bytes,
+            job.resume_lsn,
+        )
 
     def summary(self) -> dict:
         """For status: who is in dcm, how much is dirty, the last completed resync."""
         peers = {}
         for name, dmap in self.maps.items():
             job = self.resyncs.get(name)
-            peers[name] = {"dirty_bytes": dmap.dirty_bytes,
-                           "resync_sent": job.sent if job else None}
+            peers[name] = {
+                "dirty_bytes": dmap.dirty_bytes,
+                "resync_sent": job.sent if job else None,
+            }
         return {"peers": peers, "last_resync": self.last_resync}
 
     def on_block_ack(self, peer: Peer, ack: BlockAck) -> None:
@@ -201,7 +234,7 @@ class DcmTracker:
             job.acked = max(job.acked, ack.received)
 
     def pump(self) -> None:
-        from replengine.ops import consistent_read
+        from replengine.node.ops import consistent_read
 
         node = self.node
         for job in list(self.resyncs.values()):
@@ -224,8 +257,9 @@ class DcmTracker:
                 else:
                     job.ranges[0] = (off + n, length - n)
             if not job.ranges and not job.done:
-                if node.send(job.peer, BlockDone(job.tag, node.watcher.durable_end,
-                                                 job.resume_lsn)):
+                if node.send(
+                    job.peer, BlockDone(job.tag, node.watcher.durable_end, job.resume_lsn)
+                ):
                     job.done = True
                     peer.restart_stream(job.resume_lsn)
                     peer.acked_end = job.resume_lsn
@@ -247,10 +281,17 @@ class DcmTracker:
         dmap.path.unlink(missing_ok=True)
         peer.state = "catching-up"
         peer.degraded = peer.mode == "sync"
-        self.last_resync = {"peer": peer.name, "bytes": job.sent, "resume_lsn": job.resume_lsn,
-                            "seconds": round(time.monotonic() - job.started, 3)}
-        log.warning("secondary %s: dcm resync complete (%d bytes copied), consistent again",
-                    peer.name, job.sent)
+        self.last_resync = {
+            "peer": peer.name,
+            "bytes": job.sent,
+            "resume_lsn": job.resume_lsn,
+            "seconds": round(time.monotonic() - job.started, 3),
+        }
+        log.warning(
+            "secondary %s: dcm resync complete (%d bytes copied), consistent again",
+            peer.name,
+            job.sent,
+        )
 
 
 class DcmReceiver:
@@ -264,8 +305,7 @@ class DcmReceiver:
         self.done = False
         node.applier.barrier().wait()
         node.consistent = False
-        log.warning("dcm resync from %s started: this node is inconsistent until it ends",
-                    source)
+        log.warning("dcm resync from %s started: this node is inconsistent until it ends", source)
 
     def on_block(self, block: Block) -> None:
         self.node.volume.write(block.offset, block.data)
@@ -288,16 +328,19 @@ class DcmReceiver:
             node.secondary.assigned_end = done.resume_lsn
         self.primary_end = done.primary_end
         self.done = True
-        log.warning("dcm resync: %d bytes of regions received; log restarts at LSN %d; "
-                    "consistent once LSN %d is applied", self.received, done.resume_lsn,
-                    done.primary_end)
+        log.warning(
+            "dcm resync: %d bytes of regions received; log restarts at LSN %d; "
+            "consistent once LSN %d is applied",
+            self.received,
+            done.resume_lsn,
+            done.primary_end,
+        )
         node.send(self.source, node.hello())
 
     def progress(self) -> bool:
         """True once consistent again."""
         if self.done and self.node.applier.applied_end >= self.primary_end:
             self.node.consistent = True
-            log.warning("dcm resync complete: consistent at LSN %d",
-                        self.node.applier.applied_end)
+            log.warning("dcm resync complete: consistent at LSN %d", self.node.applier.applied_end)
             return True
         return False

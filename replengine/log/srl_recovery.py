@@ -16,8 +16,8 @@ import uuid as uuid_mod
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .errors import SRLCorruptError, SRLError
-from .srl_format import (
+from replengine.errors import SRLCorruptError, SRLError
+from replengine.log.srl_format import (
     AREA_OFFSET,
     BLOCK,
     FORMAT_VERSION,
@@ -35,10 +35,17 @@ from .srl_format import (
     record_size,
     unpack_superblock,
 )
-from .srl_io import Index, new_log_id, pread_all
+from replengine.log.srl_io import Index, new_log_id, pread_all
 
-__all__ = ["MIN_SRL_SIZE", "SCAN_WINDOW", "Recovered", "choose_superblock", "format_log",
-           "is_initialised", "scan_log"]
+__all__ = [
+    "MIN_SRL_SIZE",
+    "SCAN_WINDOW",
+    "Recovered",
+    "choose_superblock",
+    "format_log",
+    "is_initialised",
+    "scan_log",
+]
 
 #: Smallest device/file accepted: both superblock copies plus 1 MiB of circular area.
 MIN_SRL_SIZE = AREA_OFFSET + MIN_AREA_SIZE
@@ -50,8 +57,16 @@ SCAN_WINDOW = 64 << 20
 _SCAN_CHUNK = 1 << 20
 
 
-def format_log(path: Path, fd: int, *, resource: str, uuid: uuid_mod.UUID, node: str,
-               force: bool, size: int | None) -> Superblock:
+def format_log(
+    path: Path,
+    fd: int,
+    *,
+    resource: str,
+    uuid: uuid_mod.UUID,
+    node: str,
+    force: bool,
+    size: int | None,
+) -> Superblock:
     """Write an empty log (start = end = LSN 1) into both superblock copies and fsync; the
     result is the copy in slot 1. ``size`` grows a regular file first. Refuses a device that
     already holds an SRL unless ``force``: overwriting one throws away records a peer may
@@ -60,19 +75,38 @@ def format_log(path: Path, fd: int, *, resource: str, uuid: uuid_mod.UUID, node:
         os.ftruncate(fd, size)
     dev_size = os.lseek(fd, 0, os.SEEK_END)
     if dev_size < MIN_SRL_SIZE:
-        raise SRLError(f"{path}: {dev_size} bytes is too small for an SRL; need at "
-                       f"least {MIN_SRL_SIZE} (1 MiB log area + 8 KiB superblocks)")
+        raise SRLError(
+            f"{path}: {dev_size} bytes is too small for an SRL; need at "
+            f"least {MIN_SRL_SIZE} (1 MiB log area + 8 KiB superblocks)"
+        )
     old = [pread_all(fd, SB_SIZE, i * SB_SIZE) for i in range(SB_COPIES)]
     if not force and any(has_sb_magic(b) for b in old):
-        desc = next((f" (resource {s.resource!r}, node {s.node!r})" for s in
-                     map(unpack_superblock, old) if s), "")
-        raise SRLError(f"{path} already holds an SRL{desc}; use --force to overwrite it "
-                       "(its records are lost)")
+        desc = next(
+            (
+                f" (resource {s.resource!r}, node {s.node!r})"
+                for s in map(unpack_superblock, old)
+                if s
+            ),
+            "",
+        )
+        raise SRLError(
+            f"{path} already holds an SRL{desc}; use --force to overwrite it (its records are lost)"
+        )
     gen = max((s.generation for s in map(unpack_superblock, old) if s), default=0)
-    sb = Superblock(resource=resource, uuid=uuid, node=node, area_offset=AREA_OFFSET,
-                    area_size=(dev_size - AREA_OFFSET) // BLOCK * BLOCK,
-                    log_id=new_log_id(), start_lsn=1, start_pos=0, end_lsn=1,
-                    end_pos=0, history=[], generation=gen + 1)
+    sb = Superblock(
+        resource=resource,
+        uuid=uuid,
+        node=node,
+        area_offset=AREA_OFFSET,
+        area_size=(dev_size - AREA_OFFSET) // BLOCK * BLOCK,
+        log_id=new_log_id(),
+        start_lsn=1,
+        start_pos=0,
+        end_lsn=1,
+        end_pos=0,
+        history=[],
+        generation=gen + 1,
+    )
     try:
         copies = [sb, replace(sb, generation=gen + 2)]
         raw = [c.pack() for c in copies]
@@ -98,24 +132,36 @@ def choose_superblock(path: Path, fd: int) -> tuple[Superblock, int]:
     """Newest valid copy and its slot: copies are written alternately, so a torn write only
     ever damages the older one."""
     dev_size = os.lseek(fd, 0, os.SEEK_END)
-    raw = [pread_all(fd, SB_SIZE, i * SB_SIZE) if dev_size >= (i + 1) * SB_SIZE
-           else b"" for i in range(SB_COPIES)]
+    raw = [
+        pread_all(fd, SB_SIZE, i * SB_SIZE) if dev_size >= (i + 1) * SB_SIZE else b""
+        for i in range(SB_COPIES)
+    ]
     found = [(s, i) for i, s in enumerate(map(unpack_superblock, raw)) if s is not None]
     if not found:
         if any(has_sb_magic(b) for b in raw):
-            raise SRLCorruptError(f"{path}: both SRL superblock copies (bytes 0 and "
-                                  f"{SB_SIZE}) fail their checksum; re-create the SRL and "
-                                  "resync this node")
+            raise SRLCorruptError(
+                f"{path}: both SRL superblock copies (bytes 0 and "
+                f"{SB_SIZE}) fail their checksum; re-create the SRL and "
+                "resync this node"
+            )
         raise SRLError(f"{path}: not an initialised SRL (no superblock); create it first")
     sb, slot = max(found, key=lambda f: f[0].generation)
     if sb.version != FORMAT_VERSION:
-        raise SRLError(f"{path}: SRL format version {sb.version}, this replengine reads "
-                       f"version {FORMAT_VERSION}")
-    if (sb.area_offset != AREA_OFFSET or sb.area_size < MIN_AREA_SIZE
-            or sb.area_size % BLOCK or sb.area_offset + sb.area_size > dev_size):
-        raise SRLCorruptError(f"{path}: superblock describes a log area of {sb.area_size} "
-                              f"bytes at {sb.area_offset}, device has {dev_size} bytes "
-                              "(device shrunk or superblock damaged)")
+        raise SRLError(
+            f"{path}: SRL format version {sb.version}, this replengine reads "
+            f"version {FORMAT_VERSION}"
+        )
+    if (
+        sb.area_offset != AREA_OFFSET
+        or sb.area_size < MIN_AREA_SIZE
+        or sb.area_size % BLOCK
+        or sb.area_offset + sb.area_size > dev_size
+    ):
+        raise SRLCorruptError(
+            f"{path}: superblock describes a log area of {sb.area_size} "
+            f"bytes at {sb.area_offset}, device has {dev_size} bytes "
+            "(device shrunk or superblock damaged)"
+        )
     if sb.start_pos % BLOCK or sb.start_pos >= sb.area_size:
         raise SRLCorruptError(f"{path}: superblock start position {sb.start_pos} is invalid")
     return sb, slot
@@ -159,7 +205,8 @@ class _Scan:
             raise SRLCorruptError(
                 f"{self.path}: record LSN {lsn} at byte {self.area_off + pos} is missing or "
                 f"fails its checksum, but the superblock records LSNs up to {sb.end_lsn - 1} "
-                "as durable: the SRL is corrupt; resync this node")
+                "as durable: the SRL is corrupt; resync this node"
+            )
         if sb.trunc_lsn:  # crashed inside truncate(): finish erasing the dead tail
             span = (sb.trunc_end_pos - pos) % self.cap or self.cap
             return Recovered(lsn, pos, self._dead_headers(pos, span, lsn, None)[0], True)
@@ -210,11 +257,13 @@ class _Scan:
                 f"{self.path}: record LSN {lsn} at byte {self.area_off + pos} is missing or "
                 f"fails its checksum, but record LSN {ehdr.lsn} at byte "
                 f"{self.area_off + epos} was written after LSN {ehdr.committed_lsn - 1} was "
-                "durable: corruption in the middle of the log; resync this node")
+                "durable: corruption in the middle of the log; resync this node"
+            )
         return dead
 
-    def _dead_headers(self, pos: int, span: int, min_lsn: int, durable_lsn: int | None
-                      ) -> tuple[list[int], tuple[int, RecordHeader] | None]:
+    def _dead_headers(
+        self, pos: int, span: int, min_lsn: int, durable_lsn: int | None
+    ) -> tuple[list[int], tuple[int, RecordHeader] | None]:
         """Scan ``span`` bytes from ``pos`` (circularly) at every 4 KiB boundary for headers
         of this log with LSN >= min_lsn. Also returns the first whose committed_lsn proves
         ``durable_lsn`` was durable (evidence of corruption), if asked."""
@@ -226,14 +275,13 @@ class _Scan:
             n = min(_SCAN_CHUNK, span - done, self.cap - start)
             buf = memoryview(pread_all(self.fd, n, self.area_off + start))
             for off in range(0, n, BLOCK):
-                if buf[off:off + 4] != b"RPLR":
+                if buf[off : off + 4] != b"RPLR":
                     continue
-                hdr = parse_header(buf[off:off + HEADER_SIZE])
+                hdr = parse_header(buf[off : off + HEADER_SIZE])
                 if hdr is None or hdr.log_id != self.sb.log_id or hdr.lsn < min_lsn:
                     continue
                 dead.append(start + off)
-                if (durable_lsn is not None and evidence is None
-                        and hdr.committed_lsn > durable_lsn):
+                if durable_lsn is not None and evidence is None and hdr.committed_lsn > durable_lsn:
                     evidence = (start + off, hdr)
             done += n
         return dead, evidence

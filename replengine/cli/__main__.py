@@ -1,0 +1,5 @@
+import sys
+
+from replengine.cli import main
+
+sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from replengine.daemon import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Choosing who is most up to date and what each node lacks (pure planning)."""

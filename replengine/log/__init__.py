@@ -1,0 +1,1 @@
+"""The on-disk Storage Replication Log: record format, io, recovery, epoch history."""

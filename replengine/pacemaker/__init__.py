@@ -1,0 +1,1 @@
+"""The OCF resource agent's logic (ocf:replengine:replengine)."""

@@ -1,0 +1,1 @@
+"""Bytes between processes: the peer protocol, the ZeroMQ transport, the control socket."""

@@ -1,0 +1,61 @@
+"""The control socket's client side: JSON requests, optional data frame, matched by id."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from replengine.errors import ReplError
+from replengine.runtime import RuntimePaths
+
+
+class ControlClient:
+    """Request/response over the daemon's control socket (mode 0600: root only)."""
+
+    def __init__(self, sock_path: Path, timeout_s: float = 30.0) -> None:
+        self.sock_path = sock_path
+        # a socket file left by a killed daemon must not make callers wait for a timeout
+        if not sock_path.exists() or RuntimePaths(sock_path.parent).daemon_pid() is None:
+            raise ReplError(f"no daemon listening at {sock_path} (is it up? 'replctl up')")
+        self.ctx = zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(f"ipc://{sock_path}")
+        self.timeout_ms = int(timeout_s * 1000)
+        self._ids = itertools.count(1)
+        self._done: dict[int, tuple[dict, bytes | None]] = {}
+
+    def send(self, op: str, data: Any = None, **fields: Any) -> int:
+        req_id = next(self._ids)
+        frames: list = [json.dumps({"op": op, "id": req_id, **fields}).encode()]
+        if data is not None:
+            frames.append(data)
+        self.sock.send_multipart(frames, copy=len(frames) == 1 or len(data) < 65536)
+        return req_id
+
+    def wait(self, req_id: int, timeout_s: float | None = None) -> tuple[dict, bytes | None]:
+        timeout = self.timeout_ms if timeout_s is None else int(timeout_s * 1000)
+        while req_id not in self._done:
+            if not self.sock.poll(timeout):
+                raise ReplError(
+                    f"daemon at {self.sock_path} did not answer within {timeout / 1000:.0f}s"
+                )
+            frames = self.sock.recv_multipart()
+            doc = json.loads(frames[0])
+            self._done[doc.get("id")] = (doc, frames[1] if len(frames) > 1 else None)
+        return self._done.pop(req_id)
+
+    def call(
+        self, op: str, data: Any = None, timeout_s: float | None = None, **fields: Any
+    ) -> tuple[dict, bytes | None]:
+        doc, payload = self.wait(self.send(op, data, **fields), timeout_s)
+        if not doc.get("ok"):
+            raise ReplError(doc.get("error", "unknown error"))
+        return doc, payload
+
+    def close(self) -> None:
+        self.sock.close(0)
