@@ -15,10 +15,10 @@ from replengine.failover.planner import (
     Transfer,
     clear_point,
     divergence_point,
-    epoch_at,
     plan_summary,
     plan_sync,
 )
+from replengine.log.history import epoch_at
 
 H1 = ((1, 1),)
 

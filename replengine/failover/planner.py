@@ -35,11 +35,11 @@ The plan has two phases, kept apart because they run at different times in the p
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from replengine.errors import ReplError
+from replengine.log.history import divergence_point as history_divergence
 
 History = tuple[tuple[int, int], ...]
 
@@ -149,27 +149,11 @@ class SyncPlan:
         return not self.all_transfers and not self.divergent and not self.needs_full
 
 
-def epoch_at(history: History, lsn: int) -> int | None:
-    """The epoch that wrote ``lsn`` according to ``history``; None if before its first entry."""
-    idx = bisect_right([f for _, f in history], lsn) - 1
-    return history[idx][0] if idx >= 0 else None
-
-
 def divergence_point(node: NodeLog, reference: History) -> int:
     """First LSN below ``node.end`` whose epoch differs between ``node.history`` and
-    ``reference``; ``node.end`` if they agree on all of the node's records.
-
-    Epochs are constant between history boundaries, so comparing at every boundary of either
-    history (and at LSN 1) is enough -- O(len(histories)), independent of the LSN range.
-    """
-    points = sorted({1} | {f for _, f in node.history} | {f for _, f in reference})
-    for lsn in points:
-        if lsn >= node.end:
-            break
-        mine, theirs = epoch_at(node.history, lsn), epoch_at(reference, lsn)
-        if mine is not None and theirs is not None and mine != theirs:
-            return lsn
-    return node.end
+    ``reference``; ``node.end`` if they agree on all of the node's records (the one
+    definition lives in replengine.log.history)."""
+    return history_divergence(node.history, reference, node.end)
 
 
 def _pick(candidates: Iterable[NodeLog], promote: str) -> NodeLog:

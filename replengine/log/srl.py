@@ -21,7 +21,7 @@ import threading
 import time
 import uuid as uuid_mod
 from collections import deque
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -30,6 +30,7 @@ from threading import get_ident
 import crc32c
 
 from replengine.errors import SRLCorruptError, SRLError, SRLFullError
+from replengine.log.history import check, divergence_point, epoch_at, normalise
 from replengine.log.record import Record
 from replengine.log.srl_format import (
     BLOCK,
@@ -726,6 +727,36 @@ class SRL:
             self._write_superblock(
                 history=[*hist, (epoch, first_lsn)], end_lsn=end, end_pos=end_pos
             )
+
+    def set_history(self, history: Sequence[tuple[int, int]]) -> None:
+        """Replace the epoch history, durable before return.
+
+        Only a history that names the same epoch for every LSN this one knows below the end is
+        taken: a follower may drop epochs that wrote nothing it kept (a promotion lost before
+        its first write) and take its primary's newer ones, but never re-label a record.
+        """
+        new = normalise(history)
+        check(new)
+        with self._sb_lock:
+            with self._lock:
+                self._check_usable()
+                end, end_pos = self._durable_end, self._durable_pos
+            old = self._sb.history
+            if divergence_point(old, new, end) < end:
+                raise SRLError(
+                    f"{self.path}: history {list(new)} names another epoch than {list(old)} "
+                    f"for a record below LSN {end}"
+                )
+            if end > self._start_lsn and epoch_at(new, self._start_lsn) is None:
+                raise SRLError(
+                    f"{self.path}: history {list(new)} does not say which epoch wrote LSN "
+                    f"{self._start_lsn}, the oldest record in the log"
+                )
+            if len(new) > MAX_HISTORY:
+                raise SRLError(f"{self.path}: history of {len(new)} entries exceeds {MAX_HISTORY}")
+            if new == tuple(old):
+                return
+            self._write_superblock(history=list(new), end_lsn=end, end_pos=end_pos)
 
     # ------------------------------------------------------------------ superblock
 

@@ -12,8 +12,8 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from replengine.errors import SRLFullError
-from replengine.log.history import epoch_of
+from replengine.errors import ReplError, SRLFullError
+from replengine.log.history import epoch_at, join
 from replengine.log.record import Record
 from replengine.wire.protocol import Ack, Flag, Header, Nack, Update, encode
 
@@ -57,15 +57,6 @@ class Secondary:
         if u.lsn > self.assigned_end:
             self._nack(header.sender)
             return
-        if u.rec_epoch < node.srl.epoch:
-            log.warning(
-                "refused UPDATE LSN %d from %s: record epoch %d is older than this node's epoch %d",
-                u.lsn,
-                header.sender,
-                u.rec_epoch,
-                node.srl.epoch,
-            )
-            return
         if u.offset + len(u.data) > node.volume.size:
             log.error(
                 "refused UPDATE LSN %d from %s: %d bytes at offset %d lie outside this "
@@ -77,7 +68,7 @@ class Secondary:
                 node.volume.size,
             )
             return
-        if u.rec_epoch > node.srl.epoch and not self._adopt_history(header.sender, u):
+        if not self._epoch_matches(header.sender, u):
             return
         rec = Record(u.lsn, u.rec_epoch, u.offset, u.data)
         try:
@@ -97,16 +88,18 @@ class Secondary:
         if u.clear_end:
             node.applier.clear(u.clear_end)
 
-    def _adopt_history(self, sender: str, u: Update) -> bool:
-        """Take the sender's epoch boundaries up to this record, so this node's history says
-        exactly what the primary's does (a guessed boundary would look like divergence)."""
+    def _epoch_matches(self, sender: str, u: Update) -> bool:
+        """The record's epoch must be the one its sender's history names for its LSN; when
+        ours names another there (an epoch we knew that wrote nothing we kept, or a newer
+        one we have not seen), ours is joined to the sender's from this LSN on, durably,
+        before the record is logged: a guessed boundary would look like divergence later."""
         node = self.node
+        hist = node.srl.history
+        if u.rec_epoch == node.srl.epoch and hist and hist[-1][1] <= u.lsn:
+            return True  # the common case: the current epoch's next record
         peer = node.peers.get(sender)
         theirs = peer.hello.history if peer and peer.hello else []
-        for epoch, first in theirs:
-            if epoch > node.srl.epoch and first <= u.lsn:
-                node.srl.add_epoch(epoch, first)
-        if epoch_of(node.srl.history, u.lsn) != u.rec_epoch:
+        if epoch_at(theirs, u.lsn) != u.rec_epoch:
             log.error(
                 "refused UPDATE LSN %d from %s: record epoch %d does not match its history %s",
                 u.lsn,
@@ -115,6 +108,21 @@ class Secondary:
                 theirs,
             )
             return False
+        if epoch_at(hist, u.lsn) == u.rec_epoch:
+            return True
+        try:
+            joined = join(hist, theirs, u.lsn)
+            node.srl.set_history(joined)
+        except ReplError as exc:
+            log.error("refused UPDATE LSN %d from %s: %s", u.lsn, sender, exc)
+            return False
+        log.warning(
+            "epoch history %s replaced by %s from LSN %d on (as %s's)",
+            hist,
+            list(joined),
+            u.lsn,
+            sender,
+        )
         return True
 
     def _nack(self, sender: str) -> None:
