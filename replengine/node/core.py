@@ -20,6 +20,7 @@ from typing import Any
 from replengine import config as configmod
 from replengine.errors import ForeignResourceError, ProtocolError, ReplError
 from replengine.log.history import divergence_point
+from replengine.log.record import Record
 from replengine.log.srl import SRL
 from replengine.node.applier import Applier, LocalSync
 from replengine.node.dcm import DcmReceiver, DcmTracker
@@ -36,6 +37,7 @@ from replengine.wire.protocol import (
     BlockDone,
     BlockReq,
     Clear,
+    Flag,
     Hello,
     Message,
     Nack,
@@ -130,6 +132,13 @@ class Node:
                 body,
                 flags,
             ),
+        )
+
+    def send_pulled(self, peer: str, rec: Record) -> bool:
+        """A record for a peer being promoted (it pulls what it lacks from us)."""
+        body = Update(rec.lsn, rec.epoch, rec.offset, rec.data)
+        return self.transport.send(
+            peer, encode(self.cfg.uuid, self.known_epoch, self.me, body, Flag.PULLED)
         )
 
     def hello(self) -> Hello:
@@ -348,7 +357,7 @@ class Node:
                 self.secondary.on_update(header, body)
         elif isinstance(body, Ack):
             peer.on_ack(body.durable_end, body.applied_end)
-            self.ops.on_ack(peer, body)
+            self.ops.pulls.on_ack(peer.name, body.durable_end)
         elif isinstance(body, Clear):
             if self.role == "secondary" and header.sender == self.following:
                 self.applier.clear(body.clear_end)
@@ -356,7 +365,7 @@ class Node:
             if self.primary and peer.streaming and body.expected < peer.next_lsn:
                 peer.restart_stream(max(body.expected, peer.acked_end))
         elif isinstance(body, Pull):
-            self.ops.serve_pull(peer, body)
+            self.ops.pulls.serve(peer.name, body.first, body.end)
         elif isinstance(body, BlockReq):
             serve_block_req(self, peer, body)
         elif isinstance(body, BlockAck):

@@ -92,14 +92,23 @@ class DcmTracker:
             )
 
     def release_laggards(self, primary: Primary) -> bool:
-        """Switch the peers holding the log's start back to dcm; True if any was switched."""
+        """Switch the peers whose unacknowledged records hold the log's start to dcm, the
+        furthest behind first; True if any was switched.
+
+        Only a peer that lacks the oldest record still logged holds space: switching one that
+        is merely a few writes in flight behind frees nothing until the clear that the last
+        switch allowed has run, and would copy its whole volume for no reason. A connected
+        sync secondary is never switched: writers wait for it anyway."""
         node = self.node
+        start = node.srl.start_lsn
         candidates = [
             p
             for p in node.peers.values()
             if p.state not in ("dcm", "dcm-resync")
             and not p.rejected
+            and p.acked_end <= start
             and p.acked_end < primary.assigned_end
+            and not (p.mode == "sync" and p.streaming and not p.degraded)
         ]
         if not candidates:
             return False
@@ -234,7 +243,7 @@ class DcmTracker:
             job.acked = max(job.acked, ack.received)
 
     def pump(self) -> None:
-        from replengine.node.ops import consistent_read
+        from replengine.node.reads import consistent_read
 
         node = self.node
         for job in list(self.resyncs.values()):

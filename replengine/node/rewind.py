@@ -112,7 +112,7 @@ class Rewinder:
 
 def serve_block_req(node: Node, peer: Peer, req: BlockReq) -> None:
     """Send the requested volume ranges as of every completed write, then BLOCK_DONE."""
-    from replengine.node.ops import consistent_read
+    from replengine.node.reads import consistent_read
 
     end_at_copy = node.watcher.durable_end
     for off, length in req.ranges:

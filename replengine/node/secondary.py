@@ -29,7 +29,7 @@ class Secondary:
         self.assigned_end = node.srl.end_lsn
         self.acked_sent = (0, 0)
         self._last_nack = (0, 0.0)
-        self._full_logged = False
+        self.srl_full = False
 
     def on_update(self, header: Header, u: Update) -> None:
         node = self.node
@@ -74,13 +74,13 @@ class Secondary:
         try:
             pending = node.srl.append_record_nowait(rec, kick=False)
         except SRLFullError:
-            if not self._full_logged:
+            if not self.srl_full:
                 log.warning(
                     "SRL full at LSN %d: not logging until the primary clears records", u.lsn
                 )
-                self._full_logged = True
+                self.srl_full = True
             return
-        self._full_logged = False
+        self.srl_full = False
         node.watcher.put(pending, rec)
         self.assigned_end = u.lsn + 1
         if pulled:
@@ -152,5 +152,5 @@ class Secondary:
 
     def after_clear(self) -> None:
         """Space was freed: if we dropped an UPDATE for lack of room, ask for it again."""
-        if self._full_logged and self.node.following:
+        if self.srl_full and self.node.following:
             self._nack(self.node.following)

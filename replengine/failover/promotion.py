@@ -1,0 +1,202 @@
+"""The promotion state machine: probe the peers, plan, pull what this node lacks, raise the
+epoch (the design's "Failover" steps 1-3).
+
+It decides; the node carries out. Everything it needs from the node is the narrow
+PromotionContext below, so it is unit-tested against a fake (tests/test_promotion.py) and the
+daemon keeps replicating while a promotion runs: the loop calls ``step()`` on every turn.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol
+
+from replengine.failover.planner import NodeLog, SyncPlan, plan_sync
+
+log = logging.getLogger(__name__)
+
+PULL_GRACE_S = 30.0
+PULL_RECORDS_PER_S = 2000.0
+
+
+@dataclass(frozen=True)
+class PeerView:
+    """What the promotion needs to know of one peer, from its latest HELLO."""
+
+    name: str
+    seen_at: float  # monotonic time of its latest message (0: never)
+    rejected: bool
+    role: str
+    history: tuple[tuple[int, int], ...]
+    start_lsn: int
+    end_lsn: int
+    consistent: bool
+    epoch: int
+
+
+class PromotionContext(Protocol):
+    """What a promotion may ask of and do to its node."""
+
+    me: str
+    heartbeat_s: float
+
+    def peer_views(self) -> Sequence[PeerView]: ...
+    def peer_count(self) -> int: ...
+    def local_log(self) -> NodeLog: ...
+    def local_consistent(self) -> bool: ...
+    def highest_epoch(self) -> int: ...
+    def srl_full(self) -> str | None: ...
+    def start_pull(self, source: str, first: int, end: int) -> None: ...
+    def stop_pull(self) -> None: ...
+    def pulled_bytes(self) -> int: ...
+    def become_primary(self, epoch: int) -> int: ...
+    def announce(self) -> None: ...
+
+
+class Phase(Enum):
+    PROBE = "probe"
+    PULL = "pull"
+
+
+class PromotionRefused(Exception):
+    """The promotion ended without promoting; the message says why and what to do."""
+
+
+@dataclass
+class Promotion:
+    """One `replctl promote`; ``step()`` returns the result document once done, raises
+    PromotionRefused when it must not go ahead, and returns None while it is still running."""
+
+    ctx: PromotionContext
+    force: bool
+    min_peers: int
+    t0: float = field(default_factory=time.monotonic)
+    phase: Phase = Phase.PROBE
+    source: str = ""
+    target_end: int = 0
+    pulled: int = 0
+    deadline: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.ctx.local_consistent() and not self.force:
+            raise PromotionRefused(
+                f"{self.ctx.me} is inconsistent (its volume is being rewritten from blocks): "
+                "promote a consistent node, or use --force to promote this one anyway"
+            )
+        self.probe_until = self.t0 + self.ctx.heartbeat_s * 1.5
+        self.ctx.announce()
+
+    def step(self, now: float | None = None) -> dict | None:
+        now = time.monotonic() if now is None else now
+        try:
+            if self.phase is Phase.PROBE:
+                fresh = [p for p in self.ctx.peer_views() if p.seen_at > self.t0 and not p.rejected]
+                if now < self.probe_until and len(fresh) < self.ctx.peer_count():
+                    return None
+                return self._plan(fresh)
+            return self._pulling(now)
+        except PromotionRefused:
+            self.ctx.stop_pull()
+            raise
+
+    def _pulling(self, now: float) -> dict | None:
+        end = self.ctx.local_log().end
+        if end >= self.target_end:
+            return self._finish()
+        full = self.ctx.srl_full()
+        if full:
+            raise PromotionRefused(
+                f"cannot pull LSNs [{end}, {self.target_end}) from {self.source}: {full}; "
+                f"promote {self.source} instead (it holds every record)"
+            )
+        if now > self.deadline:
+            raise PromotionRefused(
+                f"could not pull LSNs [{end}, {self.target_end}) from {self.source} in time; "
+                "refusing so another node can be promoted"
+            )
+        return None
+
+    def _plan(self, fresh: list[PeerView]) -> dict | None:
+        ctx = self.ctx
+        primaries = [p.name for p in fresh if p.role == "primary"]
+        if primaries:
+            raise PromotionRefused(
+                f"{', '.join(primaries)} is primary and reachable: demote it first"
+            )
+        if len(fresh) < self.min_peers:
+            if not self.force:
+                raise PromotionRefused(
+                    f"only {len(fresh)} of {ctx.peer_count()} peers reachable "
+                    f"({', '.join(p.name for p in fresh) or 'none'}); promotion needs "
+                    f"{self.min_peers} so that no acknowledged write is left behind on an "
+                    "unreachable node; use --force to promote anyway"
+                )
+            log.error(
+                "FORCED PROMOTION with %d of %d peers reachable (need %d): writes only "
+                "unreachable nodes hold may be lost",
+                len(fresh),
+                ctx.peer_count(),
+                self.min_peers,
+            )
+        logs = [ctx.local_log()]
+        logs += [NodeLog(p.name, p.history, p.start_lsn, p.end_lsn) for p in fresh if p.consistent]
+        plan = plan_sync(logs, ctx.me)
+        self._check_plan(plan)
+        if plan.pull is None or ctx.me in plan.needs_full:
+            return self._finish()
+        self.phase, self.source, self.target_end = Phase.PULL, plan.pull.source, plan.pull.end_lsn
+        self.pulled = plan.pull.count
+        self.deadline = time.monotonic() + PULL_GRACE_S + self.pulled / PULL_RECORDS_PER_S
+        log.warning(
+            "promotion: %s is ahead; pulling LSNs [%d, %d) from it first",
+            self.source,
+            plan.pull.first_lsn,
+            plan.pull.end_lsn,
+        )
+        ctx.start_pull(self.source, plan.pull.first_lsn, plan.pull.end_lsn)
+        return self._pulling(time.monotonic())
+
+    def _check_plan(self, plan: SyncPlan) -> None:
+        """Invariant 8: never promote a node whose volume is not the newest history's prefix
+        -- it would make the others rewind records they acknowledged."""
+        me = self.ctx.me
+        if me in plan.divergent:
+            first, end = plan.divergent[me]
+            self._refuse_or_force(
+                f"this node holds a divergent tail (LSNs [{first}, {end}) of an older "
+                f"epoch); promote {plan.best} instead"
+            )
+        if me in plan.needs_full:
+            mine = self.ctx.local_log().end
+            self._refuse_or_force(
+                f"this node lacks LSNs [{mine}, {plan.best_end}) and no reachable log still "
+                f"holds all of them (cleared, e.g. under srl_full=dcm): promoting it would "
+                f"discard acknowledged writes; promote {plan.best} instead, or give this node "
+                "a full resync first"
+            )
+
+    def _refuse_or_force(self, why: str) -> None:
+        if not self.force:
+            raise PromotionRefused(why)
+        log.error("FORCED PROMOTION despite: %s; acknowledged writes may be lost", why)
+
+    def _finish(self) -> dict:
+        ctx = self.ctx
+        new_epoch = ctx.highest_epoch() + 1
+        first = ctx.become_primary(new_epoch)
+        return {
+            "role": "primary",
+            "epoch": new_epoch,
+            "first_lsn": first,
+            "pulled_records": self.pulled,
+            "pulled_bytes": ctx.pulled_bytes(),
+            "pulled_from": self.source,
+            "seconds": round(time.monotonic() - self.t0, 3),
+        }
+
+
+__all__ = ["Phase", "PeerView", "Promotion", "PromotionContext", "PromotionRefused"]

@@ -1,0 +1,99 @@
+"""The node's side of a promotion: what failover.promotion.Promotion may see and do here."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from replengine.failover.planner import NodeLog
+from replengine.failover.promotion import PeerView
+from replengine.log.history import normalise
+from replengine.wire.protocol import Pull
+
+if TYPE_CHECKING:
+    from replengine.node.core import Node
+
+
+@dataclass
+class NodePromotionContext:
+    """Adapts the node to failover.promotion.PromotionContext."""
+
+    node: Node
+
+    @property
+    def me(self) -> str:
+        return self.node.me
+
+    @property
+    def heartbeat_s(self) -> float:
+        return self.node.heartbeat_s
+
+    def peer_views(self) -> Sequence[PeerView]:
+        out = []
+        for p in self.node.peers.values():
+            h = p.hello
+            if h is None:
+                continue
+            out.append(
+                PeerView(
+                    p.name,
+                    p.last_seen,
+                    bool(p.rejected),
+                    h.role,
+                    normalise(h.history),
+                    h.start_lsn,
+                    h.end_lsn,
+                    h.consistent,
+                    p.epoch,
+                )
+            )
+        return out
+
+    def peer_count(self) -> int:
+        return len(self.node.peers)
+
+    def local_log(self) -> NodeLog:
+        srl = self.node.srl
+        return NodeLog(
+            self.node.me, normalise(srl.history), srl.start_lsn, self.node.watcher.durable_end
+        )
+
+    def local_consistent(self) -> bool:
+        return self.node.consistent and self.node.rewinder is None
+
+    def highest_epoch(self) -> int:
+        node = self.node
+        return max([node.known_epoch, node.epoch] + [p.epoch for p in node.peers.values()])
+
+    def srl_full(self) -> str | None:
+        node = self.node
+        if not node.secondary.srl_full:
+            return None
+        srl = node.srl
+        return (
+            f"the SRL of {node.me} is full ({srl.used_bytes} of {srl.capacity} bytes used, "
+            f"records [{srl.start_lsn}, {node.watcher.durable_end}) not yet cleared)"
+        )
+
+    def start_pull(self, source: str, first: int, end: int) -> None:
+        self.node.ops.pull_source = source
+        self.node.send(source, Pull(first, end))
+
+    def stop_pull(self) -> None:
+        self.node.ops.pull_source = ""
+
+    def pulled_bytes(self) -> int:
+        return self.node.ops.pulled_bytes
+
+    def become_primary(self, epoch: int) -> int:
+        first = self.node.watcher.durable_end
+        self.node.become_primary(epoch)
+        self.node.ops.pull_source = ""
+        return first
+
+    def announce(self) -> None:
+        self.node.beacon()
+
+
+__all__ = ["NodePromotionContext"]

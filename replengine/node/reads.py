@@ -1,0 +1,23 @@
+"""Reads on the primary as of every completed write."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from replengine.node.core import Node
+
+
+def consistent_read(node: Node, offset: int, length: int) -> bytes:
+    """Volume content as of every completed write: the volume plus records not yet applied.
+
+    The overlay is snapshotted before the volume is read: a record missing from the snapshot
+    was already applied, so the read sees it either way."""
+    snap = node.applier.snapshot_overlay()
+    buf = bytearray(node.volume.read(offset, length))
+    end = offset + length
+    for rec in snap:
+        lo, hi = max(offset, rec.offset), min(end, rec.offset + len(rec.data))
+        if lo < hi:
+            buf[lo - offset : hi - offset] = rec.data[lo - rec.offset : hi - rec.offset]
+    return bytes(buf)

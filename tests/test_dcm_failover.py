@@ -1,0 +1,82 @@
+"""srl_full = "dcm" under hostile schedules, with real daemons: only a laggard that really
+holds the log's space is switched to dcm, and a node whose missing records no reachable log
+still holds is never promoted over one that has them."""
+
+from __future__ import annotations
+
+import random
+import signal
+
+from failover_helpers import crash, promote_cli, stop, wait_consistent
+
+from replengine.demo.localcluster import LocalResource
+
+KiB, MiB = 1024, 1 << 20
+REC = 64 * KiB
+
+
+def dcm_resource(resource) -> LocalResource:
+    r = resource(
+        {"alpha": "sync", "beta": "sync", "gamma": "async"},
+        srl_size=2 * MiB,
+        srl_full="dcm",
+        on_sync_loss="degrade",
+        extra={"dcm_region_size": 256 * KiB},
+    )
+    r.up()
+    r.promote("alpha")
+    with r.connect("alpha") as v:
+        v.write(0, b"f" * 4096)
+    wait_consistent(r, list(r.nodes))
+    return r
+
+
+def burst(r: LocalResource, count: int, depth: int, seed: int) -> None:
+    """`count` 64 KiB writes on alpha, `depth` in flight at a time (4 MiB into a 2 MiB log)."""
+    rng = random.Random(seed)
+    with r.connect("alpha") as v:
+        inflight: list[int] = []
+        for _ in range(count):
+            off = rng.randrange(0, 8 * MiB // REC) * REC
+            inflight.append(v.submit(off, rng.randbytes(REC)))
+            if len(inflight) >= depth:
+                v.wait(inflight.pop(0))
+        for req in inflight:
+            v.wait(req)
+
+
+def test_only_the_frozen_laggard_is_switched_to_dcm(resource) -> None:
+    """Several writes in flight while the async laggard is frozen: the laggard goes to dcm,
+    the healthy sync secondary beta -- only its in-flight window behind -- never does, and
+    keeps acknowledging every write."""
+    r = dcm_resource(resource)
+    stop(r, "gamma")
+    burst(r, 64, depth=8, seed=5)
+    log = r.log("alpha")
+    assert "secondary gamma" in log and "switched to dcm" in log, log[-2000:]
+    assert "secondary beta (acked" not in log, "beta, a healthy sync secondary, was switched to dcm"
+    st = r.status("alpha")
+    assert st["peers"]["beta"]["state"] not in ("dcm", "dcm-resync"), st["peers"]["beta"]
+    assert st["peers"]["gamma"]["state"] == "dcm", st["peers"]["gamma"]
+    r.signal("gamma", signal.SIGCONT)
+    wait_consistent(r, list(r.nodes), timeout=60)
+
+
+def test_laggard_whose_records_were_released_is_not_promoted(resource) -> None:
+    """dcm on the async peer, frozen past the SRL's capacity, primary killed: promoting the
+    laggard would discard acknowledged writes, so it is refused, naming beta; beta can be."""
+    r = dcm_resource(resource)
+    stop(r, "gamma")
+    burst(r, 64, depth=1, seed=6)
+    crash(r, "alpha")
+    r.signal("gamma", signal.SIGCONT)
+    r.wait_for(lambda: r.status("gamma")["following"] is None, 10, "gamma to see alpha gone")
+    end_before = r.status("gamma")["end_lsn"]
+    rc, out, err = promote_cli(r, "gamma")
+    assert rc != 0, f"the laggard was promoted: {out}"
+    assert "promote beta instead" in err and "lacks LSNs" in err, err
+    st = r.status("gamma")
+    assert st["role"] == "secondary" and st["end_lsn"] == end_before, st
+    rc, out, err = promote_cli(r, "beta")
+    assert rc == 0, err
+    assert r.status("beta")["role"] == "primary"

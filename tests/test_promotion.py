@@ -1,0 +1,136 @@
+"""The promotion state machine against a fake node (no sockets, no disks): each decision a
+`replctl promote` can end in, as the operator sees it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from replengine.failover.planner import NodeLog
+from replengine.failover.promotion import PeerView, Promotion, PromotionRefused
+
+H = ((1, 1),)
+
+
+@dataclass
+class FakeNode:
+    me: str = "gamma"
+    heartbeat_s: float = 0.1
+    end: int = 10
+    start: int = 1
+    history: tuple = H
+    consistent: bool = True
+    peers: list[PeerView] = field(default_factory=list)
+    total_peers: int = 3
+    full: str | None = None
+    pulls: list[tuple[str, int, int]] = field(default_factory=list)
+    promoted: list[int] = field(default_factory=list)
+
+    def peer_views(self):
+        return self.peers
+
+    def peer_count(self):
+        return self.total_peers
+
+    def local_log(self):
+        return NodeLog(self.me, self.history, self.start, self.end)
+
+    def local_consistent(self):
+        return self.consistent
+
+    def highest_epoch(self):
+        return max([p.epoch for p in self.peers] + [self.history[-1][0]])
+
+    def srl_full(self):
+        return self.full
+
+    def start_pull(self, source, first, end):
+        self.pulls.append((source, first, end))
+
+    def stop_pull(self):
+        pass
+
+    def pulled_bytes(self):
+        return 0
+
+    def become_primary(self, epoch):
+        self.promoted.append(epoch)
+        return self.end
+
+    def announce(self):
+        pass
+
+
+def peer(name, end, start=1, role="secondary", history=H, consistent=True, seen=1e12):
+    return PeerView(name, seen, False, role, history, start, end, consistent, history[-1][0])
+
+
+def run(p: Promotion):
+    return p.step(now=1e13)  # past the probe window
+
+
+def test_up_to_date_node_is_promoted_with_the_next_epoch() -> None:
+    node = FakeNode(peers=[peer("alpha", 10), peer("beta", 8)])
+    out = run(Promotion(node, force=False, min_peers=1))
+    assert out["epoch"] == 2 and node.promoted == [2] and not node.pulls
+
+
+def test_a_reachable_primary_refuses() -> None:
+    node = FakeNode(peers=[peer("alpha", 10, role="primary")])
+    with pytest.raises(PromotionRefused, match="alpha is primary and reachable"):
+        run(Promotion(node, force=False, min_peers=1))
+    assert not node.promoted
+
+
+def test_too_few_peers_refuses_unless_forced() -> None:
+    node = FakeNode(peers=[])
+    with pytest.raises(PromotionRefused, match="only 0 of 3 peers reachable"):
+        run(Promotion(node, force=False, min_peers=1))
+    assert run(Promotion(node, force=True, min_peers=1))["epoch"] == 2
+
+
+def test_a_node_behind_pulls_first_then_promotes() -> None:
+    node = FakeNode(end=6, peers=[peer("beta", 10)])
+    p = Promotion(node, force=False, min_peers=1)
+    assert run(p) is None and node.pulls == [("beta", 6, 10)]
+    node.end = 10
+    assert run(p)["pulled_records"] == 4 and node.promoted == [2]
+
+
+def test_a_full_srl_during_the_pull_refuses_at_once_naming_the_source() -> None:
+    node = FakeNode(end=6, peers=[peer("beta", 10)])
+    p = Promotion(node, force=False, min_peers=1)
+    assert run(p) is None
+    node.full = "the SRL of gamma is full"
+    with pytest.raises(PromotionRefused, match="SRL of gamma is full.*promote beta instead"):
+        p.step(now=p.t0)  # long before the pull deadline
+    assert not node.promoted
+
+
+def test_a_node_lacking_records_no_log_holds_is_refused_naming_the_best() -> None:
+    """Its gap [3, 40) was cleared from every reachable SRL (beta starts at 30)."""
+    node = FakeNode(end=3, peers=[peer("beta", 40, start=30)])
+    with pytest.raises(PromotionRefused, match=r"lacks LSNs \[3, 40\).*promote beta instead"):
+        run(Promotion(node, force=False, min_peers=1))
+    assert not node.promoted and not node.pulls
+    assert run(Promotion(node, force=True, min_peers=1))["epoch"] == 2
+
+
+def test_a_divergent_tail_is_refused_naming_the_best() -> None:
+    node = FakeNode(end=12, history=((1, 1),), peers=[peer("beta", 15, history=((1, 1), (2, 10)))])
+    with pytest.raises(PromotionRefused, match=r"divergent tail \(LSNs \[10, 12\).*promote beta"):
+        run(Promotion(node, force=False, min_peers=1))
+
+
+def test_an_inconsistent_node_is_refused_up_front() -> None:
+    node = FakeNode(consistent=False, peers=[peer("beta", 10)])
+    with pytest.raises(PromotionRefused, match="inconsistent"):
+        Promotion(node, force=False, min_peers=1)
+
+
+def test_the_probe_waits_for_every_peer_within_its_window() -> None:
+    node = FakeNode(peers=[peer("beta", 10)])
+    p = Promotion(node, force=False, min_peers=1)
+    assert p.step(now=p.t0) is None  # beta only; alpha might still answer
+    assert p.step(now=p.probe_until + 1)["epoch"] == 2
