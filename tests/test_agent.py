@@ -225,3 +225,351 @@ def test_promoted_marker_is_per_boot(agent, local_resource, tmp_path):
     assert run_agent(agent, "monitor", cfg, HA_RSCTMP=str(rsctmp)).returncode == 9
     assert run_agent(agent, "monitor", cfg, HA_RSCTMP=str(tmp_path / "rebooted")).returncode == 7
     assert run_agent(agent, "stop", cfg, HA_RSCTMP=str(rsctmp)).returncode == 0
+
+
+# ---- parameters, exit reasons, clone meta, stop without a config ----------------------------
+
+REASON = "ocf-exit-reason:"
+
+
+def exit_reasons(proc: subprocess.CompletedProcess, prefix: str = REASON) -> list[str]:
+    return [ln[len(prefix) :] for ln in proc.stderr.splitlines() if ln.startswith(prefix)]
+
+
+def daemon_pid(r: LocalResource) -> int | None:
+    return r.paths(os.uname().nodename).daemon_pid()
+
+
+def test_metadata_is_generated_from_the_parameter_and_action_tables(agent):
+    from xml.etree import ElementTree
+
+    from replengine.pacemaker import params
+
+    root = ElementTree.fromstring(run_agent(agent, "meta-data", None).stdout)
+    got = {p.get("name"): p for p in root.iter("parameter")}
+    assert list(got) == [p.name for p in params.PARAMETERS]
+    for p in params.PARAMETERS:
+        assert got[p.name].get("required") == str(int(p.required))
+        assert got[p.name].find("content").get("type") == p.content
+        assert got[p.name].find("content").get("default") == p.default
+    actions = [(a.get("name"), a.get("role")) for a in root.iter("action")]
+    assert actions == [(a.name, a.role) for a in params.ACTIONS]
+    # every declared action is dispatched (none answers 'unimplemented')
+    usage = run_agent(agent, "usage", None).stdout
+    assert all(name in usage for name in params.action_names())
+
+
+@pytest.mark.parametrize(
+    "value,ok",
+    [
+        ("", True),
+        ("0", True),
+        ("1", True),
+        (" 1 ", True),
+        ("2", False),
+        ("-1", False),
+        ("abc", False),
+        ("1.5", False),
+        ("+1", False),
+    ],
+)
+def test_min_peers_is_validated(agent, local_resource, value, ok):
+    """min_peers: a non-negative integer, at most the number of peers in the config (1 here),
+    else OCF_ERR_CONFIGURED with a reason naming it, in validate-all, start and promote."""
+    cfg = local_resource.config
+    proc = run_agent(agent, "validate-all", cfg, OCF_RESKEY_min_peers=value)
+    if ok:
+        assert proc.returncode == 0, proc.stderr
+        return
+    assert proc.returncode == 6, proc.stderr
+    (reason,) = exit_reasons(proc)
+    assert "min_peers" in reason and value.strip() in reason, reason
+    start = run_agent(agent, "start", cfg, OCF_RESKEY_min_peers=value)
+    assert start.returncode == 6 and "min_peers" in exit_reasons(start)[0]
+    assert daemon_pid(local_resource) is None  # refused before starting anything
+    promote = run_agent(agent, "promote", cfg, OCF_RESKEY_min_peers=value)
+    assert promote.returncode == 6 and "min_peers" in exit_reasons(promote)[0]
+
+
+def test_min_peers_above_the_peer_count_says_how_many_there_are(agent, local_resource):
+    proc = run_agent(agent, "validate-all", local_resource.config, OCF_RESKEY_min_peers="3")
+    assert proc.returncode == 6
+    assert exit_reasons(proc) == [
+        f"parameter min_peers=3 is more than the 1 peer(s) of resource r0 in "
+        f"{local_resource.config}: promote could never go ahead; set it to 0-1 or leave it "
+        "empty for the config's promote_min_peers (0)"
+    ]
+
+
+def test_auto_init_must_be_a_boolean(agent, local_resource):
+    proc = run_agent(agent, "validate-all", local_resource.config, OCF_RESKEY_auto_init="maybe")
+    assert proc.returncode == 6
+    assert "auto_init" in exit_reasons(proc)[0]
+
+
+def test_every_failure_prints_an_exit_reason(agent, local_resource, tmp_path):
+    """ocf-exit-reason:<text> on stderr (Pacemaker shows it in crm_mon), one line, naming
+    what is wrong; $OCF_EXIT_REASON_PREFIX is honoured as ocf-shellfuncs does."""
+    cfg = local_resource.config
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[resource]\nname = 'r0'\n")
+    for action in ("validate-all", "start", "promote", "demote"):
+        proc = run_agent(agent, action, bad)
+        assert proc.returncode == 6, (action, proc.stderr)
+        (reason,) = exit_reasons(proc)
+        assert "bad.toml" in reason, (action, reason)
+    recurring = run_agent(agent, "monitor", bad, OCF_RESKEY_CRM_meta_interval="10000")
+    assert recurring.returncode == 6 and "bad.toml" in exit_reasons(recurring)[0]
+    # success and a probe's 'stopped' print none
+    assert exit_reasons(run_agent(agent, "validate-all", cfg)) == []
+    assert exit_reasons(run_agent(agent, "monitor", bad)) == []
+    unknown = run_agent(agent, "frobnicate", cfg)
+    assert unknown.returncode == 3 and "frobnicate" in exit_reasons(unknown)[0]
+    custom = run_agent(agent, "validate-all", bad, OCF_EXIT_REASON_PREFIX="why:")
+    assert exit_reasons(custom, "why:") and not exit_reasons(custom)
+    # a refused promote says why, in replctl's words
+    assert run_agent(agent, "start", cfg).returncode == 0
+    try:
+        refused = run_agent(agent, "promote", cfg, OCF_RESKEY_min_peers="1")
+        assert refused.returncode == 1
+        (reason,) = exit_reasons(refused)
+        assert reason.startswith("promote of r0 on ") and "peers reachable" in reason, reason
+        # a recurring monitor that finds the daemon gone says so
+        local_resource.kill(os.uname().nodename)
+        gone = run_agent(agent, "monitor", cfg, OCF_RESKEY_CRM_meta_interval="11000")
+        assert gone.returncode == 7
+        assert "replengined of r0 is not running" in exit_reasons(gone)[0]
+    finally:
+        assert run_agent(agent, "stop", cfg).returncode == 0
+
+
+def test_resource_parameter_missing_or_invalid_is_configured_error(agent, tmp_path):
+    """Not a traceback with status 1: a missing or unusable 'resource' is OCF_ERR_CONFIGURED
+    with a reason."""
+    missing = run_agent(agent, "validate-all", None, OCF_RESKEY_resource="")
+    assert missing.returncode == 6
+    assert "parameter resource is required" in exit_reasons(missing)[0]
+    invalid = run_agent(agent, "validate-all", None, OCF_RESKEY_resource="../etc/passwd")
+    assert invalid.returncode == 6
+    assert "not valid" in exit_reasons(invalid)[0]
+    assert "Traceback" not in invalid.stderr
+    assert run_agent(agent, "stop", None, OCF_RESKEY_resource="../x").returncode == 0
+
+
+PROMOTABLE = {
+    "OCF_RESKEY_CRM_meta_on_node": os.uname().nodename,
+    "OCF_RESKEY_CRM_meta_timeout": "120000",
+    "OCF_RESKEY_CRM_meta_clone_max": "2",
+    "OCF_RESKEY_CRM_meta_clone_node_max": "1",
+    "OCF_RESKEY_CRM_meta_globally_unique": "false",
+    "OCF_RESKEY_CRM_meta_notify": "true",
+    "OCF_RESKEY_CRM_meta_promotable": "true",
+    "OCF_RESKEY_CRM_meta_promoted_max": "1",
+    "OCF_RESKEY_CRM_meta_promoted_node_max": "1",
+    "OCF_RESKEY_CRM_meta_master_max": "1",
+    "OCF_RESKEY_CRM_meta_master_node_max": "1",
+}
+
+
+def _without(*names: str) -> dict[str, str]:
+    return {k: v for k, v in PROMOTABLE.items() if k.rsplit("_meta_", 1)[1] not in names}
+
+
+@pytest.mark.parametrize(
+    "meta,word",
+    [
+        # a plain primitive: Pacemaker passes no clone meta at all
+        (
+            {"OCF_RESKEY_CRM_meta_on_node": "x", "OCF_RESKEY_CRM_meta_timeout": "20000"},
+            "not run as a promotable clone",
+        ),
+        # a clone that is not promotable
+        (
+            _without(
+                "promotable", "promoted_max", "promoted_node_max", "master_max", "master_node_max"
+            ),
+            "not run as a promotable clone",
+        ),
+        ({**PROMOTABLE, "OCF_RESKEY_CRM_meta_notify": "false"}, "notify=true"),
+        (_without("notify"), "notify=true"),
+        (
+            {
+                **PROMOTABLE,
+                "OCF_RESKEY_CRM_meta_promoted_max": "2",
+                "OCF_RESKEY_CRM_meta_master_max": "2",
+            },
+            "promoted-max=1",
+        ),
+        ({**PROMOTABLE, "OCF_RESKEY_CRM_meta_clone_node_max": "2"}, "clone-node-max=1"),
+    ],
+)
+def test_refuses_to_run_other_than_as_promotable_clone_with_notify(
+    agent, local_resource, meta, word
+):
+    cfg = local_resource.config
+    for action in ("validate-all", "start"):
+        proc = run_agent(agent, action, cfg, **meta)
+        assert proc.returncode == 6, (action, proc.stderr)
+        (reason,) = exit_reasons(proc)
+        assert word in reason, reason
+    assert daemon_pid(local_resource) is None
+
+
+def test_clone_meta_is_checked_only_when_pacemaker_passes_it(agent, local_resource):
+    cfg = local_resource.config
+    # as Pacemaker runs it: a promotable clone with notify=true
+    assert run_agent(agent, "validate-all", cfg, **PROMOTABLE).returncode == 0
+    # Pacemaker 2.0 names only (master_max), no 'promotable' meta
+    legacy = _without("promotable", "promoted_max", "promoted_node_max")
+    assert run_agent(agent, "validate-all", cfg, **legacy).returncode == 0
+    # by hand: no meta at all, or only what ocf-tester / crm_resource set
+    assert run_agent(agent, "validate-all", cfg).returncode == 0
+    manual = {"OCF_RESKEY_CRM_meta_timeout": "20000", "OCF_RESKEY_CRM_meta_interval": "0"}
+    assert run_agent(agent, "validate-all", cfg, **manual).returncode == 0
+
+
+def test_stop_with_broken_config_stops_the_running_daemon(agent, local_resource):
+    """A config broken (or removed) while the daemon runs: stop finds the daemon by the config
+    path it runs with, stops it, and only then reports success; the promoted flag goes too."""
+    cfg = local_resource.config
+    me = os.uname().nodename
+    assert run_agent(agent, "start", cfg).returncode == 0
+    assert run_agent(agent, "promote", cfg).returncode == 0
+    pid = daemon_pid(local_resource)
+    assert pid is not None
+    good = cfg.read_text()
+    cfg.write_text("[resource\nthis is not toml\n")
+    try:
+        assert run_agent(agent, "validate-all", cfg).returncode == 6
+        proc = run_agent(agent, "stop", cfg)
+        assert proc.returncode == 0, proc.stderr
+        assert not is_alive(pid), "stop returned success with the daemon still running"
+        assert "stop with a broken config" in proc.stderr
+    finally:
+        cfg.write_text(good)
+    rsctmp = Path(os.environ["HA_RSCTMP"])
+    assert not (rsctmp / f"replengine-r0-{me}.promoted").exists()
+    assert run_agent(agent, "monitor", cfg).returncode == 7  # stopped, not failed Promoted
+    # with the config file gone altogether
+    assert run_agent(agent, "start", cfg).returncode == 0
+    pid = daemon_pid(local_resource)
+    cfg.rename(cfg.with_suffix(".moved"))
+    try:
+        assert run_agent(agent, "stop", cfg).returncode == 0
+        assert not is_alive(pid)
+    finally:
+        cfg.with_suffix(".moved").rename(cfg)
+
+
+FAKE_DAEMON = (
+    "import signal, sys, time\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "print('ready', flush=True)\n"
+    "time.sleep(300)\n"
+)
+
+
+def fake_daemon(config: Path, node: str) -> subprocess.Popen:
+    """A process that looks like `replengine.daemon --config C --node N` and ignores SIGTERM."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            FAKE_DAEMON,
+            "replengine.daemon",
+            "--config",
+            str(config),
+            "--node",
+            node,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def is_alive(pid: int) -> bool:
+    from replengine.runtime import is_alive as alive
+
+    return alive(pid)
+
+
+def test_stop_with_broken_config_escalates_to_sigkill(agent, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[resource]\nname = 'r0'\n")
+    me = os.uname().nodename
+    daemons = []
+    try:
+        daemon = fake_daemon(bad, me)
+        daemons.append(daemon)
+        other = fake_daemon(tmp_path / "other.toml", me)  # another resource's: left alone
+        daemons.append(other)
+        elsewhere = fake_daemon(bad, "some-other-node")  # another node's (tests share hosts)
+        daemons.append(elsewhere)
+        proc = run_agent(agent, "stop", bad, OCF_RESKEY_CRM_meta_timeout="6000")
+        assert proc.returncode == 0, proc.stderr
+        assert daemon.wait(timeout=5) == -9
+        assert other.poll() is None and elsewhere.poll() is None
+    finally:
+        for p in daemons:
+            p.kill()
+            p.wait()
+
+
+def test_stop_finds_daemon_by_default_run_dir_pid_file(agent, tmp_path):
+    """The config (and so its run_dir) is unusable: the pid file under the default run dir
+    /run/replengine/<resource>/<node> still leads to the daemon."""
+    from replengine.config import DEFAULT_RUN_DIR
+
+    me = os.uname().nodename
+    resource = f"agenttest-{os.getpid()}"
+    rundir = DEFAULT_RUN_DIR / resource / me
+    try:
+        rundir.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        pytest.skip(f"cannot write {DEFAULT_RUN_DIR}")
+    daemon = fake_daemon(tmp_path / "started-with.toml", me)
+    try:
+        (rundir / "replengined.pid").write_text(f"{daemon.pid}\n")
+        proc = run_agent(
+            agent,
+            "stop",
+            tmp_path / "missing.toml",
+            OCF_RESKEY_resource=resource,
+            OCF_RESKEY_CRM_meta_timeout="6000",
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert daemon.wait(timeout=5) == -9
+    finally:
+        daemon.kill()
+        daemon.wait()
+        shutil.rmtree(DEFAULT_RUN_DIR / resource, ignore_errors=True)
+
+
+def test_stop_fails_with_reason_when_the_daemon_survives(monkeypatch, tmp_path):
+    """If the daemon cannot be made to go, stop must fail (Pacemaker then fences the node)
+    and say which process is left."""
+    from replengine.pacemaker import agent as agentmod
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[resource]\nname = 'r0'\n")
+    sent = []
+    monkeypatch.setattr(agentmod, "_signal", lambda proc, sig: sent.append(sig))  # no effect
+    monkeypatch.setattr(agentmod, "KILL_WAIT_S", 0.3)
+    daemon = fake_daemon(bad, os.uname().nodename)
+    environ = {
+        "OCF_RESKEY_resource": "r0",
+        "OCF_RESKEY_config": str(bad),
+        "OCF_RESKEY_CRM_meta_timeout": "6000",
+        "HA_RSCTMP": str(tmp_path / "rsctmp"),
+    }
+    try:
+        with pytest.raises(agentmod.OCFError) as err:
+            agentmod.Agent(environ).stop()
+        assert err.value.rc == 1
+        assert str(daemon.pid) in err.value.reason and "SIGKILL" in err.value.reason
+        assert sent == [15, 9]
+    finally:
+        daemon.kill()
+        daemon.wait()
