@@ -1,0 +1,14 @@
+"""A seeded, randomized fault schedule over a 4-node resource, checked against the README.
+
+- ``ledger``: tagged writes (every 512-byte sector names the write and its sector), the
+  writer thread keeping the ledger, and the model of the volume.
+- ``checks``: the README's rules as functions over what a round observed; each returns
+  ``Violation`` records naming the seed, the round, the node and the LSNs.
+- ``schedule``: the faults (SIGSTOP / SIGKILL of any node at random moments, the primary
+  frozen and replaced, two failovers in a row, a kill of a node while it rejoins or rewinds,
+  SRLs small enough to fill), one round = faults, heal, quiesce, checks.
+- ``run``: ``python -m tests.faults.run`` for long runs (per-round lines and a summary).
+- ``test_schedule``: the checks' own unit tests and the small always-on part (a few rounds).
+
+Only ``replengine`` is imported, so the package runs both under pytest and as a module.
+"""

@@ -1,0 +1,116 @@
+"""Long runs of the fault schedule: per-round lines, then a summary.
+
+    python -m tests.faults.run --rounds 30 --seed 1 --seeds 10 --mode both
+
+runs, for each mode and each of the seeds 1..10, 30 rounds on one resource (rebuilt after a
+violation and every --rebuild-every rounds): 600 rounds. Prints one line per round, every
+violation's full report (rule broken, schedule, daemon log lines) as it happens, and at the
+end: rounds, faults by kind, failovers, promotions refused, violations by kind. Exit status 1
+if any violation was seen. Run it from the repository (or a snapshot of it) with PYTHONPATH
+naming that tree, so the daemons import the same code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import replengine
+
+from .schedule import Harness, Summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tests.faults.run", description=__doc__)
+    ap.add_argument("--rounds", type=int, default=10, help="rounds per seed and mode")
+    ap.add_argument("--seed", type=int, default=1, help="first seed")
+    ap.add_argument("--seeds", type=int, default=1, help="how many seeds from --seed")
+    ap.add_argument("--mode", choices=["degrade", "block", "both"], default="degrade")
+    ap.add_argument("--srl-full", choices=["stall", "fail", "dcm"], help="default: per seed")
+    ap.add_argument("--converge-s", type=float, default=30.0, help="bound on convergence")
+    ap.add_argument("--rebuild-every", type=int, default=20)
+    ap.add_argument("--workdir", help="default: a new directory under /tmp")
+    ap.add_argument("--json", help="write the summary and every failed round here")
+    ap.add_argument("--verbose", "-v", action="store_true", help="print each schedule step")
+    ap.add_argument("--stop-on-violation", action="store_true")
+    args = ap.parse_args(argv)
+
+    workroot = Path(args.workdir or tempfile.mkdtemp(prefix="faults-", dir="/tmp"))
+    workroot.mkdir(parents=True, exist_ok=True)
+    print(
+        f"replengine from {os.path.dirname(replengine.__file__)}; work in {workroot}; "
+        f"PYTHONPATH={os.environ.get('PYTHONPATH', '')}",
+        flush=True,
+    )
+    modes = ["degrade", "block"] if args.mode == "both" else [args.mode]
+    summary = Summary()
+    t0 = time.monotonic()
+    stop = False
+    for seed in range(args.seed, args.seed + args.seeds):
+        for mode in modes:
+            h = Harness(
+                workroot,
+                seed,
+                mode,
+                srl_full=args.srl_full,
+                converge_s=args.converge_s,
+                rebuild_every=args.rebuild_every,
+                verbose=args.verbose,
+            )
+            try:
+                for _ in range(args.rounds):
+                    res = h.run_round()
+                    summary.add(res)
+                    print(res.line(), flush=True)
+                    if not res.ok:
+                        print(res.report(), flush=True)
+                        if args.stop_on_violation:
+                            stop = True
+                            break
+            except KeyboardInterrupt:
+                stop = True
+            finally:
+                h.teardown(remove=True)
+            if stop:
+                break
+        if stop:
+            break
+    print(f"\n==== summary ({time.monotonic() - t0:.0f}s wall) ====", flush=True)
+    print(summary.text(), flush=True)
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "rounds": summary.rounds,
+                    "clean": summary.ok,
+                    "faults": dict(summary.faults),
+                    "failovers": summary.failovers,
+                    "refusals": dict(summary.refusals),
+                    "violations": dict(summary.violations),
+                    "failed": [
+                        {
+                            "seed": r.seed,
+                            "round": r.round,
+                            "mode": r.mode,
+                            "srl_full": r.srl_full,
+                            "workdir": r.workdir,
+                            "violations": [str(v) for v in r.violations],
+                            "trace": r.trace,
+                            "logs": r.logs,
+                        }
+                        for r in summary.failed
+                    ],
+                },
+                indent=1,
+            )
+        )
+    return 1 if summary.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

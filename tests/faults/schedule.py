@@ -1,0 +1,820 @@
+"""The seeded fault schedule: one long-lived 4-node resource, rounds of random faults.
+
+A round, on the resource as the previous round left it (converged, a primary):
+
+1. a writer thread writes tagged data to the primary (queue depth 1-4, paced, with bursts
+   that fill the small SRLs) and keeps the ledger;
+2. 2-5 faults drawn from the round's seeded RNG, with random delays between them (during
+   which the primary's status is polled: which LSNs each sync secondary acknowledged):
+   SIGSTOP or SIGKILL of a secondary; SIGKILL of the primary and a promotion of a random
+   reachable node; the primary frozen (SIGSTOP) and replaced, later continued (a zombie) or
+   killed; two failovers in a row (the first new primary possibly killed before it wrote
+   anything); a restart of a killed node, possibly killed again while it rejoins or rewinds;
+   a SIGCONT of a frozen node; a write burst;
+3. heal: continue every frozen node, restart every killed one, make sure there is one
+   primary (promote one if needed), let the writer go on a moment beside the rejoining
+   nodes, stop it;
+4. wait (bounded) until every node has converged, then check the README's rules
+   (`checks`): every node converged, one history, identical volumes, each volume equal to
+   the ledger replayed for the history that won, LSNs assigned in order, acknowledged writes
+   that must survive present, no zombie acknowledgement.
+
+At most two nodes are unavailable (killed or frozen) at any time, so a promotion always has
+a candidate; `promote_min_peers` is 1 so that a promotion can go ahead with a node away
+(whether the writes that node held must survive is decided from the evidence, see
+`checks`). After a round with a violation the resource is rebuilt (the next round does not
+inherit the defect); it is also rebuilt every `rebuild_every` rounds, since an SRL's epoch
+history holds a bounded number of promotions.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import shutil
+import signal
+import time
+import traceback
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from replengine.demo.localcluster import LocalResource
+from replengine.errors import ReplError
+from replengine.runtime import is_alive, wait_gone
+from replengine.wire.control import ControlClient
+
+from . import checks
+from .checks import Freeze, Observation, Promotion, Violation
+from .ledger import Ledger, Stream, Writer
+
+
+class RoundStop(Exception):
+    """The round cannot go on (its violation is already recorded)."""
+
+
+NODES = {"alpha": "sync", "beta": "sync", "gamma": "sync", "delta": "async"}
+VOLUME_SIZE = 4 << 20
+SRL_SIZE = (1 << 20) + (256 << 10)  # fills after ~1.2 MiB of lag: a second or two away
+MAX_AWAY = 2  # nodes killed or frozen at once
+
+#: fault kinds and their weights
+KINDS = {
+    "freeze_secondary": 2,
+    "kill_secondary": 2,
+    "kill_primary_failover": 2,
+    "freeze_primary_failover": 2,
+    "double_failover": 1,
+    "restart": 3,
+    "kill_while_rejoining": 2,
+    "thaw": 2,
+    "burst": 1,
+}
+
+
+@dataclass
+class RoundResult:
+    seed: int
+    round: int
+    mode: str
+    srl_full: str
+    seconds: float
+    steps: list[str]
+    faults: Counter
+    failovers: int
+    refusals: Counter
+    counts: dict[str, int]
+    violations: list[Violation]
+    trace: list[str]
+    logs: dict[str, list[str]]
+    workdir: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def line(self) -> str:
+        c = self.counts
+        head = (
+            f"seed {self.seed} round {self.round:3d} {self.mode:7s} srl_full={self.srl_full:5s} "
+            f"{self.seconds:5.1f}s writes {c.get('completed', 0)}/{c.get('writes', 0)} "
+            f"failovers {self.failovers}: {', '.join(self.steps)}"
+        )
+        if self.ok:
+            return head + " -> ok"
+        return (
+            head
+            + f" -> {len(self.violations)} VIOLATIONS: "
+            + "; ".join(v.kind for v in self.violations)
+        )
+
+    def report(self) -> str:
+        """Everything needed to fix it: the rule broken, the schedule, the daemons' logs."""
+        out = [
+            f"=== seed {self.seed}, round {self.round}, mode {self.mode}, srl_full "
+            f"{self.srl_full} (workdir {self.workdir or 'removed'})"
+        ]
+        for v in self.violations:
+            out.append(f"VIOLATION {v}")
+        out.append("schedule:")
+        out += [f"  {t}" for t in self.trace]
+        for n, lines in self.logs.items():
+            out.append(f"log of {n} (warnings and errors of this round, last {len(lines)}):")
+            out += [f"  {ln}" for ln in lines]
+        return "\n".join(out)
+
+
+class Harness:
+    """One resource, one seed, one on_sync_loss mode: rounds of faults and checks."""
+
+    def __init__(
+        self,
+        workroot: Path,
+        seed: int,
+        mode: str = "degrade",
+        srl_full: str | None = None,
+        heartbeat_ms: int = 300,
+        converge_s: float = 30.0,
+        rebuild_every: int = 20,
+        keep_failed: bool = True,
+        verbose: bool = False,
+    ) -> None:
+        self.workroot = Path(workroot)
+        self.seed = seed
+        self.mode = mode
+        self.rng = random.Random(f"{seed}:{mode}")
+        self.srl_full = srl_full or self.rng.choice(["stall", "fail", "dcm"])
+        self.heartbeat_ms = heartbeat_ms
+        self.converge_s = converge_s
+        self.rebuild_every = rebuild_every
+        self.keep_failed = keep_failed
+        self.verbose = verbose
+        self.r: LocalResource | None = None
+        self.builds = 0
+        self.rounds_on_build = 0
+        self.next_wid = 1
+        self.round = 0
+        self.base = bytes(VOLUME_SIZE)
+        self.primary: str | None = None
+        self.epoch = 0
+        self.dead: set[str] = set()
+        self.frozen: dict[str, Freeze] = {}
+        self.ex_primaries: set[str] = set()
+
+    # ---- resource lifecycle ------------------------------------------------------------------
+
+    def build(self) -> None:
+        self.builds += 1
+        work = self.workroot / f"s{self.seed}-{self.mode}-b{self.builds}"
+        if work.exists():
+            shutil.rmtree(work)
+        self.r = LocalResource(
+            work,
+            nodes=dict(NODES),
+            volume_size=VOLUME_SIZE,
+            srl_size=SRL_SIZE,
+            srl_full=self.srl_full,
+            on_sync_loss=self.mode,
+            heartbeat_ms=self.heartbeat_ms,
+            extra={"sync_timeout": 2, "promote_min_peers": 1},
+        )
+        self.r.create()
+        self.r.up()
+        first = list(NODES)[0]
+        doc = self._promote(first)
+        assert doc is not None and "epoch" in doc, f"initial promotion failed: {doc}"
+        self.primary, self.epoch = first, int(doc["epoch"])
+        self.dead, self.frozen, self.ex_primaries = set(), {}, set()
+        self.base = bytes(VOLUME_SIZE)
+        self.rounds_on_build = 0
+        problems: list[str] = []
+
+        def converged(sts: dict) -> bool:
+            problems[:] = checks.convergence_problems(sts)
+            return not problems
+
+        self.wait_statuses(converged, 30, "a new resource to converge")
+        assert not problems, f"a new resource did not converge: {problems}"
+
+    def teardown(self, remove: bool) -> None:
+        r = self.r
+        if r is None:
+            return
+        r.stop_all()
+        needle = str(r.config)
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            try:
+                if any(needle in part for part in proc.info["cmdline"] or []):
+                    proc.send_signal(signal.SIGCONT)
+                    proc.kill()
+                    wait_gone(proc.info["pid"], 10)
+            except (psutil.Error, ReplError):
+                continue
+        if remove:
+            shutil.rmtree(r.workdir, ignore_errors=True)
+        self.r = None
+
+    # ---- small tools -------------------------------------------------------------------------
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def note(self, text: str) -> None:
+        line = f"{self.now():6.2f}s {text}"
+        self.trace.append(line)
+        if self.verbose:
+            print("   ", line, flush=True)
+
+    def reachable(self, n: str) -> bool:
+        return n not in self.dead and n not in self.frozen
+
+    def status(self, n: str, timeout: float = 2.0) -> dict | None:
+        if not self.reachable(n):
+            return None
+        assert self.r is not None
+        try:
+            ctl = ControlClient(self.r.paths(n).socket, timeout)
+        except ReplError:
+            return None
+        try:
+            return ctl.call("status")[0]
+        except ReplError:
+            return None
+        finally:
+            ctl.close()
+
+    def _promote(self, n: str) -> dict | None:
+        """Promote over the control socket (what `replctl promote` sends): the reply, or
+        {'error': ...}; None if it did not answer within 60 s."""
+        assert self.r is not None
+        try:
+            ctl = ControlClient(self.r.paths(n).socket, 60)
+        except ReplError as exc:
+            return {"error": str(exc)}
+        try:
+            doc, _ = ctl.wait(ctl.send("promote"), 60)
+        except ReplError:
+            return None
+        finally:
+            ctl.close()
+        return doc if doc.get("ok") else {"error": doc.get("error", "refused")}
+
+    def violate(self, kind: str, msg: str, nodes: list[str] | None = None) -> None:
+        v = Violation(kind, f"[seed {self.seed} round {self.round} {self.mode}] {msg}", nodes or [])
+        self.violations.append(v)
+        self.note(f"VIOLATION {kind}: {msg}")
+
+    def check_alive(self) -> None:
+        """A daemon we did not kill must not die (libzmq aborts, uncaught exceptions)."""
+        assert self.r is not None
+        for n in NODES:
+            if n in self.dead:
+                continue
+            pid = self.r.pid(n)
+            if pid is None or not is_alive(pid):
+                self.violate(
+                    "daemon-died",
+                    f"{n} (pid {pid}) is gone although the schedule did not kill it",
+                    [n],
+                )
+                self.frozen.pop(n, None)
+                self.dead.add(n)
+                if n == self.primary:
+                    self.primary = None
+
+    def observe(self) -> None:
+        """Poll the primary: evidence of which LSNs each sync secondary holds."""
+        self.check_alive()
+        p = self.primary
+        if p is None or not self.reachable(p):
+            return
+        s = self.status(p, 1.0)
+        if s is None:
+            return
+        if s["role"] != "primary":
+            self.note(f"{p} is no longer primary: {s['role']} following {s['following']}")
+            self.primary = None
+            return
+        acked = {peer: ps["acked_lsn"] for peer, ps in s["peers"].items() if NODES[peer] == "sync"}
+        self.observations.append(Observation(self.now(), p, s["epoch"], acked))
+
+    def wait_observing(self, seconds: float) -> None:
+        """The schedule's random delay between faults, spent polling the primary."""
+        deadline = time.monotonic() + seconds
+        while True:
+            self.observe()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(0.1, left))
+
+    # ---- faults ------------------------------------------------------------------------------
+
+    def freeze(self, n: str) -> None:
+        assert self.r is not None
+        self.observe()
+        pid = self.r.pid(n)
+        assert pid is not None
+        self.r.signal(n, signal.SIGSTOP)
+        wait_stopped(pid)
+        was_primary = n == self.primary
+        f = Freeze(n, self.epoch if was_primary else 0, was_primary, self.now())
+        self.frozen[n] = f
+        self.freezes.append(f)
+        self.note(f"SIGSTOP {n}" + (f" (primary, epoch {self.epoch})" if was_primary else ""))
+
+    def thaw(self, n: str) -> None:
+        assert self.r is not None
+        f = self.frozen[n]
+        replaced = f.was_primary and any(p.epoch > f.epoch for p in self.promotions)
+        late = self.rng.randint(1, 3) if replaced and self.rng.random() < 0.7 else 0
+        if late:
+            # an application on the old primary goes on writing: sent while it is frozen,
+            # these must fail (fenced) unless they end up in the history that won
+            try:
+                st = Stream(self.r, self.ledger.new_conn(n, f.epoch, 0, late))
+                for _ in range(late):
+                    st.submit(self.ledger.new_write(st.conn, self.rng, VOLUME_SIZE, False))
+                self.writer.adopt(st)
+            except ReplError as exc:
+                self.note(f"could not send late writes to {n}: {exc}")
+                late = 0
+        self.r.signal(n, signal.SIGCONT)
+        del self.frozen[n]
+        f.t_cont = self.now()
+        self.note(
+            f"SIGCONT {n}"
+            + (f" (replaced primary: a zombie; {late} late writes sent to it)" if replaced else "")
+        )
+
+    def kill(self, n: str) -> None:
+        assert self.r is not None
+        self.observe()
+        self.r.kill(n)
+        was = self.frozen.pop(n, None)
+        self.dead.add(n)
+        what = " (primary)" if n == self.primary else (" (while frozen)" if was else "")
+        if n == self.primary or (was and was.was_primary):
+            self.ex_primaries.add(n)
+        self.note(f"SIGKILL {n}{what}")
+
+    def restart(self, n: str) -> bool:
+        assert self.r is not None
+        proc = self.r.replctl(n, "up", check=False, timeout=60)
+        if proc.returncode != 0:
+            self.violate("restart-failed", f"replctl up {n}: {proc.stderr.strip()}", [n])
+            return False
+        self.dead.discard(n)
+        s = self.status(n)
+        self.note(
+            f"up {n}"
+            + (f": end {s['end_lsn']} history {s['history']}" if s else " (no status yet)")
+        )
+        return True
+
+    def failover(self, write: bool = True, candidates: list[str] | None = None) -> bool:
+        """Promote a random reachable node (trying others if refused); the writer follows
+        it unless `write` is False (a new primary that must not write anything)."""
+        if candidates is None:
+            candidates = [n for n in NODES if self.reachable(n) and n != self.primary]
+            self.rng.shuffle(candidates)
+        sts = {n: self.status(n) for n in NODES if self.reachable(n)}
+        reach = {n for n, s in sts.items() if s and s["consistent"] and not s["rewinding"]}
+        ends = {n: s["end_lsn"] for n, s in sts.items() if s}
+        for c in candidates:
+            t = self.now()
+            doc = self._promote(c)
+            if doc is None:
+                self.violate(
+                    "promote-hung",
+                    f"promote {c} did not answer within 60 s; ends {ends}",
+                    [c],
+                )
+                continue
+            if "error" in doc:
+                self.refusals[reason_key(doc["error"])] += 1
+                self.note(f"promote {c} refused: {doc['error']}")
+                continue
+            if self.primary is not None and self.primary != c:
+                self.ex_primaries.add(self.primary)
+            self.primary, self.epoch = c, int(doc["epoch"])
+            self.promotions.append(Promotion(t, c, self.epoch, int(doc["first_lsn"]), reach, ends))
+            self.failovers += 1
+            self.note(
+                f"promoted {c}: epoch {self.epoch} from LSN {doc['first_lsn']}, pulled "
+                f"{doc['pulled_records']} from {doc['pulled_from'] or '-'} (ends {ends})"
+            )
+            if write:
+                self.writer.set_target(
+                    self.ledger.new_conn(
+                        c, self.epoch, int(doc["first_lsn"]), self.rng.randint(1, 4)
+                    )
+                )
+            return True
+        self.primary = None
+        self.writer.set_target(None)
+        self.note("no node could be promoted")
+        return False
+
+    def kill_while_rejoining(self, n: str) -> None:
+        """Restart n, then SIGKILL it while it rejoins: when it is seen rewinding, or
+        following with less than the primary's end, or after a short random delay."""
+        if not self.restart(n):
+            return
+        assert self.r is not None
+        limit = time.monotonic() + self.rng.uniform(0.0, 0.6)
+        seen = "before its first status"
+        while time.monotonic() < limit:
+            s = self.status(n, 1.0)
+            if s is None:
+                break
+            seen = (
+                f"rewinding (end {s['end_lsn']})"
+                if s["rewinding"]
+                else f"{s['role']} following {s['following']} at end {s['end_lsn']}"
+            )
+            if s["rewinding"] or (s["following"] and self.rng.random() < 0.3):
+                break
+            time.sleep(0.02)
+        self.observe()
+        self.r.kill(n)
+        self.dead.add(n)
+        self.note(f"SIGKILL {n} while rejoining: it was {seen}")
+
+    # ---- one round ---------------------------------------------------------------------------
+
+    def allowed(self) -> list[str]:
+        away = len(self.dead) + len(self.frozen)
+        up = [n for n in NODES if self.reachable(n)]
+        secs = [n for n in up if n != self.primary]
+        ks = []
+        if self.primary is None:
+            return ["failover"] if up else []
+        if away < MAX_AWAY and secs:
+            ks += ["freeze_secondary", "kill_secondary"]
+        if away < MAX_AWAY and self.reachable(self.primary) and secs:
+            ks += ["kill_primary_failover", "freeze_primary_failover"]
+        if away == 0:
+            ks.append("double_failover")
+        if self.dead:
+            ks += ["restart", "kill_while_rejoining"]
+        if self.frozen:
+            ks.append("thaw")
+        ks.append("burst")
+        return ks
+
+    def step(self) -> str:
+        ks = self.allowed()
+        if not ks:
+            return "none"
+        kind = self.rng.choices(ks, [KINDS.get(k, 3) for k in ks])[0]
+        self.faults[kind] += 1
+        rng = self.rng
+        p = self.primary
+        secs = sorted(n for n in NODES if self.reachable(n) and n != p)
+        if kind == "failover":
+            self.failover()
+            return kind
+        if kind == "freeze_secondary":
+            n = rng.choice(secs)
+            self.freeze(n)
+            return f"{kind}({n})"
+        if kind == "kill_secondary":
+            pool = secs + [n for n in self.frozen if n != p]
+            n = rng.choice(sorted(pool))
+            self.kill(n)
+            return f"{kind}({n})"
+        if kind == "kill_primary_failover":
+            assert p is not None
+            self.kill(p)
+            self.wait_observing(rng.uniform(0, 0.8))
+            self.failover()
+            return f"{kind}({p}->{self.primary})"
+        if kind == "freeze_primary_failover":
+            assert p is not None
+            self.freeze(p)
+            self.wait_observing(rng.uniform(0, 0.8))
+            self.failover()
+            return f"{kind}({p}->{self.primary})"
+        if kind == "double_failover":
+            assert p is not None
+            self.kill(p)
+            quiet = rng.random() < 0.5  # the first new primary writes nothing
+            self.failover(write=not quiet)
+            q = self.primary
+            if q is not None:
+                if not quiet:
+                    self.wait_observing(rng.uniform(0, 0.5))
+                self.kill(q)
+                self.failover()
+            return f"{kind}({p}->{q}{' silent' if quiet else ''}->{self.primary})"
+        if kind == "restart":
+            pool = sorted(self.dead)
+            n = rng.choice(pool)
+            self.restart(n)
+            return f"{kind}({n})"
+        if kind == "kill_while_rejoining":
+            pool = sorted(self.dead & self.ex_primaries) or sorted(self.dead)
+            n = rng.choice(pool)
+            self.kill_while_rejoining(n)
+            return f"{kind}({n})"
+        if kind == "thaw":
+            pool = sorted(self.frozen)
+            n = rng.choice(pool)
+            self.thaw(n)
+            return f"{kind}({n})"
+        if kind == "burst":
+            self.writer.burst = not self.writer.burst
+            self.note(f"writer burst {'on' if self.writer.burst else 'off'}")
+            return f"burst({'on' if self.writer.burst else 'off'})"
+        raise AssertionError(kind)
+
+    def run_round(self) -> RoundResult:
+        if self.r is None or self.rounds_on_build >= self.rebuild_every:
+            self.teardown(remove=True)
+            self.build()
+        self.round += 1
+        self.rounds_on_build += 1
+        self.rng = random.Random(f"{self.seed}:{self.mode}:{self.round}")
+        self.t0 = time.monotonic()
+        self.trace: list[str] = []
+        self.violations: list[Violation] = []
+        self.faults: Counter = Counter()
+        self.refusals: Counter = Counter()
+        self.failovers = 0
+        self.promotions: list[Promotion] = []
+        self.observations: list[Observation] = []
+        self.freezes: list[Freeze] = []
+        assert self.r is not None
+        self.log_offsets = {n: len(self.r.log(n)) for n in NODES}
+        self.ledger = Ledger(self.round, self.next_wid, self.t0)
+        self.writer = Writer(self.r, self.ledger, self.rng.randrange(1 << 30))
+        steps: list[str] = []
+        try:
+            s = self.status(self.primary) if self.primary else None
+            assert s is not None and s["role"] == "primary", f"no primary at round start: {s}"
+            self.epoch = s["epoch"]
+            self.note(
+                f"round {self.round}: primary {self.primary} epoch {self.epoch} end {s['end_lsn']}"
+            )
+            self.writer.set_target(
+                self.ledger.new_conn(self.primary, self.epoch, s["end_lsn"], self.rng.randint(1, 4))
+            )
+            self.writer.start()
+            self.wait_observing(self.rng.uniform(0.2, 0.8))
+            for _ in range(self.rng.randint(2, 5)):
+                steps.append(self.step())
+                self.wait_observing(self.rng.uniform(0.1, 1.2))
+            self.heal()
+        except RoundStop:
+            self.writer.stop(0)
+        except Exception as exc:  # the round could not go on: report it as such
+            tb = traceback.format_exc().strip().splitlines()
+            self.violate("round-aborted", f"{exc!r} ({' | '.join(tb[-4:])})")
+            self.writer.stop(0)
+        finally:
+            self.next_wid = self.ledger.next_wid
+        if self.writer.crash is not None:
+            self.violate("harness-error", f"writer thread crashed: {self.writer.crash!r}")
+        seconds = self.now()
+        logs = self.log_excerpts()
+        workdir = ""
+        if self.violations:
+            assert self.r is not None
+            workdir = str(self.r.workdir)
+            self.teardown(remove=not self.keep_failed)
+        if self.verbose:
+            print(f"   round done in {seconds:.1f}s", flush=True)
+        return RoundResult(
+            self.seed,
+            self.round,
+            self.mode,
+            self.srl_full,
+            seconds,
+            steps,
+            self.faults,
+            self.failovers,
+            self.refusals,
+            self.ledger.counts(),
+            self.violations,
+            self.trace,
+            logs,
+            workdir if self.keep_failed else "",
+        )
+
+    # ---- heal, quiesce, check ------------------------------------------------------------------
+
+    def heal(self) -> None:
+        for n in sorted(self.frozen):
+            self.thaw(n)
+        for n in sorted(self.dead):
+            self.restart(n)
+        self.writer.burst = False
+        # a continued zombie must step down: at most one primary
+        sts = self.wait_statuses(lambda sts: len(primaries(sts)) <= 1, 15, "at most one primary")
+        ps = primaries(sts)
+        if len(ps) > 1:
+            self.violate(
+                "two-primaries",
+                ", ".join(f"{n} (epoch {sts[n]['epoch']})" for n in ps) + " are all primary "
+                "15 s after every node was back",
+                ps,
+            )
+            raise RoundStop("two primaries")
+        if ps:
+            p = ps[0]
+            if p != self.primary or sts[p]["epoch"] != self.epoch:
+                self.note(f"primary is {p} epoch {sts[p]['epoch']}")
+                self.primary, self.epoch = p, sts[p]["epoch"]
+                self.writer.set_target(
+                    self.ledger.new_conn(p, self.epoch, sts[p]["end_lsn"], self.rng.randint(1, 4))
+                )
+        else:
+            self.primary = None
+            deadline = time.monotonic() + 20
+            while not self.failover() and time.monotonic() < deadline:
+                self.wait_observing(0.5)
+            if self.primary is None:
+                self.violate(
+                    "no-primary",
+                    "no node accepts promotion 20 s after every node was back: "
+                    + "; ".join(describe(n, s) for n, s in self.statuses().items()),
+                    list(NODES),
+                )
+                raise RoundStop("no primary")
+        self.wait_observing(self.rng.uniform(0.2, 1.0))  # writes beside the rejoining nodes
+        self.writer.stop(10)
+        self.observe()
+        self.note(f"writer stopped: {self.ledger.counts()}")
+        self.quiesce_and_check()
+
+    def statuses(self) -> dict[str, dict | None]:
+        return {n: self.status(n) for n in NODES}
+
+    def wait_statuses(self, pred, timeout: float, what: str) -> dict[str, dict | None]:
+        deadline = time.monotonic() + timeout
+        while True:
+            sts = self.statuses()
+            if pred(sts) or time.monotonic() > deadline:
+                return sts
+            time.sleep(0.1)
+
+    def quiesce_and_check(self) -> None:
+        assert self.r is not None
+        t = self.now()
+        problems: list[str] = []
+
+        def converged(sts: dict) -> bool:
+            problems[:] = checks.convergence_problems(sts)
+            return not problems
+
+        sts = self.wait_statuses(converged, self.converge_s, "convergence")
+        self.check_alive()
+        if problems:
+            self.violate(
+                "not-converged",
+                f"{self.converge_s:.0f} s after the writer stopped: "
+                + "; ".join(problems)
+                + " || "
+                + " ; ".join(describe(n, s) for n, s in sts.items()),
+                [n for n in NODES if any(n in p for p in problems)],
+            )
+            return
+        self.note(f"converged in {self.now() - t:.1f}s")
+        p = primaries(sts)[0]
+        history = [tuple(h) for h in sts[p]["history"]]
+        end = sts[p]["end_lsn"]
+        sums = self.r.checksums(list(NODES))
+        self.violations += checks.check_volumes_identical(sums, end)
+        images = {n: self.r.volume_path(n).read_bytes() for n in NODES}
+        seen: dict[bytes, str] = {}
+        for n, img in images.items():
+            if img in seen:
+                continue  # same bytes as a node already checked
+            seen[img] = n
+            self.violations += checks.check_volume_content(
+                n, img, self.base, self.ledger, history, end
+            )
+        self.violations += checks.check_lsn_assignment(self.ledger)
+        self.violations += checks.check_acknowledged_survive(
+            self.ledger, history, end, self.promotions, self.observations, (p, sts[p]["epoch"])
+        )
+        self.violations += checks.check_zombie_acks(
+            self.ledger, history, end, self.freezes, self.promotions
+        )
+        for v in self.violations:
+            if not v.message.startswith("[seed"):
+                v.message = f"[seed {self.seed} round {self.round} {self.mode}] {v.message}"
+        lost = [w for w in self.ledger.completed() if not checks.in_history(w, history, end)]
+        self.note(
+            f"checked at end {end}, history {[list(h) for h in history]}: "
+            f"{len(lost)} completed writes discarded as divergent tails (allowed)"
+        )
+        if not self.violations:
+            self.base = images[p]
+
+    def log_excerpts(self, keep: int = 18) -> dict[str, list[str]]:
+        """Warnings, errors and foreign lines (aborts, tracebacks) each node logged this
+        round, for the nodes the violations name (all nodes if none is named)."""
+        if not self.violations or self.r is None:
+            return {}
+        names = sorted({n for v in self.violations for n in v.nodes}) or list(NODES)
+        out = {}
+        for n in names:
+            text = self.r.log(n)[self.log_offsets.get(n, 0) :]
+            lines = [ln for ln in text.splitlines() if not re.search(r" INFO ", ln) and ln.strip()]
+            out[n] = lines[-keep:]
+        return out
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+
+
+def wait_stopped(pid: int, timeout: float = 10.0) -> None:
+    """After SIGSTOP: every thread of pid is stopped (state T), its files can no longer change."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = []
+        for t in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                stat = (t / "stat").read_text()
+            except FileNotFoundError:
+                continue
+            states.append(stat[stat.rindex(")") + 2])
+        if states and all(s in "tT" for s in states):
+            return
+        if time.monotonic() > deadline:
+            raise ReplError(f"process {pid} not stopped after {timeout}s: {states}")
+        time.sleep(0.005)
+
+
+def primaries(sts: dict[str, dict | None]) -> list[str]:
+    return [n for n, s in sts.items() if s and s["role"] == "primary"]
+
+
+def describe(n: str, s: dict | None) -> str:
+    if s is None:
+        return f"{n}: no status"
+    peers = ", ".join(
+        f"{p}:{ps['state']}{'/deg' if ps['degraded'] else ''}"
+        f"{'' if ps['connected'] else '/disc'} acked {ps['acked_lsn']}"
+        for p, ps in s["peers"].items()
+    )
+    return (
+        f"{n}: {s['role']} e{s['epoch']} [{s['start_lsn']},{s['end_lsn']}) applied "
+        f"{s['applied_end']} consistent {s['consistent']} rewinding {s['rewinding']} "
+        f"following {s['following']} history {s['history']} pending {s['writes_pending']} "
+        f"stalled {s['writes_stalled']} peers {{{peers}}}"
+    )
+
+
+def reason_key(err: str) -> str:
+    """A promotion refusal without its numbers and names, to count refusals by kind."""
+    key = re.sub(r"\d+", "N", err)
+    key = re.sub(r"\b(alpha|beta|gamma|delta)\b", "X", key)
+    return key[:70]
+
+
+@dataclass
+class Summary:
+    rounds: int = 0
+    ok: int = 0
+    seconds: float = 0.0
+    faults: Counter = field(default_factory=Counter)
+    failovers: int = 0
+    refusals: Counter = field(default_factory=Counter)
+    violations: Counter = field(default_factory=Counter)
+    writes: Counter = field(default_factory=Counter)
+    failed: list[RoundResult] = field(default_factory=list)
+
+    def add(self, res: RoundResult) -> None:
+        self.rounds += 1
+        self.ok += res.ok
+        self.seconds += res.seconds
+        self.faults.update(res.faults)
+        self.failovers += res.failovers
+        self.refusals.update(res.refusals)
+        self.violations.update(v.kind for v in res.violations)
+        self.writes.update(res.counts)
+        if not res.ok:
+            self.failed.append(res)
+
+    def text(self) -> str:
+        lines = [
+            f"rounds: {self.rounds} ({self.ok} clean, {self.rounds - self.ok} with violations) "
+            f"in {self.seconds:.0f}s",
+            f"faults by kind: {dict(sorted(self.faults.items()))}",
+            f"failovers (successful promotions): {self.failovers}",
+            f"promotions refused: {sum(self.refusals.values())} "
+            f"{dict(self.refusals.most_common())}",
+            f"writes: {dict(self.writes)}",
+            f"violations: {sum(self.violations.values())} {dict(self.violations.most_common())}",
+        ]
+        for res in self.failed:
+            lines.append(
+                f"  seed {res.seed} round {res.round} {res.mode} srl_full={res.srl_full}: "
+                + "; ".join(v.kind for v in res.violations)
+            )
+        return "\n".join(lines)

@@ -1,0 +1,222 @@
+"""The fault schedule: unit tests of its checks, and its small always-on part.
+
+`test_fault_schedule_smoke` runs a few rounds of the seeded schedule (marked `faults_smoke`,
+< 60 s) in each on_sync_loss mode. REPLENGINE_FAULTS_SEED / REPLENGINE_FAULTS_ROUNDS change
+the seed and the number of rounds; long runs: `python -m tests.faults.run --help`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from . import checks
+from .checks import Freeze, Observation, Promotion
+from .ledger import SECTOR, Ledger, Write, make_data, read_tag
+from .schedule import Harness
+
+SIZE = 64 * SECTOR
+
+# ---- a hand-made ledger ----------------------------------------------------------------------
+
+
+def ledger_with(*conns: tuple[str, int, int, list[tuple[int, int | None, str | None]]]) -> Ledger:
+    """conns: (node, epoch, base_lsn, [(sector, lsn or None, error or None)]); each write is
+    one sector, done at t = its index."""
+    led = Ledger(1, 1, 0.0)
+    rng = random.Random(0)
+    t = 0.0
+    for node, epoch, base, ws in conns:
+        c = led.new_conn(node, epoch, base, 1)
+        for sector, lsn, err in ws:
+            w = led.new_write(c, rng, SIZE, False)
+            w.offset, w.data = sector * SECTOR, make_data(rng, w.wid, 1, 1)
+            t += 1
+            w.lsn, w.error, w.t_done = lsn, err, t
+    return led
+
+
+def image(base: bytes, *writes: Write) -> bytes:
+    img = bytearray(base)
+    for w in writes:
+        img[w.offset : w.offset + len(w.data)] = w.data
+    return bytes(img)
+
+
+def by_lsn(led: Ledger) -> dict[int, Write]:
+    return {w.lsn: w for w in led.all() if w.lsn is not None}
+
+
+def test_tags_name_the_write_and_sector():
+    data = make_data(random.Random(1), 77, 5, 3)
+    assert len(data) == 3 * SECTOR
+    assert [read_tag(data[i * SECTOR :]) for i in range(3)] == [(77, 0, 5), (77, 1, 5), (77, 2, 5)]
+    assert read_tag(bytes(SECTOR)) is None
+
+
+def test_history_helpers():
+    h = [(1, 1), (2, 10), (3, 10), (4, 15)]
+    assert checks.epoch_range(h, 20, 2) == (10, 10)  # promoted, wrote nothing
+    assert checks.epoch_range(h, 20, 4) == (15, 20)
+    assert checks.epoch_range(h, 20, 9) == (0, 0)
+    led = ledger_with(("a", 1, 1, [(0, 5, None)]), ("b", 4, 15, [(1, 16, None)]))
+    w5, w16 = by_lsn(led)[5], by_lsn(led)[16]
+    assert checks.in_history(w5, h, 20) and checks.in_history(w16, h, 20)
+    assert not checks.in_history(w16, h, 16)  # past the end
+    assert not checks.in_history(w16, [(1, 1), (5, 15)], 20)  # another epoch holds 16
+
+
+def test_volume_equal_to_the_ledger_passes_and_a_missing_write_is_named():
+    base = bytes(SIZE)
+    led = ledger_with(("a", 1, 1, [(0, 1, None), (1, 2, None), (0, 3, None)]))
+    h = [(1, 1)]
+    w = by_lsn(led)
+    good = image(base, w[1], w[2], w[3])
+    assert checks.check_volume_content("n", good, base, led, h, 4) == []
+    # LSN 3 (overwrote sector 0) missing: sector 0 still holds LSN 1
+    bad = checks.check_volume_content("n", image(base, w[1], w[2]), base, led, h, 4)
+    assert len(bad) == 1 and "expected write #3" in bad[0].message
+    assert "holds write #1" in bad[0].message and "LSN 1" in bad[0].message
+    # a discarded record's data left behind (a rewind that did not rewrite the block)
+    bad = checks.check_volume_content("n", good, base, led, h, 3)
+    assert "NOT in the winning history" in bad[0].message
+
+
+def test_uncertain_writes_are_allowed_only_where_the_history_can_hold_them():
+    base = bytes(SIZE)
+    # epoch 2 on "a": LSN 10 completed, then three writes in flight when "a" was killed;
+    # the history that won kept epoch 2 up to LSN 12 (the first two in-flight writes)
+    led = ledger_with(
+        (
+            "a",
+            2,
+            10,
+            [
+                (0, 10, None),
+                (1, None, "abandoned in flight"),
+                (2, None, "abandoned in flight"),
+                (3, None, "abandoned in flight"),
+            ],
+        )
+    )
+    ws = sorted(led.all(), key=lambda w: w.wid)
+    h = [(1, 1), (2, 5), (3, 13)]
+    assert checks.lsn_bounds(ws[1], h, 20) == (11, 13)
+    assert checks.lsn_bounds(ws[2], h, 20) == (12, 13)
+    assert checks.lsn_bounds(ws[3], h, 20) == (13, 13)  # cannot be in the history
+    ok = image(base, ws[0], ws[1], ws[2])
+    assert checks.check_volume_content("n", ok, base, led, h, 20) == []
+    assert checks.check_volume_content("n", image(base, ws[0]), base, led, h, 20) == []
+    bad = checks.check_volume_content("n", image(base, ws[0], ws[3]), base, led, h, 20)
+    assert len(bad) == 1 and f"write #{ws[3].wid}" in bad[0].message
+
+
+def test_a_timed_out_write_has_a_known_lsn():
+    led = ledger_with(
+        ("a", 1, 1, [(0, None, "write LSN 7 timed out after 2.0s waiting for sync secondaries")])
+    )
+    (w,) = led.all()
+    assert checks.known_lsn(w) == 7
+    assert checks.lsn_bounds(w, [(1, 1)], 20) == (7, 8)
+
+
+def test_lsn_order_and_reuse():
+    led = ledger_with(("a", 1, 5, [(0, 6, None), (1, 6, None), (2, 4, None)]))
+    kinds = [v.kind for v in checks.check_lsn_assignment(led)]
+    assert kinds.count("lsn-order") == 3 and "lsn-reused" in kinds
+
+
+def test_acknowledged_write_with_a_surviving_sync_secondary_must_survive():
+    led = ledger_with(("alpha", 1, 1, [(0, 1, None), (1, 2, None)]))
+    obs = [Observation(2.5, "alpha", 1, {"beta": 1, "gamma": 0})]  # beta holds LSN 1 only
+    lost_history = [(1, 1), (2, 1)]  # the new epoch starts at 1: both lost
+    prom = [Promotion(3.0, "gamma", 2, 1, {"gamma", "beta"})]
+    v = checks.check_acknowledged_survive(led, lost_history, 5, prom, obs, ("gamma", 2))
+    assert len(v) == 1 and "1 acknowledged writes" in v[0].message
+    assert "sync secondary beta had acknowledged LSN 1" in v[0].message
+    # beta frozen during the promotion: losing it is allowed
+    prom = [Promotion(3.0, "gamma", 2, 1, {"gamma"})]
+    assert checks.check_acknowledged_survive(led, lost_history, 5, prom, obs, ("gamma", 2)) == []
+    # an observation taken after the newer epoch began is no evidence
+    late = [Observation(3.5, "alpha", 1, {"beta": 2})]
+    prom = [Promotion(3.0, "gamma", 2, 1, {"gamma", "beta"})]
+    assert checks.check_acknowledged_survive(led, lost_history, 5, prom, late, ("gamma", 2)) == []
+    # the primary that acknowledged is still primary: everything must be there
+    v = checks.check_acknowledged_survive(led, [(1, 1)], 2, [], [], ("alpha", 1))
+    assert len(v) == 1 and "still primary" in v[0].message
+
+
+def test_zombie_acknowledgement_after_sigcont():
+    led = ledger_with(("alpha", 1, 1, [(0, 1, None), (1, 2, None), (2, 3, None)]))
+    # alpha frozen at 1.5 (LSN 1 done), beta promoted at 1.8 from LSN 2, alpha continued at
+    # 2.2; writes done at t=2 and t=3: the one at 3 came after SIGCONT
+    f = Freeze("alpha", 1, True, 1.5, 2.2)
+    prom = [Promotion(1.8, "beta", 2, 2, {"beta", "gamma"})]
+    v = checks.check_zombie_acks(led, [(1, 1), (2, 2)], 4, [f], prom)
+    assert len(v) == 1 and "LSN 3" in v[0].message and "LSN 2" not in v[0].message
+
+
+def status(node, role, end, history, following=None, **kw):
+    s = {
+        "node": node,
+        "role": role,
+        "epoch": history[-1][0],
+        "end_lsn": end,
+        "applied_end": end,
+        "history": history,
+        "consistent": True,
+        "rewinding": False,
+        "following": following,
+        "writes_pending": 0,
+        "writes_stalled": 0,
+        "peers": {},
+    }
+    s.update(kw)
+    return s
+
+
+def test_convergence_problems():
+    up = {"connected": True, "state": "up-to-date", "lag_records": 0, "degraded": False}
+    up["rejected"] = None
+    up["acked_lsn"] = 9
+    p = status("a", "primary", 10, [[1, 1], [2, 5]], peers={"b": up, "c": up})
+    b = status("b", "secondary", 10, [[1, 1], [2, 5]], following="a")
+    c = status("c", "secondary", 10, [[1, 1], [2, 5]], following="a")
+    assert checks.convergence_problems({"a": p, "b": b, "c": c}) == []
+    stuck = dict(c, rewinding=True, consistent=False, end_lsn=7, applied_end=7)
+    probs = checks.convergence_problems({"a": p, "b": b, "c": stuck})
+    assert any("c: rewinding, inconsistent" in x for x in probs)
+    assert any("end LSNs differ" in x for x in probs)
+    other_line = dict(c, history=[[1, 1], [3, 5]])
+    probs = checks.convergence_problems({"a": p, "b": b, "c": other_line})
+    assert any("c's history" in x for x in probs)
+    assert checks.convergence_problems({"a": p, "b": dict(b, role="primary"), "c": None})
+
+
+# ---- the small always-on part ------------------------------------------------------------------
+
+ROUNDS = int(os.environ.get("REPLENGINE_FAULTS_ROUNDS", "2"))
+
+
+@pytest.mark.faults_smoke
+@pytest.mark.parametrize("mode,seed", [("degrade", 101), ("block", 202)])
+def test_fault_schedule_smoke(mode, seed):
+    seed = int(os.environ.get("REPLENGINE_FAULTS_SEED", seed))
+    work = Path(tempfile.mkdtemp(prefix="faults-", dir="/tmp"))  # short control socket paths
+    h = Harness(work, seed, mode, converge_s=15.0, keep_failed=False)
+    reports = []
+    try:
+        for _ in range(ROUNDS):
+            res = h.run_round()
+            print(res.line())
+            if not res.ok:
+                reports.append(res.report())
+    finally:
+        h.teardown(remove=True)
+        shutil.rmtree(work, ignore_errors=True)
+    assert not reports, "\n\n".join(reports)
