@@ -47,7 +47,7 @@ class Promotion:
     epoch: int
     first_lsn: int
     reachable: set[str]  # nodes running, not frozen, consistent, not rewinding (incl. node)
-    ends: dict[str, int] = field(default_factory=dict)  # end LSN of each reachable node
+    ends: dict[str, str] = field(default_factory=dict)  # end LSN of each node, as a note
 
 
 @dataclass

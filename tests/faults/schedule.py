@@ -145,7 +145,7 @@ class Harness:
         self.seed = seed
         self.mode = mode
         self.rng = random.Random(f"{seed}:{mode}")
-        self.srl_full = srl_full or self.rng.choice(["stall", "fail", "dcm"])
+        self.srl_full = srl_full or ["stall", "fail", "dcm"][seed % 3]
         self.heartbeat_ms = heartbeat_ms
         self.converge_s = converge_s
         self.rebuild_every = rebuild_every
@@ -316,7 +316,9 @@ class Harness:
         assert self.r is not None
         self.observe()
         pid = self.r.pid(n)
-        assert pid is not None
+        if n in self.dead or pid is None:
+            self.note(f"not freezing {n}: its daemon is gone")
+            return
         self.r.signal(n, signal.SIGSTOP)
         wait_stopped(pid)
         was_primary = n == self.primary
@@ -382,7 +384,11 @@ class Harness:
             self.rng.shuffle(candidates)
         sts = {n: self.status(n) for n in NODES if self.reachable(n)}
         reach = {n for n, s in sts.items() if s and s["consistent"] and not s["rewinding"]}
-        ends = {n: s["end_lsn"] for n, s in sts.items() if s}
+        ends = {
+            n: f"{s['end_lsn']}{'' if n in reach else ' (inconsistent/rewinding)'}"
+            for n, s in sts.items()
+            if s
+        }
         for c in candidates:
             t = self.now()
             doc = self._promote(c)
@@ -645,7 +651,7 @@ class Harness:
                 )
                 raise RoundStop("no primary")
         self.wait_observing(self.rng.uniform(0.2, 1.0))  # writes beside the rejoining nodes
-        self.writer.stop(10)
+        self.writer.stop(3)
         self.observe()
         self.note(f"writer stopped: {self.ledger.counts()}")
         self.quiesce_and_check()
@@ -707,10 +713,18 @@ class Harness:
         for v in self.violations:
             if not v.message.startswith("[seed"):
                 v.message = f"[seed {self.seed} round {self.round} {self.mode}] {v.message}"
-        lost = [w for w in self.ledger.completed() if not checks.in_history(w, history, end)]
+        done = self.ledger.completed()
+        lost = [w for w in done if not checks.in_history(w, history, end)]
+        fp = (p, sts[p]["epoch"])
+        must = sum(
+            1
+            for w in done
+            if checks.protection(w, self.promotions, self.observations, fp) is not None
+        )
         self.note(
-            f"checked at end {end}, history {[list(h) for h in history]}: "
-            f"{len(lost)} completed writes discarded as divergent tails (allowed)"
+            f"checked at end {end}, history {[list(h) for h in history]}: {len(done)} "
+            f"completed writes, {must} of them required to survive, {len(lost)} discarded "
+            "as divergent tails without being required"
         )
         if not self.violations:
             self.base = images[p]
@@ -770,6 +784,14 @@ def describe(n: str, s: dict | None) -> str:
     )
 
 
+def signature(v: Violation) -> str:
+    """A violation without its numbers, names and per-node dumps: to group alike ones."""
+    msg = re.sub(r"^\[seed [^\]]*\] ", "", v.message).split(" || ")[0]
+    msg = re.sub(r"\d+(\.\d+)?", "N", msg)
+    msg = re.sub(r"\b(alpha|beta|gamma|delta)\b", "X", msg)
+    return f"{v.kind}: {msg[:160]}"
+
+
 def reason_key(err: str) -> str:
     """A promotion refusal without its numbers and names, to count refusals by kind."""
     key = re.sub(r"\d+", "N", err)
@@ -786,6 +808,7 @@ class Summary:
     failovers: int = 0
     refusals: Counter = field(default_factory=Counter)
     violations: Counter = field(default_factory=Counter)
+    signatures: dict[str, list[str]] = field(default_factory=dict)
     writes: Counter = field(default_factory=Counter)
     failed: list[RoundResult] = field(default_factory=list)
 
@@ -797,6 +820,10 @@ class Summary:
         self.failovers += res.failovers
         self.refusals.update(res.refusals)
         self.violations.update(v.kind for v in res.violations)
+        for v in res.violations:
+            self.signatures.setdefault(signature(v), []).append(
+                f"seed {res.seed} round {res.round} {res.mode}"
+            )
         self.writes.update(res.counts)
         if not res.ok:
             self.failed.append(res)
@@ -812,6 +839,11 @@ class Summary:
             f"writes: {dict(self.writes)}",
             f"violations: {sum(self.violations.values())} {dict(self.violations.most_common())}",
         ]
+        if self.signatures:
+            lines.append("violations by signature (numbers and node names elided):")
+        for sig, where in sorted(self.signatures.items(), key=lambda x: -len(x[1])):
+            lines.append(f"  {len(where):3d}x {sig}")
+            lines.append(f"       e.g. {', '.join(where[:6])}")
         for res in self.failed:
             lines.append(
                 f"  seed {res.seed} round {res.round} {res.mode} srl_full={res.srl_full}: "
