@@ -1,13 +1,33 @@
 """ZeroMQ plumbing for one node: a ROUTER it listens on, a DEALER to each peer.
 
-Every node sends only through its DEALERs (routing id = its node name) and receives only on its
-ROUTER, so each direction between two nodes is one ordered pipe. The ROUTER can also answer a
-sender it does not know (to tell it why it is refused). Sends never block the daemon's loop:
-DEALERs use ZMQ_IMMEDIATE, so nothing queues for a peer that is not connected, and a full pipe
-shows up as `False` from send(); the replication code keeps its own window and resends from the
-SRL. ZMTP heartbeats drop dead TCP connections so reconnects happen by themselves, and a
-socket monitor on each DEALER reports a lost connection at once (a killed peer's TCP reset),
-so the daemon need not wait three missed heartbeats to know.
+Every node sends only through its DEALERs and receives only on its ROUTER, so each direction
+between two nodes is one ordered pipe. Every message a DEALER sends starts with a frame naming
+the sending node; the ROUTER gives each connection its own routing id, and `recv_peer` reports
+the node name from that first frame. The ROUTER can also answer a sender it does not know (to
+tell it why it is refused). Sends never block the daemon's loop: DEALERs use ZMQ_IMMEDIATE, so
+nothing queues for a peer that is not connected, and a full pipe shows up as `False` from
+send(); the replication code keeps its own window and resends from the SRL. ZMTP heartbeats
+drop dead TCP connections so reconnects happen by themselves, and a socket monitor on each
+DEALER reports a lost connection at once (a killed peer's TCP reset), so the daemon need not
+wait three missed heartbeats to know.
+
+Why the DEALERs do not use their node name as routing id (with ROUTER_HANDOVER on the
+ROUTER): when a peer reconnects while its old connection is still open here (this node was
+stopped: SIGSTOP, a VM pause), handover terminates the old connection's pipe under an engine
+that is still reading it. That engine stops its input, a TCP reset from the peer then marks it
+failed without destroying it, and its next ZMTP heartbeat aborts the whole process in libzmq
+4.3.x ("Assertion failed: !_io_error (src/stream_engine_base.cpp:310)", zeromq/libzmq#4841,
+#4364). Without handover a duplicate routing id is not attached at all, so the reconnected peer
+would stay mute. With a routing id per connection no pipe is ever terminated under a live
+engine. The "newest connection wins" of handover is kept here instead: once a node's newer
+connection has delivered a message, what its older connection still delivers is dropped.
+
+A peer that sets its own routing id (an older replengine, a test speaking the wire format)
+is still taken by it, without a name frame. The wire format changed: a node running this
+module and one running the version with named DEALERs do not understand each other's messages.
+
+The other way an engine stops its input is a full receive pipe; so the replies a peer's ROUTER
+sends to our DEALERs (refusals) are read and dropped rather than left to pile up.
 """
 
 from __future__ import annotations
@@ -21,6 +41,11 @@ from zmq.utils.monitor import recv_monitor_message
 
 log = logging.getLogger(__name__)
 
+#: at most this many node names are remembered with their newest connection (names are
+#: chosen by whoever connects; past the cap the table starts over, which only loses the
+#: dropping of an old connection's leftovers for a moment)
+MAX_ROUTES = 1024
+
 
 def tcp_endpoint(address: str) -> str:
     host, _, port = address.rpartition(":")
@@ -29,8 +54,26 @@ def tcp_endpoint(address: str) -> str:
 
 @dataclass
 class Incoming:
+    """A message from a peer (`identity`: the node name it sent, for recv_peer) or from a
+    local client (`identity`: its routing id, for recv_control)."""
+
     identity: bytes
     frames: list[zmq.Frame]
+
+
+def _numbered(route: bytes) -> bool:
+    """Whether the ROUTER numbered this connection itself (the peer set no routing id): it
+    does so as b"\\0" + a 32-bit counter, from a random start and wrapping."""
+    return len(route) == 5 and route[0] == 0
+
+
+def _newer(route: bytes, than: bytes) -> bool:
+    """Whether ROUTER routing id `route` was given to a later connection than `than`; an id a
+    peer chose itself counts as the newer one."""
+    if not (_numbered(route) and _numbered(than)):
+        return True
+    diff = (int.from_bytes(route[1:], "big") - int.from_bytes(than[1:], "big")) % (1 << 32)
+    return 0 < diff < (1 << 31)
 
 
 class Transport:
@@ -47,8 +90,9 @@ class Transport:
     ) -> None:
         self.ctx = zmq.Context.instance()
         self.me = me
+        self._me_frame = me.encode()
         self.router = self.ctx.socket(zmq.ROUTER)
-        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # no ROUTER_HANDOVER, no routing ids set by the DEALERs: see the module docstring
         self.router.setsockopt(zmq.RCVHWM, 0)
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ms)
@@ -58,7 +102,6 @@ class Transport:
         self.monitors: dict[zmq.Socket, str] = {}
         for name, addr in peers.items():
             sock = self.ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.ROUTING_ID, me.encode())
             sock.setsockopt(zmq.IMMEDIATE, 1)
             sock.setsockopt(zmq.SNDHWM, 100_000)
             sock.setsockopt(zmq.LINGER, 0)
@@ -90,7 +133,12 @@ class Transport:
         self.poller.register(self._wake_r, zmq.POLLIN)
         for mon in self.monitors:
             self.poller.register(mon, zmq.POLLIN)
+        self._dealer_names = {sock: name for name, sock in self.dealers.items()}
+        for sock in self.dealers.values():
+            self.poller.register(sock, zmq.POLLIN)
         self.disconnected: list[str] = []
+        #: node name -> routing id of its newest connection to our ROUTER
+        self._routes: dict[bytes, bytes] = {}
 
     def wake(self) -> None:
         """Called from any thread: make the loop's poll return."""
@@ -104,6 +152,9 @@ class Transport:
         for mon, name in self.monitors.items():
             if mon in events:
                 self._drain_monitor(mon, name)
+        for sock, name in self._dealer_names.items():
+            if sock in events:
+                self._drain_dealer(sock, name)
         woke = self._wake_r in events
         if woke:
             try:
@@ -122,17 +173,53 @@ class Transport:
             if event["event"] == zmq.EVENT_DISCONNECTED:
                 self.disconnected.append(name)
 
+    def _drain_dealer(self, sock: zmq.Socket, name: str) -> None:
+        """Drop what a peer's ROUTER sent back on our connection (only refusals, which the
+        peer logs too): left unread, they would fill the pipe and stop the engine's input."""
+        dropped = 0
+        while True:
+            try:
+                sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            dropped += 1
+        if dropped:
+            log.debug("dropped %d replies from %s", dropped, name)
+
     def take_disconnected(self) -> list[str]:
         """Peers whose connection dropped since the last call."""
         out, self.disconnected = self.disconnected, []
         return out
 
     def recv_peer(self) -> Incoming | None:
-        try:
-            frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            return None
-        return Incoming(frames[0].bytes, frames[1:])
+        """The next message from a peer, `identity` being the node name its first frame
+        carries; None when there is none. Leftovers of a node's older connection, once a
+        newer one has spoken, are skipped, as are messages without a name frame.
+
+        A peer that set its own routing id (a replengine before per-connection routing ids, a
+        test speaking the wire format) is taken by that id, as before, and sends no name
+        frame; two connections with the same such id are not handed over (the ROUTER ignores
+        the second one until the first is gone)."""
+        while True:
+            try:
+                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return None
+            route = frames[0].bytes
+            if not _numbered(route):
+                name, payload = route, frames[1:]
+            elif len(frames) >= 2:
+                name, payload = frames[1].bytes, frames[2:]
+            else:
+                continue
+            newest = self._routes.get(name)
+            if newest != route:
+                if newest is not None and not _newer(route, newest):
+                    continue  # sent before the peer reconnected: a newer pipe replaced it
+                if newest is None and len(self._routes) >= MAX_ROUTES:
+                    self._routes.clear()
+                self._routes[name] = route
+            return Incoming(name, payload)
 
     def recv_control(self) -> Incoming | None:
         try:
@@ -144,15 +231,19 @@ class Transport:
     def send(self, peer: str, frames: list) -> bool:
         """Queue frames to a peer; False when not connected or its pipe is full."""
         try:
-            self.dealers[peer].send_multipart(frames, zmq.NOBLOCK, copy=False)
+            self.dealers[peer].send_multipart([self._me_frame, *frames], zmq.NOBLOCK, copy=False)
             return True
         except zmq.Again:
             return False
 
     def reply_router(self, identity: bytes, frames: list) -> None:
-        """Answer whoever sent to our ROUTER (used for refusing unknown peers)."""
+        """Answer whoever sent to our ROUTER (used for refusing unknown peers); `identity` is
+        the name from recv_peer, the answer goes to that name's newest connection."""
+        route = self._routes.get(identity)
+        if route is None:
+            return
         try:
-            self.router.send_multipart([identity, *frames], zmq.NOBLOCK)
+            self.router.send_multipart([route, *frames], zmq.NOBLOCK)
         except (zmq.Again, zmq.ZMQError):
             pass
 
