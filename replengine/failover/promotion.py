@@ -36,6 +36,7 @@ class PeerView:
     end_lsn: int
     consistent: bool
     epoch: int
+    alive: bool = False  # heard from within the liveness window (3 heartbeats)
 
 
 class PromotionContext(Protocol):
@@ -94,8 +95,14 @@ class Promotion:
         now = time.monotonic() if now is None else now
         try:
             if self.phase is Phase.PROBE:
-                fresh = [p for p in self.ctx.peer_views() if p.seen_at > self.t0 and not p.rejected]
-                if now < self.probe_until and len(fresh) < self.ctx.peer_count():
+                views = self.ctx.peer_views()
+                fresh = [p for p in views if p.seen_at > self.t0 and not p.rejected]
+                if len(fresh) < self.ctx.peer_count() and now < self.probe_until:
+                    return None
+                # a peer that was alive when the probe began but has not answered yet (a busy
+                # machine) gets up to the liveness window before it is counted as unreachable
+                late = [p for p in views if p.alive and p.seen_at <= self.t0 and not p.rejected]
+                if late and now < self.t0 + 3 * self.ctx.heartbeat_s:
                     return None
                 return self._plan(fresh)
             return self._pulling(now)

@@ -62,6 +62,15 @@ class Applier(threading.Thread):
             self.pending_clear = clear_end
             self._q.put(("clear",))
 
+    def forget_from(self, lsn: int) -> None:
+        """The log was cut back to ``lsn`` (a divergent tail dropped, or a reset): nothing at
+        or past it is applied any more, and no clear may reach past it. The caller made
+        sure the applier had finished with those records."""
+        with self.lock:
+            self.applied_end = min(self.applied_end, lsn)
+            self.overlay.clear()
+            self.pending_clear = min(self.pending_clear, lsn)
+
     def barrier(self) -> threading.Event:
         """An event set once everything queued so far is applied and flushed."""
         ev = threading.Event()

@@ -23,11 +23,13 @@ from replengine.log.history import divergence_point
 from replengine.log.record import Record
 from replengine.log.srl import SRL
 from replengine.node.applier import Applier, LocalSync
+from replengine.node.copier import BlockCopier
 from replengine.node.dcm import DcmReceiver, DcmTracker
 from replengine.node.ops import Operations
 from replengine.node.peers import Peer
 from replengine.node.primary import Primary
-from replengine.node.rewind import Rewinder, serve_block_req
+from replengine.node.reads import consistent_read
+from replengine.node.rewind import Rewinder, load_marker, marker_path
 from replengine.node.secondary import Secondary
 from replengine.storage.volume import Volume
 from replengine.wire.protocol import (
@@ -84,10 +86,21 @@ class Node:
         self.secondary = Secondary(self)
         self.primary: Primary | None = None
         self.rewinder: Rewinder | None = None
+        self.copier = BlockCopier(
+            read=lambda off, n: consistent_read(self, off, n),
+            end=lambda: self.watcher.durable_end,
+            send=self.send,
+            volume_size=self.volume.size,
+        )
+        self.rewind_marker = marker_path(cfg.local.srl, cfg.name, self.me)
+        owed = load_marker(self.rewind_marker)
+        if owed is not None:
+            self.rewinder = Rewinder.resume(self, self.rewind_marker, owed)
         self.dcm = DcmTracker(self)
         self.dcm_rx: DcmReceiver | None = None
         self.ops = Operations(self)
         self.stop_requested = False
+        self.fatal = ""
         self.exit_code = 0
         self.last_divergent: dict[str, Any] = {}
         self._warned: dict[str, float] = {}
@@ -153,7 +166,8 @@ class Node:
             volume_size=self.volume.size,
             primary=self.me if self.role == "primary" else self.following,
             consistent=self.consistent,
-            following=self.following,
+            # records must not flow before a rewind's blocks are in
+            following=self.following if self.rewinder is None or self.rewinder.streaming else "",
         )
 
     def beacon(self) -> None:
@@ -192,8 +206,8 @@ class Node:
             if ctl_in:
                 self.drain_control()
             self.watcher.sync()
-            if self.watcher.error or self.applier.error:
-                err = self.watcher.error or self.applier.error
+            if self.watcher.error or self.applier.error or self.fatal:
+                err = self.watcher.error or self.applier.error or self.fatal
                 log.error("node failed: %s", err)
                 if self.primary:
                     self.primary.fail_all(f"node failed: {err}")
@@ -278,6 +292,7 @@ class Node:
                 self.dcm_rx = None
         if self.rewinder:
             self.rewinder.progress()
+        self.copier.pump()
         self.ops.progress()
 
     # ---- peer messages --------------------------------------------------------------------
@@ -338,8 +353,19 @@ class Node:
                 continue
             try:
                 self.dispatch(peer, msg)
-            except Exception:  # logged loudly; one bad message must not stop replication
-                log.exception("handling %s from %s failed", msg.header.type.name, sender)
+            except Exception as exc:
+                # the message was well-formed, so this is a fault in a role: its state may be
+                # half changed, and carrying on could hide that (a node "rewinding" for ever,
+                # or consistent when it is not). Stop loudly; a restart recovers from disk.
+                log.critical(
+                    "handling %s from %s failed; stopping this node: %s",
+                    msg.header.type.name,
+                    sender,
+                    exc,
+                    exc_info=True,
+                )
+                self.fatal = f"handling {msg.header.type.name} from {sender} failed: {exc}"
+                return
 
     def dispatch(self, peer: Peer, msg: Message) -> None:
         body, header = msg.body, msg.header
@@ -367,13 +393,14 @@ class Node:
         elif isinstance(body, Pull):
             self.ops.pulls.serve(peer.name, body.first, body.end)
         elif isinstance(body, BlockReq):
-            serve_block_req(self, peer, body)
+            self.copier.start(peer.name, body.tag, [(int(o), int(n)) for o, n in body.ranges])
         elif isinstance(body, BlockAck):
+            self.copier.on_ack(peer.name, body.received)
             if self.primary:
                 self.dcm.on_block_ack(peer, body)
         elif isinstance(body, (Block, BlockDone)):
             if self.rewinder:
-                self.rewinder.on_message(peer, body)
+                self.rewinder.on_message(peer.name, body)
             elif self.role == "secondary" and header.sender == self.following:
                 self.on_dcm_message(peer, body)
 
@@ -473,15 +500,29 @@ class Node:
     def follow(self, peer: Peer, h: Hello) -> None:
         end = self.watcher.durable_end
         d = divergence_point(self.srl.history, h.history, end)
-        if d < end:
-            self.rewinder = Rewinder(self, peer.name, d)
+        if d < end or self.rewinder is not None:
+            if self.rewinder is None:
+                self.rewinder = Rewinder(self, peer.name, d, self.rewind_marker)
+            self.rewinder.retarget(peer.name, d)
             self.following = peer.name
-            self.rewinder.start()
+            self.consistent = False
+            self.secondary.acked_sent = (0, 0)
             return
         log.info("following primary %s (epoch %d) from LSN %d", peer.name, peer.epoch, end)
         self.following = peer.name
         self.secondary.acked_sent = (0, 0)
         self.send(peer.name, self.hello())
+
+    def drop_log_from(self, lsn: int) -> None:
+        """Cut this node's log back to ``lsn`` (a divergent tail), or make it empty there
+        when ``lsn`` is below its start. The applier must be done with what goes."""
+        if lsn >= self.srl.start_lsn:
+            self.srl.truncate(lsn)
+        else:
+            self.srl.reset(lsn)
+        self.applier.forget_from(lsn)
+        self.watcher.durable_end = lsn
+        self.secondary.assigned_end = lsn
 
     def step_down(self, why: str) -> None:
         log.error("FENCED: stepping down from primary: %s; pending writes fail", why)

@@ -46,6 +46,7 @@ class NodePromotionContext:
                     h.end_lsn,
                     h.consistent,
                     p.epoch,
+                    p.alive(self.node.heartbeat_s),
                 )
             )
         return out

@@ -1,28 +1,55 @@
 """Rewinding a divergent tail (pg_rewind's idea, on blocks).
 
 A node that comes back with records nobody else kept (a former primary that wrote after the
-others moved to a new epoch) drops those records from its SRL and asks the new primary for
-exactly the blocks they touched. Once those blocks are rewritten, the node's volume equals its
-remaining log's state plus newer primary data on those blocks; the normal catch-up from the
-divergence point then replays the rest, and the node is consistent again once it has reached
-the primary's end as of the block copy. No full resync.
+others moved to a new epoch) drops those records from its SRL and asks the primary for exactly
+the blocks they touched. Once those blocks are rewritten and the node has replayed the
+primary's records up to the LSN the blocks were copied as of, its volume is a prefix state of
+the history again. No full resync.
+
+The rewind survives what a hostile schedule does to it:
+
+* it is persistent: a marker (the block ranges still owed) is made durable *before* the tail
+  is dropped, so a node restarted mid-rewind stays inconsistent and fetches them again;
+* lost messages: a request that is not answered, or a copy that stops making progress, is
+  asked again (only what is still missing); a BLOCK_DONE is believed only when every byte
+  of every range has arrived;
+* a source that steps down or dies: the copy starts over from whichever primary the node
+  follows next, after checking its history against that primary's too;
+* the records stream only once the blocks are in (the HELLO says it follows nobody until
+  then), so a late block can never overwrite a newer record.
+
+Phases: ``drain`` (let the applier finish with the records about to be dropped, without
+blocking the loop), ``blocks`` (request, receive, verify), ``catchup`` (replay up to the copy's
+LSN), then consistent.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import time
 import uuid as uuidlib
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from replengine.wire.protocol import Block, BlockDone, BlockReq
+from replengine.wire.protocol import Block, BlockAck, BlockDone, BlockReq
 
 if TYPE_CHECKING:
     from replengine.node.core import Node
-    from replengine.node.peers import Peer
 
 log = logging.getLogger(__name__)
 
-BLOCK_CHUNK = 1 << 20
+ACK_EVERY = 4 << 20
+RETRY_BEATS = 4
+
+
+class Phase(Enum):
+    DRAIN = "drain"
+    BLOCKS = "blocks"
+    CATCHUP = "catchup"
 
 
 def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -36,95 +63,238 @@ def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return [(a, b) for a, b in out]
 
 
+def subtract(ranges: list[tuple[int, int]], off: int, length: int) -> list[tuple[int, int]]:
+    """``ranges`` less [off, off+length)."""
+    out = []
+    end = off + length
+    for a, n in ranges:
+        b = a + n
+        if b <= off or a >= end:
+            out.append((a, n))
+            continue
+        if a < off:
+            out.append((a, off - a))
+        if b > end:
+            out.append((end, b - end))
+    return out
+
+
+def marker_path(srl: str | os.PathLike[str], resource: str, node: str) -> Path:
+    """Beside a file SRL; under /var/lib/replengine for an SRL on a block device."""
+    p = Path(srl)
+    if p.is_file():
+        return p.with_name(f"{p.name}.rewind")
+    base = Path("/var/lib/replengine") / resource / node
+    base.mkdir(parents=True, exist_ok=True)
+    return base / "rewind"
+
+
+def _write_durably(path: Path, doc: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(doc, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def load_marker(path: Path) -> list[tuple[int, int]] | None:
+    """The ranges a previous run still owed, or None when no rewind was under way."""
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        log.error("rewind marker %s is unreadable: copying the whole volume again", path)
+        return [(0, -1)]
+    return [(int(o), int(n)) for o, n in doc.get("ranges", [])]
+
+
+@dataclass
 class Rewinder:
-    def __init__(self, node: Node, source: str, divergence: int) -> None:
-        self.node = node
-        self.source = source
-        self.divergence = divergence
-        self.tag = uuidlib.uuid4().hex[:12]
-        self.primary_end = 0
-        self.blocks_done = False
-        self.bytes_received = 0
+    node: Node
+    source: str
+    divergence: int
+    marker: Path
+    owed: list[tuple[int, int]] = field(default_factory=list)  # ranges the marker holds
+    phase: Phase = Phase.DRAIN
+    missing: list[tuple[int, int]] = field(default_factory=list)
+    tag: str = ""
+    as_of: int = 0
+    received: int = 0
+    acked: int = 0
+    last_progress: float = 0.0
 
-    def start(self) -> None:
-        node = self.node
-        d = self.divergence
-        # the applier must have finished with the records we are about to drop
-        node.applier.barrier().wait()
-        tail = node.srl.truncate(d)
-        ranges = merge_ranges([(r.offset, len(r.data)) for r in tail])
-        with node.applier.lock:
-            node.applier.applied_end = min(node.applier.applied_end, d)
-            node.applier.overlay.clear()
-        node.watcher.durable_end = d
-        node.secondary.assigned_end = d
+    # ---- starting and restarting ------------------------------------------------------------
+
+    @classmethod
+    def resume(cls, node: Node, marker: Path, ranges: list[tuple[int, int]]) -> Rewinder:
+        """After a restart mid-rewind: the blocks are owed again, from the next primary."""
+        if ranges == [(0, -1)]:
+            ranges = [(0, node.volume.size)]
+        rw = cls(node, "", node.watcher.durable_end, marker, owed=merge_ranges(ranges))
+        rw.phase = Phase.BLOCKS
         node.consistent = False
-        nbytes = sum(len(r.data) for r in tail)
-        node.last_divergent = {
-            "records": len(tail),
-            "bytes": nbytes,
-            "first_lsn": tail[0].lsn if tail else d,
-            "end_lsn": (tail[-1].lsn + 1) if tail else d,
-            "epochs": sorted({r.epoch for r in tail}),
-            "block_ranges": [list(r) for r in ranges],
-            "rewritten_from": self.source,
-        }
         log.warning(
-            "divergent tail discarded: %d records (%d bytes), LSNs [%d, %d); rewriting "
-            "%d block ranges from %s: %s",
-            len(tail),
-            nbytes,
-            d,
-            node.last_divergent["end_lsn"],
-            len(ranges),
-            self.source,
-            ", ".join(f"{o}+{n}" for o, n in ranges),
+            "a divergent-tail rewind was under way when this node stopped: %d bytes of blocks "
+            "are owed; inconsistent until a primary has sent them",
+            sum(n for _, n in rw.owed),
         )
-        node.send(self.source, BlockReq(ranges, self.tag))
+        return rw
 
-    def on_message(self, peer: Peer, body: Block | BlockDone) -> None:
-        if peer.name != self.source:
-            return
-        if isinstance(body, Block):
-            self.node.volume.write(body.offset, body.data)
-            self.bytes_received += len(body.data)
-            return
-        if body.tag != self.tag:
-            return
-        self.node.volume.flush()
-        self.primary_end = body.primary_end
-        self.blocks_done = True
-        log.info(
-            "divergent blocks rewritten (%d bytes); catching up from LSN %d to %d",
-            self.bytes_received,
-            self.divergence,
-            self.primary_end,
-        )
-        self.node.send(self.source, self.node.hello())
+    def retarget(self, source: str, divergence: int) -> None:
+        """Follow a (new) primary: drop whatever more diverges from it, fetch everything owed
+        from it, from scratch (blocks from an earlier source may be of another line)."""
+        self.source = source
+        self.divergence = min(self.divergence, divergence)
+        self.phase = Phase.DRAIN
+        self.node.consistent = False
+
+    # ---- the loop's turn ----------------------------------------------------------------------
 
     def progress(self) -> None:
         node = self.node
-        if self.blocks_done and node.applier.applied_end >= self.primary_end:
+        if not self.source or node.following != self.source:
+            return  # waiting for a primary to follow (follow() retargets the rewind)
+        if self.phase is Phase.DRAIN:
+            if node.applier.applied_end < node.watcher.durable_end:
+                return  # the applier still works on records we are about to drop
+            self._drop_tail()
+            self._request(list(self.owed))
+        elif self.phase is Phase.BLOCKS:
+            stalled = time.monotonic() - self.last_progress > RETRY_BEATS * node.heartbeat_s
+            if stalled:
+                log.warning(
+                    "rewind: no blocks from %s for %.1fs; asking again for %d bytes",
+                    self.source,
+                    time.monotonic() - self.last_progress,
+                    sum(n for _, n in self.missing),
+                )
+                self._request(self.missing)
+        elif self.phase is Phase.CATCHUP and node.applier.applied_end >= self.as_of:
+            self.marker.unlink(missing_ok=True)
             node.consistent = True
             node.rewinder = None
-            log.info("rewind complete: consistent at LSN %d", node.applier.applied_end)
+            log.warning("rewind complete: consistent at LSN %d", node.applier.applied_end)
 
-
-def serve_block_req(node: Node, peer: Peer, req: BlockReq) -> None:
-    """Send the requested volume ranges as of every completed write, then BLOCK_DONE."""
-    from replengine.node.reads import consistent_read
-
-    end_at_copy = node.watcher.durable_end
-    for off, length in req.ranges:
-        if off + length > node.volume.size:
-            log.error(
-                "%s asked for blocks %d+%d beyond the volume; refused", peer.name, off, length
+    def _drop_tail(self) -> None:
+        node = self.node
+        d = self.divergence
+        end = node.watcher.durable_end
+        ranges: list[tuple[int, int]] = []
+        tail = []
+        if d < node.srl.start_lsn:
+            # the records that diverge were already cleared here: which blocks they touched
+            # is unknown, so every block is owed
+            ranges = [(0, node.volume.size)]
+        elif d < end:
+            tail = list(node.srl.read(d, end))
+            ranges = [(r.offset, len(r.data)) for r in tail]
+        self.owed = merge_ranges(self.owed + ranges)
+        # durable before the tail goes: a restart must know the volume is not a prefix state
+        _write_durably(self.marker, {"ranges": [list(r) for r in self.owed], "divergence": d})
+        if d < end:
+            node.drop_log_from(d)
+        self.divergence = node.watcher.durable_end
+        if tail:
+            nbytes = sum(len(r.data) for r in tail)
+            node.last_divergent = {
+                "records": len(tail),
+                "bytes": nbytes,
+                "first_lsn": d,
+                "end_lsn": end,
+                "epochs": sorted({r.epoch for r in tail}),
+                "block_ranges": [list(r) for r in merge_ranges(ranges)],
+                "rewritten_from": self.source,
+            }
+            log.warning(
+                "divergent tail discarded: %d records (%d bytes), LSNs [%d, %d); rewriting "
+                "%d block ranges from %s: %s",
+                len(tail),
+                nbytes,
+                d,
+                end,
+                len(ranges),
+                self.source,
+                ", ".join(f"{o}+{n}" for o, n in merge_ranges(ranges)),
             )
+        elif ranges:
+            log.error(
+                "divergent records below this SRL's start (LSN %d < %d): every block is "
+                "copied from %s",
+                d,
+                node.srl.start_lsn,
+                self.source,
+            )
+
+    def _request(self, ranges: list[tuple[int, int]]) -> None:
+        self.phase = Phase.BLOCKS
+        self.missing = merge_ranges(ranges)
+        self.tag = uuidlib.uuid4().hex[:12]
+        self.received = self.acked = 0
+        self.last_progress = time.monotonic()
+        if not self.missing:
+            self._blocks_done(self.node.watcher.durable_end)
             return
-        pos = off
-        while pos < off + length:
-            n = min(BLOCK_CHUNK, off + length - pos)
-            node.send(peer.name, Block(pos, consistent_read(node, pos, n)))
-            pos += n
-    node.send(peer.name, BlockDone(req.tag, end_at_copy))
-    log.info("sent %d block ranges to %s for its rewind", len(req.ranges), peer.name)
+        self.node.send(self.source, BlockReq(self.missing, self.tag))
+
+    # ---- messages from the source -------------------------------------------------------------
+
+    def on_message(self, sender: str, body: Block | BlockDone) -> None:
+        if sender != self.source or self.phase is not Phase.BLOCKS:
+            return  # a late copy from an earlier source or request: never written
+        node = self.node
+        if isinstance(body, Block):
+            n = len(body.data)
+            if body.offset < 0 or body.offset + n > node.volume.size:
+                log.error(
+                    "rewind: block %d+%d from %s is outside the volume", body.offset, n, sender
+                )
+                return
+            node.volume.write(body.offset, body.data)
+            self.missing = subtract(self.missing, body.offset, n)
+            self.received += n
+            self.last_progress = time.monotonic()
+            if self.received - self.acked >= ACK_EVERY:
+                self.acked = self.received
+                node.send(self.source, BlockAck(self.received))
+            return
+        if body.tag != self.tag:
+            return
+        node.send(self.source, BlockAck(self.received))
+        if self.missing:
+            log.warning(
+                "rewind: %s finished its copy but %d bytes never arrived; asking again",
+                sender,
+                sum(n for _, n in self.missing),
+            )
+            self._request(self.missing)
+            return
+        self._blocks_done(body.primary_end)
+
+    def _blocks_done(self, as_of: int) -> None:
+        node = self.node
+        node.volume.flush()
+        self.as_of = max(self.as_of, as_of)
+        self.phase = Phase.CATCHUP
+        log.info(
+            "divergent blocks rewritten (%d bytes) from %s; catching up from LSN %d to %d",
+            sum(n for _, n in self.owed),
+            self.source,
+            node.watcher.durable_end,
+            self.as_of,
+        )
+        node.send(self.source, node.hello())
+
+    @property
+    def streaming(self) -> bool:
+        """Whether records may flow to this node (only once the blocks are in)."""
+        return self.phase is Phase.CATCHUP
+
+
+__all__ = ["Phase", "Rewinder", "load_marker", "marker_path", "merge_ranges", "subtract"]

@@ -45,6 +45,8 @@ class Secondary:
                 node.known_epoch,
             )
             return
+        if node.rewinder is not None and not node.rewinder.streaming:
+            return  # a rewind's blocks are not all in yet: a record now could be overwritten
         if not pulled and header.sender != node.following:
             log.debug("UPDATE from %s ignored: following %r", header.sender, node.following)
             return
@@ -139,6 +141,8 @@ class Secondary:
     def ack(self, force: bool = False) -> None:
         """Cumulative ACK to the primary we follow and to a peer we are pulling from."""
         node = self.node
+        if node.rewinder is not None and not node.rewinder.streaming:
+            return  # its log still holds the tail being dropped: acking it would clear it
         targets = [t for t in (node.following, node.ops.pull_source) if t]
         if not targets:
             return

@@ -1,0 +1,139 @@
+"""The divergent-tail rewind against a fake node: it must survive lost messages, a source that
+goes away, and a restart, and never let a late block land after records flow again."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from replengine.log.record import Record
+from replengine.node.rewind import Phase, Rewinder, load_marker, subtract
+from replengine.wire.protocol import Block, BlockDone, BlockReq
+
+VOL = 1 << 20
+
+
+@dataclass
+class FakeApplier:
+    applied_end: int = 0
+
+
+@dataclass
+class FakeWatcher:
+    durable_end: int = 0
+
+
+@dataclass
+class FakeSRL:
+    records: list[Record]
+    start_lsn: int = 1
+
+    def read(self, first, end):
+        return [r for r in self.records if first <= r.lsn < end]
+
+
+@dataclass
+class FakeVolume:
+    size: int = VOL
+    data: bytearray = field(default_factory=lambda: bytearray(VOL))
+    flushed: int = 0
+
+    def write(self, off, data):
+        self.data[off : off + len(data)] = data
+
+    def flush(self):
+        self.flushed += 1
+
+
+@dataclass
+class FakeNode:
+    srl: FakeSRL
+    heartbeat_s: float = 0.01
+    following: str = ""
+    consistent: bool = True
+    rewinder: object = None
+    last_divergent: dict = field(default_factory=dict)
+    sent: list = field(default_factory=list)
+    volume: FakeVolume = field(default_factory=FakeVolume)
+    applier: FakeApplier = field(default_factory=FakeApplier)
+    watcher: FakeWatcher = field(default_factory=FakeWatcher)
+
+    def drop_log_from(self, lsn):
+        self.srl.records = [r for r in self.srl.records if r.lsn < lsn]
+        self.watcher.durable_end = min(self.watcher.durable_end, lsn)
+        self.applier.applied_end = min(self.applier.applied_end, lsn)
+
+    def send(self, peer, body):
+        self.sent.append((peer, body))
+        return True
+
+    def hello(self):
+        return "HELLO"
+
+
+def node_with_tail(tmp_path):
+    recs = [Record(lsn, 1, (lsn - 1) * 4096, b"t" * 4096) for lsn in range(1, 11)]
+    n = FakeNode(FakeSRL(recs))
+    n.watcher.durable_end = n.applier.applied_end = 11
+    n.following = "beta"
+    rw = Rewinder(n, "beta", 8, tmp_path / "srl.rewind")
+    n.rewinder = rw
+    rw.retarget("beta", 8)
+    return n, rw
+
+
+def requests(node):
+    return [b for _, b in node.sent if isinstance(b, BlockReq)]
+
+
+def test_marker_is_durable_before_the_tail_is_dropped_and_restart_resumes(tmp_path) -> None:
+    node, rw = node_with_tail(tmp_path)
+    rw.progress()
+    assert load_marker(rw.marker) == [(7 * 4096, 3 * 4096)]
+    assert node.watcher.durable_end == 8 and not node.consistent
+    assert requests(node)[-1].ranges == [(7 * 4096, 3 * 4096)]
+    # a restart now: the volume still holds the dropped writes, so it must stay inconsistent
+    again = Rewinder.resume(node, rw.marker, load_marker(rw.marker))
+    assert again.owed == [(7 * 4096, 3 * 4096)] and node.consistent is False
+
+
+def test_an_unanswered_request_is_asked_again_for_what_is_missing(tmp_path) -> None:
+    node, rw = node_with_tail(tmp_path)
+    rw.progress()
+    rw.on_message("beta", Block(7 * 4096, b"n" * 4096))
+    rw.last_progress -= 1.0  # many heartbeats without a block
+    rw.progress()
+    assert requests(node)[-1].ranges == [(8 * 4096, 2 * 4096)]
+
+
+def test_block_done_with_bytes_missing_is_not_believed(tmp_path) -> None:
+    node, rw = node_with_tail(tmp_path)
+    rw.progress()
+    tag = requests(node)[-1].tag
+    rw.on_message("beta", Block(7 * 4096, b"n" * 4096))
+    rw.on_message("beta", BlockDone(tag, 20))
+    assert rw.phase is Phase.BLOCKS and not node.consistent
+    assert requests(node)[-1].ranges == [(8 * 4096, 2 * 4096)]
+    tag = requests(node)[-1].tag
+    rw.on_message("beta", Block(8 * 4096, b"n" * 8192))
+    rw.on_message("beta", BlockDone(tag, 21))
+    assert rw.phase is Phase.CATCHUP and rw.as_of == 21 and rw.streaming
+    node.applier.applied_end = 21
+    rw.progress()
+    assert node.consistent and node.rewinder is None and not rw.marker.exists()
+
+
+def test_a_new_source_starts_the_copy_over_and_late_blocks_are_ignored(tmp_path) -> None:
+    node, rw = node_with_tail(tmp_path)
+    rw.progress()
+    rw.on_message("beta", Block(7 * 4096, b"b" * 4096))
+    node.following = "gamma"  # beta stepped down; gamma is the primary now
+    rw.retarget("gamma", 8)
+    rw.progress()
+    assert requests(node)[-1].ranges == [(7 * 4096, 3 * 4096)]
+    rw.on_message("beta", Block(7 * 4096, b"L" * 4096))  # late, from the old source
+    assert node.volume.data[7 * 4096] != ord("L")
+
+
+def test_subtract_ranges() -> None:
+    assert subtract([(0, 100)], 10, 20) == [(0, 10), (30, 70)]
+    assert subtract([(0, 10), (20, 10)], 0, 25) == [(25, 5)]
