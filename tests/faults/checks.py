@@ -25,7 +25,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from replengine.log.history import divergence_point, epoch_of
+from replengine.log.history import divergence_point
+from replengine.log.history import epoch_at as epoch_of
 
 from .ledger import SECTOR, Ledger, Write, read_tag
 
