@@ -429,6 +429,11 @@ class Harness:
         following with less than the primary's end, or after a short random delay."""
         if not self.restart(n):
             return
+        self.kill_when_rejoining(n)
+
+    def kill_when_rejoining(self, n: str) -> None:
+        """SIGKILL n (just restarted or continued) when it is seen rewinding, or following
+        (by chance), or after a random delay of up to 0.6 s."""
         assert self.r is not None
         limit = time.monotonic() + self.rng.uniform(0.0, 0.6)
         seen = "before its first status"
@@ -529,7 +534,13 @@ class Harness:
         if kind == "thaw":
             pool = sorted(self.frozen)
             n = rng.choice(pool)
+            zombie = self.frozen[n].was_primary and n != self.primary
             self.thaw(n)
+            if zombie and rng.random() < 0.4:
+                # the old primary killed while it steps down and rewinds its divergent tail
+                self.kill_when_rejoining(n)
+                self.faults["kill_while_rewinding"] += 1
+                return f"{kind}+kill_while_rewinding({n})"
             return f"{kind}({n})"
         if kind == "burst":
             self.writer.burst = not self.writer.burst
