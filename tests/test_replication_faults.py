@@ -502,9 +502,14 @@ def test_config_digest_mismatch_peer_is_refused(resource, tmp_path):
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
+    # alpha's log also names the digest when gamma's REJECT arrives first: wait for alpha's
+    # own refusal, which is what its status shows
     r.wait_for(
-        lambda: "config digest mismatch" in r.log("alpha"), 10, "alpha to refuse gamma's config"
+        lambda: r.status("alpha")["peers"]["gamma"]["rejected"],
+        10,
+        "alpha to refuse gamma's config",
     )
+    assert "config digest mismatch" in r.status("alpha")["peers"]["gamma"]["rejected"]
     vol = r.connect("alpha")
     vol.write(0, b"d" * 4096)
     vol.close()
