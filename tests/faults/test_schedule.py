@@ -204,7 +204,11 @@ ROUNDS = int(os.environ.get("REPLENGINE_FAULTS_ROUNDS", "2"))
 
 
 @pytest.mark.faults_smoke
-@pytest.mark.parametrize("mode,seed", [("degrade", 101), ("block", 202)])
+@pytest.mark.parametrize(
+    "mode,seed",
+    # srl_full follows the seed: 102 stall, 202 fail, 101 dcm
+    [("degrade", 102), ("block", 202), ("degrade", 101)],
+)
 def test_fault_schedule_smoke(mode, seed):
     seed = int(os.environ.get("REPLENGINE_FAULTS_SEED", seed))
     work = Path(tempfile.mkdtemp(prefix="faults-", dir="/tmp"))  # short control socket paths
