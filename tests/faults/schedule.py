@@ -737,6 +737,24 @@ class Harness:
             f"completed writes, {must} of them required to survive, {len(lost)} discarded "
             "as divergent tails without being required"
         )
+        for f in self.freezes:
+            if not f.was_primary or f.t_cont is None:
+                continue
+            after = [
+                w
+                for c in self.ledger.conns
+                if c.node == f.node and c.epoch == f.epoch
+                for w in c.writes
+                if w.t_done is not None and w.t_done >= f.t_cont
+            ]
+            if after:
+                outcomes = Counter(
+                    f"completed, {'kept' if checks.in_history(w, history, end) else 'DISCARDED'}"
+                    if w.completed
+                    else re.sub(r"\d+", "N", (w.error or "")[:60])
+                    for w in after
+                )
+                self.note(f"{f.node}'s writes answered after its SIGCONT: {dict(outcomes)}")
         if not self.violations:
             self.base = images[p]
 
