@@ -43,5 +43,5 @@ class RoleError(ReplError):
     """The operation does not fit the node's current role (e.g. a write on a secondary)."""
 
 
-class FencedError(ReplError):
-    """Data or a command from an older epoch was refused."""
+class ApplyError(ReplError):
+    """Applying the log to the volume went wrong (out of order): the node stops."""

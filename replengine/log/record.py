@@ -19,7 +19,3 @@ class Record:
     @property
     def length(self) -> int:
         return len(self.data)
-
-    @property
-    def end_offset(self) -> int:
-        return self.offset + len(self.data)

@@ -766,8 +766,11 @@ class SRL:
         ``_sb_lock``."""
         sb = replace(self._sb, generation=self._sb.generation + 1, **changes)
         slot = 1 - self._sb_slot
-        os.pwrite(self._fd, sb.pack(), slot * SB_SIZE)
-        self._fdatasync()
+        try:
+            os.pwrite(self._fd, sb.pack(), slot * SB_SIZE)
+            self._fdatasync()
+        except OSError as exc:
+            raise SRLError(f"{self.path}: writing the superblock failed: {exc}") from exc
         self._sb, self._sb_slot = sb, slot
         self.stats.superblock_writes += 1
 

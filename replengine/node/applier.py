@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from replengine.errors import ApplyError
 from replengine.log.record import Record
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ class Applier(threading.Thread):
         if rec.lsn < self.applied_end:
             return
         if rec.lsn != self.applied_end:
-            raise RuntimeError(
+            raise ApplyError(
                 f"apply out of order: LSN {rec.lsn} while expecting {self.applied_end}"
             )
         self.volume.apply(rec)

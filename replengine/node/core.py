@@ -31,6 +31,7 @@ from replengine.node.primary import Primary
 from replengine.node.reads import consistent_read
 from replengine.node.rewind import Rewinder, load_marker, marker_path
 from replengine.node.secondary import Secondary
+from replengine.node.states import PeerState, Role
 from replengine.storage.volume import Volume
 from replengine.wire.protocol import (
     Ack,
@@ -65,7 +66,7 @@ class Node:
         self._check_srl_identity()
         self.volume = Volume(cfg.local.volume)
         self.known_epoch = self.srl.epoch
-        self.role = "secondary"
+        self.role = Role.SECONDARY
         self.following = ""
         self.consistent = True
         self.session = uuidlib.uuid4().hex[:16]
@@ -140,7 +141,7 @@ class Node:
             peer,
             encode(
                 self.cfg.uuid,
-                self.known_epoch if self.role == "secondary" else self.epoch,
+                self.known_epoch if self.role == Role.SECONDARY else self.epoch,
                 self.me,
                 body,
                 flags,
@@ -164,7 +165,7 @@ class Node:
             applied_end=self.applier.applied_end,
             digest=self.cfg.digest,
             volume_size=self.volume.size,
-            primary=self.me if self.role == "primary" else self.following,
+            primary=self.me if self.role == Role.PRIMARY else self.following,
             consistent=self.consistent,
             # records must not flow before a rewind's blocks are in
             following=self.following if self.rewinder is None or self.rewinder.streaming else "",
@@ -258,9 +259,9 @@ class Node:
                 now - p.last_seen if p.last_seen else 0.0,
             )
             p.streaming = False
-            p.state = "disconnected"
+            p.state = PeerState.DISCONNECTED
         if (
-            self.role == "secondary"
+            self.role == Role.SECONDARY
             and p.name == self.following
             and not p.alive(self.heartbeat_s, now)
         ):
@@ -379,13 +380,13 @@ class Node:
             return
         peer.last_seen = time.monotonic()
         if isinstance(body, Update):
-            if self.role == "secondary":
+            if self.role == Role.SECONDARY:
                 self.secondary.on_update(header, body)
         elif isinstance(body, Ack):
             peer.on_ack(body.durable_end, body.applied_end)
             self.ops.pulls.on_ack(peer.name, body.durable_end)
         elif isinstance(body, Clear):
-            if self.role == "secondary" and header.sender == self.following:
+            if self.role == Role.SECONDARY and header.sender == self.following:
                 self.applier.clear(body.clear_end)
         elif isinstance(body, Nack):
             if self.primary and peer.streaming and body.expected < peer.next_lsn:
@@ -401,7 +402,7 @@ class Node:
         elif isinstance(body, (Block, BlockDone)):
             if self.rewinder:
                 self.rewinder.on_message(peer.name, body)
-            elif self.role == "secondary" and header.sender == self.following:
+            elif self.role == Role.SECONDARY and header.sender == self.following:
                 self.on_dcm_message(peer, body)
 
     def on_hello(self, peer: Peer, epoch: int, h: Hello) -> None:
@@ -412,7 +413,11 @@ class Node:
             )
             self._reject(peer, reason)
             return
-        if self.role == "primary" and h.following == self.me and h.volume_size < self.volume.size:
+        if (
+            self.role == Role.PRIMARY
+            and h.following == self.me
+            and h.volume_size < self.volume.size
+        ):
             self._reject(
                 peer,
                 f"volume of {peer.name} ({h.volume_size} bytes) is smaller than "
@@ -428,14 +433,14 @@ class Node:
         peer.last_seen = time.monotonic()
         if epoch > self.known_epoch:
             self.known_epoch = epoch
-        if self.role == "primary" and self.known_epoch > self.epoch:
+        if self.role == Role.PRIMARY and self.known_epoch > self.epoch:
             self.step_down(
                 f"{peer.name} knows epoch {self.known_epoch}, newer than this "
                 f"primary's {self.epoch}"
             )
         if restarted or not was_alive:
             self.send(peer.name, self.hello())  # answer a newcomer now, not at our next beat
-        if self.role == "primary":
+        if self.role == Role.PRIMARY:
             self._primary_hello(peer, h, restarted or not was_alive)
         else:
             self._secondary_hello(peer, epoch, h)
@@ -452,14 +457,14 @@ class Node:
         if h.following != self.me:
             peer.streaming = False
             return
-        if peer.state == "dcm" or (peer.state == "dcm-resync" and fresh):
+        if peer.state == PeerState.DCM or (peer.state == PeerState.DCM_RESYNC and fresh):
             self.dcm.start_resync(peer)  # back (or restarted mid-copy): copy the regions
             return
-        if peer.state == "dcm-resync":
+        if peer.state == PeerState.DCM_RESYNC:
             return
         if divergence_point(h.history, self.srl.history, h.end_lsn) < h.end_lsn:
             peer.streaming = False
-            peer.state = "rewinding"
+            peer.state = PeerState.REWINDING
             return
         peer.acked_end = max(peer.acked_end, h.end_lsn)
         if (
@@ -490,10 +495,10 @@ class Node:
             )
 
     def _secondary_hello(self, peer: Peer, epoch: int, h: Hello) -> None:
-        if h.role == "primary" and epoch >= self.known_epoch:
+        if h.role == Role.PRIMARY and epoch >= self.known_epoch:
             if self.following != peer.name:
                 self.follow(peer, h)
-        elif self.following == peer.name and h.role != "primary":
+        elif self.following == peer.name and h.role != Role.PRIMARY:
             log.warning("%s is no longer primary; waiting for a primary", peer.name)
             self.following = ""
 
@@ -531,7 +536,7 @@ class Node:
         self.become_secondary()
 
     def become_secondary(self) -> None:
-        self.role = "secondary"
+        self.role = Role.SECONDARY
         self.primary = None
         self.following = ""
         self.secondary = Secondary(self)
@@ -542,7 +547,7 @@ class Node:
         first = self.watcher.durable_end
         self.srl.add_epoch(new_epoch, first)
         self.known_epoch = new_epoch
-        self.role = "primary"
+        self.role = Role.PRIMARY
         self.following = ""
         self.primary = Primary(self)
         self.dcm = DcmTracker(self)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from replengine.node.states import IN_DCM, PeerState
 from replengine.storage.dirtymap import DirtyMap
 from replengine.wire.protocol import Block, BlockAck, BlockDone
 
@@ -104,7 +105,7 @@ class DcmTracker:
         candidates = [
             p
             for p in node.peers.values()
-            if p.state not in ("dcm", "dcm-resync")
+            if p.state not in IN_DCM
             and not p.rejected
             and p.acked_end <= start
             and p.acked_end < primary.assigned_end
@@ -169,7 +170,7 @@ class DcmTracker:
         self.covered_end[peer.name] = node.srl.start_lsn
         self._dirty.add(peer.name)
         self.resyncs.pop(peer.name, None)
-        peer.state = "dcm"
+        peer.state = PeerState.DCM
         peer.streaming = False
         peer.degraded = True
 
@@ -177,7 +178,7 @@ class DcmTracker:
 
     def mark(self, offset: int, length: int) -> None:
         for name, dmap in self.maps.items():
-            if self.node.peers[name].state == "dcm":
+            if self.node.peers[name].state == PeerState.DCM:
                 dmap.mark(offset, length)
                 self._dirty.add(name)
 
@@ -191,7 +192,7 @@ class DcmTracker:
         end = primary.assigned_end if primary else self.node.watcher.durable_end
         for name in list(self._dirty):
             dmap = self.maps.get(name)
-            if dmap is not None and self.node.peers[name].state == "dcm":
+            if dmap is not None and self.node.peers[name].state == PeerState.DCM:
                 dmap.flush()
                 self.covered_end[name] = end
         self._dirty.clear()
@@ -218,7 +219,7 @@ class DcmTracker:
             dirty_bytes=dmap.dirty_bytes,
         )
         self.resyncs[peer.name] = job
-        peer.state = "dcm-resync"
+        peer.state = PeerState.DCM_RESYNC
         log.warning(
             "secondary %s back: resyncing %d bytes of dirty regions, then its log from LSN %d",
             peer.name,
@@ -288,7 +289,7 @@ class DcmTracker:
         self.covered_end.pop(peer.name, None)
         dmap.close()
         dmap.path.unlink(missing_ok=True)
-        peer.state = "catching-up"
+        peer.state = PeerState.CATCHING_UP
         peer.degraded = peer.mode == "sync"
         self.last_resync = {
             "peer": peer.name,

@@ -17,6 +17,7 @@ from replengine.failover.promotion import Promotion, PromotionRefused
 from replengine.node.promote import NodePromotionContext
 from replengine.node.pulls import PullServer
 from replengine.node.reads import consistent_read
+from replengine.node.states import Role
 from replengine.node.status import status
 
 if TYPE_CHECKING:
@@ -205,7 +206,7 @@ class Operations:
     def op_demote(self, req: Request, doc: dict, data: Any) -> None:
         node = self.node
         if node.primary is None:
-            node.reply_ok(req.client, req.req_id, {"role": "secondary"})
+            node.reply_ok(req.client, req.req_id, {"role": Role.SECONDARY})
             return
         node.primary.accepting = False
         self.demotion = req
@@ -217,7 +218,7 @@ class Operations:
             node.become_secondary()
             node.beacon()
             log.warning("DEMOTED to secondary at LSN %d", node.watcher.durable_end)
-            node.reply_ok(req.client, req.req_id, {"role": "secondary"})
+            node.reply_ok(req.client, req.req_id, {"role": Role.SECONDARY})
         self._promotion_progress()
         self.pulls.pump()
         self._reply_jobs()
@@ -228,7 +229,7 @@ class Operations:
         node = self.node
         if node.primary is not None:
             node.reply_ok(
-                req.client, req.req_id, {"role": "primary", "epoch": node.epoch, "already": True}
+                req.client, req.req_id, {"role": Role.PRIMARY, "epoch": node.epoch, "already": True}
             )
             return
         if self.promotion:

@@ -6,6 +6,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from replengine.node.states import PeerState
 from replengine.wire.protocol import Hello
 
 # A peer is alive while its beacons keep arriving; three missed heartbeats mean gone.
@@ -27,13 +28,12 @@ class Peer:
     next_lsn: int = 0  # next LSN to send it
     sent: deque = field(default_factory=deque)  # (lsn, nbytes) in flight
     inflight_bytes: int = 0
-    state: str = "unknown"  # up-to-date | catching-up | dcm-resync | rewinding | ...
+    state: PeerState = PeerState.UNKNOWN
     degraded: bool = False  # sync peer treated as async until it catches up
     streaming: bool = False  # primary: handshake done, stream running
     clear_sent: int = 0
     shipped_records: int = 0  # records sent to it since this node became primary
     shipped_bytes: int = 0
-    last_nack: int = 0
     last_progress: float = 0.0  # when its acked_end last moved (or the stream restarted)
 
     def alive(self, heartbeat_s: float, now: float | None = None) -> bool:

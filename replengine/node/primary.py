@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from replengine.errors import SRLFullError
 from replengine.log.record import Record
+from replengine.node.states import IN_DCM, PeerState
 from replengine.wire.protocol import Clear, Update, encode
 
 if TYPE_CHECKING:
@@ -138,7 +139,7 @@ class Primary:
         peers = [
             p
             for p in node.peers.values()
-            if p.mode == "sync" and not p.rejected and p.state not in ("dcm", "dcm-resync")
+            if p.mode == "sync" and not p.rejected and p.state not in IN_DCM
         ]
         if node.cfg.on_sync_loss == "block":
             return peers
@@ -208,7 +209,7 @@ class Primary:
             elif (
                 alive
                 and p.degraded
-                and p.state not in ("dcm", "dcm-resync")
+                and p.state not in IN_DCM
                 and p.acked_end >= self.caught_up_mark()
             ):
                 p.degraded = False
@@ -291,7 +292,9 @@ class Primary:
             p.next_lsn = lsn + 1
             p.clear_sent = self.clear_end
         if p.state != "dcm-resync":
-            p.state = "up-to-date" if p.acked_end >= self.assigned_end else "catching-up"
+            p.state = (
+                PeerState.UP_TO_DATE if p.acked_end >= self.assigned_end else PeerState.CATCHING_UP
+            )
 
     def _evict(self) -> None:
         if not self.cache:

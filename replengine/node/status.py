@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from replengine.node.states import PeerState
+
 if TYPE_CHECKING:
     from replengine.node.core import Node
 
@@ -20,11 +22,13 @@ def status(node: Node) -> dict:
         if node.primary:
             acked = p.acked_end
             lag = max(0, node.primary.assigned_end - acked)
-            state = p.state if connected or p.state == "dcm" else "disconnected"
+            state = p.state if connected or p.state == PeerState.DCM else PeerState.DISCONNECTED
         else:
             acked = p.hello.end_lsn if p.hello else 0
             lag = max(0, best_end - acked) if p.hello else None
-            state = (p.hello.role if p.hello else "unknown") if connected else "disconnected"
+            state = (
+                (p.hello.role if p.hello else "unknown") if connected else PeerState.DISCONNECTED
+            )
         peers[p.name] = {
             "connected": connected,
             "mode": p.mode,
