@@ -818,7 +818,10 @@ def signature(v: Violation) -> str:
     msg = re.sub(r"^\[seed [^\]]*\] ", "", v.message).split(" || ")[0]
     msg = re.sub(r"\d+(\.\d+)?", "N", msg)
     msg = re.sub(r"\b(alpha|beta|gamma|delta)\b", "X", msg)
-    return f"{v.kind}: {msg[:160]}"
+    if v.kind == "not-converged":  # the set of problems, without the ends dump
+        parts = msg.split(": ", 1)[-1].split("; ")
+        msg = "; ".join(sorted({p for p in parts if not p.startswith("end LSNs differ")}))
+    return f"{v.kind}: {msg[:200]}"
 
 
 def reason_key(err: str) -> str:
