@@ -1,9 +1,9 @@
-"""Validation machinery for resource configs (see config.py for the rules themselves).
+"""Validation machinery for resource configs (see loader.py for the rules themselves).
 
 Everything here is generic: recovering line numbers from the TOML text (tomllib reports none
 for semantic errors), the context that collects every error so the sysadmin sees them all at
 once, per-key type/enum checks, ``host:port`` parsing and the size checks of local devices.
-config.py builds on these to validate a whole file.
+loader.py builds on these to validate a whole file.
 """
 
 from __future__ import annotations
