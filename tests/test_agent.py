@@ -551,12 +551,13 @@ def test_stop_fails_with_reason_when_the_daemon_survives(monkeypatch, tmp_path):
     """If the daemon cannot be made to go, stop must fail (Pacemaker then fences the node)
     and say which process is left."""
     from replengine.pacemaker import agent as agentmod
+    from replengine.pacemaker import process as processmod
 
     bad = tmp_path / "bad.toml"
     bad.write_text("[resource]\nname = 'r0'\n")
     sent = []
-    monkeypatch.setattr(agentmod, "_signal", lambda proc, sig: sent.append(sig))  # no effect
-    monkeypatch.setattr(agentmod, "KILL_WAIT_S", 0.3)
+    monkeypatch.setattr(processmod, "_signal", lambda proc, sig: sent.append(sig))  # no effect
+    monkeypatch.setattr(processmod, "KILL_WAIT_S", 0.3)
     daemon = fake_daemon(bad, os.uname().nodename)
     environ = {
         "OCF_RESKEY_resource": "r0",
