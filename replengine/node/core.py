@@ -18,10 +18,11 @@ import uuid as uuidlib
 from typing import Any
 
 from replengine import config as configmod
-from replengine.errors import ForeignResourceError, ProtocolError, ReplError
+from replengine.errors import ReplError
 from replengine.log.history import divergence_point
 from replengine.log.record import Record
 from replengine.log.srl import SRL
+from replengine.node import handshake, inbox
 from replengine.node.applier import Applier, LocalSync
 from replengine.node.copier import BlockCopier
 from replengine.node.dcm import DcmReceiver, DcmTracker
@@ -47,7 +48,6 @@ from replengine.wire.protocol import (
     Pull,
     Reject,
     Update,
-    decode,
     encode,
 )
 from replengine.wire.transport import Transport
@@ -303,55 +303,11 @@ class Node:
             inc = self.transport.recv_peer()
             if inc is None:
                 return
-            sender = inc.identity.decode(errors="replace")
-            peer = self.peers.get(sender)
-            if peer is None:
-                self.warn_once(
-                    f"unknown:{sender}",
-                    "message from unknown peer %r refused (not a node of resource %s)",
-                    sender,
-                    self.cfg.name,
-                )
-                self.transport.reply_router(
-                    inc.identity,
-                    encode(
-                        self.cfg.uuid,
-                        self.epoch,
-                        self.me,
-                        Reject(f"{sender!r} is not a node of resource {self.cfg.name}"),
-                    ),
-                )
+            admitted = inbox.admit(self, inc)
+            if admitted is None:
                 continue
-            try:
-                msg = decode([f.buffer for f in inc.frames], self.cfg.uuid)
-                if msg.header.sender != sender:
-                    raise ProtocolError(
-                        f"sender field {msg.header.sender!r} does not match "
-                        f"the connection's node {sender!r}"
-                    )
-            except ForeignResourceError as exc:
-                self.warn_once(f"foreign:{sender}", "refused %s: %s", sender, exc)
-                self.transport.reply_router(
-                    inc.identity,
-                    encode(
-                        self.cfg.uuid,
-                        self.epoch,
-                        self.me,
-                        Reject(
-                            f"{self.me} belongs to resource {self.cfg.name} ({self.cfg.uuid}), "
-                            "not to yours: check the uuid and node addresses in the config"
-                        ),
-                    ),
-                )
-                continue
-            except ProtocolError as exc:
-                self.warn_once(
-                    f"bad:{sender}:{exc}", "malformed message from %s dropped: %s", sender, exc
-                )
-                continue
-            except Exception as exc:  # a decoder bug must not let one message kill the node
-                log.exception("malformed message from %s dropped (decoder error): %s", sender, exc)
-                continue
+            peer, msg = admitted
+            sender = peer.name
             try:
                 self.dispatch(peer, msg)
             except Exception as exc:
@@ -371,7 +327,7 @@ class Node:
     def dispatch(self, peer: Peer, msg: Message) -> None:
         body, header = msg.body, msg.header
         if isinstance(body, Hello):
-            self.on_hello(peer, header.epoch, body)
+            handshake.on_hello(self, peer, header.epoch, body)
             return
         if isinstance(body, Reject):
             log.error("peer %s refused this node: %s", peer.name, body.reason)
@@ -404,103 +360,6 @@ class Node:
                 self.rewinder.on_message(peer.name, body)
             elif self.role == Role.SECONDARY and header.sender == self.following:
                 self.on_dcm_message(peer, body)
-
-    def on_hello(self, peer: Peer, epoch: int, h: Hello) -> None:
-        if h.digest != self.cfg.digest:
-            reason = (
-                f"config digest mismatch: {peer.name} has {h.digest[:12]}, {self.me} has "
-                f"{self.cfg.digest[:12]} (node list or settings of {self.cfg.name} differ)"
-            )
-            self._reject(peer, reason)
-            return
-        if (
-            self.role == Role.PRIMARY
-            and h.following == self.me
-            and h.volume_size < self.volume.size
-        ):
-            self._reject(
-                peer,
-                f"volume of {peer.name} ({h.volume_size} bytes) is smaller than "
-                f"the primary's ({self.volume.size} bytes)",
-            )
-            return
-        restarted = h.session != peer.session
-        was_alive = peer.alive(self.heartbeat_s)
-        if peer.rejected:
-            log.warning("peer %s accepted again", peer.name)
-        peer.rejected = ""
-        peer.hello, peer.session, peer.epoch = h, h.session, epoch
-        peer.last_seen = time.monotonic()
-        if epoch > self.known_epoch:
-            self.known_epoch = epoch
-        if self.role == Role.PRIMARY and self.known_epoch > self.epoch:
-            self.step_down(
-                f"{peer.name} knows epoch {self.known_epoch}, newer than this "
-                f"primary's {self.epoch}"
-            )
-        if restarted or not was_alive:
-            self.send(peer.name, self.hello())  # answer a newcomer now, not at our next beat
-        if self.role == Role.PRIMARY:
-            self._primary_hello(peer, h, restarted or not was_alive)
-        else:
-            self._secondary_hello(peer, epoch, h)
-
-    def _reject(self, peer: Peer, reason: str) -> None:
-        if peer.rejected != reason:
-            log.error("refused peer %s: %s", peer.name, reason)
-        peer.rejected = reason
-        peer.streaming = False
-        self.send(peer.name, Reject(reason))
-
-    def _primary_hello(self, peer: Peer, h: Hello, fresh: bool) -> None:
-        assert self.primary is not None
-        if h.following != self.me:
-            peer.streaming = False
-            return
-        if peer.state == PeerState.DCM or (peer.state == PeerState.DCM_RESYNC and fresh):
-            self.dcm.start_resync(peer)  # back (or restarted mid-copy): copy the regions
-            return
-        if peer.state == PeerState.DCM_RESYNC:
-            return
-        if divergence_point(h.history, self.srl.history, h.end_lsn) < h.end_lsn:
-            peer.streaming = False
-            peer.state = PeerState.REWINDING
-            return
-        peer.acked_end = max(peer.acked_end, h.end_lsn)
-        if (
-            peer.streaming
-            and not fresh
-            and h.end_lsn < peer.next_lsn
-            and time.monotonic() - peer.last_progress > 2 * self.heartbeat_s
-        ):
-            # it reports less than we sent and has not acked anything for two beats: what
-            # was in flight was lost (a replaced connection); resend from its end
-            log.warning(
-                "secondary %s stuck at LSN %d while %d was sent: resending",
-                peer.name,
-                h.end_lsn,
-                peer.next_lsn - 1,
-            )
-            peer.restart_stream(h.end_lsn)
-            peer.last_progress = time.monotonic()
-        if fresh or not peer.streaming:
-            peer.restart_stream(h.end_lsn)
-            peer.streaming = True
-            self.primary.on_connect(peer)
-            log.info(
-                "secondary %s connected at LSN %d (primary end %d)",
-                peer.name,
-                h.end_lsn,
-                self.primary.assigned_end,
-            )
-
-    def _secondary_hello(self, peer: Peer, epoch: int, h: Hello) -> None:
-        if h.role == Role.PRIMARY and epoch >= self.known_epoch:
-            if self.following != peer.name:
-                self.follow(peer, h)
-        elif self.following == peer.name and h.role != Role.PRIMARY:
-            log.warning("%s is no longer primary; waiting for a primary", peer.name)
-            self.following = ""
 
     def follow(self, peer: Peer, h: Hello) -> None:
         end = self.watcher.durable_end
