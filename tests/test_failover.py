@@ -29,6 +29,7 @@ from failover_helpers import (
 
 from replengine.demo.localcluster import LocalResource
 from replengine.errors import ReplError
+from replengine.failover.promotion import next_epoch
 
 VOL = 16 << 20
 
@@ -105,7 +106,9 @@ def test_fig5b_promote_any_secondary_ships_only_the_difference(make_resource, pr
     out = r.promote(promoted)
     lp = r.status(promoted)["last_promotion"]
     lacked = best - ends[promoted]
-    assert lp["epoch"] == 2 and lp["first_lsn"] == best, (out, lp)
+    # after alpha's epoch 1, each node raises the next epoch it owns (beta 2, gamma 3, delta 4)
+    expect = next_epoch(1, list(r.nodes).index(promoted), len(r.nodes))
+    assert lp["epoch"] == expect and lp["first_lsn"] == best, (out, lp)
     assert lp["pulled_records"] == lacked, (out, lp)
     assert lp["pulled_bytes"] == ledger.bytes_between(ends[promoted], best), (out, lp)
     if lacked:
@@ -412,5 +415,5 @@ def test_second_promotion_reports_only_its_own_pull(make_resource):
     settled_ends(r, ["beta", "gamma"])
     r.promote("gamma")
     lp = r.status("gamma")["last_promotion"]
-    assert lp["epoch"] == 3, lp
+    assert lp["epoch"] == 6, lp  # gamma, third of three, owns epochs 3, 6, 9...
     assert (lp["pulled_records"], lp["pulled_bytes"]) == (0, 0), lp

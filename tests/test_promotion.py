@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from replengine.failover.planner import NodeLog
-from replengine.failover.promotion import PeerView, Promotion, PromotionRefused
+from replengine.failover.promotion import PeerView, Promotion, PromotionRefused, next_epoch
 
 H = ((1, 1),)
 
@@ -16,6 +16,7 @@ H = ((1, 1),)
 @dataclass
 class FakeNode:
     me: str = "gamma"
+    slot: tuple[int, int] = (1, 4)  # second of four in the config: owns epochs 2, 6, 10...
     heartbeat_s: float = 0.1
     end: int = 10
     start: int = 1
@@ -41,6 +42,9 @@ class FakeNode:
 
     def highest_epoch(self):
         return max([p.epoch for p in self.peers] + [self.history[-1][0]])
+
+    def node_slot(self):
+        return self.slot
 
     def srl_full(self):
         return self.full
@@ -134,3 +138,13 @@ def test_the_probe_waits_for_every_peer_within_its_window() -> None:
     p = Promotion(node, force=False, min_peers=1)
     assert p.step(now=p.t0) is None  # beta only; alpha might still answer
     assert p.step(now=p.probe_until + 1)["epoch"] == 2
+
+
+def test_concurrent_promotions_never_raise_the_same_epoch() -> None:
+    """Two nodes promoted at once from the same knowledge get different epochs, so the one
+    with the lower epoch steps down and its writes are told apart as a divergent tail."""
+    for highest in range(0, 40):
+        got = [next_epoch(highest, i, 4) for i in range(4)]
+        assert len(set(got)) == 4 and all(e > highest for e in got)
+        assert all((e - 1) % 4 == i and e - highest <= 4 for i, e in enumerate(got))
+    assert [next_epoch(0, 0, 3), next_epoch(1, 1, 3), next_epoch(2, 2, 3)] == [1, 2, 3]

@@ -39,6 +39,21 @@ class PeerView:
     alive: bool = False  # heard from within the liveness window (3 heartbeats)
 
 
+def next_epoch(highest: int, index: int, count: int) -> int:
+    """The epoch a promotion raises: the smallest one above every epoch known that belongs
+    to this node -- node ``index`` of ``count`` (its place in the config's node list, the
+    same on every node) owns the epochs e with (e - 1) % count == index.
+
+    Two promotions that run at once (two operators, a partition with --force) therefore never
+    raise the same epoch, so their histories can always be told apart (invariant 4); with one
+    promotion at a time the numbers stay small: alpha raises 1, then beta 2, gamma 3.
+    """
+    if not 0 <= index < count:
+        raise ValueError(f"node index {index} is not in [0, {count})")
+    e = highest + 1
+    return e + (index - (e - 1)) % count
+
+
 class PromotionContext(Protocol):
     """What a promotion may ask of and do to its node."""
 
@@ -50,6 +65,7 @@ class PromotionContext(Protocol):
     def local_log(self) -> NodeLog: ...
     def local_consistent(self) -> bool: ...
     def highest_epoch(self) -> int: ...
+    def node_slot(self) -> tuple[int, int]: ...
     def srl_full(self) -> str | None: ...
     def start_pull(self, source: str, first: int, end: int) -> None: ...
     def stop_pull(self) -> None: ...
@@ -193,7 +209,7 @@ class Promotion:
 
     def _finish(self) -> dict:
         ctx = self.ctx
-        new_epoch = ctx.highest_epoch() + 1
+        new_epoch = next_epoch(ctx.highest_epoch(), *ctx.node_slot())
         first = ctx.become_primary(new_epoch)
         return {
             "role": "primary",
@@ -206,4 +222,11 @@ class Promotion:
         }
 
 
-__all__ = ["Phase", "PeerView", "Promotion", "PromotionContext", "PromotionRefused"]
+__all__ = [
+    "Phase",
+    "PeerView",
+    "Promotion",
+    "PromotionContext",
+    "PromotionRefused",
+    "next_epoch",
+]

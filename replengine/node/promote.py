@@ -67,6 +67,10 @@ class NodePromotionContext:
         node = self.node
         return max([node.known_epoch, node.epoch] + [p.epoch for p in node.peers.values()])
 
+    def node_slot(self) -> tuple[int, int]:
+        names = list(self.node.cfg.nodes)
+        return names.index(self.node.me), len(names)
+
     def srl_full(self) -> str | None:
         node = self.node
         if not node.secondary.srl_full:
