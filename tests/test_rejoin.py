@@ -81,3 +81,46 @@ def test_node_promoted_and_lost_before_writing_rejoins(make_resource) -> None:
     assert end == 10, describe_logs(r)
     assert_identical(r, list(r.nodes))
     assert r.status("beta")["history"][-1][0] == r.status("gamma")["epoch"]
+
+
+def test_two_promotions_at_once_end_with_one_primary_and_one_history(make_resource) -> None:
+    """The primary dies and two operators promote beta and gamma at the same moment: both
+    may pass their probe, but they raise different epochs, so the lower steps down, rewinds
+    what it wrote alone, and every node ends on one history with identical volumes."""
+    import concurrent.futures as cf
+
+    rng = random.Random(11)
+    r = make_resource({"alpha": "sync", "beta": "sync", "gamma": "sync"})
+    r.up()
+    r.promote("alpha")
+    with r.connect("alpha") as v:
+        for _ in range(5):
+            off, data = random_write(rng, VOL)
+            v.write(off, data)
+    wait_consistent(r, list(r.nodes))
+    crash(r, "alpha")
+    with cf.ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda n: promote_cli(r, n, "--force"), ["beta", "gamma"]))
+    assert any(rc == 0 for rc, _, _ in results), results
+
+    r.up("alpha")
+    # if both promoted, gamma's epoch 3 beats beta's 2 and beta steps down; if one was
+    # refused (the other was already primary when it probed) that one stays primary
+    winner = (
+        "gamma"
+        if all(rc == 0 for rc, _, _ in results)
+        else "beta"
+        if results[0][0] == 0
+        else "gamma"
+    )
+    wait_role(r, winner, "primary", timeout=30)
+    for n in r.nodes:
+        if n != winner:
+            wait_role(r, n, "secondary", following=winner, timeout=30)
+    with r.connect(winner) as v:
+        off, data = random_write(rng, VOL)
+        v.write(off, data)
+    wait_consistent(r, list(r.nodes), timeout=60)
+    histories = {n: tuple(map(tuple, r.status(n)["history"])) for n in r.nodes}
+    assert len(set(histories.values())) == 1, histories
+    assert_identical(r, list(r.nodes))
