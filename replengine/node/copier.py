@@ -1,4 +1,4 @@
-"""The source side of a block copy: volume ranges as of every completed write, in a bounded
+"""The source side of every block copy (a divergent-tail rewind, a dcm resync): volume ranges as of every completed write, in a bounded
 window paced by the receiver's cumulative BLOCK_ACKs, then one BLOCK_DONE.
 
 Used to serve a divergent-tail rewind. A send the transport refuses is retried on the next
@@ -30,6 +30,8 @@ class CopyJob:
     acked: int = 0
     as_of: int = 0  # the source's durable end when the last chunk was read
     done: bool = False
+    resume_lsn: int = 0  # dcm resync: where the receiver's log restarts
+    on_done: Callable[[CopyJob], None] | None = None
 
 
 @dataclass
@@ -43,7 +45,15 @@ class BlockCopier:
     volume_size: int
     jobs: dict[str, CopyJob] = field(default_factory=dict)
 
-    def start(self, peer: str, tag: str, ranges: list[tuple[int, int]]) -> bool:
+    def start(
+        self,
+        peer: str,
+        tag: str,
+        ranges: list[tuple[int, int]],
+        *,
+        resume_lsn: int = 0,
+        on_done: Callable[[CopyJob], None] | None = None,
+    ) -> bool:
         bad = [(o, n) for o, n in ranges if o < 0 or n <= 0 or o + n > self.volume_size]
         if bad:
             log.error(
@@ -53,7 +63,7 @@ class BlockCopier:
                 self.volume_size,
             )
             return False
-        self.jobs[peer] = CopyJob(peer, tag, deque(ranges))
+        self.jobs[peer] = CopyJob(peer, tag, deque(ranges), resume_lsn=resume_lsn, on_done=on_done)
         log.info(
             "copying %d block ranges (%d bytes) to %s",
             len(ranges),
@@ -86,9 +96,12 @@ class BlockCopier:
                 else:
                     job.ranges[0] = (off + n, length - n)
             if not job.ranges and not job.done:
-                if self.send(job.peer, BlockDone(job.tag, job.as_of)):
+                done = BlockDone(job.tag, max(job.as_of, self.end()), job.resume_lsn, job.sent)
+                if self.send(job.peer, done):
                     job.done = True
                     log.info("sent %d bytes of blocks to %s", job.sent, job.peer)
+                    if job.on_done is not None:
+                        job.on_done(job)
             if job.done:
                 del self.jobs[job.peer]
 

@@ -353,8 +353,6 @@ class Node:
             self.copier.start(peer.name, body.tag, [(int(o), int(n)) for o, n in body.ranges])
         elif isinstance(body, BlockAck):
             self.copier.on_ack(peer.name, body.received)
-            if self.primary:
-                self.dcm.on_block_ack(peer, body)
         elif isinstance(body, (Block, BlockDone)):
             if self.rewinder:
                 self.rewinder.on_message(peer.name, body)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from replengine.node.copier import CopyJob
 from replengine.node.states import IN_DCM, PeerState
 from replengine.storage.dirtymap import DirtyMap
 from replengine.wire.protocol import Block, BlockAck, BlockDone
@@ -30,8 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1 << 20
-BLOCK_WINDOW = 32 << 20
 FLUSH_INTERVAL_S = 0.2
 
 
@@ -220,6 +219,13 @@ class DcmTracker:
         )
         self.resyncs[peer.name] = job
         peer.state = PeerState.DCM_RESYNC
+        node.copier.start(
+            peer.name,
+            job.tag,
+            list(job.ranges),
+            resume_lsn=job.resume_lsn,
+            on_done=lambda copy: self._copied(peer, job, copy),
+        )
         log.warning(
             "secondary %s back: resyncing %d bytes of dirty regions, then its log from LSN %d",
             peer.name,
@@ -238,46 +244,33 @@ class DcmTracker:
             }
         return {"peers": peers, "last_resync": self.last_resync}
 
-    def on_block_ack(self, peer: Peer, ack: BlockAck) -> None:
-        job = self.resyncs.get(peer.name)
-        if job:
-            job.acked = max(job.acked, ack.received)
+    def _copied(self, peer: Peer, job: Resync, copy: CopyJob) -> None:
+        """Every dirty region was handed to the transport and BLOCK_DONE sent: stream the
+        log from where the copy left it."""
+        job.done = True
+        job.sent = copy.sent
+        peer.restart_stream(job.resume_lsn)
+        peer.acked_end = job.resume_lsn
+        peer.streaming = True
 
     def pump(self) -> None:
-        from replengine.node.reads import consistent_read
-
         node = self.node
         for job in list(self.resyncs.values()):
             peer = node.peers[job.peer]
             if not peer.alive(node.heartbeat_s):
                 self._abort(peer, job)
                 continue
-            if job.done:
-                if peer.acked_end >= job.resume_lsn and peer.hello and peer.hello.consistent:
+            copy = node.copier.jobs.get(job.peer)
+            if copy is not None and copy.tag == job.tag:
+                job.sent = copy.sent
+            if job.done and peer.acked_end >= job.resume_lsn and peer.hello:
+                if peer.hello.consistent:
                     self._finish(peer, job)
-                continue
-            while job.ranges and job.sent - job.acked < BLOCK_WINDOW:
-                off, length = job.ranges[0]
-                n = min(CHUNK, length)
-                if not node.send(job.peer, Block(off, consistent_read(node, off, n))):
-                    break
-                job.sent += n
-                if n == length:
-                    job.ranges.popleft()
-                else:
-                    job.ranges[0] = (off + n, length - n)
-            if not job.ranges and not job.done:
-                if node.send(
-                    job.peer, BlockDone(job.tag, node.watcher.durable_end, job.resume_lsn)
-                ):
-                    job.done = True
-                    peer.restart_stream(job.resume_lsn)
-                    peer.acked_end = job.resume_lsn
-                    peer.streaming = True
 
     def _abort(self, peer: Peer, job: Resync) -> None:
         """The peer went away mid-resync: back to dcm, owing everything since resume_lsn."""
         self.resyncs.pop(peer.name, None)
+        self.node.copier.cancel(peer.name)
         primary = self.node.primary
         assert primary is not None
         self._enter(peer, self.maps[peer.name], job.resume_lsn, primary)
@@ -326,6 +319,20 @@ class DcmReceiver:
     def on_done(self, done: BlockDone) -> None:
         node = self.node
         node.send(self.source, BlockAck(self.received))
+        if self.received != done.total:
+            # blocks were lost on the way (a replaced connection): the log is not restarted,
+            # so the primary finds this node lacks records it has cleared and copies every
+            # region again; until then this node stays inconsistent
+            log.error(
+                "dcm resync from %s incomplete: %d of %d bytes arrived; staying inconsistent "
+                "until the primary copies the regions again",
+                self.source,
+                self.received,
+                done.total,
+            )
+            self.received = 0
+            node.send(self.source, node.hello())
+            return
         node.volume.flush()
         node.applier.barrier().wait()
         if done.resume_lsn:

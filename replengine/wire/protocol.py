@@ -138,6 +138,7 @@ class BlockDone:
     tag: str
     primary_end: int
     resume_lsn: int = 0
+    total: int = 0  # bytes of BLOCKs sent for this copy: the receiver checks it got them all
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +172,7 @@ _JSON_SCHEMAS: dict[MsgType, dict[str, type | tuple[type, ...]]] = {
     MsgType.HELLO: _HELLO_SCHEMA,
     MsgType.REJECT: {"reason": str},
     MsgType.BLOCK_REQ: {"ranges": list, "tag": str},
-    MsgType.BLOCK_DONE: {"tag": str, "primary_end": int, "resume_lsn": int},
+    MsgType.BLOCK_DONE: {"tag": str, "primary_end": int, "resume_lsn": int, "total": int},
 }
 _BODY_TYPE: dict[type, MsgType] = {
     Update: MsgType.UPDATE,
@@ -335,7 +336,7 @@ def _decode_json(mtype: MsgType, rest: bytes) -> Body:
         return Reject(doc["reason"][:1000])
     if mtype is MsgType.BLOCK_REQ:
         return BlockReq(_pairs(doc["ranges"], "BLOCK_REQ.ranges"), doc["tag"])
-    return BlockDone(doc["tag"], doc["primary_end"], doc["resume_lsn"])
+    return BlockDone(doc["tag"], doc["primary_end"], doc["resume_lsn"], doc["total"])
 
 
 def _pairs(value: list, what: str) -> list[tuple[int, int]]:

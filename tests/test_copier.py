@@ -1,0 +1,99 @@
+"""The block copier (rewind and dcm resync share it) and the dcm receiver's check, on fakes:
+a bounded window, no chunk skipped when the transport refuses one, and a copy that lost bytes
+is never taken for complete."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from replengine.node import copier as copier_mod
+from replengine.node.copier import BlockCopier
+from replengine.node.dcm import DcmReceiver
+from replengine.wire.protocol import Block, BlockDone
+
+MiB = 1 << 20
+
+
+def make(refuse: set[int] | None = None):
+    sent: list = []
+    refuse = refuse if refuse is not None else set()
+
+    def send(peer, body):
+        if isinstance(body, Block) and body.offset in refuse:
+            refuse.discard(body.offset)  # refused once (transport full), taken next time
+            return False
+        sent.append(body)
+        return True
+
+    c = BlockCopier(read=lambda off, n: b"x" * n, end=lambda: 42, send=send, volume_size=256 * MiB)
+    return c, sent
+
+
+def test_window_bounds_unacknowledged_bytes_and_acks_open_it() -> None:
+    c, sent = make()
+    total = copier_mod.WINDOW + 4 * MiB
+    assert c.start("b", "t1", [(0, total)])
+    assert sum(len(b.data) for b in sent if isinstance(b, Block)) == copier_mod.WINDOW
+    c.on_ack("b", copier_mod.WINDOW)
+    c.pump()
+    blocks = [b for b in sent if isinstance(b, Block)]
+    assert sum(len(b.data) for b in blocks) == total
+    done = [b for b in sent if isinstance(b, BlockDone)]
+    assert done == [BlockDone("t1", 42, 0, total)] and "b" not in c.jobs
+
+
+def test_a_refused_chunk_is_sent_again_not_skipped() -> None:
+    c, sent = make(refuse={MiB})
+    c.start("b", "t", [(0, 3 * MiB)])
+    c.pump()
+    offsets = [b.offset for b in sent if isinstance(b, Block)]
+    assert offsets == [0, MiB, 2 * MiB]
+    assert sent[-1].total == 3 * MiB
+
+
+def test_ranges_outside_the_volume_are_refused() -> None:
+    c, sent = make()
+    assert not c.start("b", "t", [(255 * MiB, 2 * MiB)]) and not sent
+
+
+@dataclass
+class FakeApplier:
+    def barrier(self):
+        ev = threading.Event()
+        ev.set()
+        return ev
+
+
+@dataclass
+class FakeVolume:
+    writes: list = field(default_factory=list)
+
+    def write(self, off, data):
+        self.writes.append((off, len(data)))
+
+    def flush(self):
+        pass
+
+
+@dataclass
+class FakeNode:
+    consistent: bool = True
+    sent: list = field(default_factory=list)
+    applier: FakeApplier = field(default_factory=FakeApplier)
+    volume: FakeVolume = field(default_factory=FakeVolume)
+
+    def send(self, peer, body):
+        self.sent.append(body)
+        return True
+
+    def hello(self):
+        return "HELLO"
+
+
+def test_dcm_receiver_does_not_take_a_short_copy_for_complete() -> None:
+    node = FakeNode()
+    rx = DcmReceiver(node, "alpha")
+    rx.on_block(Block(0, b"y" * 4096))
+    rx.on_done(BlockDone("dcm-1", 50, 40, 8192))  # 4096 bytes never arrived
+    assert not rx.done and node.consistent is False and rx.received == 0
