@@ -1,4 +1,5 @@
-"""Control-socket operations of the daemon: client I/O, status, promote, demote, down.
+"""Control-socket operations of the daemon: dispatch, status, promote, demote, down (client
+I/O is in node.client_io).
 
 Long operations (promotion pulling records, demotion draining writes, shutdown) are small
 state machines advanced by the loop, so the daemon keeps replicating while they run.
@@ -8,15 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from replengine.failover.promotion import Promotion, PromotionRefused
+from replengine.node.client_io import ClientIO, Request
 from replengine.node.promote import NodePromotionContext
 from replengine.node.pulls import PullServer
-from replengine.node.reads import consistent_read
 from replengine.node.states import Role
 from replengine.node.status import status
 
@@ -29,13 +29,7 @@ DRAIN_TIMEOUT_S = 60.0
 
 
 @dataclass
-class Request:
-    client: bytes
-    req_id: Any
-
-
-@dataclass
-class Operations:
+class Operations(ClientIO):
     node: Node
     flushes: list[tuple[Request, int]] = field(default_factory=list)
     promotion: Promotion | None = None
@@ -78,97 +72,6 @@ class Operations:
         except Exception as exc:  # a bug in one request must not take the node down
             log.exception("control operation %s failed", op)
             node.reply_error(client, req.req_id, f"{op} failed: {exc}")
-
-    def _writable(self, req: Request) -> bool:
-        node = self.node
-        if node.primary is None:
-            where = f"; the primary is {node.following}" if node.following else ""
-            node.reply_error(
-                req.client,
-                req.req_id,
-                f"node {node.me} of {node.cfg.name} is a secondary (read-only){where}",
-            )
-            return False
-        if self.down or self.demotion or not node.primary.accepting:
-            node.reply_error(req.client, req.req_id, f"node {node.me} is stopping or demoting")
-            return False
-        return True
-
-    def op_write(self, req: Request, doc: dict, data: Any) -> None:
-        if data is None:
-            raise ValueError("write without data")
-        if self._writable(req):
-            self.node.primary.submit(req.client, req.req_id, int(doc["offset"]), data)
-            self.node.primary.pump()
-
-    def op_read(self, req: Request, doc: dict, data: Any) -> None:
-        node = self.node
-        if node.primary is None:
-            self._writable(req)
-            return
-        offset, length = int(doc["offset"]), int(doc["length"])
-        if offset < 0 or length < 0 or offset + length > node.volume.size:
-            node.reply_error(
-                req.client,
-                req.req_id,
-                f"read of {length} bytes at {offset} is "
-                f"outside the volume ({node.volume.size} bytes)",
-            )
-            return
-        node.reply(
-            req.client, {"id": req.req_id, "ok": True}, consistent_read(node, offset, length)
-        )
-
-    def op_flush(self, req: Request, doc: dict, data: Any) -> None:
-        if self._writable(req):
-            self.flushes.append((req, self.node.primary.assigned_end))
-            self.serve_flushes()
-
-    def serve_flushes(self) -> None:
-        node = self.node
-        if not self.flushes or node.primary is None:
-            return
-        done_below = (
-            node.primary.pending[0].lsn if node.primary.pending else node.primary.assigned_end
-        )
-        keep = []
-        for req, target in self.flushes:
-            if target <= done_below:
-                node.reply_ok(req.client, req.req_id)
-            else:
-                keep.append((req, target))
-        self.flushes = keep
-
-    def op_checksum(self, req: Request, doc: dict, data: Any) -> None:
-        """Checksum the volume in a thread once everything logged is applied."""
-        node = self.node
-        barrier = node.applier.barrier()
-
-        def work() -> None:
-            barrier.wait()
-            try:
-                cs = node.volume.checksum()
-                result = {
-                    "digest": cs.digest,
-                    "chunks": cs.chunks,
-                    "chunk_size": cs.chunk_size,
-                    "size": cs.size,
-                    "applied_end": node.applier.applied_end,
-                }
-            except Exception as exc:  # reported to the caller, the node goes on
-                result = {"error": f"checksum failed: {exc}"}
-            self.finished_jobs.append((req, result))
-            node.transport.wake()
-
-        threading.Thread(target=work, name="checksum", daemon=True).start()
-
-    def _reply_jobs(self) -> None:
-        while self.finished_jobs:
-            req, result = self.finished_jobs.pop(0)
-            if "error" in result:
-                self.node.reply_error(req.client, req.req_id, result["error"])
-            else:
-                self.node.reply_ok(req.client, req.req_id, result)
 
     def op_status(self, req: Request, doc: dict, data: Any) -> None:
         self.node.reply_ok(req.client, req.req_id, status(self.node))
