@@ -1,0 +1,151 @@
+"""The secondary pipeline against a fake node (no sockets, no disks): what it logs, what it
+refuses, and what it asks the primary for, for each kind of UPDATE a hostile network sends."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+from replengine.node.secondary import Secondary
+from replengine.wire.protocol import Flag, Header, MsgType, Update, decode
+
+UUID = uuid.UUID("6f1c2a9e-3d4b-4c5d-8e6f-7a8b9c0d1e2f")
+
+
+@dataclass
+class FakeSRL:
+    history: list = field(default_factory=lambda: [(1, 1)])
+    end_lsn: int = 5
+    appended: list = field(default_factory=list)
+    full: bool = False
+
+    @property
+    def epoch(self):
+        return self.history[-1][0] if self.history else 0
+
+    def append_record_nowait(self, rec, kick=False):
+        if self.full:
+            from replengine.errors import SRLFullError
+
+            raise SRLFullError("full")
+        self.appended.append(rec)
+        return object()
+
+    def set_history(self, h):
+        self.history = list(h)
+
+
+@dataclass
+class FakeTransport:
+    sent: list = field(default_factory=list)
+
+    def send(self, peer, frames):
+        self.sent.append((peer, decode(frames, UUID).body))
+        return True
+
+
+@dataclass
+class FakeNode:
+    srl: FakeSRL = field(default_factory=FakeSRL)
+    transport: FakeTransport = field(default_factory=FakeTransport)
+    known_epoch: int = 1
+    following: str = "alpha"
+    me: str = "beta"
+    heartbeat_s: float = 0.3
+    rewinder: object = None
+    primary_history: list = field(default_factory=lambda: [(1, 1)])
+    cleared: list = field(default_factory=list)
+    queued: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self.cfg = SimpleNamespace(uuid=UUID)
+        self.volume = SimpleNamespace(size=1 << 20)
+        self.applier = SimpleNamespace(clear=self.cleared.append, applied_end=5)
+        self.watcher = SimpleNamespace(put=lambda p, rec: self.queued.append(rec), durable_end=5)
+        self.ops = SimpleNamespace(pulled_bytes=0, pull_source="")
+        hello = SimpleNamespace(history=self.primary_history)
+        self.peers = {"alpha": SimpleNamespace(hello=hello)}
+
+    def warn_once(self, key, msg, *args):
+        pass
+
+
+def hdr(epoch=1, sender="alpha", flags=0):
+    return Header(MsgType.UPDATE, UUID, epoch, sender, flags)
+
+
+def test_the_next_record_is_logged_and_queued_for_the_volume() -> None:
+    node = FakeNode()
+    sec = Secondary(node)
+    sec.on_update(hdr(), Update(5, 1, 0, b"x" * 4096))
+    assert [r.lsn for r in node.srl.appended] == [5] and sec.assigned_end == 6
+    assert [r.lsn for r in node.queued] == [5]
+
+
+def test_an_older_epoch_is_fenced_and_nothing_is_logged() -> None:
+    node = FakeNode(known_epoch=2)
+    Secondary(node).on_update(hdr(epoch=1), Update(5, 1, 0, b"x"))
+    assert not node.srl.appended
+
+
+def test_a_gap_asks_for_a_resend_from_our_end_once_per_beat() -> None:
+    node = FakeNode()
+    sec = Secondary(node)
+    sec.on_update(hdr(), Update(7, 1, 0, b"x"))
+    sec.on_update(hdr(), Update(8, 1, 0, b"x"))
+    nacks = [b for _, b in node.transport.sent if type(b).__name__ == "Nack"]
+    assert [n.expected for n in nacks] == [5] and not node.srl.appended
+
+
+def test_a_duplicate_is_answered_with_an_ack_not_logged_twice() -> None:
+    node = FakeNode()
+    sec = Secondary(node)
+    sec.on_update(hdr(), Update(4, 1, 0, b"x"))
+    assert not node.srl.appended
+    assert any(type(b).__name__ == "Ack" for _, b in node.transport.sent)
+
+
+def test_a_record_outside_the_volume_is_refused() -> None:
+    node = FakeNode()
+    Secondary(node).on_update(hdr(), Update(5, 1, (1 << 20) - 10, b"x" * 4096))
+    assert not node.srl.appended
+
+
+def test_a_record_whose_epoch_its_primary_does_not_name_is_refused() -> None:
+    node = FakeNode()
+    Secondary(node).on_update(hdr(), Update(5, 2, 0, b"x"))
+    assert not node.srl.appended
+
+
+def test_an_empty_epoch_of_ours_gives_way_to_the_primarys_line() -> None:
+    """We were promoted (epoch 2 at LSN 5) and lost before writing; the primary's line went
+    1 -> 3 from LSN 9: its epoch-1 record 5 is taken and our history joined to its."""
+    node = FakeNode(
+        srl=FakeSRL(history=[(1, 1), (2, 5)]), known_epoch=3, primary_history=[(1, 1), (3, 9)]
+    )
+    Secondary(node).on_update(hdr(epoch=3), Update(5, 1, 0, b"x"))
+    assert [r.lsn for r in node.srl.appended] == [5]
+    assert node.srl.history == [(1, 1), (3, 9)]
+
+
+def test_no_record_is_taken_while_a_rewind_waits_for_its_blocks() -> None:
+    node = FakeNode(rewinder=SimpleNamespace(streaming=False))
+    Secondary(node).on_update(hdr(), Update(5, 1, 0, b"x"))
+    assert not node.srl.appended
+
+
+def test_a_full_srl_drops_the_update_and_asks_again_after_a_clear() -> None:
+    node = FakeNode(srl=FakeSRL(full=True))
+    sec = Secondary(node)
+    sec.on_update(hdr(), Update(5, 1, 0, b"x"))
+    assert sec.srl_full and sec.assigned_end == 5
+    node.srl.full = False
+    sec.after_clear()
+    assert any(type(b).__name__ == "Nack" for _, b in node.transport.sent)
+
+
+def test_a_pulled_record_from_a_peer_we_do_not_follow_is_taken() -> None:
+    node = FakeNode(following="")
+    Secondary(node).on_update(hdr(flags=Flag.PULLED), Update(5, 1, 0, b"x" * 10))
+    assert [r.lsn for r in node.srl.appended] == [5] and node.ops.pulled_bytes == 10
