@@ -42,6 +42,7 @@ from failover_helpers import (
 
 from replengine.demo.localcluster import LocalResource
 from replengine.errors import ReplError
+from replengine.failover.promotion import next_epoch
 
 VOL = 4 << 20
 NODES = {"n1": "sync", "n2": "sync", "n3": "sync", "n4": "async"}
@@ -179,7 +180,8 @@ class Schedule:
         new = rng.choice(survivors)
         out = r.promote(new)
         self.trace.append(f"promoted {new}: {out}")
-        self.epoch += 1
+        # each node raises the next epoch it owns (see failover.promotion.next_epoch)
+        self.epoch = next_epoch(self.epoch, list(NODES).index(new), len(NODES))
         st = r.status(new)
         lp = st["last_promotion"]
         lacked = best - ends[new]
