@@ -137,3 +137,15 @@ def test_a_new_source_starts_the_copy_over_and_late_blocks_are_ignored(tmp_path)
 def test_subtract_ranges() -> None:
     assert subtract([(0, 100)], 10, 20) == [(0, 10), (30, 70)]
     assert subtract([(0, 10), (20, 10)], 0, 25) == [(25, 5)]
+
+
+def test_a_divergence_below_the_logs_start_owes_every_block(tmp_path) -> None:
+    """The records that diverge were already cleared here, so which blocks they touched is
+    unknown: once an exception that left the node 'rewinding' for ever, now every block is
+    owed and the log restarts at the divergence point."""
+    node, rw = node_with_tail(tmp_path)
+    node.srl.start_lsn = 9
+    rw.divergence = 5
+    rw.progress()
+    assert rw.owed == [(0, VOL)] and load_marker(rw.marker) == [(0, VOL)]
+    assert node.watcher.durable_end == 5 and requests(node)[-1].ranges == [(0, VOL)]
