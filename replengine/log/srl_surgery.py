@@ -143,7 +143,8 @@ class LogSurgery:
                 self._check_usable()
                 end, end_pos = self._durable_end, self._durable_pos
             old = self._sb.history
-            if divergence_point(old, new, end) < end:
+            empty = self._start_lsn == end  # no record to re-label (after a reset)
+            if not empty and divergence_point(old, new, end) < end:
                 raise SRLError(
                     f"{self.path}: history {list(new)} names another epoch than {list(old)} "
                     f"for a record below LSN {end}"

@@ -72,6 +72,13 @@ class Applier(threading.Thread):
             self.overlay.clear()
             self.pending_clear = min(self.pending_clear, lsn)
 
+    def restart_at(self, lsn: int) -> None:
+        """The log was emptied at ``lsn`` after a block copy brought the volume there."""
+        with self.lock:
+            self.applied_end = lsn
+            self.overlay.clear()
+            self.pending_clear = 0
+
     def barrier(self) -> threading.Event:
         """An event set once everything queued so far is applied and flushed."""
         ev = threading.Event()

@@ -350,11 +350,17 @@ class Node:
         elif isinstance(body, Pull):
             self.ops.pulls.serve(peer.name, body.first, body.end)
         elif isinstance(body, BlockReq):
-            self.copier.start(peer.name, body.tag, [(int(o), int(n)) for o, n in body.ranges])
+            ranges = [(int(o), int(n)) for o, n in body.ranges]
+            if self.primary and peer.name in self.dcm.maps:
+                # it fell off our log while away: its rewind rides on the dcm resync, which
+                # copies the blocks it asks for with every region it missed
+                self.dcm.resync_for_rewind(peer, ranges, body.tag)
+            else:
+                self.copier.start(peer.name, body.tag, ranges)
         elif isinstance(body, BlockAck):
             self.copier.on_ack(peer.name, body.received)
         elif isinstance(body, (Block, BlockDone)):
-            if self.rewinder:
+            if self.rewinder and self.rewinder.copying:
                 self.rewinder.on_message(peer.name, body)
             elif self.role == Role.SECONDARY and header.sender == self.following:
                 self.on_dcm_message(peer, body)
@@ -383,6 +389,17 @@ class Node:
         else:
             self.srl.reset(lsn)
         self.applier.forget_from(lsn)
+        self.watcher.durable_end = lsn
+        self.secondary.assigned_end = lsn
+
+    def restart_log_at(self, lsn: int, source: str) -> None:
+        """A block copy brought the volume to the primary's state as of ``lsn`` (dcm resync):
+        the log restarts empty there, on the primary's line of history."""
+        self.srl.reset(lsn)
+        peer = self.peers.get(source)
+        if peer is not None and peer.hello is not None:
+            self.srl.set_history(peer.hello.history)
+        self.applier.restart_at(lsn)
         self.watcher.durable_end = lsn
         self.secondary.assigned_end = lsn
 
@@ -435,10 +452,6 @@ class Node:
         if isinstance(body, Block):
             self.dcm_rx.on_block(body)
             return
-        if body.resume_lsn and peer.hello:
-            for epoch, first in peer.hello.history:
-                if epoch > self.srl.epoch and first <= body.resume_lsn:
-                    self.srl.add_epoch(epoch, first)
         self.dcm_rx.on_done(body)
 
     # ---- control socket -------------------------------------------------------------------

@@ -206,7 +206,18 @@ class DcmTracker:
 
     # ---- resync ---------------------------------------------------------------------------
 
-    def start_resync(self, peer: Peer) -> None:
+    def resync_for_rewind(self, peer: Peer, ranges: list[tuple[int, int]], tag: str) -> None:
+        """A peer in dcm asks for the blocks of its divergent tail: add them to its dirty
+        regions and copy everything, answering with the tag of its request."""
+        dmap = self.maps[peer.name]
+        for off, length in ranges:
+            if 0 <= off and length > 0 and off + length <= self.node.volume.size:
+                dmap.mark(off, length)
+        self._dirty.add(peer.name)
+        self.node.copier.cancel(peer.name)
+        self.start_resync(peer, tag)
+
+    def start_resync(self, peer: Peer, tag: str | None = None) -> None:
         node = self.node
         dmap = self.maps[peer.name]
         self.flush(force=True)
@@ -217,6 +228,8 @@ class DcmTracker:
             started=time.monotonic(),
             dirty_bytes=dmap.dirty_bytes,
         )
+        if tag:
+            job.tag = tag
         self.resyncs[peer.name] = job
         peer.state = PeerState.DCM_RESYNC
         node.copier.start(
@@ -336,13 +349,7 @@ class DcmReceiver:
         node.volume.flush()
         node.applier.barrier().wait()
         if done.resume_lsn:
-            node.srl.reset(done.resume_lsn)
-            with node.applier.lock:
-                node.applier.applied_end = done.resume_lsn
-                node.applier.overlay.clear()
-                node.applier.pending_clear = 0
-            node.watcher.durable_end = done.resume_lsn
-            node.secondary.assigned_end = done.resume_lsn
+            node.restart_log_at(done.resume_lsn, self.source)
         self.primary_end = done.primary_end
         self.done = True
         log.warning(
@@ -357,7 +364,8 @@ class DcmReceiver:
     def progress(self) -> bool:
         """True once consistent again."""
         if self.done and self.node.applier.applied_end >= self.primary_end:
-            self.node.consistent = True
+            if self.node.rewinder is None:  # a rewind still under way decides for itself
+                self.node.consistent = True
             log.warning("dcm resync complete: consistent at LSN %d", self.node.applier.applied_end)
             return True
         return False

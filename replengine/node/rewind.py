@@ -176,7 +176,11 @@ class Rewinder:
                     sum(n for _, n in self.missing),
                 )
                 self._request(self.missing)
-        elif self.phase is Phase.CATCHUP and node.applier.applied_end >= self.as_of:
+        elif (
+            self.phase is Phase.CATCHUP
+            and node.applier.applied_end >= self.as_of
+            and getattr(node, "dcm_rx", None) is None  # a dcm resync started meanwhile ends first
+        ):
             self.marker.unlink(missing_ok=True)
             node.consistent = True
             node.rewinder = None
@@ -275,6 +279,10 @@ class Rewinder:
             )
             self._request(self.missing)
             return
+        if body.resume_lsn:
+            # the primary had us in dcm: its copy held every region we missed, and our log
+            # restarts where it says (the records in between are in those blocks)
+            node.restart_log_at(body.resume_lsn, self.source)
         self._blocks_done(body.primary_end)
 
     def _blocks_done(self, as_of: int) -> None:
@@ -290,6 +298,11 @@ class Rewinder:
             self.as_of,
         )
         node.send(self.source, node.hello())
+
+    @property
+    def copying(self) -> bool:
+        """Whether BLOCKs are this rewind's (a dcm resync's otherwise)."""
+        return self.phase is Phase.BLOCKS
 
     @property
     def streaming(self) -> bool:
