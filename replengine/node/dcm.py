@@ -25,7 +25,7 @@ from replengine.storage.dirtymap import DirtyMap
 from replengine.wire.protocol import Block, BlockAck, BlockDone
 
 if TYPE_CHECKING:
-    from replengine.node.core import Node
+    from replengine.node.context import DcmContext
     from replengine.node.peers import Peer
     from replengine.node.primary import Primary
 
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 FLUSH_INTERVAL_S = 0.2
 
 
-def dcm_path(node: Node, peer: str) -> Path:
+def dcm_path(node: DcmContext, peer: str) -> Path:
     """Beside a file SRL; under /var/lib/replengine for an SRL on a block device."""
     srl = Path(node.cfg.local.srl)
     if srl.is_file():
@@ -62,7 +62,7 @@ class Resync:
 class DcmTracker:
     """Per-primary DCM state: bitmaps of peers in dcm, running resyncs."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: DcmContext) -> None:
         self.node = node
         self.maps: dict[str, DirtyMap] = {}
         self.covered_end: dict[str, int] = {}
@@ -313,7 +313,7 @@ class DcmTracker:
 class DcmReceiver:
     """Secondary side of a dcm resync: write blocks, then restart the log at resume_lsn."""
 
-    def __init__(self, node: Node, source: str) -> None:
+    def __init__(self, node: DcmContext, source: str) -> None:
         self.node = node
         self.source = source
         self.received = 0

@@ -23,7 +23,7 @@ from replengine.node.states import IN_DCM, PeerState
 from replengine.wire.protocol import Clear, Update, encode
 
 if TYPE_CHECKING:
-    from replengine.node.core import Node
+    from replengine.node.context import PrimaryContext
     from replengine.node.peers import Peer
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class StalledWrite:
 
 
 class Primary:
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: PrimaryContext) -> None:
         self.node = node
         self.pending: deque[PendingWrite] = deque()
         self.stalled: deque[StalledWrite] = deque()

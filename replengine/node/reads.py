@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from replengine.node.core import Node
+    from replengine.node.context import LogAndVolume
 
 
-def consistent_read(node: Node, offset: int, length: int) -> bytes:
+def consistent_read(node: LogAndVolume, offset: int, length: int) -> bytes:
     """Volume content as of every completed write: the volume plus records not yet applied.
 
     The overlay is snapshotted before the volume is read: a record missing from the snapshot

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 from replengine.wire.protocol import Block, BlockAck, BlockDone, BlockReq
 
 if TYPE_CHECKING:
-    from replengine.node.core import Node
+    from replengine.node.context import RewindContext
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def load_marker(path: Path) -> list[tuple[int, int]] | None:
 
 @dataclass
 class Rewinder:
-    node: Node
+    node: RewindContext
     source: str
     divergence: int
     marker: Path
@@ -133,7 +133,7 @@ class Rewinder:
     # ---- starting and restarting ------------------------------------------------------------
 
     @classmethod
-    def resume(cls, node: Node, marker: Path, ranges: list[tuple[int, int]]) -> Rewinder:
+    def resume(cls, node: RewindContext, marker: Path, ranges: list[tuple[int, int]]) -> Rewinder:
         """After a restart mid-rewind: the blocks are owed again, from the next primary."""
         if ranges == [(0, -1)]:
             ranges = [(0, node.volume.size)]

@@ -18,13 +18,13 @@ from replengine.log.record import Record
 from replengine.wire.protocol import Ack, Flag, Header, Nack, Update, encode
 
 if TYPE_CHECKING:
-    from replengine.node.core import Node
+    from replengine.node.context import SecondaryContext
 
 log = logging.getLogger(__name__)
 
 
 class Secondary:
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: SecondaryContext) -> None:
         self.node = node
         self.assigned_end = node.srl.end_lsn
         self.acked_sent = (0, 0)

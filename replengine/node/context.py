@@ -1,0 +1,92 @@
+"""What each role may see of its node: narrow, structural interfaces.
+
+The loop (node.core.Node) satisfies all of them; a role names only the one it needs, so what
+it can touch is written down, reviewable, and faked in its unit tests (tests/test_secondary.py,
+tests/test_rewind.py, tests/test_copier.py) without a daemon. The promotion's own context is
+failover.promotion.PromotionContext.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from replengine.config import ResourceConfig
+    from replengine.log.srl import SRL
+    from replengine.node.applier import Applier, LocalSync
+    from replengine.node.copier import BlockCopier
+    from replengine.node.peers import Peer
+    from replengine.node.rewind import Rewinder
+    from replengine.storage.volume import Volume
+    from replengine.wire.protocol import Hello
+    from replengine.wire.transport import Transport
+
+
+class LogAndVolume(Protocol):
+    """The node's own data: its log, its volume, the threads that sync and apply them."""
+
+    srl: SRL
+    volume: Volume
+    applier: Applier
+    watcher: LocalSync
+    heartbeat_s: float
+
+    def send(self, peer: str, body: Any, flags: int = 0) -> bool: ...
+
+
+class SecondaryContext(LogAndVolume, Protocol):
+    """The secondary pipeline: which primary it follows, the epoch it knows, whom to ack."""
+
+    me: str
+    cfg: ResourceConfig
+    transport: Transport
+    known_epoch: int
+    following: str
+    peers: dict[str, Peer]
+    rewinder: Rewinder | None
+    ops: Any  # pull_source and pulled_bytes of a running promotion
+
+    def warn_once(self, key: str, msg: str, *args: Any) -> None: ...
+
+
+class RewindContext(LogAndVolume, Protocol):
+    """A divergent-tail rewind: cut the log, mark the node inconsistent, talk to its source."""
+
+    following: str
+    consistent: bool
+    rewinder: Rewinder | None
+    last_divergent: dict[str, Any]
+
+    def drop_log_from(self, lsn: int) -> None: ...
+    def restart_log_at(self, lsn: int, source: str) -> None: ...
+    def hello(self) -> Hello: ...
+
+
+class DcmContext(RewindContext, Protocol):
+    """dcm tracking and resync on a primary, and receiving one on a secondary."""
+
+    me: str
+    cfg: ResourceConfig
+    peers: dict[str, Peer]
+    primary: Any
+    copier: BlockCopier
+
+
+class PrimaryContext(LogAndVolume, Protocol):
+    """The primary pipeline: its epoch, its peers, the writers to answer, dcm when full."""
+
+    me: str
+    cfg: ResourceConfig
+    transport: Transport
+    peers: dict[str, Peer]
+    dcm: Any  # node.dcm.DcmTracker
+
+    @property
+    def epoch(self) -> int: ...
+    def dcm_release(self, primary: Any) -> bool: ...
+    def reply_ok(self, client: bytes, req_id: Any, doc: dict | None = None) -> None: ...
+    def reply_error(self, client: bytes, req_id: Any, error: str) -> None: ...
+    def warn_once(self, key: str, msg: str, *args: Any) -> None: ...
+
+
+__all__ = ["DcmContext", "LogAndVolume", "PrimaryContext", "RewindContext", "SecondaryContext"]
