@@ -1,10 +1,10 @@
-"""Failover planning: who sends which LSNs to whom (the patent's Figs. 4A-5B).
+"""Failover planning: who sends which LSNs to whom (the seed's Figs. 4A-5B: docs/architecture.md).
 
 Everything here is a pure function of what the reachable nodes report -- (epoch history,
 start, end) of their SRLs -- so the failover logic can be tested exhaustively without disks
 or sockets, and the failover module only has to carry out the plan.
 
-Terms (see docs/architecture.md and the design's vocabulary):
+Terms (see docs/architecture.md and the README's concepts):
 
 * A node's *history* is ``((epoch, first_lsn), ...)`` oldest first, PostgreSQL-timeline style:
   epoch E wrote LSNs ``[first_lsn_E, first_lsn_of_next_entry)``; the last entry is open-ended.
@@ -266,7 +266,7 @@ def plan_summary(plan: SyncPlan) -> dict[str, int]:
 
 
 def clear_point(acked: Mapping[str, int], applied: int, *, start: int = 1) -> int:
-    """The SRL start a node may advance to (design invariant 3; patent Figs. 4A/4B).
+    """The SRL start a node may advance to (README rule 3; the seed's Figs. 4A/4B).
 
     ``acked`` maps every secondary of the resource to the highest LSN it has acknowledged
     (cumulative, inclusive; 0 = nothing), ``applied`` is the highest LSN this node has applied

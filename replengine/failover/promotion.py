@@ -1,5 +1,5 @@
 """The promotion state machine: probe the peers, plan, pull what this node lacks, raise the
-epoch (the design's "Failover" steps 1-3).
+epoch (docs/architecture.md, "One promotion").
 
 It decides; the node carries out. Everything it needs from the node is the narrow
 PromotionContext below, so it is unit-tested against a fake (tests/test_promotion.py) and the

@@ -1,4 +1,4 @@
-"""The primary's pipeline (the patent's Fig. 2, primary side).
+"""The primary's pipeline (Fig. 2 of the seed, primary side: docs/architecture.md).
 
 write → SRL append (group commit, runs beside the network send) → UPDATE to every streaming
 secondary → completion once durable locally and acknowledged by every sync secondary that

@@ -1,4 +1,4 @@
-"""The secondary's pipeline (the patent's Fig. 2, secondary side).
+"""The secondary's pipeline (Fig. 2 of the seed, secondary side: docs/architecture.md).
 
 UPDATE → epoch check (invariant 4) → LSN continuity → SRL append → cumulative ACK once
 durable → background apply in LSN order → CLEAR advances the SRL start once applied.
