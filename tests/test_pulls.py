@@ -12,7 +12,7 @@ def server(start=1, end=10_000, refuse_at=None):
     sent: list[int] = []
 
     def send(peer, rec):
-        if refuse_at is not None and rec.lsn == refuse_at[0]:
+        if refuse_at and rec.lsn == refuse_at[0]:
             refuse_at.pop(0)
             return False
         sent.append(rec.lsn)
