@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from replengine.node import copier as copier_mod
 from replengine.node.copier import BlockCopier
 from replengine.node.dcm import DcmReceiver
+from replengine.node.rewind import load_marker
 from replengine.wire.protocol import Block, BlockDone
 
 MiB = 1 << 20
@@ -68,6 +70,7 @@ class FakeApplier:
 @dataclass
 class FakeVolume:
     writes: list = field(default_factory=list)
+    size: int = 1 << 20
 
     def write(self, off, data):
         self.writes.append((off, len(data)))
@@ -78,6 +81,7 @@ class FakeVolume:
 
 @dataclass
 class FakeNode:
+    rewind_marker: Path = Path("/nonexistent")
     consistent: bool = True
     sent: list = field(default_factory=list)
     applier: FakeApplier = field(default_factory=FakeApplier)
@@ -91,9 +95,11 @@ class FakeNode:
         return "HELLO"
 
 
-def test_dcm_receiver_does_not_take_a_short_copy_for_complete() -> None:
-    node = FakeNode()
+def test_dcm_receiver_does_not_take_a_short_copy_for_complete(tmp_path) -> None:
+    node = FakeNode(rewind_marker=tmp_path / "srl.rewind")
     rx = DcmReceiver(node, "alpha")
+    # durable before the first block: a restart mid-copy knows the volume is mixed
+    assert load_marker(node.rewind_marker) == [(0, node.volume.size)]
     rx.on_block(Block(0, b"y" * 4096))
     rx.on_done(BlockDone("dcm-1", 50, 40, 8192))  # 4096 bytes never arrived
     assert not rx.done and node.consistent is False and rx.received == 0

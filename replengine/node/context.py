@@ -8,6 +8,7 @@ failover.promotion.PromotionContext.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -64,6 +65,8 @@ class RewindContext(LogAndVolume, Protocol):
 
 class DcmContext(RewindContext, Protocol):
     """dcm tracking and resync on a primary, and receiving one on a secondary."""
+
+    rewind_marker: Path
 
     me: str
     cfg: ResourceConfig

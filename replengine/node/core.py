@@ -368,6 +368,19 @@ class Node:
     def follow(self, peer: Peer, h: Hello) -> None:
         end = self.watcher.durable_end
         d = divergence_point(self.srl.history, h.history, end)
+        if self.dcm_rx is not None and self.dcm_rx.source != peer.name:
+            # a dcm resync from another primary was cut short: this volume is a mix of its
+            # blocks and older data, so every block is owed to the primary followed now
+            log.error(
+                "dcm resync from %s did not finish; copying every block from %s",
+                self.dcm_rx.source,
+                peer.name,
+            )
+            self.dcm_rx = None
+            if self.rewinder is None:
+                self.rewinder = Rewinder.resume(self, self.rewind_marker, [(0, self.volume.size)])
+            else:
+                self.rewinder.owed = [(0, self.volume.size)]
         if d < end or self.rewinder is not None:
             if self.rewinder is None:
                 self.rewinder = Rewinder(self, peer.name, d, self.rewind_marker)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from replengine.node.copier import CopyJob
+from replengine.node.rewind import write_marker
 from replengine.node.states import IN_DCM, PeerState
 from replengine.storage.dirtymap import DirtyMap
 from replengine.wire.protocol import Block, BlockAck, BlockDone
@@ -321,6 +322,9 @@ class DcmReceiver:
         self.done = False
         node.applier.barrier().wait()
         node.consistent = False
+        # durable before the first block lands: a restart, or a new primary before this copy
+        # ends, must find this volume mixed and fetch every block again (node.rewind)
+        write_marker(node.rewind_marker, [(0, node.volume.size)], 0)
         log.warning("dcm resync from %s started: this node is inconsistent until it ends", source)
 
     def on_block(self, block: Block) -> None:
@@ -365,6 +369,7 @@ class DcmReceiver:
         """True once consistent again."""
         if self.done and self.node.applier.applied_end >= self.primary_end:
             if self.node.rewinder is None:  # a rewind still under way decides for itself
+                self.node.rewind_marker.unlink(missing_ok=True)
                 self.node.consistent = True
             log.warning("dcm resync complete: consistent at LSN %d", self.node.applier.applied_end)
             return True

@@ -89,6 +89,11 @@ def marker_path(srl: str | os.PathLike[str], resource: str, node: str) -> Path:
     return base / "rewind"
 
 
+def write_marker(path: Path, ranges: list[tuple[int, int]], divergence: int) -> None:
+    """Make durable that these block ranges are owed (the volume is not a prefix state)."""
+    _write_durably(path, {"ranges": [list(r) for r in ranges], "divergence": divergence})
+
+
 def _write_durably(path: Path, doc: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
@@ -141,8 +146,8 @@ class Rewinder:
         rw.phase = Phase.BLOCKS
         node.consistent = False
         log.warning(
-            "a divergent-tail rewind was under way when this node stopped: %d bytes of blocks "
-            "are owed; inconsistent until a primary has sent them",
+            "a block copy (rewind or dcm resync) did not finish: %d bytes of blocks are "
+            "owed; inconsistent until a primary has sent them",
             sum(n for _, n in rw.owed),
         )
         return rw
