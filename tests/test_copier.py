@@ -4,9 +4,9 @@ is never taken for complete."""
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 from replengine.node import copier as copier_mod
 from replengine.node.copier import BlockCopier
@@ -61,10 +61,10 @@ def test_ranges_outside_the_volume_are_refused() -> None:
 
 @dataclass
 class FakeApplier:
-    def barrier(self):
-        ev = threading.Event()
-        ev.set()
-        return ev
+    applied_end: int = 10
+
+    def restart_at(self, lsn):
+        self.applied_end = lsn
 
 
 @dataclass
@@ -86,6 +86,15 @@ class FakeNode:
     sent: list = field(default_factory=list)
     applier: FakeApplier = field(default_factory=FakeApplier)
     volume: FakeVolume = field(default_factory=FakeVolume)
+    watcher: SimpleNamespace = field(
+        default_factory=lambda: SimpleNamespace(idle=True, durable_end=10)
+    )
+    restarted: list = field(default_factory=list)
+    rewinder: object = None
+
+    def restart_log_at(self, lsn, source):
+        self.restarted.append(lsn)
+        self.applier.restart_at(lsn)
 
     def send(self, peer, body):
         self.sent.append(body)
@@ -103,3 +112,22 @@ def test_dcm_receiver_does_not_take_a_short_copy_for_complete(tmp_path) -> None:
     rx.on_block(Block(0, b"y" * 4096))
     rx.on_done(BlockDone("dcm-1", 50, 40, 8192))  # 4096 bytes never arrived
     assert not rx.done and node.consistent is False and rx.received == 0
+
+
+def test_dcm_blocks_wait_for_the_applier_and_never_block_the_loop(tmp_path) -> None:
+    """Records logged before the copy are still being applied: blocks are held (an older
+    record written after them would undo them), then written in order; the end of the copy
+    waits too, and the node is consistent once it has applied up to the primary's end."""
+    node = FakeNode(rewind_marker=tmp_path / "srl.rewind")
+    node.applier.applied_end = 7  # 7, 8, 9 still to apply
+    rx = DcmReceiver(node, "alpha")
+    rx.on_block(Block(0, b"a" * 4096))
+    rx.on_block(Block(8192, b"b" * 4096))
+    assert node.volume.writes == []
+    rx.on_done(BlockDone("dcm-1", 60, 50, 8192))
+    assert not rx.done and node.restarted == []
+    node.applier.applied_end = 10  # the applier caught up
+    assert rx.progress() is False
+    assert node.volume.writes == [(0, 4096), (8192, 4096)] and node.restarted == [50]
+    node.applier.applied_end = 60
+    assert rx.progress() is True and node.consistent and not node.rewind_marker.exists()

@@ -54,6 +54,7 @@ class FakeNode:
     me: str = "beta"
     heartbeat_s: float = 0.3
     rewinder: object = None
+    dcm_rx: object = None
     primary_history: list = field(default_factory=lambda: [(1, 1)])
     cleared: list = field(default_factory=list)
     queued: list = field(default_factory=list)

@@ -168,6 +168,11 @@ class LocalSync:
     def put(self, pending: Any, rec: Record) -> None:
         self._pending.append((pending, rec))
 
+    @property
+    def idle(self) -> bool:
+        """No record waits to be made durable and handed to the applier."""
+        return not self._pending
+
     def sync(self) -> bool:
         """Make everything queued durable; True if the durable end moved."""
         if not self._pending or self.error:

@@ -45,6 +45,7 @@ class SecondaryContext(LogAndVolume, Protocol):
     following: str
     peers: dict[str, Peer]
     rewinder: Rewinder | None
+    dcm_rx: Any  # a dcm resync being received (node.dcm.DcmReceiver), or None
     ops: Any  # pull_source and pulled_bytes of a running promotion
 
     def warn_once(self, key: str, msg: str, *args: Any) -> None: ...

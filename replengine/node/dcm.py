@@ -312,7 +312,13 @@ class DcmTracker:
 
 
 class DcmReceiver:
-    """Secondary side of a dcm resync: write blocks, then restart the log at resume_lsn."""
+    """Secondary side of a dcm resync: write blocks, then restart the log at resume_lsn.
+
+    It never blocks the loop. Until the applier has written every record logged before the
+    copy began, blocks are held (at most the sender's window): written now, an older record
+    applied after them would undo them. Records the primary still had in flight are refused
+    until the copy is done (Secondary.on_update).
+    """
 
     def __init__(self, node: DcmContext, source: str) -> None:
         self.node = node
@@ -320,15 +326,33 @@ class DcmReceiver:
         self.received = 0
         self.primary_end = 0
         self.done = False
-        node.applier.barrier().wait()
+        self.held: list[tuple[int, bytes]] = []
+        self.draining = True
+        self.finish: BlockDone | None = None
         node.consistent = False
         # durable before the first block lands: a restart, or a new primary before this copy
         # ends, must find this volume mixed and fetch every block again (node.rewind)
         write_marker(node.rewind_marker, [(0, node.volume.size)], 0)
         log.warning("dcm resync from %s started: this node is inconsistent until it ends", source)
 
+    def _drained(self) -> bool:
+        node = self.node
+        if (
+            self.draining
+            and node.watcher.idle
+            and node.applier.applied_end >= node.watcher.durable_end
+        ):
+            self.draining = False
+            for off, data in self.held:
+                self.node.volume.write(off, data)
+            self.held = []
+        return not self.draining
+
     def on_block(self, block: Block) -> None:
-        self.node.volume.write(block.offset, block.data)
+        if self._drained():
+            self.node.volume.write(block.offset, block.data)
+        else:
+            self.held.append((block.offset, bytes(block.data)))
         self.received += len(block.data)
         if self.received % (4 << 20) < len(block.data):
             self.node.send(self.source, BlockAck(self.received))
@@ -350,9 +374,14 @@ class DcmReceiver:
             self.received = 0
             node.send(self.source, node.hello())
             return
+        self.finish = done
+        self.progress()
+
+    def _finish(self, done: BlockDone) -> None:
+        node = self.node
         node.volume.flush()
-        node.applier.barrier().wait()
         if done.resume_lsn:
+            # records still queued for the applier are older than resume_lsn: it skips them
             node.restart_log_at(done.resume_lsn, self.source)
         self.primary_end = done.primary_end
         self.done = True
@@ -367,6 +396,9 @@ class DcmReceiver:
 
     def progress(self) -> bool:
         """True once consistent again."""
+        if self.finish is not None and self._drained():
+            done, self.finish = self.finish, None
+            self._finish(done)
         if self.done and self.node.applier.applied_end >= self.primary_end:
             if self.node.rewinder is None:  # a rewind still under way decides for itself
                 self.node.rewind_marker.unlink(missing_ok=True)

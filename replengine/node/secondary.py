@@ -47,6 +47,8 @@ class Secondary:
             return
         if node.rewinder is not None and not node.rewinder.streaming:
             return  # a rewind's blocks are not all in yet: a record now could be overwritten
+        if node.dcm_rx is not None and not node.dcm_rx.done:
+            return  # nor a dcm resync's: the primary streams again from its resume_lsn
         if not pulled and header.sender != node.following:
             log.debug("UPDATE from %s ignored: following %r", header.sender, node.following)
             return
