@@ -9,39 +9,14 @@ from __future__ import annotations
 
 import random
 import signal
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from replengine.demo.localcluster import LocalResource
 from replengine.log.srl import SRL
 
 
-def wait_stopped(pid: int, timeout: float = 10.0) -> None:
-    """After SIGSTOP: wait until every thread of `pid` is really stopped (state T), so that
-    its volume file can no longer change."""
-    deadline = time.monotonic() + timeout
-    task_dir = Path(f"/proc/{pid}/task")
-    while True:
-        states = []
-        for t in task_dir.iterdir():
-            try:
-                stat = (t / "stat").read_text()
-            except FileNotFoundError:
-                continue
-            states.append(stat[stat.rindex(")") + 2])
-        if states and all(s in "tT" for s in states):
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"process {pid} not stopped after {timeout}s: {states}")
-        time.sleep(0.005)
-
-
 def stop(r: LocalResource, node: str) -> None:
-    r.signal(node, signal.SIGSTOP)
-    pid = r.pid(node)
-    assert pid is not None
-    wait_stopped(pid)
+    r.freeze(node)
 
 
 def cont(r: LocalResource, node: str) -> None:
@@ -220,5 +195,4 @@ __all__ = [
     "volume_bytes",
     "wait_consistent",
     "wait_role",
-    "wait_stopped",
 ]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import random
 
-import pytest
 from failover_helpers import (
     crash,
     describe_logs,
@@ -22,21 +21,6 @@ from replengine.demo.localcluster import LocalResource
 VOL = 16 << 20
 
 
-@pytest.fixture
-def make_resource(tmp_path):
-    made: list[LocalResource] = []
-
-    def make(nodes: dict[str, str], **kw) -> LocalResource:
-        kw.setdefault("volume_size", VOL)
-        r = LocalResource(tmp_path / f"res{len(made)}", nodes=nodes, **kw)
-        made.append(r)
-        return r.create()
-
-    yield make
-    for r in made:
-        r.stop_all()
-
-
 def assert_identical(r: LocalResource, nodes: list[str]) -> None:
     images = {n: volume_bytes(r, n) for n in nodes}
     first = images[nodes[0]]
@@ -44,13 +28,13 @@ def assert_identical(r: LocalResource, nodes: list[str]) -> None:
     assert not bad, f"volumes of {bad} differ from {nodes[0]}'s\n{describe_logs(r, nodes)}"
 
 
-def test_node_promoted_and_lost_before_writing_rejoins(make_resource) -> None:
+def test_node_promoted_and_lost_before_writing_rejoins(resource) -> None:
     """All secondaries killed, 4 writes on alpha, alpha killed; beta promoted (epoch 2, no
     write) then killed; alpha up, gamma promoted (pulls the 4 records from alpha); beta up.
     Beta's empty epoch 2 must not make it refuse the older-epoch records for ever: it
     catches up, and later writes reach it as a sync peer."""
     rng = random.Random(7)
-    r = make_resource({"alpha": "sync", "beta": "sync", "gamma": "sync"})
+    r = resource({"alpha": "sync", "beta": "sync", "gamma": "sync"})
     r.up()
     r.promote("alpha")
     with r.connect("alpha") as v:
@@ -83,14 +67,14 @@ def test_node_promoted_and_lost_before_writing_rejoins(make_resource) -> None:
     assert r.status("beta")["history"][-1][0] == r.status("gamma")["epoch"]
 
 
-def test_two_promotions_at_once_end_with_one_primary_and_one_history(make_resource) -> None:
+def test_two_promotions_at_once_end_with_one_primary_and_one_history(resource) -> None:
     """The primary dies and two operators promote beta and gamma at the same moment: both
     may pass their probe, but they raise different epochs, so the lower steps down, rewinds
     what it wrote alone, and every node ends on one history with identical volumes."""
     import concurrent.futures as cf
 
     rng = random.Random(11)
-    r = make_resource({"alpha": "sync", "beta": "sync", "gamma": "sync"})
+    r = resource({"alpha": "sync", "beta": "sync", "gamma": "sync"})
     r.up()
     r.promote("alpha")
     with r.connect("alpha") as v:

@@ -156,6 +156,28 @@ class LocalResource:
             raise ReplError(f"{node} has no pid file")
         os.kill(pid, sig)
 
+    def freeze(self, node: str, timeout: float = 10.0) -> None:
+        """SIGSTOP the node's daemon and wait until every thread of it is stopped, so its
+        files can no longer change (a VM pause, as the demo and the fault tests need it)."""
+        pid = self.pid(node)
+        if pid is None:
+            raise ReplError(f"{node} has no pid file")
+        os.kill(pid, signal.SIGSTOP)
+        deadline = time.monotonic() + timeout
+        while True:
+            states = []
+            for t in Path(f"/proc/{pid}/task").iterdir():
+                try:
+                    stat = (t / "stat").read_text()
+                except FileNotFoundError:
+                    continue
+                states.append(stat[stat.rindex(")") + 2])
+            if states and all(s in "tT" for s in states):
+                return
+            if time.monotonic() > deadline:
+                raise ReplError(f"{node} (pid {pid}) not stopped after {timeout}s: {states}")
+            time.sleep(0.005)
+
     def kill(self, node: str) -> None:
         """SIGKILL the node's daemon and wait until it is gone (a crash)."""
         pid = self.pid(node)

@@ -30,15 +30,7 @@ def admit(node: Node, inc: Any) -> tuple[Peer, Message] | None:
             sender,
             node.cfg.name,
         )
-        node.transport.reply_router(
-            inc.identity,
-            encode(
-                node.cfg.uuid,
-                node.epoch,
-                node.me,
-                Reject(f"{sender!r} is not a node of resource {node.cfg.name}"),
-            ),
-        )
+        _refuse(node, inc, f"{sender!r} is not a node of resource {node.cfg.name}")
         return None
     try:
         msg = decode([f.buffer for f in inc.frames], node.cfg.uuid)
@@ -49,17 +41,11 @@ def admit(node: Node, inc: Any) -> tuple[Peer, Message] | None:
             )
     except ForeignResourceError as exc:
         node.warn_once(f"foreign:{sender}", "refused %s: %s", sender, exc)
-        node.transport.reply_router(
-            inc.identity,
-            encode(
-                node.cfg.uuid,
-                node.epoch,
-                node.me,
-                Reject(
-                    f"{node.me} belongs to resource {node.cfg.name} ({node.cfg.uuid}), "
-                    "not to yours: check the uuid and node addresses in the config"
-                ),
-            ),
+        _refuse(
+            node,
+            inc,
+            f"{node.me} belongs to resource {node.cfg.name} ({node.cfg.uuid}), "
+            "not to yours: check the uuid and node addresses in the config",
         )
         return None
     except ProtocolError as exc:
@@ -69,3 +55,10 @@ def admit(node: Node, inc: Any) -> tuple[Peer, Message] | None:
         log.exception("malformed message from %s dropped (decoder error): %s", sender, exc)
         return None
     return peer, msg
+
+
+def _refuse(node: Node, inc: Any, reason: str) -> None:
+    """A REJECT straight back on the connection it came from, so the stranger logs why."""
+    node.transport.reply_router(
+        inc.identity, encode(node.cfg.uuid, node.epoch, node.me, Reject(reason))
+    )

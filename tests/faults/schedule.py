@@ -319,8 +319,7 @@ class Harness:
         if n in self.dead or pid is None:
             self.note(f"not freezing {n}: its daemon is gone")
             return
-        self.r.signal(n, signal.SIGSTOP)
-        wait_stopped(pid)
+        self.r.freeze(n)
         was_primary = n == self.primary
         f = Freeze(n, self.epoch if was_primary else 0, was_primary, self.now())
         self.frozen[n] = f
@@ -773,24 +772,6 @@ class Harness:
 
 
 # ---- helpers -----------------------------------------------------------------------------------
-
-
-def wait_stopped(pid: int, timeout: float = 10.0) -> None:
-    """After SIGSTOP: every thread of pid is stopped (state T), its files can no longer change."""
-    deadline = time.monotonic() + timeout
-    while True:
-        states = []
-        for t in Path(f"/proc/{pid}/task").iterdir():
-            try:
-                stat = (t / "stat").read_text()
-            except FileNotFoundError:
-                continue
-            states.append(stat[stat.rindex(")") + 2])
-        if states and all(s in "tT" for s in states):
-            return
-        if time.monotonic() > deadline:
-            raise ReplError(f"process {pid} not stopped after {timeout}s: {states}")
-        time.sleep(0.005)
 
 
 def primaries(sts: dict[str, dict | None]) -> list[str]:
