@@ -45,3 +45,8 @@ class RoleError(ReplError):
 
 class ApplyError(ReplError):
     """Applying the log to the volume went wrong (out of order): the node stops."""
+
+
+class DeviceError(ReplError):
+    """The block device frontend cannot do what was asked: missing kernel support, the device
+    in use by a mount or a process, or a helper (losetup, FUSE) that failed."""

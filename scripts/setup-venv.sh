@@ -7,10 +7,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=/usr/bin/python3
 [ -x "$PY" ] || PY=$(command -v python3)
-if ! "$PY" -c 'import ensurepip, venv' 2>/dev/null; then
-    apt-get update -qq
+# python3-venv for the venv; fuse3, libfuse3-dev and pkg-config to build pyfuse3 (the block
+# device frontend) from PyPI
+need=()
+"$PY" -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv python3-pip)
+for p in fuse3 libfuse3-dev pkg-config; do
+    [ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)" = installed ] || need+=("$p")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    cand=$(apt-cache policy "${need[0]}" 2>/dev/null | awk '/Candidate:/{print $2}')
+    if [ -z "$cand" ] || [ "$cand" = "(none)" ]; then apt-get update -qq; fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 \
-        python3-venv python3-pip >/dev/null
+        "${need[@]}" >/dev/null
 fi
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv

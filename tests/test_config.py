@@ -106,7 +106,7 @@ promote_min_peers = 2
 dcm_region_size = 65536
 run_dir = "/tmp/replengine-run"
 heartbeat_ms = 250
-device = "/dev/replengine/data0"
+device = "none"
 
 [nodes.alpha]
 address = "10.0.0.1:7790"
@@ -119,6 +119,7 @@ address = "[FD00::0002]:7791"
 volume = "/dev/vg0/r0"
 srl = "/dev/vg0/r0-srl"
 mode = "sync"
+device = "fuse-loop"
 
 [nodes."gamma.example-1"]
 address = "Gamma.Example.COM:7792"
@@ -129,7 +130,7 @@ mode = "async"
     path = write(tmp_path, text)
     cfg = config.load(path, node="alpha")
 
-    alpha = NodeConfig("alpha", "10.0.0.1", 7790, "10.0.0.1:7790", vol, srl, "sync")
+    alpha = NodeConfig("alpha", "10.0.0.1", 7790, "10.0.0.1:7790", vol, srl, "sync", "none")
     beta = NodeConfig(
         "beta",
         "fd00::2",
@@ -138,6 +139,7 @@ mode = "async"
         Path("/dev/vg0/r0"),
         Path("/dev/vg0/r0-srl"),
         "sync",
+        "fuse-loop",  # its own device key wins over the resource's
     )
     gamma = NodeConfig(
         "gamma.example-1",
@@ -147,6 +149,7 @@ mode = "async"
         tmp_path / "rel/vol",  # relative paths are relative to the config file
         tmp_path / "rel/srl",
         "async",
+        "none",
     )
     assert cfg == ResourceConfig(
         path=path,
@@ -159,7 +162,6 @@ mode = "async"
         dcm_region_size=65536,
         run_dir=Path("/tmp/replengine-run"),
         heartbeat_ms=250,
-        device=Path("/dev/replengine/data0"),
         nodes={"alpha": alpha, "beta": beta, "gamma.example-1": gamma},
         local=alpha,
         digest=cfg.digest,
@@ -188,7 +190,7 @@ def test_defaults_for_optional_keys(tmp_path: Path, base: str) -> None:
     assert cfg.dcm_region_size == 1 << 20
     assert cfg.run_dir == Path("/run/replengine")
     assert cfg.heartbeat_ms == 1000
-    assert cfg.device == Path("/dev/replengine/r0")
+    assert all(n.device == "fuse-loop" for n in cfg.nodes.values())
     assert cfg.uuid_derived
     assert cfg.uuid == config.derive_uuid("r0", ["10.0.0.2:7790", "10.0.0.1:7790"])
     assert cfg.runtime_dir() == Path("/run/replengine/r0/alpha")
@@ -563,6 +565,14 @@ BAD_CASES = [
         "nodes.beta.srl",
         'srl = "/dev/vg0/r0"',
         ["same path as the volume"],
+    ),
+    (
+        "device-unknown-kind",
+        'srl = "/dev/vg0/r0-srl"',
+        'srl = "/dev/vg0/r0-srl"\ndevice = "/dev/replengine/r0"',
+        "nodes.beta.device",
+        'device = "/dev/replengine/r0"',
+        ["fuse-loop", "none"],
     ),
     (
         "node-not-table",

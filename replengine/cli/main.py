@@ -111,7 +111,7 @@ def cmd_down(args: argparse.Namespace) -> int:
         print(f"{cfg.name}/{cfg.local.name} is not running")
         return 0
     ctl = ControlClient(cfg.paths().socket, timeout_s=args.timeout)
-    doc, _ = ctl.call("down")
+    doc, _ = ctl.call("down", force=args.force)
     ctl.close()
     _wait_exit(pid, args.timeout)
     print(
@@ -134,8 +134,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(doc, indent=2, sort_keys=True))
         return 0
+    device = ""
+    if doc.get("device"):
+        device = f", device {doc['device']}"
+    elif doc.get("device_error"):
+        device = f", NO DEVICE: {doc['device_error']}"
     print(
-        f"{doc['resource']}/{doc['node']}: {doc['role']}, epoch {doc['epoch']}, "
+        f"{doc['resource']}/{doc['node']}: {doc['role']}{device}, epoch {doc['epoch']}, "
         f"SRL LSNs [{doc['start_lsn']}, {doc['end_lsn']}), applied up to "
         f"{doc['applied_end'] - 1}, {doc['srl']['used_bytes']} of {doc['srl']['capacity']} "
         f"bytes used{'' if doc['consistent'] else ', INCONSISTENT'}"
@@ -167,8 +172,9 @@ def cmd_promote(args: argparse.Namespace) -> int:
         fields["min_peers"] = args.min_peers
     doc, _ = ctl.call("promote", timeout_s=args.timeout, **fields)
     ctl.close()
+    device = f"; device {doc['device']}" if doc.get("device") else ""
     if doc.get("already"):
-        print(f"already primary (epoch {doc['epoch']})")
+        print(f"already primary (epoch {doc['epoch']}){device}")
     else:
         pulled = (
             f", pulled {doc['pulled_records']} records from {doc['pulled_from']}"
@@ -177,7 +183,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
         )
         print(
             f"promoted: epoch {doc['epoch']} starts at LSN {doc['first_lsn']}{pulled} "
-            f"({doc['seconds']}s)"
+            f"({doc['seconds']}s){device}"
         )
     return 0
 
@@ -224,6 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = sub.add_parser("down", parents=[common], help="stop the daemon cleanly")
     p.add_argument("--timeout", type=float, default=120)
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="stop even while the block device is mounted or open (its users get EIO)",
+    )
     p.set_defaults(fn=cmd_down)
     p = sub.add_parser("status", parents=[common], help="role, log and peers")
     p.add_argument("--json", action="store_true")

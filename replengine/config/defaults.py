@@ -23,6 +23,10 @@ MIN_SRL_SIZE = (1 << 20) + 8192
 SRL_FULL = ("stall", "fail", "dcm")
 ON_SYNC_LOSS = ("degrade", "block")
 MODES = ("sync", "async")
+#: block device frontends (replengine.frontend): only fuse-loop is implemented; the others are
+#: detected and explained when asked for
+DEVICES = ("fuse-loop", "nbd", "ublk", "dm", "none")
+DEFAULT_DEVICE = "fuse-loop"
 
 #: Namespace for resource UUIDs derived from the config (uuid5), fixed forever: changing it
 #: would give every existing resource a new identity and orphan its SRLs.

@@ -36,9 +36,11 @@ from replengine.config.check import (
 )
 from replengine.config.defaults import (
     DEFAULT_DCM_REGION_SIZE,
+    DEFAULT_DEVICE,
     DEFAULT_HEARTBEAT_MS,
     DEFAULT_RUN_DIR,
     DEFAULT_SYNC_TIMEOUT,
+    DEVICES,
     MAX_NODES,
     MIN_NODES,
     MIN_SRL_SIZE,
@@ -64,7 +66,7 @@ _RESOURCE_KEYS = (
     "device",
 )
 _RESOURCE_REQUIRED = ("name", "srl_full", "on_sync_loss")
-_NODE_KEYS = ("address", "volume", "srl", "mode")
+_NODE_KEYS = ("address", "volume", "srl", "mode", "device")
 
 
 def load(
@@ -172,11 +174,9 @@ def _build(ctx: _Ctx, doc: dict[str, Any], node: str | None) -> ResourceConfig:
     )
     if run_dir is None and "run_dir" not in res:
         run_dir = DEFAULT_RUN_DIR
-    device = _get_path(
-        ctx, res, R + ("device",), required=False, absolute=True, what="an absolute device path"
-    )
-    if device is None and "device" not in res and name is not None:
-        device = Path("/dev/replengine") / name
+    device = _get_enum(ctx, res, R + ("device",), DEVICES, required=False)
+    if device is None and "device" not in res:
+        device = DEFAULT_DEVICE
 
     res_uuid: uuidlib.UUID | None = None
     uuid_given = "uuid" in res
@@ -240,6 +240,7 @@ def _build(ctx: _Ctx, doc: dict[str, Any], node: str | None) -> ResourceConfig:
             what="a block device or file path",
         )
         mode = _get_enum(ctx, ntab, K + ("mode",), MODES)
+        ndev = _get_enum(ctx, ntab, K + ("device",), DEVICES, required=False)
         parsed = None
         if addr_s is not None:
             parsed = _parse_address(addr_s)
@@ -266,8 +267,12 @@ def _build(ctx: _Ctx, doc: dict[str, Any], node: str | None) -> ResourceConfig:
             srl = None
         if parsed is None or volume is None or srl is None or mode is None:
             continue
+        if ndev is None and "device" in ntab:
+            continue
         host, port, address = parsed
-        nodes[nname] = NodeConfig(nname, host, port, address, volume, srl, mode)
+        nodes[nname] = NodeConfig(
+            nname, host, port, address, volume, srl, mode, ndev or device or DEFAULT_DEVICE
+        )
 
     count = len(raw_nodes) if isinstance(raw_nodes, dict) else 0
     if isinstance(raw_nodes, dict) and raw_nodes and count < MIN_NODES:
@@ -322,7 +327,6 @@ def _build(ctx: _Ctx, doc: dict[str, Any], node: str | None) -> ResourceConfig:
         dcm_region_size=dcm,
         run_dir=run_dir,
         heartbeat_ms=hb,
-        device=device,
         nodes=nodes,
         local=nodes[local_name],
         digest=compute_digest(name, res_uuid, srl_full, on_sync_loss, dcm, nodes),

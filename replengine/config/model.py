@@ -31,6 +31,8 @@ class NodeConfig:
     volume: Path
     srl: Path
     mode: str
+    #: the block device frontend on this node when it is primary (config.defaults.DEVICES)
+    device: str = "fuse-loop"
 
     @property
     def endpoint(self) -> str:
@@ -60,7 +62,6 @@ class ResourceConfig:
     dcm_region_size: int
     run_dir: Path
     heartbeat_ms: int
-    device: Path
     nodes: dict[str, NodeConfig] = field(hash=False)  # in file order
     local: NodeConfig
     digest: str

@@ -14,6 +14,7 @@ import sys
 
 from replengine import config as configmod
 from replengine.errors import ReplError
+from replengine.frontend import make_frontend
 from replengine.node.core import Node
 
 log = logging.getLogger("replengined")
@@ -42,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = configmod.load(args.config, node=args.node)
         node = Node(cfg)
+        node.device = make_frontend(cfg, node.device_io)
+        if node.device is not None:
+            node.device.cleanup_stale()  # a killed daemon's loop device and dead FUSE mount
     except (ReplError, OSError) as exc:
         log.error("%s", exc)
         if ready:
@@ -49,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             ready.close()
         return 1
     node.paths.pid.write_text(f"{os.getpid()}\n")
+    # a signal stops even with the device in use: its users get EIO, never a hang
     signal.signal(signal.SIGTERM, lambda *_: node.ops.request_down())
     signal.signal(signal.SIGINT, lambda *_: node.ops.request_down())
     log.info(

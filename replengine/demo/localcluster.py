@@ -49,6 +49,9 @@ class LocalResource:
     on_sync_loss: str = "degrade"
     extra: dict[str, Any] = field(default_factory=dict)
     heartbeat_ms: int = 300
+    #: the block device frontend ("fuse-loop" for a real /dev/replengine/<name>); engine
+    #: tests that talk to the client API need none
+    device: str = "none"
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
@@ -74,6 +77,7 @@ class LocalResource:
             f'on_sync_loss = "{self.on_sync_loss}"',
             f'run_dir = "{self.run_dir}"',
             f"heartbeat_ms = {self.heartbeat_ms}",
+            f'device = "{self.device}"',
         ]
         for key, val in self.extra.items():
             lines.append(f"{key} = {json.dumps(val)}")

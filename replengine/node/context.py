@@ -8,6 +8,7 @@ failover.promotion.PromotionContext.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -94,3 +95,21 @@ class PrimaryContext(LogAndVolume, Protocol):
 
 
 __all__ = ["DcmContext", "LogAndVolume", "PrimaryContext", "RewindContext", "SecondaryContext"]
+
+
+class DeviceHooks(Protocol):
+    """What the loop asks of a block device frontend (replengine.frontend.base.Frontend,
+    which sits above the node and is handed in by the daemon)."""
+
+    kind: str
+    path: str | None
+    kernel_device: str | None
+    error: str
+
+    def expose(self, done: Callable[[str | None, str | None], None]) -> None: ...
+
+    def holders(self) -> list[str]: ...
+
+    def withdraw(self) -> None: ...
+
+    def cleanup_stale(self) -> list[str]: ...

@@ -15,7 +15,7 @@ import logging
 import os
 import time
 import uuid as uuidlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from replengine import config as configmod
 from replengine.errors import ReplError
@@ -26,6 +26,7 @@ from replengine.node import handshake, inbox
 from replengine.node.applier import Applier, LocalSync
 from replengine.node.copier import BlockCopier
 from replengine.node.dcm import DcmReceiver, DcmTracker
+from replengine.node.device_io import DEVICE_CLIENT, DeviceIO
 from replengine.node.ops import Operations
 from replengine.node.peers import Peer
 from replengine.node.primary import Primary
@@ -51,6 +52,9 @@ from replengine.wire.protocol import (
     encode,
 )
 from replengine.wire.transport import Transport
+
+if TYPE_CHECKING:
+    from replengine.node.context import DeviceHooks
 
 log = logging.getLogger("replengined")
 
@@ -100,6 +104,9 @@ class Node:
         self.dcm = DcmTracker(self)
         self.dcm_rx: DcmReceiver | None = None
         self.ops = Operations(self)
+        self.device_io = DeviceIO(self)
+        #: the block device frontend (set by the daemon; None for device = "none")
+        self.device: DeviceHooks | None = None
         self.stop_requested = False
         self.fatal = ""
         self.exit_code = 0
@@ -123,6 +130,9 @@ class Node:
     # ---- replies to local clients ---------------------------------------------------------
 
     def reply(self, client: bytes, doc: dict, data: Any = None) -> None:
+        if client == DEVICE_CLIENT:
+            self.device_io.on_reply(doc)
+            return
         frames: list = [json.dumps(doc).encode()]
         if data is not None:
             frames.append(data)
@@ -206,6 +216,7 @@ class Node:
                 self.drain_peers()
             if ctl_in:
                 self.drain_control()
+            self.device_io.drain()
             self.watcher.sync()
             if self.watcher.error or self.applier.error or self.fatal:
                 err = self.watcher.error or self.applier.error or self.fatal
@@ -418,11 +429,31 @@ class Node:
 
     def step_down(self, why: str) -> None:
         log.error("FENCED: stepping down from primary: %s; pending writes fail", why)
+        self.device_io.fence()
         if self.primary:
             self.primary.fail_all(f"this node was fenced: {why}")
+        self.withdraw_device(f"stepped down: {why}")
         self.become_secondary()
 
+    def withdraw_device(self, why: str) -> None:
+        """Take the block device away (fenced first, so nothing new reaches the pipeline).
+        Whoever still has it mounted or open gets EIO from now on."""
+        self.device_io.fence()
+        dev = self.device
+        if dev is None or (dev.path is None and dev.kernel_device is None):
+            return
+        holders = dev.holders()
+        if holders:
+            log.error(
+                "DEVICE %s taken away while in use (%s): %s; its users get I/O errors",
+                dev.path,
+                why,
+                "; ".join(holders),
+            )
+        dev.withdraw()
+
     def become_secondary(self) -> None:
+        self.device_io.fence()
         self.role = Role.SECONDARY
         self.primary = None
         self.following = ""
@@ -477,6 +508,10 @@ class Node:
             self.ops.handle(inc.identity, inc.frames)
 
     def shutdown(self) -> None:
+        self.device_io.fence()
+        if self.primary:
+            self.primary.fail_all("daemon stopping")
+        self.withdraw_device("daemon stopping")
         self.watcher.stop()
         self.watcher.join(timeout=30)
         self.applier.stop()

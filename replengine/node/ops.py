@@ -77,7 +77,28 @@ class Operations(ClientIO):
         self.node.reply_ok(req.client, req.req_id, status(self.node))
 
     def op_down(self, req: Request, doc: dict, data: Any) -> None:
+        if not doc.get("force") and self._device_busy(req, "stop"):
+            return
         self.request_down(req)
+
+    def _device_busy(self, req: Request, what: str) -> bool:
+        """Refuse ``what`` while the device is mounted or open, naming who holds it, as
+        umount(8) would; nothing changes."""
+        node = self.node
+        dev = node.device
+        if dev is None or node.primary is None or dev.kernel_device is None:
+            return False
+        holders = dev.holders()
+        if not holders:
+            return False
+        node.reply_error(
+            req.client,
+            req.req_id,
+            f"cannot {what} {node.cfg.name} on {node.me}: device {dev.path} is in use "
+            f"({'; '.join(holders)}); unmount it and close it first"
+            + (" (or stop with --force)" if what == "stop" else ""),
+        )
+        return True
 
     def request_down(self, req: Request | None = None) -> None:
         if req:
@@ -85,6 +106,7 @@ class Operations(ClientIO):
         if not self.down_since:
             self.down_since = time.monotonic()
             log.info("shutting down: draining writes, applying the log")
+            self.node.device_io.fence()
             if self.node.primary:
                 self.node.primary.accepting = False
 
@@ -111,6 +133,9 @@ class Operations(ClientIO):
         if node.primary is None:
             node.reply_ok(req.client, req.req_id, {"role": Role.SECONDARY})
             return
+        if self._device_busy(req, "demote"):
+            return
+        node.device_io.fence()
         node.primary.accepting = False
         self.demotion = req
 
@@ -118,6 +143,7 @@ class Operations(ClientIO):
         node = self.node
         if self.demotion and node.primary and node.primary.drained():
             req, self.demotion = self.demotion, None
+            node.withdraw_device("demoted")
             node.become_secondary()
             node.beacon()
             log.warning("DEMOTED to secondary at LSN %d", node.watcher.durable_end)
@@ -131,9 +157,11 @@ class Operations(ClientIO):
     def op_promote(self, req: Request, doc: dict, data: Any) -> None:
         node = self.node
         if node.primary is not None:
-            node.reply_ok(
-                req.client, req.req_id, {"role": Role.PRIMARY, "epoch": node.epoch, "already": True}
-            )
+            result = {"role": Role.PRIMARY, "epoch": node.epoch, "already": True}
+            if node.device is not None and node.device.path is None:
+                self._expose(req, result)  # an earlier attempt failed: try again
+                return
+            node.reply_ok(req.client, req.req_id, {**result, **self._device_doc()})
             return
         if self.promotion:
             node.reply_error(req.client, req.req_id, "a promotion is already running")
@@ -165,7 +193,40 @@ class Operations(ClientIO):
         if result is not None:
             self.promotion = self.promotion_req = None
             self.last_promotion = result
+            if self.node.device is not None:
+                self._expose(req, result)
+                return
             self.node.reply_ok(req.client, req.req_id, result)
+
+    def _device_doc(self) -> dict:
+        dev = self.node.device
+        return {"device": dev.path} if dev is not None else {}
+
+    def _expose(self, req: Request, result: dict) -> None:
+        """Open the device's I/O path and expose it; the promote is answered once the device
+        is there (or with what stopped it: the node stays primary, the agent's promote fails
+        and Pacemaker decides)."""
+        node = self.node
+        assert node.device is not None
+        node.device_io.open()
+        resource, me = node.cfg.name, node.me
+
+        def done(path: str | None, error: str | None) -> None:
+            if path is not None:
+                self.finished_jobs.append((req, {**result, "device": path}))
+            else:
+                self.finished_jobs.append(
+                    (
+                        req,
+                        {
+                            "error": f"{me} is primary of {resource} (epoch {result.get('epoch')})"
+                            f" but its device could not be exposed: {error}"
+                        },
+                    )
+                )
+            node.transport.wake()
+
+        node.device.expose(done)
 
     def tick(self) -> None:
         self._promotion_progress()

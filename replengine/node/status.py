@@ -73,6 +73,22 @@ def status(node: Node) -> dict:
         "peers": peers,
         "dcm": node.dcm.summary() if node.primary else None,
         "last_promotion": node.ops.last_promotion,
+        **device_status(node),
+    }
+
+
+def device_status(node: Node) -> dict:
+    """The block device: its path applications use (the stable udev name when udev made
+    one, else the kernel's loop device), or None while not exposed."""
+    dev = node.device
+    if dev is None:
+        return {"device": None, "device_kind": "none"}
+    return {
+        "device": dev.path,
+        "device_kind": dev.kind,
+        "device_kernel": dev.kernel_device,
+        "device_error": dev.error or None,
+        "device_fenced": node.device_io.fenced,
     }
 
 

@@ -168,8 +168,14 @@ class Agent(AgentContext):
         self.marker(cfg).unlink(missing_ok=True)
         if cfg.paths().running_pid() is not None:
             budget = max(1.0, deadline - time.monotonic())
+            # Pacemaker stops what uses the device first (the Filesystem resource is ordered
+            # after the Promoted role); whatever still holds it must not keep the node up
             proc = self.replctl(
-                "down", "--timeout", str(max(1, int(budget * 0.7))), timeout=budget * 0.8
+                "down",
+                "--force",
+                "--timeout",
+                str(max(1, int(budget * 0.7))),
+                timeout=budget * 0.8,
             )
             if proc.returncode != 0:
                 log.error(
@@ -178,7 +184,19 @@ class Agent(AgentContext):
         procs = self.find_daemons([cfg.paths()], self.config_path())
         if procs:
             self.terminate(procs, deadline)
+        self.remove_stale_device(cfg)
         return OCF_SUCCESS
+
+    def remove_stale_device(self, cfg: configmod.ResourceConfig) -> None:
+        """A daemon killed by signal leaves its loop device over a dead FUSE mount."""
+        if cfg.local.device != "fuse-loop":
+            return
+        from replengine.frontend.fuseloop import FuseLoop
+
+        try:
+            FuseLoop(cfg.name, cfg.runtime_dir(), target=None).cleanup_stale()  # type: ignore[arg-type]
+        except ReplError as exc:
+            log.error("stop: %s", exc)
 
     def monitor(self) -> int:
         try:

@@ -168,7 +168,9 @@ def node_main(argv: list[str]) -> int:
 # ----------------------------------------------------------------------------- host side
 
 
-def write_config(cluster: Any, path: Path, run_dir: Path, modes: dict[int, str]) -> Path:
+def write_config(
+    cluster: Any, path: Path, run_dir: Path, modes: dict[int, str], device: str = "none"
+) -> Path:
     """r0 over the cluster's nodes: sparse 64 MiB volume + 64 MiB SRL in each node dir."""
     lines = [
         "[resource]",
@@ -178,6 +180,7 @@ def write_config(cluster: Any, path: Path, run_dir: Path, modes: dict[int, str])
         'on_sync_loss = "degrade"',
         "heartbeat_ms = 300",
         f'run_dir = "{run_dir}"',
+        f'device = "{device}"',
     ]
     for i in cluster.nodes:
         d = cluster.node_dir(i)

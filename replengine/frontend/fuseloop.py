@@ -1,0 +1,183 @@
+"""The fuse-loop frontend: the volume as a file on a FUSE mount the daemon serves, and a loop
+device over that file, named /dev/replengine/<resource> by udev.
+
+Runs on any kernel with FUSE and loop devices (no nbd, ublk or device-mapper needed).
+Everything it creates lives under the node's runtime directory, so what a killed daemon left
+behind (a loop device over a dead FUSE mount) is found and removed by the next one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from replengine.errors import DeviceError
+from replengine.frontend import loopdev
+from replengine.frontend.fusefs import FuseServer, VolumeFS
+from replengine.frontend.udevlink import LinkWaiter, stable_name, udevd_running
+
+if TYPE_CHECKING:
+    from replengine.frontend.base import BlockTarget, Exposed
+
+log = logging.getLogger(__name__)
+
+MOUNT_DIR = "replengine-fuse"
+UDEV_WAIT_S = 10.0
+#: FUSE's own watchdog (Linux 6.14+): a request unanswered this long aborts the connection,
+#: so a hung (stopped, not dead) daemon cannot hang the applications for ever
+TIMEOUT_SYSCTL = Path("/proc/sys/fs/fuse/default_request_timeout")
+MIN_REQUEST_TIMEOUT_S = 60
+
+
+def ensure_request_timeout(sync_timeout: float) -> str:
+    """Set the kernel's FUSE request timeout when it is off; a line saying what holds."""
+    want = max(MIN_REQUEST_TIMEOUT_S, int(2 * sync_timeout) + 1)
+    try:
+        now = int(TIMEOUT_SYSCTL.read_text().strip() or 0)
+    except (OSError, ValueError):
+        return (
+            "this kernel has no FUSE request timeout (Linux < 6.14): a hung daemon hangs "
+            "device I/O until it is killed or /sys/fs/fuse/connections/*/abort is written"
+        )
+    if now:
+        return f"FUSE request timeout {now}s (fs.fuse.default_request_timeout)"
+    try:
+        TIMEOUT_SYSCTL.write_text(f"{want}\n")
+    except OSError as exc:
+        return f"could not set fs.fuse.default_request_timeout to {want}s: {exc}"
+    return f"FUSE request timeout set to {want}s (fs.fuse.default_request_timeout was 0)"
+
+
+class FuseLoop:
+    kind = "fuse-loop"
+
+    def __init__(
+        self, resource: str, runtime_dir: Path, target: BlockTarget, sync_timeout: float = 30.0
+    ) -> None:
+        self.resource = resource
+        self.mountpoint = runtime_dir / MOUNT_DIR
+        self.target = target
+        self.sync_timeout = sync_timeout
+        self.path: str | None = None
+        self.kernel_device: str | None = None
+        self.error = ""
+        self._server: FuseServer | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    # ---- expose ---------------------------------------------------------------------------
+
+    def expose(self, done: Exposed) -> None:
+        def work() -> None:
+            try:
+                with self._lock:
+                    path = self._expose()
+            except DeviceError as exc:
+                self.error = str(exc)
+                log.error("device of %s not exposed: %s", self.resource, exc)
+                done(None, str(exc))
+                return
+            done(path, None)
+
+        self._thread = threading.Thread(target=work, name="expose", daemon=True)
+        self._thread.start()
+
+    def _expose(self) -> str:
+        if self.path is not None:
+            return self.path
+        self.error = ""
+        self._cleanup_stale()
+        log.info("%s", ensure_request_timeout(self.sync_timeout))
+        server = FuseServer(
+            VolumeFS(self.resource, self.target), self.mountpoint, f"replengine:{self.resource}"
+        )
+        server.start()
+        self._server = server
+        link = stable_name(self.resource)
+        waiter = LinkWaiter(link)
+        try:
+            dev = loopdev.attach(server.file)
+        except DeviceError:
+            server.stop()
+            self._server = None
+            raise
+        self.kernel_device = dev
+        if waiter.wait(dev, UDEV_WAIT_S):
+            self.path = str(link)
+        else:
+            self.path = dev
+            if udevd_running():
+                self.error = (
+                    f"udev made no {link} for {dev} in {UDEV_WAIT_S:.0f}s: is "
+                    "65-replengine.rules installed in /usr/lib/udev/rules.d?"
+                )
+            else:
+                self.error = f"udevd is not running: no stable name {link}; use {dev}"
+            log.warning("device of %s: %s", self.resource, self.error)
+        waiter.close()
+        log.warning("DEVICE %s exposed (%s over %s)", self.path, dev, server.file)
+        return self.path
+
+    # ---- in use? --------------------------------------------------------------------------
+
+    def holders(self) -> list[str]:
+        return loopdev.holders(self.kernel_device) if self.kernel_device else []
+
+    # ---- withdraw -------------------------------------------------------------------------
+
+    def withdraw(self) -> None:
+        if self._thread is not None:
+            self._thread.join()  # an expose still running finishes first
+            self._thread = None
+        with self._lock:
+            dev, server = self.kernel_device, self._server
+            if dev is None and server is None:
+                return
+            if dev is not None:
+                try:
+                    loopdev.detach(dev)
+                except DeviceError as exc:
+                    log.error("%s", exc)
+            if server is not None:
+                try:
+                    server.stop()
+                except DeviceError as exc:
+                    log.error("%s", exc)
+            if loopdev.is_mounted(self.mountpoint):
+                try:
+                    loopdev.unmount_lazy(self.mountpoint)
+                except DeviceError as exc:
+                    log.error("%s", exc)
+            log.warning("DEVICE %s withdrawn", self.path or dev)
+            self.path = self.kernel_device = None
+            self._server = None
+
+    def cleanup_stale(self) -> list[str]:
+        with self._lock:
+            return self._cleanup_stale()
+
+    def _cleanup_stale(self) -> list[str]:
+        removed = []
+        for dev in loopdev.loops_under(self.mountpoint):
+            if dev == self.kernel_device:
+                continue
+            try:
+                loopdev.detach(dev)
+                removed.append(dev)
+            except DeviceError as exc:
+                log.error("stale %s: %s", dev, exc)
+        if self._server is None and loopdev.is_mounted(self.mountpoint):
+            loopdev.unmount_lazy(self.mountpoint)
+            removed.append(str(self.mountpoint))
+        if removed:
+            log.warning(
+                "removed what a previous daemon of %s left behind: %s",
+                self.resource,
+                ", ".join(removed),
+            )
+        return removed
+
+
+__all__ = ["FuseLoop", "ensure_request_timeout"]
