@@ -260,6 +260,38 @@ class LocalResource:
                     except ProcessLookupError:
                         break
                 wait_gone(pid)
+        self.remove_devices()
+
+    def remove_devices(self) -> list[str]:
+        """Undo what killed daemons of this resource left: file systems still mounted on
+        their devices (lazily unmounted), loop devices over their FUSE files, dead FUSE
+        mounts. What was removed, for the test's log."""
+        if self.device == "none":
+            return []
+        from replengine.frontend import loopdev
+
+        removed = []
+        run = str(self.run_dir).rstrip("/") + "/"
+        loops = loopdev.loops_under(self.run_dir)
+        devnos = set()
+        for dev in loops:
+            try:
+                st = os.stat(dev)
+                devnos.add(f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}")
+            except OSError:
+                pass
+        for m in loopdev.mounts():
+            if m.devno in devnos:
+                subprocess.run(["umount", "--lazy", m.mountpoint], check=False)
+                removed.append(m.mountpoint)
+        for dev in loops:
+            subprocess.run(["losetup", "--detach", dev], check=False, capture_output=True)
+            removed.append(dev)
+        for m in loopdev.mounts():
+            if m.mountpoint.startswith(run):
+                subprocess.run(["umount", "--lazy", m.mountpoint], check=False)
+                removed.append(m.mountpoint)
+        return removed
 
 
 __all__ = ["LocalResource", "free_ports", "is_alive", "is_daemon", "wait_gone"]
