@@ -254,11 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", parents=[common], help="compare volume checksums of nodes")
     p.add_argument("nodes", nargs="*", help="nodes to compare (default: all running here)")
     p.set_defaults(fn=cmd_verify)
-    p = sub.add_parser("demo", help="3-node resource + async 4th on this machine, a failover")
+    p = sub.add_parser(
+        "demo", help="3-node resource + async 4th on this machine, ext4 on its device, a failover"
+    )
     p.add_argument("--dir", help="work directory (default: a new temporary one)")
     p.add_argument("--keep", action="store_true", help="leave the nodes running")
     p.add_argument("--volume-mib", type=int, default=256)
-    p.add_argument("--records", type=int, default=4000)
+    p.add_argument("--files", type=int, default=300, help="files per phase (fsynced each)")
     p.set_defaults(fn=cmd_demo)
     return ap
 
