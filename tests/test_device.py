@@ -201,3 +201,37 @@ def test_a_daemon_asked_for_a_missing_frontend_does_not_start(
     assert proc.returncode != 0
     assert f'device = "{kind}" cannot run here' in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+TIMEOUT_SYSCTL = Path("/proc/sys/fs/fuse/default_request_timeout")
+
+
+@needs_device
+@pytest.mark.skipif(not TIMEOUT_SYSCTL.exists(), reason="this kernel has no FUSE request timeout")
+def test_a_hung_primary_cannot_hang_its_device_for_ever(
+    resource: Callable[..., LocalResource],
+) -> None:
+    """A stopped (not dead) daemon: the kernel's FUSE request timeout, taken at mount time,
+    ends the connection and the application gets an error; the daemon, resumed, reports the
+    device lost, and the agent's monitor sees a failed Promoted instance."""
+    r = make(resource, "hungdev")
+    before = TIMEOUT_SYSCTL.read_text()
+    TIMEOUT_SYSCTL.write_text("2\n")  # short, for the test; the daemon keeps a set value
+    try:
+        dev = promote(r, "alpha")
+    finally:
+        TIMEOUT_SYSCTL.write_text(before)
+    fd = os.open(dev, os.O_RDWR | os.O_DIRECT)
+    try:
+        r.freeze("alpha")
+        err = _write_outcome(fd, timeout=60)
+        assert isinstance(err, OSError) and err.errno in (errno.EIO, errno.ENOTCONN), err
+    finally:
+        os.close(fd)
+        r.signal("alpha", signal.SIGCONT)
+    st = r.wait_for(lambda: (s := r.status("alpha"))["device_lost"] and s, 30, "device lost")
+    assert st["role"] == "primary" and "lost" in st["device_error"]
+    # stop still works and leaves nothing behind
+    r.replctl("alpha", "down", "--force")
+    loops = sh("losetup", "--list", "--noheadings", "-O", "BACK-FILE").stdout
+    assert "hungdev/alpha/replengine-fuse" not in loops, loops

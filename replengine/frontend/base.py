@@ -36,6 +36,8 @@ class Frontend(Protocol):
     kernel_device: str | None
     #: why the device is missing or broken, for status
     error: str
+    #: exposed, then broken under its users (the kernel ended the FUSE connection)
+    lost: bool
 
     def expose(self, done: Exposed) -> None:
         """Start exposing in the background; ``done`` is called from another thread."""

@@ -16,6 +16,7 @@ import logging
 import os
 import stat
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -166,8 +167,16 @@ class FuseServer:
     pyfuse3 keeps one mount per process, which is all a daemon needs: one resource, one
     device."""
 
-    def __init__(self, fs: VolumeFS, mountpoint: Path, fsname: str) -> None:
+    def __init__(
+        self,
+        fs: VolumeFS,
+        mountpoint: Path,
+        fsname: str,
+        on_lost: Callable[[str], None] | None = None,
+    ) -> None:
         self.fs = fs
+        self.on_lost = on_lost
+        self._stopping = False
         self.mountpoint = mountpoint
         self.fsname = fsname
         self._thread: threading.Thread | None = None
@@ -198,10 +207,17 @@ class FuseServer:
             return
         try:
             trio.run(self._main)
+            if not self._stopping:
+                # the kernel ended the connection: its request timeout fired while this
+                # process was not running, or someone wrote .../connections/N/abort
+                self.failure = "the kernel ended the FUSE connection"
         except BaseException as exc:
             self.failure = str(exc) or type(exc).__name__
-            log.error("FUSE server of %s stopped: %s", self.mountpoint, self.failure)
         finally:
+            if self.failure:
+                log.error("FUSE server of %s stopped: %s", self.mountpoint, self.failure)
+                if self.on_lost is not None:
+                    self.on_lost(self.failure)
             try:
                 pyfuse3.close(unmount=True)
             except Exception as exc:
@@ -215,6 +231,7 @@ class FuseServer:
 
     def stop(self, timeout: float = 10.0) -> None:
         token = self.fs.token
+        self._stopping = True
         if self._thread is None or self.ended.is_set():
             return
         if token is not None:

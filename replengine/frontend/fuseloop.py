@@ -63,6 +63,8 @@ class FuseLoop:
         self.path: str | None = None
         self.kernel_device: str | None = None
         self.error = ""
+        #: the device was exposed and then broke under its users
+        self.lost = False
         self._server: FuseServer | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -88,10 +90,14 @@ class FuseLoop:
         if self.path is not None:
             return self.path
         self.error = ""
+        self.lost = False
         self._cleanup_stale()
         log.info("%s", ensure_request_timeout(self.sync_timeout))
         server = FuseServer(
-            VolumeFS(self.resource, self.target), self.mountpoint, f"replengine:{self.resource}"
+            VolumeFS(self.resource, self.target),
+            self.mountpoint,
+            f"replengine:{self.resource}",
+            on_lost=self._lost,
         )
         server.start()
         self._server = server
@@ -119,6 +125,14 @@ class FuseLoop:
         waiter.close()
         log.warning("DEVICE %s exposed (%s over %s)", self.path, dev, server.file)
         return self.path
+
+    def _lost(self, why: str) -> None:
+        self.lost = True
+        self.error = (
+            f"device {self.path or self.kernel_device} lost: {why}; every I/O on it fails "
+            "until the resource is demoted and promoted again (or stopped)"
+        )
+        log.critical("%s", self.error)
 
     # ---- in use? --------------------------------------------------------------------------
 
@@ -153,6 +167,8 @@ class FuseLoop:
             log.warning("DEVICE %s withdrawn", self.path or dev)
             self.path = self.kernel_device = None
             self._server = None
+            self.lost = False
+            self.error = ""
 
     def cleanup_stale(self) -> list[str]:
         with self._lock:

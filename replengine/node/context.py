@@ -105,6 +105,8 @@ class DeviceHooks(Protocol):
     path: str | None
     kernel_device: str | None
     error: str
+    #: exposed, then broken under its users (the kernel ended the FUSE connection)
+    lost: bool
 
     def expose(self, done: Callable[[str | None, str | None], None]) -> None: ...
 

@@ -286,6 +286,8 @@ class Node:
         if self.primary:
             self.primary.check_sync_peers()
             self.primary.send_idle_clears()
+            if self.device is not None and self.device.lost:
+                self.warn_once("device-lost", "%s", self.device.error)
         self.ops.tick()
 
     def progress(self) -> None:

@@ -88,6 +88,7 @@ def device_status(node: Node) -> dict:
         "device_kind": dev.kind,
         "device_kernel": dev.kernel_device,
         "device_error": dev.error or None,
+        "device_lost": dev.lost,
         "device_fenced": node.device_io.fenced,
     }
 

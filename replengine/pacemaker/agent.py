@@ -230,6 +230,11 @@ class Agent(AgentContext):
                 )
             return OCF_NOT_RUNNING
         self.set_score(promotion_score(st))
+        if st["role"] == "primary" and (
+            st.get("device_lost") or (st.get("device_error") and not st.get("device"))
+        ):
+            # primary without the device applications use: let Pacemaker recover it
+            raise OCFError(OCF_FAILED_PROMOTED, f"{cfg.name}: {st['device_error']}")
         return OCF_RUNNING_PROMOTED if st["role"] == "primary" else OCF_SUCCESS
 
     def promote(self) -> int:
