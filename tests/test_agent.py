@@ -574,3 +574,59 @@ def test_stop_fails_with_reason_when_the_daemon_survives(monkeypatch, tmp_path):
     finally:
         daemon.kill()
         daemon.wait()
+
+
+@pytest.fixture
+def device_resource(tmp_path):
+    """As local_resource, with the block device."""
+    me = os.uname().nodename
+    r = LocalResource(
+        tmp_path,
+        name="agentdev",
+        nodes={me: "sync", "peer-b": "sync"},
+        extra={"promote_min_peers": 0},
+        device="fuse-loop",
+    )
+    r.create()
+    yield r
+    r.stop_all()
+
+
+def test_agent_with_the_device(agent, device_resource, tmp_path):
+    """promote exposes the device; demote fails (with the holder in its exit reason) while
+    a file system is mounted on it; stop forces it away; a killed Promoted daemon's stale
+    loop device is removed by stop."""
+    from tests.device_helpers import device_unavailable, mounted, sh
+
+    if device_unavailable():
+        pytest.skip(device_unavailable())
+    r, me = device_resource, os.uname().nodename
+    cfg = r.config
+    env = {"OCF_RESOURCE_INSTANCE": "agentdev", "OCF_RESKEY_resource": "agentdev"}
+    assert run_agent(agent, "start", cfg, **env).returncode == 0
+    assert run_agent(agent, "promote", cfg, **env).returncode == 0
+    dev = r.status(me)["device"]
+    sh("mkfs.ext4", "-q", dev)
+    with mounted(dev, tmp_path / "m") as mnt:
+        proc = run_agent(agent, "demote", cfg, **env)
+        assert proc.returncode == 1
+        assert f"mounted on {mnt}" in proc.stderr and "ocf-exit-reason:" in proc.stderr
+        assert run_agent(agent, "monitor", cfg, **env).returncode == 8  # still Promoted
+        assert run_agent(agent, "stop", cfg, **env).returncode == 0
+        with pytest.raises(OSError):
+            (mnt / "after-stop").write_bytes(b"x" * 4096)
+            os.sync()
+            fd = os.open(mnt / "after-stop", os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    assert run_agent(agent, "start", cfg, **env).returncode == 0
+    assert run_agent(agent, "promote", cfg, **env).returncode == 0
+    kernel = r.status(me)["device_kernel"]
+    r.kill(me)
+    assert run_agent(agent, "monitor", cfg, **env).returncode == 9
+    assert kernel in sh("losetup", "--list", "--noheadings", "-O", "NAME").stdout
+    assert run_agent(agent, "stop", cfg, **env).returncode == 0
+    loops = sh("losetup", "--list", "--noheadings", "-O", "BACK-FILE").stdout
+    assert f"agentdev/{me}/replengine-fuse" not in loops, loops
