@@ -127,10 +127,9 @@ def holders(dev: str) -> list[str]:
         found += [f"held by {h}" for h in sorted(os.listdir(_SYS_BLOCK / name / "holders"))]
     except OSError:
         pass
-    me = os.getpid()
     for proc in psutil.process_iter(["pid", "name"]):
         pid = proc.info["pid"]
-        if pid == me or (proc.info["name"] or "") in _PROBERS:
+        if (proc.info["name"] or "") in _PROBERS:
             continue
         fd_dir = f"/proc/{pid}/fd"
         try:
