@@ -6,7 +6,7 @@
 # missing and apt has no package lists (or they cannot provide the package).
 set -euo pipefail
 
-PKGS=(pacemaker pacemaker-cli-utils corosync pcs resource-agents fence-agents libxml2-utils)
+PKGS=(pacemaker pacemaker-cli-utils corosync pcs resource-agents fence-agents libxml2-utils postgresql)
 
 if [ "$(id -u)" != 0 ]; then
     echo "install-cluster-deps: must run as root" >&2
