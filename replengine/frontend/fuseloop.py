@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from replengine.errors import DeviceError
 from replengine.frontend import loopdev
-from replengine.frontend.fusefs import FuseServer, VolumeFS
+from replengine.frontend.fusefs import FuseServer, VolumeFS, raise_queue_depth
 from replengine.frontend.udevlink import LinkWaiter, stable_name, udevd_running
 
 if TYPE_CHECKING:
@@ -101,6 +101,7 @@ class FuseLoop:
         )
         server.start()
         self._server = server
+        log.info("%s", raise_queue_depth(self.mountpoint))
         link = stable_name(self.resource)
         waiter = LinkWaiter(link)
         try:
