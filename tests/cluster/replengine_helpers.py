@@ -1,5 +1,5 @@
-"""Helpers of tests/cluster/test_replengine_cluster.py: the r0 resource of the namespace
-cluster, and a small in-node tool.
+"""Helpers of the cluster tests (test_replengine_cluster.py, test_filesystem_cluster.py): a
+resource of the namespace cluster (r0 unless told), and a small in-node tool.
 
 Host side (imported by the test): write the resource config, install the OCF agent with its
 shebang pointed at this interpreter, ask the nodes for their daemon's status/checksum, read
@@ -20,6 +20,13 @@ replengine only, because it runs with the node's clean environment):
         the local daemon's volume checksum (after its applier has caught up), as JSON.
   status CONFIG
         the local daemon's status, as JSON.
+  fswrite DIR COUNT SEED
+        COUNT files of 1 byte .. 256 KiB (random, from SEED) in DIR of a mounted file system,
+        each written, fsync'ed and closed, then DIR itself fsync'ed (so that the names are
+        durable too); prints {name: sha256} of what was written, only once all of it is
+        durable.
+  fssum DIR
+        {name: sha256} of every regular file in DIR, as JSON.
 """
 
 from __future__ import annotations
@@ -150,6 +157,44 @@ def _node_call(cfg: str, op: str) -> int:
     return 0
 
 
+def _node_fswrite(directory: str, count: int, seed: int) -> int:
+    import random
+
+    rng = random.Random(seed)
+    sums = {}
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    for k in range(count):
+        name = f"file-{seed}-{k:03d}"
+        body = rng.randbytes(rng.randint(1, 256 << 10))
+        fd = os.open(d / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(body)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        sums[name] = hashlib.sha256(body).hexdigest()
+    dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    print(json.dumps(sums))
+    return 0
+
+
+def _node_fssum(directory: str) -> int:
+    sums = {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(Path(directory).iterdir())
+        if p.is_file()
+    }
+    print(json.dumps(sums))
+    return 0
+
+
 def node_main(argv: list[str]) -> int:
     verb, args = argv[0], argv[1:]
     if verb == "write":
@@ -161,6 +206,10 @@ def node_main(argv: list[str]) -> int:
         return _node_check(args[0], args[1:])
     if verb in ("checksum", "status"):
         return _node_call(args[0], verb)
+    if verb == "fswrite":
+        return _node_fswrite(args[0], int(args[1]), int(args[2]))
+    if verb == "fssum":
+        return _node_fssum(args[0])
     print(f"unknown verb {verb}", file=sys.stderr)
     return 2
 
@@ -169,13 +218,23 @@ def node_main(argv: list[str]) -> int:
 
 
 def write_config(
-    cluster: Any, path: Path, run_dir: Path, modes: dict[int, str], device: str = "none"
+    cluster: Any,
+    path: Path,
+    run_dir: Path,
+    modes: dict[int, str],
+    device: str = "none",
+    resource: str = RESOURCE,
+    uuid: str = UUID,
+    port: int = PORT,
 ) -> Path:
-    """r0 over the cluster's nodes: sparse 64 MiB volume + 64 MiB SRL in each node dir."""
+    """A resource (r0 unless told) over the cluster's nodes: sparse 64 MiB volume + 64 MiB
+    SRL in each node dir.  Another module's resource takes another name, uuid and port, so
+    that the two never share files, a listening port or the machine-wide device name
+    /dev/replengine/<resource>."""
     lines = [
         "[resource]",
-        f'name = "{RESOURCE}"',
-        f'uuid = "{UUID}"',
+        f'name = "{resource}"',
+        f'uuid = "{uuid}"',
         'srl_full = "stall"',
         'on_sync_loss = "degrade"',
         "heartbeat_ms = 300",
@@ -184,14 +243,14 @@ def write_config(
     ]
     for i in cluster.nodes:
         d = cluster.node_dir(i)
-        vol, srl = d / f"{RESOURCE}-volume.img", d / f"{RESOURCE}-srl.img"
+        vol, srl = d / f"{resource}-volume.img", d / f"{resource}-srl.img"
         for f, size in ((vol, VOLUME_SIZE), (srl, SRL_SIZE)):
             with open(f, "wb") as fh:
                 fh.truncate(size)
         lines += [
             "",
             f'[nodes."{cluster.name(i)}"]',
-            f'address = "{cluster.addr(i)}:{PORT}"',
+            f'address = "{cluster.addr(i)}:{port}"',
             f'volume = "{vol}"',
             f'srl = "{srl}"',
             f'mode = "{modes[i]}"',
@@ -276,13 +335,13 @@ def tail(path: Path, n: int = 60, grep: str | None = None) -> str:
     return "\n".join(lines[-n:])
 
 
-def diagnostics(cluster: Any, run_dir: Path) -> str:
+def diagnostics(cluster: Any, run_dir: Path, resource: str = RESOURCE) -> str:
     """Daemon logs, the agent's lines of pacemaker.log, fence events."""
     parts = []
     for i in cluster.nodes:
         name = cluster.name(i)
         parts.append(f"===== {name} replengined.log (tail)")
-        parts.append(tail(run_dir / RESOURCE / name / "replengined.log", 80))
+        parts.append(tail(run_dir / resource / name / "replengined.log", 80))
         parts.append(f"===== {name} pacemaker.log: agent lines (tail)")
         parts.append(
             tail(cluster.log_dir(i) / "pacemaker" / "pacemaker.log", 60, grep="replengine(")
