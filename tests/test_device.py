@@ -235,3 +235,34 @@ def test_a_hung_primary_cannot_hang_its_device_for_ever(
     r.replctl("alpha", "down", "--force")
     loops = sh("losetup", "--list", "--noheadings", "-O", "BACK-FILE").stdout
     assert "hungdev/alpha/replengine-fuse" not in loops, loops
+
+
+@needs_device
+def test_stale_device_is_found_after_its_mount_namespace_died(
+    resource: Callable[..., LocalResource],
+) -> None:
+    """A daemon in a private mount namespace (a service with PrivateMounts, a cluster node in
+    its own namespaces) is killed: the namespace dies with it and the kernel reports the
+    loop device's backing file as a bare "/<resource>". The next daemon still finds it, by
+    the device and diskseq it recorded."""
+    import subprocess
+    import sys
+
+    r = resource(NODES, name="nsdev", device="fuse-loop", volume_size=16 * MiB, srl_size=16 * MiB)
+    up = [sys.executable, "-m", "replengine.cli", "up", "--config", str(r.config), "--node"]
+    subprocess.run(["unshare", "--mount", "--propagation", "private", *up, "alpha"], check=True)
+    r.up("beta", "gamma")
+    promote(r, "alpha")
+    kernel = r.status("alpha")["device_kernel"]
+    r.kill("alpha")
+
+    def backing() -> str:
+        back = sh("losetup", "--list", "--noheadings", "-O", "NAME,BACK-FILE").stdout
+        return next(ln.split()[1] for ln in back.splitlines() if ln.split()[0] == kernel)
+
+    # the kernel tears the namespace down shortly after its last process is gone
+    r.wait_for(lambda: backing() == "/nsdev", 30, "the backing path to lose its namespace")
+    r.up("alpha")
+    back = sh("losetup", "--list", "--noheadings", "-O", "NAME,BACK-FILE").stdout
+    assert not any(ln.split() == [kernel, "/nsdev"] for ln in back.splitlines()), back
+    assert f"left behind: {kernel}" in r.log("alpha")

@@ -269,10 +269,15 @@ class LocalResource:
         if self.device == "none":
             return []
         from replengine.frontend import loopdev
+        from replengine.frontend.fuseloop import STATE_FILE, recorded_device
 
         removed = []
         run = str(self.run_dir).rstrip("/") + "/"
         loops = loopdev.loops_under(self.run_dir)
+        for n in self.nodes:
+            dev = recorded_device(self.paths(n).dir / STATE_FILE)
+            if dev and dev not in loops:
+                loops.append(dev)
         devnos = set()
         for dev in loops:
             try:

@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MOUNT_DIR = "replengine-fuse"
+#: beside the mount: the loop device attached, with its diskseq. Once the mount namespace of
+#: a killed daemon is gone (a power-cut node in its own namespace) the kernel reports the
+#: backing file as a bare "/<resource>", so the path alone cannot find a stale device
+STATE_FILE = "device.attached"
 UDEV_WAIT_S = 10.0
 #: FUSE's own watchdog (Linux 6.14+): a request unanswered this long aborts the connection,
 #: so a hung (stopped, not dead) daemon cannot hang the applications for ever
@@ -50,6 +54,16 @@ def ensure_request_timeout(sync_timeout: float) -> str:
     return f"FUSE request timeout set to {want}s (fs.fuse.default_request_timeout was 0)"
 
 
+def recorded_device(state_file: Path) -> str | None:
+    """The loop device a daemon recorded in ``state_file``, if it is still that very
+    attachment (same diskseq); None when it is gone or the kernel has no diskseq."""
+    try:
+        dev, _, seq = state_file.read_text().strip().partition(" ")
+    except OSError:
+        return None
+    return dev if dev and seq and loopdev.diskseq(dev) == seq else None
+
+
 class FuseLoop:
     kind = "fuse-loop"
 
@@ -58,6 +72,7 @@ class FuseLoop:
     ) -> None:
         self.resource = resource
         self.mountpoint = runtime_dir / MOUNT_DIR
+        self.state_file = runtime_dir / STATE_FILE
         self.target = target
         self.sync_timeout = sync_timeout
         self.path: str | None = None
@@ -111,6 +126,7 @@ class FuseLoop:
             self._server = None
             raise
         self.kernel_device = dev
+        self.state_file.write_text(f"{dev} {loopdev.diskseq(dev) or ''}\n")
         if waiter.wait(dev, UDEV_WAIT_S):
             self.path = str(link)
         else:
@@ -165,6 +181,7 @@ class FuseLoop:
                     loopdev.unmount_lazy(self.mountpoint)
                 except DeviceError as exc:
                     log.error("%s", exc)
+            self.state_file.unlink(missing_ok=True)
             log.warning("DEVICE %s withdrawn", self.path or dev)
             self.path = self.kernel_device = None
             self._server = None
@@ -175,9 +192,17 @@ class FuseLoop:
         with self._lock:
             return self._cleanup_stale()
 
+    def _recorded(self) -> list[str]:
+        dev = recorded_device(self.state_file)
+        if dev is None:
+            self.state_file.unlink(missing_ok=True)  # long gone; the name may be another's
+        return [dev] if dev else []
+
     def _cleanup_stale(self) -> list[str]:
         removed = []
-        for dev in loopdev.loops_under(self.mountpoint):
+        stale = self._recorded()
+        stale += [d for d in loopdev.loops_under(self.mountpoint) if d not in stale]
+        for dev in stale:
             if dev == self.kernel_device:
                 continue
             try:
@@ -185,6 +210,8 @@ class FuseLoop:
                 removed.append(dev)
             except DeviceError as exc:
                 log.error("stale %s: %s", dev, exc)
+        if self.kernel_device is None:
+            self.state_file.unlink(missing_ok=True)
         if self._server is None and loopdev.is_mounted(self.mountpoint):
             loopdev.unmount_lazy(self.mountpoint)
             removed.append(str(self.mountpoint))
@@ -197,4 +224,4 @@ class FuseLoop:
         return removed
 
 
-__all__ = ["FuseLoop", "ensure_request_timeout"]
+__all__ = ["STATE_FILE", "FuseLoop", "ensure_request_timeout", "recorded_device"]

@@ -68,6 +68,15 @@ def backing_file(dev: str) -> str | None:
         return None
 
 
+def diskseq(dev: str) -> str | None:
+    """The kernel's sequence number of this attachment: a loop device name is reused, its
+    diskseq never is."""
+    try:
+        return (_SYS_BLOCK / os.path.basename(dev) / "diskseq").read_text().strip()
+    except OSError:
+        return None
+
+
 def loops_under(directory: Path) -> list[str]:
     """Loop devices whose backing file lies under ``directory`` (ours, alive or stale)."""
     prefix = str(directory).rstrip("/") + "/"
@@ -153,6 +162,7 @@ __all__ = [
     "attach",
     "backing_file",
     "detach",
+    "diskseq",
     "holders",
     "is_mounted",
     "loops_under",

@@ -580,17 +580,6 @@ def test_stale_device_of_fenced_node_removed(cluster: Cluster, fsr: FsResource) 
     assert fsr.device_named(fsr.primary()) == new_loop
     now = still_attached(stale)
     print(f"\nstale device of {victim_name} after its rejoin: {now}", flush=True)
-    if now is not None and now.back_file == f"/{RSC}":
-        # imperative, so that a failure of the module's teardown after this test is still
-        # reported as one (a marker would cover the teardown too); passes once fixed
-        pytest.xfail(
-            f"known replengine bug: {stale.dev}, left by {victim_name}'s killed daemon, is "
-            f"still attached after {victim_name} rejoined ({now}). loopdev.loops_under finds "
-            "a killed daemon's device by its backing file's path, which reads "
-            f"'/{RSC}' once the mount namespace that held the FUSE mount is gone (a "
-            "power-cut node here; any service with private mounts), so neither the next "
-            "daemon's start nor the agent's stop detaches it"
-        )
     assert now is None, (
         f"{stale.dev} (the loop device {victim_name}'s killed daemon exposed) is still "
         f"attached after {victim_name} rejoined: {now}"
