@@ -770,3 +770,45 @@ def test_concurrent_big_appends_recover_in_order(tmp_path: Path) -> None:
         assert srl.stats.syncs <= srl.stats.batches  # a batch syncs at most once
     with SRL.open(p) as srl:
         assert [r.data for r in srl.read(1, srl.end_lsn)] == [results[n] for n in sorted(results)]
+
+
+def test_block_device_srl_waits_out_a_probers_shared_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """udevd holds a shared flock on a block device while it probes it (after an attach, or
+    when a writer closes it): opening the SRL then must wait, not report it in use. A lock
+    held for good (another daemon) is still refused."""
+    import fcntl
+    import threading
+
+    from replengine.log import srl_io
+
+    backing = tmp_path / "backing"
+    with open(backing, "wb") as f:
+        f.truncate(4 << 20)
+    try:
+        dev = subprocess.run(
+            ["losetup", "-f", "--show", str(backing)], check=True, capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"losetup cannot attach a loop device here: {exc}")
+    try:
+        with SRL.create(dev, resource="r0", uuid=UUID, node="alpha"):
+            pass
+        prober = os.open(dev, os.O_RDONLY)
+        fcntl.flock(prober, fcntl.LOCK_SH)
+        release = threading.Timer(0.3, lambda: os.close(prober))
+        release.start()
+        with SRL.open(dev) as srl:  # waited for the prober to let go
+            assert srl.end_lsn == 1
+        release.join()
+        holder = os.open(dev, os.O_RDONLY)
+        fcntl.flock(holder, fcntl.LOCK_SH)
+        monkeypatch.setattr(srl_io, "LOCK_WAIT_S", 0.3)
+        try:
+            with pytest.raises(SRLError, match="in use by another process"):
+                SRL.open(dev)
+        finally:
+            os.close(holder)
+    finally:
+        subprocess.run(["losetup", "-d", dev], check=False)

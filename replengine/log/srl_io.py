@@ -11,7 +11,9 @@ from __future__ import annotations
 import fcntl
 import os
 import secrets
+import stat
 import threading
+import time
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +90,10 @@ def pread_all(fd: int, n: int, offset: int) -> bytes:
     return data
 
 
+#: how long a block device SRL's lock may be held by someone else (udev probing) at open
+LOCK_WAIT_S = 5.0
+
+
 def open_locked(path: Path) -> int:
     """Open read-write and take an exclusive flock: two processes on one SRL would corrupt it."""
     try:
@@ -96,14 +102,21 @@ def open_locked(path: Path) -> int:
         raise SRLError(f"{path}: SRL device or file does not exist") from None
     except OSError as exc:
         raise SRLError(f"{path}: cannot open SRL: {exc.strerror}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise SRLError(
-            f"{path}: SRL is in use by another process (is replengined running?)"
-        ) from None
-    return fd
+    # udevd takes a shared flock on a block device while it probes it (after every attach,
+    # and whenever a writer closes it): that lasts moments, a running daemon's lock does not.
+    # The kernel offers no wait with a timeout on a flock, so look again for a while.
+    deadline = time.monotonic() + (LOCK_WAIT_S if stat.S_ISBLK(os.fstat(fd).st_mode) else 0)
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise SRLError(
+                    f"{path}: SRL is in use by another process (is replengined running?)"
+                ) from None
+            time.sleep(0.02)
 
 
 def new_log_id() -> int:
