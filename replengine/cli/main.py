@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from replengine import config as configmod
@@ -188,6 +189,43 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    if not args.full:
+        print("replctl sync: say --full (a full sync is the only kind asked for)", file=sys.stderr)
+        return 2
+    ctl = _ctl(args, timeout_s=30)
+    doc, _ = ctl.call("sync", peer=args.peer, full=True)
+    when = "copying now" if doc["started"] else f"copied when {args.peer} connects"
+    print(f"full sync of {args.peer}: {doc['bytes']} bytes owed, {when}")
+    if not args.wait:
+        ctl.close()
+        return 0
+    deadline = time.monotonic() + args.timeout
+    last = 0.0
+    try:
+        while True:
+            st = ctl.call("status")[0]
+            peer = st["peers"][args.peer]
+            dcm = ((st.get("dcm") or {}).get("peers") or {}).get(args.peer)
+            if dcm is None and peer["state"] == "up-to-date":
+                print(f"{args.peer} is up to date")
+                return 0
+            if time.monotonic() >= deadline:
+                print(
+                    f"replctl sync: {args.peer} not in sync after {args.timeout:g}s",
+                    file=sys.stderr,
+                )
+                return 1
+            if time.monotonic() - last >= 2 and dcm is not None:
+                last = time.monotonic()
+                print(
+                    f"  {args.peer}: {peer['state']}, {dcm['resync_sent'] or 0} of {dcm['dirty_bytes']} bytes sent"
+                )
+            time.sleep(0.2)
+    finally:
+        ctl.close()
+
+
 def cmd_demote(args: argparse.Namespace) -> int:
     ctl = _ctl(args, timeout_s=args.timeout)
     ctl.call("demote", timeout_s=args.timeout)
@@ -251,6 +289,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demote", parents=[common], help="make this primary a secondary")
     p.add_argument("--timeout", type=float, default=120)
     p.set_defaults(fn=cmd_demote)
+    p = sub.add_parser(
+        "sync", parents=[common], help="on the primary: copy the whole volume to a secondary"
+    )
+    p.add_argument("--full", action="store_true", help="every block (drbdadm invalidate-remote)")
+    p.add_argument("peer", help="the secondary whose volume is rebuilt")
+    p.add_argument("--wait", action="store_true", help="wait until it is up to date")
+    p.add_argument("--timeout", type=float, default=3600)
+    p.set_defaults(fn=cmd_sync)
     p = sub.add_parser("verify", parents=[common], help="compare volume checksums of nodes")
     p.add_argument("nodes", nargs="*", help="nodes to compare (default: all running here)")
     p.set_defaults(fn=cmd_verify)

@@ -155,6 +155,21 @@ class DcmTracker:
             dmap.dirty_bytes,
         )
 
+    def full_sync(self, peer: Peer, primary: Primary) -> int:
+        """The operator says the peer's volume cannot be trusted (a replaced or damaged disk,
+        `replctl sync --full`): every region is owed to it, copied now if it is connected, else
+        when it comes back. Bytes owed."""
+        dmap = self.maps.get(peer.name)
+        if dmap is None:
+            self.enter_full(peer, primary)
+        else:  # already tracked (it is away): owe it everything instead of its dirty regions
+            dmap.mark_all()
+            self._dirty.add(peer.name)
+            self.flush(force=True)
+        if peer.alive(self.node.heartbeat_s) and peer.hello is not None:
+            self.start_resync(peer)
+        return self.maps[peer.name].dirty_bytes
+
     def _enter(self, peer: Peer, dmap: DirtyMap, from_lsn: int, primary: Primary) -> None:
         node = self.node
         first = max(from_lsn, node.srl.start_lsn)

@@ -152,6 +152,46 @@ class Operations(ClientIO):
         self.pulls.pump()
         self._reply_jobs()
 
+    # ---- sync --full: copy the whole volume to a secondary -----------------------------------
+
+    def op_sync(self, req: Request, doc: dict, data: Any) -> None:
+        """`replctl sync --full NODE` on the primary (drbdadm invalidate-remote): the node's
+        volume is rebuilt from this one, block by block, while writes go on; it stays
+        inconsistent (no promotion score, promote refuses) until the copy is done."""
+        node = self.node
+        name = str(doc.get("peer", ""))
+
+        def refuse(why: str) -> None:
+            node.reply_error(req.client, req.req_id, f"sync --full {name}: {why}")
+
+        if not doc.get("full"):
+            refuse("only a full sync can be asked for (replctl sync --full NODE)")
+        elif node.primary is None:
+            where = f"; the primary is {node.following}" if node.following else ""
+            refuse(f"{node.me} is not the primary of {node.cfg.name}: run it there{where}")
+        elif self.promotion is not None:
+            refuse("a promotion is running on this node; try again once it is done")
+        elif self.down or self.demotion:
+            refuse(f"{node.me} is stopping or demoting")
+        elif name == node.me:
+            refuse(f"{node.me} is the primary: its volume is the source; name a secondary")
+        elif name not in node.peers:
+            refuse(f"unknown node (nodes of {node.cfg.name}: {', '.join(node.cfg.nodes)})")
+        elif name in node.dcm.resyncs:
+            job = node.dcm.resyncs[name]
+            refuse(f"a block resync to it is running ({job.sent} of {job.dirty_bytes} bytes sent)")
+        else:
+            peer = node.peers[name]
+            owed = node.dcm.full_sync(peer, node.primary)
+            started = name in node.dcm.resyncs
+            log.warning(
+                "FULL SYNC of %s asked for: %d bytes owed, %s",
+                name,
+                owed,
+                "copying now" if started else "copied when it connects",
+            )
+            node.reply_ok(req.client, req.req_id, {"peer": name, "bytes": owed, "started": started})
+
     # ---- promote: probe peers, pull what we lack, raise the epoch ----------------------------
 
     def op_promote(self, req: Request, doc: dict, data: Any) -> None:

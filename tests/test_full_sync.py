@@ -1,0 +1,110 @@
+"""`replctl sync --full NODE`: a secondary's volume rebuilt from the primary's, block by
+block, while writes go on (drbdadm invalidate-remote) — for a disk replaced or damaged behind
+the log's back, which no log can repair."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable
+
+from replengine.demo.localcluster import LocalResource
+from tests.conftest import THREE_NODES, Ledger, Writer
+
+
+def damage(path: os.PathLike[str], rng: random.Random, size: int) -> None:
+    """Garbage over a few 64 KiB stretches of a stopped node's volume file."""
+    with open(path, "r+b") as f:
+        for _ in range(8):
+            f.seek(rng.randrange(0, size - 65536, 4096))
+            f.write(rng.randbytes(65536))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def test_sync_full_rebuilds_a_damaged_secondary_while_writes_go_on(
+    resource: Callable[..., LocalResource], writers: list[Writer]
+) -> None:
+    r = resource(THREE_NODES)
+    r.up()
+    r.promote("alpha")
+    ledger = Ledger(r.volume_size)
+    w = Writer(r, "alpha", ledger, seed=3, limit=300)
+    w.run()  # in this thread: 300 writes
+    r.wait_synced()
+    r.down("beta")
+    damage(r.volume_path("beta"), random.Random(5), r.volume_size)
+    r.up("beta")
+    r.wait_synced()
+    sums = r.checksums()
+    assert sums["beta"] != sums["alpha"]  # the log knows nothing of it: only a full sync helps
+
+    w2 = Writer(r, "alpha", ledger, seed=4)
+    writers.append(w2)
+    w2.start()
+    r.wait_for(lambda: len(ledger) > 350, 60, "writes before the sync")
+    out = r.replctl("alpha", "sync", "--full", "beta", "--wait", "--timeout", "120")
+    assert f"{r.volume_size} bytes owed, copying now" in out.stdout, out.stdout
+    assert "beta is up to date" in out.stdout
+    r.wait_for(lambda: len(ledger) > 500, 60, "writes after the sync")
+    w2.stop()
+    assert not w.errors and not w2.errors, (w.errors, w2.errors)
+    r.wait_synced()
+    sums = r.checksums()
+    assert len(set(sums.values())) == 1, sums
+    st = r.status("beta")
+    assert st["consistent"] and st["following"] == "alpha"
+    r.down()
+    for n in r.nodes:  # every completed write, on every node, as last written
+        ledger.check_file(r.volume_path(n), n)
+    assert "FULL SYNC of beta asked for" in r.log("alpha")
+
+
+def test_sync_full_of_a_node_that_is_away_happens_when_it_returns(
+    resource: Callable[..., LocalResource],
+) -> None:
+    r = resource(THREE_NODES)
+    r.up()
+    r.promote("alpha")
+    vol = r.connect("alpha")
+    for i in range(64):
+        vol.write(i * 65536, bytes([i]) * 65536)
+    r.wait_synced()
+    r.down("gamma")
+    damage(r.volume_path("gamma"), random.Random(9), r.volume_size)
+    out = r.replctl("alpha", "sync", "--full", "gamma")
+    assert "copied when gamma connects" in out.stdout, out.stdout
+    vol.write(0, b"z" * 4096)
+    vol.close()
+    r.up("gamma")
+    r.wait_for(
+        lambda: (
+            r.status("alpha")["peers"]["gamma"]["state"] == "up-to-date"
+            and not (r.status("alpha")["dcm"] or {}).get("peers", {}).get("gamma")
+        ),
+        120,
+        "gamma to be rebuilt",
+    )
+    r.wait_synced()
+    sums = r.checksums()
+    assert len(set(sums.values())) == 1, sums
+
+
+def test_sync_full_refusals_change_nothing(resource: Callable[..., LocalResource]) -> None:
+    r = resource(THREE_NODES)
+    r.up()
+    r.promote("alpha")
+    cases = [
+        ("alpha", ["sync", "--full", "alpha"], "alpha is the primary: its volume is the source"),
+        ("alpha", ["sync", "--full", "omega"], "unknown node (nodes of r0: alpha, beta, gamma)"),
+        ("beta", ["sync", "--full", "gamma"], "beta is not the primary of r0: run it there"),
+        ("alpha", ["sync", "beta"], "say --full"),
+    ]
+    for node, args, want in cases:
+        proc = r.replctl(node, *args, check=False)
+        assert proc.returncode != 0, (args, proc.stdout)
+        assert want in proc.stderr, (args, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    st = r.status("alpha")
+    assert st["dcm"]["peers"] == {}
+    assert all(p["state"] == "up-to-date" for p in st["peers"].values()), st["peers"]
