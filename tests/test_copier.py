@@ -131,3 +131,19 @@ def test_dcm_blocks_wait_for_the_applier_and_never_block_the_loop(tmp_path) -> N
     assert node.volume.writes == [(0, 4096), (8192, 4096)] and node.restarted == [50]
     node.applier.applied_end = 60
     assert rx.progress() is True and node.consistent and not node.rewind_marker.exists()
+
+
+def test_chunks_the_receiver_already_holds_are_not_sent() -> None:
+    from replengine.storage.chunksums import chunks, digest
+
+    c, sent = make()
+    ranges = [(0, 5 * MiB)]
+    theirs = {p: digest(bytes(p[1])) for p in chunks(ranges, copier_mod.CHUNK)}
+    same = (2 * MiB, MiB)
+    theirs[same] = digest(c.read(*same))  # this one chunk they hold already
+    assert c.start("b", "t", ranges, skip=theirs)
+    c.pump()
+    offsets = [b.offset for b in sent if isinstance(b, Block)]
+    assert offsets == [0, MiB, 3 * MiB, 4 * MiB]
+    done = sent[-1]
+    assert isinstance(done, BlockDone) and done.total == 4 * MiB

@@ -27,6 +27,8 @@ from replengine.wire.protocol import (
     Nack,
     Pull,
     Reject,
+    SumReq,
+    Sums,
     Update,
     decode,
     encode,
@@ -60,6 +62,8 @@ SAMPLES: dict[type, object] = {
     Hello: HELLO,
     Reject: Reject(reason="config digest mismatch"),
     BlockReq: BlockReq(ranges=[(0, 4096), (1 << 20, 65536)], tag="rw-1"),
+    SumReq: SumReq(tag="dcm-0123456789", ranges=[(0, 3 << 20)], chunk=1 << 20),
+    Sums: Sums(tag="dcm-0123456789", digests=bytes(range(48))),
 }
 
 

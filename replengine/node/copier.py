@@ -13,12 +13,16 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from replengine.storage.chunksums import digest
 from replengine.wire.protocol import Block, BlockDone
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 WINDOW = 32 << 20
+#: bytes of skipped chunks read per turn of the loop (they take no window, so without this
+#: a volume the receiver already holds would be read in one turn)
+READ_BUDGET = 16 << 20
 
 
 @dataclass
@@ -32,6 +36,9 @@ class CopyJob:
     done: bool = False
     resume_lsn: int = 0  # dcm resync: where the receiver's log restarts
     on_done: Callable[[CopyJob], None] | None = None
+    #: the receiver's digests of its chunks (offset, length): a chunk equal to ours is not sent
+    skip: dict[tuple[int, int], bytes] | None = None
+    skipped: int = 0
 
 
 @dataclass
@@ -53,6 +60,7 @@ class BlockCopier:
         *,
         resume_lsn: int = 0,
         on_done: Callable[[CopyJob], None] | None = None,
+        skip: dict[tuple[int, int], bytes] | None = None,
     ) -> bool:
         bad = [(o, n) for o, n in ranges if o < 0 or n <= 0 or o + n > self.volume_size]
         if bad:
@@ -63,7 +71,9 @@ class BlockCopier:
                 self.volume_size,
             )
             return False
-        self.jobs[peer] = CopyJob(peer, tag, deque(ranges), resume_lsn=resume_lsn, on_done=on_done)
+        self.jobs[peer] = CopyJob(
+            peer, tag, deque(ranges), resume_lsn=resume_lsn, on_done=on_done, skip=skip
+        )
         log.info(
             "copying %d block ranges (%d bytes) to %s",
             len(ranges),
@@ -83,13 +93,20 @@ class BlockCopier:
 
     def pump(self) -> None:
         for job in list(self.jobs.values()):
-            while job.ranges and job.sent - job.acked < WINDOW:
+            budget = READ_BUDGET
+            while job.ranges and job.sent - job.acked < WINDOW and budget > 0:
                 off, length = job.ranges[0]
                 n = min(CHUNK, length)
                 as_of = self.end()
-                if not self.send(job.peer, Block(off, self.read(off, n))):
+                data = self.read(off, n)
+                theirs = job.skip.get((off, n)) if job.skip else None
+                if theirs is not None and theirs == digest(data):
+                    job.skipped += n  # the receiver holds these very bytes
+                    budget -= n
+                elif not self.send(job.peer, Block(off, data)):
                     break  # the transport is full or the peer gone: retry next turn
-                job.sent += n
+                else:
+                    job.sent += n
                 job.as_of = max(job.as_of, as_of)
                 if n == length:
                     job.ranges.popleft()
@@ -99,7 +116,12 @@ class BlockCopier:
                 done = BlockDone(job.tag, max(job.as_of, self.end()), job.resume_lsn, job.sent)
                 if self.send(job.peer, done):
                     job.done = True
-                    log.info("sent %d bytes of blocks to %s", job.sent, job.peer)
+                    log.info(
+                        "sent %d bytes of blocks to %s (%d bytes it already had)",
+                        job.sent,
+                        job.peer,
+                        job.skipped,
+                    )
                     if job.on_done is not None:
                         job.on_done(job)
             if job.done:

@@ -34,6 +34,7 @@ from replengine.node.reads import consistent_read
 from replengine.node.rewind import Rewinder, load_marker, marker_path
 from replengine.node.secondary import Secondary
 from replengine.node.states import PeerState, Role
+from replengine.node.sums import ChunkSummer
 from replengine.storage.volume import Volume
 from replengine.wire.protocol import (
     Ack,
@@ -48,6 +49,8 @@ from replengine.wire.protocol import (
     Nack,
     Pull,
     Reject,
+    SumReq,
+    Sums,
     Update,
     encode,
 )
@@ -103,6 +106,7 @@ class Node:
             self.rewinder = Rewinder.resume(self, self.rewind_marker, owed)
         self.dcm = DcmTracker(self)
         self.dcm_rx: DcmReceiver | None = None
+        self.summer = ChunkSummer(self)
         self.ops = Operations(self)
         self.device_io = DeviceIO(self)
         #: the block device frontend (set by the daemon; None for device = "none")
@@ -302,6 +306,7 @@ class Node:
         else:
             self.secondary.ack()
             self.secondary.after_clear()
+            self.summer.pump()
             if self.dcm_rx and self.dcm_rx.progress():
                 self.dcm_rx = None
         if self.rewinder:
@@ -372,11 +377,27 @@ class Node:
                 self.copier.start(peer.name, body.tag, ranges)
         elif isinstance(body, BlockAck):
             self.copier.on_ack(peer.name, body.received)
+        elif isinstance(body, SumReq):
+            self.on_sum_req(peer, header.sender, body)
+        elif isinstance(body, Sums):
+            if self.primary:
+                self.dcm.on_sums(peer, body)
         elif isinstance(body, (Block, BlockDone)):
             if self.rewinder and self.rewinder.copying:
                 self.rewinder.on_message(peer.name, body)
             elif self.role == Role.SECONDARY and header.sender == self.following:
                 self.on_dcm_message(peer, body)
+
+    def on_sum_req(self, peer: Peer, sender: str, req: SumReq) -> None:
+        """The primary is about to copy blocks to us: our chunk digests first. Not while a
+        rewind owns the volume (it asks for its own blocks); the primary then copies all."""
+        if self.role != Role.SECONDARY or sender != self.following or self.rewinder is not None:
+            return
+        bad = [(o, n) for o, n in req.ranges if n <= 0 or o + n > self.volume.size]
+        if bad:
+            log.error("%s asked for digests of ranges outside the volume: %s", sender, bad[:3])
+            return
+        self.summer.ask(peer.name, req)
 
     def follow(self, peer: Peer, h: Hello) -> None:
         end = self.watcher.durable_end

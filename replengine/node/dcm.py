@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from replengine.node.copier import CopyJob
+from replengine.node.copier import CHUNK, CopyJob
 from replengine.node.rewind import write_marker
 from replengine.node.states import IN_DCM, PeerState
+from replengine.storage.chunksums import DIGEST_SIZE, chunks
 from replengine.storage.dirtymap import DirtyMap
-from replengine.wire.protocol import Block, BlockAck, BlockDone
+from replengine.wire.protocol import Block, BlockAck, BlockDone, SumReq, Sums
 
 if TYPE_CHECKING:
     from replengine.node.context import DcmContext
@@ -33,6 +34,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL_S = 0.2
+#: a resync owing at least this share of the volume asks the receiver for its chunk digests
+#: first (a full sync, a replaced disk): chunks it already holds cost a checksum, not a copy
+CHECKSUM_SHARE = 0.5
+#: ranges beyond this are copied without digests (the request would be too large)
+CHECKSUM_MAX_RANGES = 10_000
+#: time the receiver gets to read its volume for the digests: a slow disk still gets there
+SUMS_MIN_WAIT_S = 30.0
+SUMS_BYTES_PER_S = 20 << 20
+#: the request is repeated this often until answered: a node that has just (re)started may
+#: not follow us yet when the first one arrives, and ignores it
+SUMS_ASK_EVERY_S = 1.0
 
 
 def dcm_path(node: DcmContext, peer: str) -> Path:
@@ -58,6 +70,11 @@ class Resync:
     tag: str = field(default_factory=lambda: "dcm-" + uuidlib.uuid4().hex[:10])
     started: float = 0.0
     dirty_bytes: int = 0
+    #: waiting for the receiver's digests until this time (0: not asked)
+    sums_deadline: float = 0.0
+    sums_asked: float = 0.0
+    copying: bool = False
+    skipped: int = 0
 
 
 class DcmTracker:
@@ -137,8 +154,11 @@ class DcmTracker:
         self.flush(force=True)
         return switched
 
-    def enter_full(self, peer: Peer, primary: Primary) -> None:
-        """The peer needs records this SRL no longer has: resync every region."""
+    def enter_full(
+        self, peer: Peer, primary: Primary, why: str = "needs records older than this SRL"
+    ) -> None:
+        """The peer needs records this SRL no longer has (or the operator said its volume
+        cannot be trusted): resync every region."""
         node = self.node
         dmap = DirtyMap.create(
             dcm_path(node, peer.name),
@@ -150,8 +170,9 @@ class DcmTracker:
         self._enter(peer, dmap, primary.assigned_end, primary)
         self.flush(force=True)
         log.error(
-            "secondary %s needs records older than this SRL: full resync through dcm (%d bytes)",
+            "secondary %s %s: full resync through dcm (%d bytes)",
             peer.name,
+            why,
             dmap.dirty_bytes,
         )
 
@@ -161,7 +182,7 @@ class DcmTracker:
         when it comes back. Bytes owed."""
         dmap = self.maps.get(peer.name)
         if dmap is None:
-            self.enter_full(peer, primary)
+            self.enter_full(peer, primary, "to be rebuilt (replctl sync --full)")
         else:  # already tracked (it is away): owe it everything instead of its dirty regions
             dmap.mark_all()
             self._dirty.add(peer.name)
@@ -248,19 +269,58 @@ class DcmTracker:
             job.tag = tag
         self.resyncs[peer.name] = job
         peer.state = PeerState.DCM_RESYNC
-        node.copier.start(
-            peer.name,
-            job.tag,
-            list(job.ranges),
-            resume_lsn=job.resume_lsn,
-            on_done=lambda copy: self._copied(peer, job, copy),
-        )
         log.warning(
             "secondary %s back: resyncing %d bytes of dirty regions, then its log from LSN %d",
             peer.name,
             dmap.dirty_bytes,
             job.resume_lsn,
         )
+        size = node.volume.size
+        if (
+            dmap.dirty_bytes >= CHECKSUM_SHARE * size
+            and len(job.ranges) <= CHECKSUM_MAX_RANGES
+            and node.send(peer.name, SumReq(job.tag, list(job.ranges), CHUNK))
+        ):
+            job.sums_asked = time.monotonic()
+            job.sums_deadline = job.sums_asked + max(
+                SUMS_MIN_WAIT_S, 2 * dmap.dirty_bytes / SUMS_BYTES_PER_S
+            )
+            log.info("asked %s for the digests of its chunks first (%s)", peer.name, job.tag)
+            return
+        self._start_copy(peer, job, None)
+
+    def _start_copy(
+        self, peer: Peer, job: Resync, skip: dict[tuple[int, int], bytes] | None
+    ) -> None:
+        job.copying = True
+        job.sums_deadline = 0.0
+        self.node.copier.start(
+            peer.name,
+            job.tag,
+            list(job.ranges),
+            resume_lsn=job.resume_lsn,
+            on_done=lambda copy: self._copied(peer, job, copy),
+            skip=skip,
+        )
+
+    def on_sums(self, peer: Peer, sums: Sums) -> None:
+        """The receiver's digests: copy only the chunks that differ."""
+        job = self.resyncs.get(peer.name)
+        if job is None or job.copying or sums.tag != job.tag:
+            return  # an older resync's answer
+        pieces = list(chunks(job.ranges, CHUNK))
+        if len(sums.digests) != len(pieces) * DIGEST_SIZE:
+            log.error(
+                "%s sent %d bytes of digests for %d chunks: copying every chunk",
+                peer.name,
+                len(sums.digests),
+                len(pieces),
+            )
+            self._start_copy(peer, job, None)
+            return
+        d = bytes(sums.digests)
+        skip = {p: d[i * DIGEST_SIZE : (i + 1) * DIGEST_SIZE] for i, p in enumerate(pieces)}
+        self._start_copy(peer, job, skip)
 
     def summary(self) -> dict:
         """For status: who is in dcm, how much is dirty, the last completed resync."""
@@ -270,6 +330,16 @@ class DcmTracker:
             peers[name] = {
                 "dirty_bytes": dmap.dirty_bytes,
                 "resync_sent": job.sent if job else None,
+                "resync_skipped": job.skipped if job else None,
+                "resync_phase": (
+                    None
+                    if job is None
+                    else "copying"
+                    if job.copying
+                    else "checksums"
+                    if job.sums_deadline
+                    else "starting"
+                ),
             }
         return {"peers": peers, "last_resync": self.last_resync}
 
@@ -278,6 +348,7 @@ class DcmTracker:
         log from where the copy left it."""
         job.done = True
         job.sent = copy.sent
+        job.skipped = copy.skipped
         peer.restart_stream(job.resume_lsn)
         peer.acked_end = job.resume_lsn
         peer.streaming = True
@@ -289,9 +360,19 @@ class DcmTracker:
             if not peer.alive(node.heartbeat_s):
                 self._abort(peer, job)
                 continue
+            if not job.copying:
+                now = time.monotonic()
+                if job.sums_deadline and now > job.sums_deadline:
+                    log.warning("%s sent no chunk digests in time: copying every chunk", job.peer)
+                    self._start_copy(peer, job, None)
+                elif job.sums_deadline and now - job.sums_asked >= SUMS_ASK_EVERY_S:
+                    job.sums_asked = now
+                    node.send(job.peer, SumReq(job.tag, list(job.ranges), CHUNK))
+                continue
             copy = node.copier.jobs.get(job.peer)
             if copy is not None and copy.tag == job.tag:
                 job.sent = copy.sent
+                job.skipped = copy.skipped
             if job.done and peer.acked_end >= job.resume_lsn and peer.hello:
                 if peer.hello.consistent:
                     self._finish(peer, job)
@@ -316,13 +397,16 @@ class DcmTracker:
         self.last_resync = {
             "peer": peer.name,
             "bytes": job.sent,
+            "skipped_bytes": job.skipped,
             "resume_lsn": job.resume_lsn,
             "seconds": round(time.monotonic() - job.started, 3),
         }
         log.warning(
-            "secondary %s: dcm resync complete (%d bytes copied), consistent again",
+            "secondary %s: dcm resync complete (%d bytes copied, %d it already had), "
+            "consistent again",
             peer.name,
             job.sent,
+            job.skipped,
         )
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import crc32c
 
 from replengine.errors import ForeignResourceError, ProtocolError
+from replengine.storage.chunksums import DIGEST_SIZE
 
 MAGIC = b"RPLE"
 VERSION = 1
@@ -43,6 +44,8 @@ class MsgType(IntEnum):
     BLOCK = 9  # one volume range (binary + data frame)
     BLOCK_DONE = 10  # end of a block rewrite (JSON)
     BLOCK_ACK = 11  # bytes of blocks received so far (binary): flow control of resyncs
+    SUM_REQ = 12  # digests of these volume ranges, please (JSON): before a block resync
+    SUMS = 13  # the digests (binary + data frame): identical chunks are not copied
 
 
 class Flag:
@@ -63,6 +66,7 @@ _ACK = struct.Struct("!QQ")  # durable_end, applied_end
 _ONE = struct.Struct("!Q")
 _PULL = struct.Struct("!QQ")
 _BLOCK = struct.Struct("!QII")  # offset, length, crc
+_SUMS = struct.Struct("!32sII")  # tag, count, crc
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +150,40 @@ class BlockAck:
     received: int
 
 
-Body = Update | Ack | Clear | Nack | Pull | Block | Hello | Reject | BlockReq | BlockDone | BlockAck
+@dataclass(frozen=True, slots=True)
+class SumReq:
+    """Before copying ``ranges`` to a secondary, the source asks for its digests of them,
+    chunk by chunk (each range cut in ``chunk``-byte pieces from its start, the last one
+    shorter): a chunk the secondary already holds is then not sent."""
+
+    tag: str
+    ranges: list[tuple[int, int]]
+    chunk: int
+
+
+@dataclass(frozen=True, slots=True)
+class Sums:
+    """The digests asked for by the SUM_REQ ``tag``, DIGEST_SIZE bytes each, in order."""
+
+    tag: str
+    digests: bytes | memoryview
+
+
+Body = (
+    Update
+    | Ack
+    | Clear
+    | Nack
+    | Pull
+    | Block
+    | Hello
+    | Reject
+    | BlockReq
+    | BlockDone
+    | BlockAck
+    | SumReq
+    | Sums
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +210,7 @@ _JSON_SCHEMAS: dict[MsgType, dict[str, type | tuple[type, ...]]] = {
     MsgType.REJECT: {"reason": str},
     MsgType.BLOCK_REQ: {"ranges": list, "tag": str},
     MsgType.BLOCK_DONE: {"tag": str, "primary_end": int, "resume_lsn": int, "total": int},
+    MsgType.SUM_REQ: {"tag": str, "ranges": list, "chunk": int},
 }
 _BODY_TYPE: dict[type, MsgType] = {
     Update: MsgType.UPDATE,
@@ -186,6 +224,8 @@ _BODY_TYPE: dict[type, MsgType] = {
     BlockReq: MsgType.BLOCK_REQ,
     BlockDone: MsgType.BLOCK_DONE,
     BlockAck: MsgType.BLOCK_ACK,
+    SumReq: MsgType.SUM_REQ,
+    Sums: MsgType.SUMS,
 }
 
 
@@ -210,6 +250,13 @@ def encode(
     if isinstance(body, Block):
         crc = crc32c.crc32c(body.data)
         return [prefix + _BLOCK.pack(body.offset, len(body.data), crc), body.data]
+    if isinstance(body, Sums):
+        tag = body.tag.encode()
+        if len(tag) > _SUMS.size - 8 or len(body.digests) % DIGEST_SIZE:
+            raise ProtocolError(f"SUMS tag {body.tag!r} too long or digests not whole")
+        crc = crc32c.crc32c(body.digests)
+        count = len(body.digests) // DIGEST_SIZE
+        return [prefix + _SUMS.pack(tag, count, crc), body.digests]
     if isinstance(body, Ack):
         return [prefix + _ACK.pack(body.durable_end, body.applied_end)]
     if isinstance(body, Clear):
@@ -283,7 +330,7 @@ def _need_data(mtype: MsgType, data: Any, length: int, crc: int) -> bytes | memo
 
 
 def _decode_body(mtype: MsgType, rest: bytes, data: Any) -> Body:
-    if mtype not in (MsgType.UPDATE, MsgType.BLOCK) and data is not None:
+    if mtype not in (MsgType.UPDATE, MsgType.BLOCK, MsgType.SUMS) and data is not None:
         raise ProtocolError(f"{mtype.name} must not carry a data frame")
     if mtype is MsgType.UPDATE:
         lsn, rec_epoch, offset, length, crc, clear_end = _fixed(_UPDATE, rest, mtype)
@@ -293,6 +340,13 @@ def _decode_body(mtype: MsgType, rest: bytes, data: Any) -> Body:
     if mtype is MsgType.BLOCK:
         offset, length, crc = _fixed(_BLOCK, rest, mtype)
         return Block(offset, _need_data(mtype, data, length, crc))
+    if mtype is MsgType.SUMS:
+        tag, count, crc = _fixed(_SUMS, rest, mtype)
+        try:
+            name = tag.rstrip(b"\0").decode()
+        except UnicodeDecodeError:
+            raise ProtocolError("SUMS tag is not UTF-8") from None
+        return Sums(name, _need_data(mtype, data, count * DIGEST_SIZE, crc))
     if mtype is MsgType.ACK:
         return Ack(*_fixed(_ACK, rest, mtype))
     if mtype is MsgType.CLEAR:
@@ -336,6 +390,10 @@ def _decode_json(mtype: MsgType, rest: bytes) -> Body:
         return Reject(doc["reason"][:1000])
     if mtype is MsgType.BLOCK_REQ:
         return BlockReq(_pairs(doc["ranges"], "BLOCK_REQ.ranges"), doc["tag"])
+    if mtype is MsgType.SUM_REQ:
+        if doc["chunk"] <= 0 or doc["chunk"] % 4096:
+            raise ProtocolError(f"SUM_REQ.chunk {doc['chunk']} is not a positive multiple of 4096")
+        return SumReq(doc["tag"], _pairs(doc["ranges"], "SUM_REQ.ranges"), doc["chunk"])
     return BlockDone(doc["tag"], doc["primary_end"], doc["resume_lsn"], doc["total"])
 
 

@@ -1,0 +1,97 @@
+"""The receiving side of a checksummed block copy: digests of this volume's chunks.
+
+Asked by the primary (SUM_REQ) before it copies a whole volume to us (`replctl sync --full`,
+a node that fell off the log): chunks whose digests match are not sent, so a volume that is
+already mostly right costs a read pass on each side, not a copy. The digests are taken in a
+thread, after every record this node has logged is applied: nothing changes the volume
+between them and the copy (the primary streams no records to a node it is copying to).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from replengine.storage.chunksums import chunks, digest
+from replengine.wire.protocol import SumReq, Sums
+
+if TYPE_CHECKING:
+    from replengine.node.core import Node
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SumJob:
+    peer: str
+    req: SumReq
+    digests: bytes | None = None
+    error: str = ""
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+class ChunkSummer:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.asked: SumJob | None = None
+        self.running: SumJob | None = None
+        self.finished: list[SumJob] = []
+
+    def ask(self, peer: str, req: SumReq) -> None:
+        """A newer request replaces an older one (a resync restarted); the same one again (the
+        primary repeats it until it has an answer) changes nothing."""
+        for job in (self.asked, self.running):
+            if job is not None and job.req.tag == req.tag and job.peer == peer:
+                return
+        for job in (self.asked, self.running):
+            if job is not None:
+                job.cancelled.set()
+        self.asked, self.running = SumJob(peer, req), None
+
+    def pump(self) -> None:
+        """Run after the loop made what it received durable (so every record before the
+        request is in the applier's queue, ahead of the barrier)."""
+        node = self.node
+        if self.asked is not None:
+            job, self.asked = self.asked, None
+            barrier = node.applier.barrier()
+            self.running = job
+            threading.Thread(
+                target=self._work, args=(job, barrier), name="chunk-sums", daemon=True
+            ).start()
+        while self.finished:
+            job = self.finished.pop(0)
+            if job.cancelled.is_set():
+                continue
+            if self.running is job:
+                self.running = None
+            if job.error or job.digests is None:
+                log.error("checksums for %s failed: %s", job.peer, job.error)
+                continue
+            node.send(job.peer, Sums(job.req.tag, job.digests))
+            log.info(
+                "sent %d chunk checksums to %s (%s)",
+                len(job.digests) // 16,
+                job.peer,
+                job.req.tag,
+            )
+
+    def _work(self, job: SumJob, barrier: threading.Event) -> None:
+        node = self.node
+        barrier.wait()
+        try:
+            out = bytearray()
+            for off, n in chunks(job.req.ranges, job.req.chunk):
+                if job.cancelled.is_set():
+                    return
+                out += digest(node.volume.read(off, n))
+            job.digests = bytes(out)
+        except Exception as exc:  # reported in the log; the primary then copies everything
+            job.error = str(exc)
+        self.finished.append(job)
+        node.transport.wake()
+
+
+__all__ = ["ChunkSummer"]
