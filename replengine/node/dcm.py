@@ -277,7 +277,8 @@ class DcmTracker:
         )
         size = node.volume.size
         if (
-            dmap.dirty_bytes >= CHECKSUM_SHARE * size
+            not tag  # a rewind's copy: the rewinder owns that volume and asks for its blocks
+            and dmap.dirty_bytes >= CHECKSUM_SHARE * size
             and len(job.ranges) <= CHECKSUM_MAX_RANGES
             and node.send(peer.name, SumReq(job.tag, list(job.ranges), CHUNK))
         ):
