@@ -391,7 +391,10 @@ class Node:
     def on_sum_req(self, peer: Peer, sender: str, req: SumReq) -> None:
         """The primary is about to copy blocks to us: our chunk digests first. Not while a
         rewind owns the volume (it asks for its own blocks); the primary then copies all."""
-        if self.role != Role.SECONDARY or sender != self.following or self.rewinder is not None:
+        if self.role != Role.SECONDARY or sender != self.following:
+            return  # not (yet) following it: the primary asks again
+        if self.rewinder is not None:
+            self.send(peer.name, Sums(req.tag, b""))  # declined: copy it all, now
             return
         bad = [(o, n) for o, n in req.ranges if n <= 0 or o + n > self.volume.size]
         if bad:

@@ -310,6 +310,12 @@ class DcmTracker:
         if job is None or job.copying or sums.tag != job.tag:
             return  # an older resync's answer
         pieces = list(chunks(job.ranges, CHUNK))
+        if not sums.digests:
+            log.info(
+                "%s declined to send digests (it is rewinding): copying every chunk", peer.name
+            )
+            self._start_copy(peer, job, None)
+            return
         if len(sums.digests) != len(pieces) * DIGEST_SIZE:
             log.error(
                 "%s sent %d bytes of digests for %d chunks: copying every chunk",
