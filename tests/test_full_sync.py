@@ -141,3 +141,23 @@ def test_sync_full_sends_only_the_chunks_that_differ(
     r.wait_synced()
     sums = r.checksums()
     assert len(set(sums.values())) == 1, sums
+
+
+def test_resync_progress_counts_skipped_chunks_as_done() -> None:
+    """status' peers[N].resync: done = sent + already there, rate and ETA from them."""
+    import time
+    from types import SimpleNamespace
+
+    from replengine.node.dcm import Resync
+    from replengine.node.status import resync_progress
+
+    job = Resync("beta", 10, dirty_bytes=100 << 20, started=time.monotonic() - 10.0)
+    job.copying, job.sent, job.skipped = True, 20 << 20, 30 << 20
+    node = SimpleNamespace(primary=object(), dcm=SimpleNamespace(resyncs={"beta": job}))
+    rs = resync_progress(node, "beta")  # type: ignore[arg-type]
+    assert rs is not None
+    assert rs["phase"] == "copying" and rs["bytes_done"] == 50 << 20
+    assert rs["bytes_total"] == 100 << 20 and rs["bytes_skipped"] == 30 << 20
+    assert 4.5 * 2**20 < rs["rate_bytes_per_s"] <= 5 * 2**20  # 50 MiB in 10 s
+    assert 9.5 <= rs["eta_s"] <= 10.5
+    assert resync_progress(node, "gamma") is None  # type: ignore[arg-type]

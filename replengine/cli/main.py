@@ -163,6 +163,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{p['state']}, acked LSN {p['acked_lsn']}{lag}"
             f"{' (degraded)' if p['degraded'] else ''}"
         )
+        if p.get("resync"):
+            print(f"    resync: {_resync_line(p['resync'])}")
     return 0
 
 
@@ -189,6 +191,14 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resync_line(rs: dict) -> str:
+    eta = f", ETA {rs['eta_s']:.0f}s" if rs["eta_s"] is not None else ""
+    return (
+        f"{rs['phase']}, {rs['bytes_done']} of {rs['bytes_total']} bytes "
+        f"({rs['bytes_skipped']} already there), {rs['rate_bytes_per_s'] / 2**20:.1f} MiB/s{eta}"
+    )
+
+
 def cmd_sync(args: argparse.Namespace) -> int:
     if not args.full:
         print("replctl sync: say --full (a full sync is the only kind asked for)", file=sys.stderr)
@@ -206,8 +216,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         while True:
             st = ctl.call("status")[0]
             peer = st["peers"][args.peer]
-            dcm = ((st.get("dcm") or {}).get("peers") or {}).get(args.peer)
-            if dcm is None and peer["state"] == "up-to-date":
+            if peer.get("resync") is None and peer["state"] == "up-to-date":
                 print(f"{args.peer} is up to date")
                 return 0
             if time.monotonic() >= deadline:
@@ -216,11 +225,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
                 return 1
-            if time.monotonic() - last >= 2 and dcm is not None:
+            if time.monotonic() - last >= 2 and peer.get("resync") is not None:
                 last = time.monotonic()
-                print(
-                    f"  {args.peer}: {peer['state']}, {dcm['resync_sent'] or 0} of {dcm['dirty_bytes']} bytes sent"
-                )
+                print(f"  {args.peer}: {_resync_line(peer['resync'])}")
             time.sleep(0.2)
     finally:
         ctl.close()

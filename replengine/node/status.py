@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import TYPE_CHECKING
 
 from replengine.node.states import PeerState
@@ -44,6 +45,7 @@ def status(node: Node) -> dict:
             "shipped_bytes": p.shipped_bytes,
             "end_lsn": p.hello.end_lsn if p.hello else None,
             "consistent": p.hello.consistent if p.hello else None,
+            "resync": resync_progress(node, p.name),
         }
     return {
         # a secondary may know a newer epoch than its log's last record: report that one
@@ -93,9 +95,30 @@ def device_status(node: Node) -> dict:
     }
 
 
+def resync_progress(node: Node, peer: str) -> dict | None:
+    """A block resync running to ``peer`` (sync --full, dcm): bytes done of owed, rate, ETA.
+    Chunks it already held count as done: they cost a checksum, not a copy."""
+    job = node.dcm.resyncs.get(peer) if node.primary else None
+    if job is None:
+        return None
+    done = job.sent + job.skipped
+    elapsed = max(time.monotonic() - job.started, 1e-6)
+    rate = done / elapsed
+    left = max(job.dirty_bytes - done, 0)
+    return {
+        "phase": "copying" if job.copying else "checksums",
+        "bytes_done": done,
+        "bytes_total": job.dirty_bytes,
+        "bytes_sent": job.sent,
+        "bytes_skipped": job.skipped,
+        "rate_bytes_per_s": round(rate),
+        "eta_s": round(left / rate, 1) if rate > 0 else None,
+    }
+
+
 def lag_bytes(node: Node, acked_end: int) -> int:
     """Bytes of log a peer is behind: the SRL space between its end and ours."""
     return node.srl.bytes_between(acked_end, node.srl.next_lsn)
 
 
-__all__ = ["lag_bytes", "status"]
+__all__ = ["lag_bytes", "resync_progress", "status"]
