@@ -12,6 +12,7 @@ import re
 import subprocess
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -637,7 +638,9 @@ def test_model(tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[str, in
 # ---------------------------------------------------------------- block device
 
 
-def test_loop_device(tmp_path: Path) -> None:
+@pytest.fixture
+def loop_dev(tmp_path: Path) -> Iterator[str]:
+    """A 4 MiB loop device over a file, detached at the end."""
     backing = tmp_path / "backing"
     with open(backing, "wb") as f:
         f.truncate(4 << 20)
@@ -648,21 +651,26 @@ def test_loop_device(tmp_path: Path) -> None:
     except (OSError, subprocess.CalledProcessError) as exc:
         pytest.skip(f"losetup cannot attach a loop device here: {exc}")
     try:
-        with SRL.create(dev, resource="r0", uuid=UUID, node="alpha") as srl:
-            assert srl.capacity == (4 << 20) - fmt.AREA_OFFSET
-            for lsn in range(1, 40):
-                if srl.free_bytes < fmt.record_size(300_000):
-                    srl.advance_start(srl.end_lsn - 2)
-                srl.append(1, lsn, payload(lsn, 300_000 if lsn % 2 else 77))
-        assert SRL.is_initialised(dev)
-        with SRL.open(dev) as srl:
-            assert srl.end_lsn == 40
-            for rec in srl.read(srl.start_lsn, 40):
-                assert rec.data == payload(rec.lsn, 300_000 if rec.lsn % 2 else 77)
-        with pytest.raises(SRLError, match="use --force"):
-            SRL.create(dev, resource="r0", uuid=UUID, node="alpha")
+        yield dev
     finally:
         subprocess.run(["losetup", "-d", dev], check=False)
+
+
+def test_loop_device(loop_dev: str) -> None:
+    dev = loop_dev
+    with SRL.create(dev, resource="r0", uuid=UUID, node="alpha") as srl:
+        assert srl.capacity == (4 << 20) - fmt.AREA_OFFSET
+        for lsn in range(1, 40):
+            if srl.free_bytes < fmt.record_size(300_000):
+                srl.advance_start(srl.end_lsn - 2)
+            srl.append(1, lsn, payload(lsn, 300_000 if lsn % 2 else 77))
+    assert SRL.is_initialised(dev)
+    with SRL.open(dev) as srl:
+        assert srl.end_lsn == 40
+        for rec in srl.read(srl.start_lsn, 40):
+            assert rec.data == payload(rec.lsn, 300_000 if rec.lsn % 2 else 77)
+    with pytest.raises(SRLError, match="use --force"):
+        SRL.create(dev, resource="r0", uuid=UUID, node="alpha")
 
 
 def test_os_error_fails_pending_appends(tmp_path: Path) -> None:
@@ -773,7 +781,7 @@ def test_concurrent_big_appends_recover_in_order(tmp_path: Path) -> None:
 
 
 def test_block_device_srl_waits_out_a_probers_shared_lock(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    loop_dev: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """udevd holds a shared flock on a block device while it probes it (after an attach, or
     when a writer closes it): opening the SRL then must wait, not report it in use. A lock
@@ -783,32 +791,21 @@ def test_block_device_srl_waits_out_a_probers_shared_lock(
 
     from replengine.log import srl_io
 
-    backing = tmp_path / "backing"
-    with open(backing, "wb") as f:
-        f.truncate(4 << 20)
+    dev = loop_dev
+    with SRL.create(dev, resource="r0", uuid=UUID, node="alpha"):
+        pass
+    prober = os.open(dev, os.O_RDONLY)
+    fcntl.flock(prober, fcntl.LOCK_SH)
+    release = threading.Timer(0.3, lambda: os.close(prober))
+    release.start()
+    with SRL.open(dev) as srl:  # waited for the prober to let go
+        assert srl.end_lsn == 1
+    release.join()
+    holder = os.open(dev, os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_SH)
+    monkeypatch.setattr(srl_io, "LOCK_WAIT_S", 0.3)
     try:
-        dev = subprocess.run(
-            ["losetup", "-f", "--show", str(backing)], check=True, capture_output=True, text=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"losetup cannot attach a loop device here: {exc}")
-    try:
-        with SRL.create(dev, resource="r0", uuid=UUID, node="alpha"):
-            pass
-        prober = os.open(dev, os.O_RDONLY)
-        fcntl.flock(prober, fcntl.LOCK_SH)
-        release = threading.Timer(0.3, lambda: os.close(prober))
-        release.start()
-        with SRL.open(dev) as srl:  # waited for the prober to let go
-            assert srl.end_lsn == 1
-        release.join()
-        holder = os.open(dev, os.O_RDONLY)
-        fcntl.flock(holder, fcntl.LOCK_SH)
-        monkeypatch.setattr(srl_io, "LOCK_WAIT_S", 0.3)
-        try:
-            with pytest.raises(SRLError, match="in use by another process"):
-                SRL.open(dev)
-        finally:
-            os.close(holder)
+        with pytest.raises(SRLError, match="in use by another process"):
+            SRL.open(dev)
     finally:
-        subprocess.run(["losetup", "-d", dev], check=False)
+        os.close(holder)

@@ -264,38 +264,31 @@ class LocalResource:
 
     def remove_devices(self) -> list[str]:
         """Undo what killed daemons of this resource left: file systems still mounted on
-        their devices (lazily unmounted), loop devices over their FUSE files, dead FUSE
-        mounts. What was removed, for the test's log."""
+        their devices (lazily unmounted), then the loop devices and dead FUSE mounts (as the
+        next daemon would). What was removed, for the test's log."""
         if self.device == "none":
             return []
         from replengine.frontend import loopdev
-        from replengine.frontend.fuseloop import STATE_FILE, recorded_device
+        from replengine.frontend.fuseloop import FuseLoop
 
         removed = []
-        run = str(self.run_dir).rstrip("/") + "/"
-        loops = loopdev.loops_under(self.run_dir)
         for n in self.nodes:
-            dev = recorded_device(self.paths(n).dir / STATE_FILE)
-            if dev and dev not in loops:
-                loops.append(dev)
-        devnos = set()
-        for dev in loops:
+            fl = FuseLoop(self.name, self.paths(n).dir, target=None)  # type: ignore[arg-type]
+            devnos = set()
+            for dev in fl.stale_devices():
+                try:
+                    st = os.stat(dev)
+                    devnos.add(f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}")
+                except OSError:
+                    pass
+            for m in loopdev.mounts():
+                if m.devno in devnos:
+                    subprocess.run(["umount", "--lazy", m.mountpoint], check=False)
+                    removed.append(m.mountpoint)
             try:
-                st = os.stat(dev)
-                devnos.add(f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}")
-            except OSError:
-                pass
-        for m in loopdev.mounts():
-            if m.devno in devnos:
-                subprocess.run(["umount", "--lazy", m.mountpoint], check=False)
-                removed.append(m.mountpoint)
-        for dev in loops:
-            subprocess.run(["losetup", "--detach", dev], check=False, capture_output=True)
-            removed.append(dev)
-        for m in loopdev.mounts():
-            if m.mountpoint.startswith(run):
-                subprocess.run(["umount", "--lazy", m.mountpoint], check=False)
-                removed.append(m.mountpoint)
+                removed += fl.cleanup_stale()
+            except ReplError as exc:  # teardown goes on; the next run's daemon retries
+                removed.append(f"not removed: {exc}")
         return removed
 
 

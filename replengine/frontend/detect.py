@@ -11,13 +11,15 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from replengine.config.defaults import DEVICES
 from replengine.errors import DeviceError
 
 if TYPE_CHECKING:
     from replengine.config import ResourceConfig
     from replengine.frontend.base import BlockTarget, Frontend
 
-KINDS = ("fuse-loop", "nbd", "ublk", "dm", "none")
+#: the config's word for each frontend (config.defaults.DEVICES)
+KINDS = DEVICES
 
 _MISC = Path("/proc/misc")
 

@@ -198,13 +198,16 @@ class FuseLoop:
             self.state_file.unlink(missing_ok=True)  # long gone; the name may be another's
         return [dev] if dev else []
 
-    def _cleanup_stale(self) -> list[str]:
-        removed = []
+    def stale_devices(self) -> list[str]:
+        """Loop devices a previous daemon of this node attached and left: the one it recorded,
+        and any over a file under our mount point."""
         stale = self._recorded()
         stale += [d for d in loopdev.loops_under(self.mountpoint) if d not in stale]
-        for dev in stale:
-            if dev == self.kernel_device:
-                continue
+        return [d for d in stale if d != self.kernel_device]
+
+    def _cleanup_stale(self) -> list[str]:
+        removed = []
+        for dev in self.stale_devices():
             try:
                 loopdev.detach(dev)
                 removed.append(dev)

@@ -94,24 +94,49 @@ class PrimaryContext(LogAndVolume, Protocol):
     def warn_once(self, key: str, msg: str, *args: Any) -> None: ...
 
 
-__all__ = ["DcmContext", "LogAndVolume", "PrimaryContext", "RewindContext", "SecondaryContext"]
+__all__ = [
+    "DcmContext",
+    "DeviceHooks",
+    "Exposed",
+    "LogAndVolume",
+    "PrimaryContext",
+    "RewindContext",
+    "SecondaryContext",
+]
+
+
+#: Called once when exposing ends, from another thread: the device path, or None and the error.
+Exposed = Callable[[str | None, str | None], None]
 
 
 class DeviceHooks(Protocol):
-    """What the loop asks of a block device frontend (replengine.frontend.base.Frontend,
-    which sits above the node and is handed in by the daemon)."""
+    """A block device over the resource's volume, present only while the node is primary:
+    what the loop asks of a frontend (replengine.frontend, which sits above the node and is
+    handed in by the daemon)."""
 
     kind: str
+    #: the path applications use (the stable udev name when there is one), once exposed
     path: str | None
+    #: the kernel device behind it (/dev/loop3), once exposed
     kernel_device: str | None
+    #: why the device is missing or broken, for status
     error: str
     #: exposed, then broken under its users (the kernel ended the FUSE connection)
     lost: bool
 
-    def expose(self, done: Callable[[str | None, str | None], None]) -> None: ...
+    def expose(self, done: Exposed) -> None:
+        """Start exposing in the background; ``done`` is called from another thread."""
+        ...
 
-    def holders(self) -> list[str]: ...
+    def holders(self) -> list[str]:
+        """Who has the device mounted or open, as `umount` would name them; [] when free."""
+        ...
 
-    def withdraw(self) -> None: ...
+    def withdraw(self) -> None:
+        """Detach the device and undo everything expose did (blocking, idempotent). I/O
+        still in the kernel gets EIO."""
+        ...
 
-    def cleanup_stale(self) -> list[str]: ...
+    def cleanup_stale(self) -> list[str]:
+        """Remove what a killed daemon of this node left behind; what was removed."""
+        ...

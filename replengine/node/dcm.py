@@ -337,16 +337,6 @@ class DcmTracker:
             peers[name] = {
                 "dirty_bytes": dmap.dirty_bytes,
                 "resync_sent": job.sent if job else None,
-                "resync_skipped": job.skipped if job else None,
-                "resync_phase": (
-                    None
-                    if job is None
-                    else "copying"
-                    if job.copying
-                    else "checksums"
-                    if job.sums_deadline
-                    else "starting"
-                ),
             }
         return {"peers": peers, "last_resync": self.last_resync}
 

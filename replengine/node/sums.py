@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from replengine.storage.chunksums import chunks, digest
+from replengine.storage.chunksums import DIGEST_SIZE, chunks, digest
 from replengine.wire.protocol import SumReq, Sums
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ class ChunkSummer:
             node.send(job.peer, Sums(job.req.tag, job.digests))
             log.info(
                 "sent %d chunk checksums to %s (%s)",
-                len(job.digests) // 16,
+                len(job.digests) // DIGEST_SIZE,
                 job.peer,
                 job.req.tag,
             )

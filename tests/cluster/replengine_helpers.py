@@ -217,6 +217,20 @@ def node_main(argv: list[str]) -> int:
 # ----------------------------------------------------------------------------- host side
 
 
+def create_clone(cluster: Any, resource: str, cfg: Path) -> None:
+    """`pcs resource create` as the README says: a promotable clone with notify."""
+    cluster.pcs(
+        "resource",
+        "create",
+        resource,
+        "ocf:replengine:replengine",
+        f"resource={resource}",
+        f"config={cfg}",
+        "promotable",
+        "notify=true",
+    )
+
+
 def write_config(
     cluster: Any,
     path: Path,

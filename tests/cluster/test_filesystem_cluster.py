@@ -407,16 +407,7 @@ def test_filesystem_mounted_on_promoted(cluster: Cluster, fsr: FsResource) -> No
     the Filesystem resource enabled once its constraints exist.  It is mounted in the
     Promoted node's own mount namespace, on that node's loop device, and nowhere else."""
     t0 = time.monotonic()
-    cluster.pcs(
-        "resource",
-        "create",
-        RSC,
-        "ocf:replengine:replengine",
-        f"resource={RSC}",
-        f"config={fsr.cfg}",
-        "promotable",
-        "notify=true",
-    )
+    rh.create_clone(cluster, RSC, fsr.cfg)
     cluster.wait_for(lambda: cluster.healthy(RSC, promoted=1), 90, "1 Promoted + 2 Unpromoted")
     _report(f"create {RSC} -> 1 Promoted + 2 Unpromoted", time.monotonic() - t0)
     first = fsr.primary()

@@ -167,16 +167,7 @@ def r0(cluster: Cluster, request):
 
 def test_create_one_promoted_two_unpromoted(cluster: Cluster, r0: R0):
     t0 = time.monotonic()
-    cluster.pcs(
-        "resource",
-        "create",
-        RSC,
-        "ocf:replengine:replengine",
-        f"resource={RSC}",
-        f"config={r0.cfg}",
-        "promotable",
-        "notify=true",
-    )
+    rh.create_clone(cluster, RSC, r0.cfg)
     r0.wait_healthy(90, "1 Promoted + 2 Unpromoted")
     _report("create r0 -> 1 Promoted + 2 Unpromoted", time.monotonic() - t0)
     roles = cluster.resource_roles(CLONE)
