@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from replengine import __version__
 from replengine import config as configmod
 from replengine.errors import ReplError
 from replengine.runtime import wait_gone
@@ -242,7 +243,7 @@ def cmd_demote(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from replengine.cli.main.verify import verify
+    from replengine.cli.verify import verify
 
     return verify(_cfg_path(args), args.nodes)
 
@@ -262,6 +263,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="replctl", description="replengine control")
+    ap.add_argument("--version", action="version", version=f"replctl {__version__}")
     common = _Parser(add_help=False)
     common.add_argument("--config", help="resource config (default /etc/replengine/R.toml)")
     common.add_argument("--resource", help="resource name, to find its default config")
