@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
+from replengine import __version__
 from replengine.errors import ConfigError
 
 AGENT_NAME = "replengine"
-AGENT_VERSION = "0.1.0"
+AGENT_VERSION = __version__  # the package's, from pyproject.toml
 OCF_VERSION = "1.1"
 
 TRUE_WORDS = ("1", "true", "yes", "on", "y")
