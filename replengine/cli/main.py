@@ -254,6 +254,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from replengine.wire.security import generate
+
+    public = generate(Path(args.out), force=args.force)
+    print(f'public_key = "{public}"')
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one line on stderr, like every other failure of replctl."""
 
@@ -309,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", parents=[common], help="compare volume checksums of nodes")
     p.add_argument("nodes", nargs="*", help="nodes to compare (default: all running here)")
     p.set_defaults(fn=cmd_verify)
+    p = sub.add_parser(
+        "keygen", help="write a node's CURVE secret key (0600), print its public key"
+    )
+    p.add_argument("--out", required=True, help="the secret key file to write")
+    p.add_argument("--force", action="store_true", help="replace an existing key file")
+    p.set_defaults(fn=cmd_keygen)
     p = sub.add_parser(
         "demo", help="3-node resource + async 4th on this machine, ext4 on its device, a failover"
     )

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from replengine.config.defaults import Z85_ALPHABET, Z85_KEY_LEN
 from replengine.errors import ConfigError
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
@@ -215,6 +216,20 @@ def _valid_name(s: str) -> bool:
         and bool(_NAME_RE.fullmatch(s))
         and s not in (".", "..")
     )
+
+
+def _valid_key(s: str) -> bool:
+    """A CurveZMQ public key in Z85: 40 characters of its alphabet, each group of 5 a 32-bit
+    number (so it decodes to 32 bytes)."""
+    if len(s) != Z85_KEY_LEN or not all(c in Z85_ALPHABET for c in s):
+        return False
+    for i in range(0, Z85_KEY_LEN, 5):
+        value = 0
+        for c in s[i : i + 5]:
+            value = value * 85 + Z85_ALPHABET.index(c)
+        if value >= 1 << 32:
+            return False
+    return True
 
 
 def _check_unknown(

@@ -27,6 +27,13 @@ MODES = ("sync", "async")
 #: detected and explained when asked for
 DEVICES = ("fuse-loop", "nbd", "ublk", "dm", "none")
 DEFAULT_DEVICE = "fuse-loop"
+#: a node's CURVE secret key when the config names none: <config dir>/<resource>.key
+KEY_SUFFIX = ".key"
+#: CurveZMQ public keys are 32 bytes, written in Z85 as 40 characters of this alphabet
+Z85_ALPHABET = (
+    "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
+)
+Z85_KEY_LEN = 40
 
 #: Namespace for resource UUIDs derived from the config (uuid5), fixed forever: changing it
 #: would give every existing resource a new identity and orphan its SRLs.

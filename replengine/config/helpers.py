@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from replengine.config.check import _MAX_NAME, _valid_name
-from replengine.config.defaults import CONFIG_DIR, UUID_NAMESPACE
+from replengine.config.defaults import CONFIG_DIR, KEY_SUFFIX, UUID_NAMESPACE
 from replengine.config.model import NodeConfig
 from replengine.errors import ConfigError
 
@@ -32,6 +32,12 @@ def default_path(resource: str) -> Path:
         )
     base = os.environ.get("REPLENGINE_CONFIG_DIR")
     return (Path(base) if base else CONFIG_DIR) / f"{resource}.toml"
+
+
+def default_key_path(resource: str) -> Path:
+    """``/etc/replengine/<resource>.key``: a node's CURVE secret key when the config names no
+    ``secret_key_file`` (the directory follows $REPLENGINE_CONFIG_DIR like default_path)."""
+    return default_path(resource).with_suffix(KEY_SUFFIX)
 
 
 def derive_uuid(name: str, addresses: list[str]) -> uuidlib.UUID:
@@ -64,7 +70,9 @@ def compute_digest(
         "on_sync_loss": on_sync_loss,
         "dcm_region_size": dcm_region_size,
         "nodes": [
+            # a public key only when set, so a file without keys keeps its digest
             {"name": n.name, "address": n.address, "mode": n.mode}
+            | ({"public_key": n.public_key} if n.public_key else {})
             for n in sorted(nodes.values(), key=lambda n: n.name)
         ],
     }

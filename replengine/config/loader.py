@@ -10,6 +10,7 @@ here.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 import tomllib
@@ -32,6 +33,7 @@ from replengine.config.check import (
     _parse_address,
     _scan_lines,
     _toml_error,
+    _valid_key,
     _valid_name,
 )
 from replengine.config.defaults import (
@@ -49,7 +51,7 @@ from replengine.config.defaults import (
     ON_SYNC_LOSS,
     SRL_FULL,
 )
-from replengine.config.helpers import compute_digest, derive_uuid
+from replengine.config.helpers import compute_digest, default_key_path, derive_uuid
 from replengine.config.model import NodeConfig, ResourceConfig
 
 _TOP_KEYS = ("resource", "nodes")
@@ -64,9 +66,11 @@ _RESOURCE_KEYS = (
     "run_dir",
     "heartbeat_ms",
     "device",
+    "secret_key_file",
 )
 _RESOURCE_REQUIRED = ("name", "srl_full", "on_sync_loss")
-_NODE_KEYS = ("address", "volume", "srl", "mode", "device")
+_NODE_KEYS = ("address", "volume", "srl", "mode", "device", "public_key", "secret_key_file")
+_KEY_FILE_WHAT = "the path of this node's CURVE secret key file (replctl keygen --out FILE)"
 
 
 def load(
@@ -177,6 +181,9 @@ def _build(ctx: _Ctx, doc: dict[str, Any], node: str | None) -> ResourceConfig:
     device = _get_enum(ctx, res, R + ("device",), DEVICES, required=False)
     if device is None and "device" not in res:
         device = DEFAULT_DEVICE
+    res_key_file = _get_path(
+        ctx, res, R + ("secret_key_file",), required=False, absolute=False, what=_KEY_FILE_WHAT
+    )
 
     res_uuid: uuidlib.UUID | None = None
     uuid_given = "uuid" in res
@@ -204,6 +211,8 @@ def _build(ctx: _Ctx, doc: dict[str, Any], node: str | None) -> ResourceConfig:
         ctx.error(N, f"expected [nodes.<name>] tables, got {_got(raw_nodes)}")
         raw_nodes = {}
     seen_addr: dict[str, str] = {}
+    keyed: dict[str, str] = {}  # node name -> public key, for the nodes that have one
+    unkeyed: list[str] = []
     for nname, ntab in raw_nodes.items():
         K = N + (nname,)
         if not _valid_name(nname):
@@ -241,6 +250,10 @@ def _build(ctx: _Ctx, doc: dict[str, Any], node: str | None) -> ResourceConfig:
         )
         mode = _get_enum(ctx, ntab, K + ("mode",), MODES)
         ndev = _get_enum(ctx, ntab, K + ("device",), DEVICES, required=False)
+        pub = _node_key(ctx, ntab, K, keyed, unkeyed)
+        key_file = _get_path(
+            ctx, ntab, K + ("secret_key_file",), required=False, absolute=False, what=_KEY_FILE_WHAT
+        )
         parsed = None
         if addr_s is not None:
             parsed = _parse_address(addr_s)
@@ -271,7 +284,23 @@ def _build(ctx: _Ctx, doc: dict[str, Any], node: str | None) -> ResourceConfig:
             continue
         host, port, address = parsed
         nodes[nname] = NodeConfig(
-            nname, host, port, address, volume, srl, mode, ndev or device or DEFAULT_DEVICE
+            nname,
+            host,
+            port,
+            address,
+            volume,
+            srl,
+            mode,
+            ndev or device or DEFAULT_DEVICE,
+            public_key=pub,
+            secret_key_file=key_file,
+        )
+    if keyed and unkeyed:
+        ctx.error(
+            N + (unkeyed[0], "public_key"),
+            f"missing for {', '.join(unkeyed)} while {', '.join(keyed)} "
+            f"{'has' if len(keyed) == 1 else 'have'} one: give every node its key "
+            "(replctl keygen --out FILE prints it) or remove them all",
         )
 
     count = len(raw_nodes) if isinstance(raw_nodes, dict) else 0
@@ -296,6 +325,15 @@ def _build(ctx: _Ctx, doc: dict[str, Any], node: str | None) -> ResourceConfig:
     assert name is not None and srl_full is not None and on_sync_loss is not None
     assert sync_timeout is not None and dcm is not None and hb is not None and pmp is not None
     assert run_dir is not None and device is not None
+
+    if keyed:
+        # each node reads its own secret key from its table's file, else the resource's,
+        # else <config dir>/<resource>.key
+        default_key = res_key_file or default_key_path(name)
+        nodes = {
+            n: dataclasses.replace(nc, secret_key_file=nc.secret_key_file or default_key)
+            for n, nc in nodes.items()
+        }
 
     derived = res_uuid is None
     if res_uuid is None:
@@ -332,6 +370,37 @@ def _build(ctx: _Ctx, doc: dict[str, Any], node: str | None) -> ResourceConfig:
         digest=compute_digest(name, res_uuid, srl_full, on_sync_loss, dcm, nodes),
         uuid_derived=derived,
     )
+
+
+def _node_key(
+    ctx: _Ctx, ntab: dict[str, Any], K: tuple[str, ...], keyed: dict[str, str], unkeyed: list[str]
+) -> str | None:
+    """The node's public_key, checked (Z85, not another node's), noted in keyed/unkeyed."""
+    nname = K[-1]
+    pub = _get_str(
+        ctx, ntab, K + ("public_key",), required=False, what="a CURVE public key (40 Z85 chars)"
+    )
+    if pub is None:
+        if "public_key" not in ntab:
+            unkeyed.append(nname)
+        return None
+    if not _valid_key(pub):
+        ctx.error(
+            K + ("public_key",),
+            f"expected a CURVE public key: 40 Z85 characters as 'replctl keygen' prints, "
+            f"got {_describe(pub)}",
+        )
+        return None
+    twin = next((n for n, k in keyed.items() if k == pub), None)
+    if twin is not None:
+        ctx.error(
+            K + ("public_key",),
+            f"is also the key of node '{twin}'; every node needs its own key pair "
+            "(replctl keygen on each node)",
+        )
+        return None
+    keyed[nname] = pub
+    return pub
 
 
 def _check_local(ctx: _Ctx, cfg: ResourceConfig) -> None:

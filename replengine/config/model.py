@@ -33,6 +33,10 @@ class NodeConfig:
     mode: str
     #: the block device frontend on this node when it is primary (config.defaults.DEVICES)
     device: str = "fuse-loop"
+    #: its CURVE public key (Z85, 40 characters); None when the resource runs without keys
+    public_key: str | None = None
+    #: where this node reads its own CURVE secret key (only meaningful with public keys)
+    secret_key_file: Path | None = None
 
     @property
     def endpoint(self) -> str:
@@ -67,6 +71,12 @@ class ResourceConfig:
     digest: str
     #: True when ``uuid`` was not in the file and was derived from name + addresses.
     uuid_derived: bool = False
+
+    @property
+    def curve(self) -> bool:
+        """Whether nodes authenticate each other and encrypt with CurveZMQ (every node has a
+        public_key; the loader refuses a file where only some do)."""
+        return all(n.public_key for n in self.nodes.values())
 
     def peers(self) -> list[NodeConfig]:
         """Every node but the local one, in file order."""

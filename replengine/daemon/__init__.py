@@ -66,6 +66,16 @@ def main(argv: list[str] | None = None) -> int:
         node.srl.end_lsn,
         node.epoch,
     )
+    if cfg.curve:
+        log.info("peers authenticated and encrypted with CURVE (%d keys)", len(cfg.nodes))
+    else:
+        log.warning(
+            "%s has no public keys: peers are neither authenticated nor encrypted, anyone who "
+            "can reach %s can speak as a node; give every node a key (replctl keygen, "
+            "docs/config.md)",
+            cfg.path,
+            cfg.local.address,
+        )
     if ready:
         ready.write("ok\n")
         ready.close()

@@ -22,6 +22,7 @@ from replengine.client import Volume, connect
 from replengine.errors import ReplError
 from replengine.runtime import RuntimePaths, is_alive, is_daemon, wait_gone
 from replengine.wire.control import ControlClient
+from replengine.wire.security import generate
 
 
 def free_ports(n: int) -> list[int]:
@@ -52,6 +53,8 @@ class LocalResource:
     #: the block device frontend ("fuse-loop" for a real /dev/replengine/<name>); engine
     #: tests that talk to the client API need none
     device: str = "none"
+    #: CURVE between the nodes: a key pair per node (its secret in <node>/node.key)
+    keys: bool = False
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
@@ -60,6 +63,9 @@ class LocalResource:
 
     def paths(self, node: str) -> RuntimePaths:
         return RuntimePaths(self.run_dir / self.name / node)
+
+    def key_path(self, node: str) -> Path:
+        return self.workdir / node / "node.key"
 
     def volume_path(self, node: str) -> Path:
         return self.workdir / node / "volume.img"
@@ -95,6 +101,9 @@ class LocalResource:
                 f'srl = "{self.srl_path(name)}"',
                 f'mode = "{mode}"',
             ]
+            if self.keys:
+                public = generate(self.key_path(name), force=True)
+                lines += [f'public_key = "{public}"', f'secret_key_file = "{self.key_path(name)}"']
         self.config.write_text("\n".join(lines) + "\n")
         for name in self.nodes:
             self.replctl(name, "init")
@@ -228,12 +237,20 @@ class LocalResource:
         return "; ".join(out)
 
     def wait_synced(self, nodes: list[str] | None = None, timeout: float = 60) -> int:
-        """Wait until the given running nodes have logged and applied the same end."""
+        """Wait until the given running nodes have logged and applied the same end, and
+        none is still in a (full) resync."""
         names = nodes or [n for n in self.nodes if self.pid(n)]
 
         def same() -> int | None:
             sts = [self.status(n) for n in names]
             ends = {s["end_lsn"] for s in sts} | {s["applied_end"] for s in sts}
+            if not all(s["consistent"] for s in sts):
+                return None
+            for s in sts:  # and the primary knows: no resync left to end, none behind
+                if s["role"] == "primary" and any(
+                    s["peers"][n]["state"] != "up-to-date" for n in names if n in s["peers"]
+                ):
+                    return None
             return ends.pop() if len(ends) == 1 else None
 
         return self.wait_for(same, timeout, f"{names} to reach the same end LSN")

@@ -115,6 +115,7 @@ def run_demo(args: argparse.Namespace) -> int:
         srl_size=max(128 << 20, args.files * 3 * 80 << 10),
         heartbeat_ms=300,
         device="fuse-loop",
+        keys=True,  # CURVE between the nodes, as in production
     )
     files = Files(random.Random(42))
     n = args.files

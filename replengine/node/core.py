@@ -54,6 +54,7 @@ from replengine.wire.protocol import (
     Update,
     encode,
 )
+from replengine.wire.security import load_keys
 from replengine.wire.transport import Transport
 
 if TYPE_CHECKING:
@@ -87,6 +88,7 @@ class Node:
             {n.name: n.address for n in cfg.peers()},
             str(self.paths.socket),
             cfg.heartbeat_ms,
+            curve=load_keys(cfg),
         )
         self.applier = Applier(self.srl, self.volume, self.srl.start_lsn, self.transport.wake)
         self.watcher = LocalSync(self.applier, self.srl.end_lsn)

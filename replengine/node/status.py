@@ -72,6 +72,7 @@ def status(node: Node) -> dict:
         "writes_pending": len(node.primary.pending) if node.primary else 0,
         "writes_stalled": len(node.primary.stalled) if node.primary else 0,
         "pid": os.getpid(),
+        "security": node.transport.security,
         "peers": peers,
         "dcm": node.dcm.summary() if node.primary else None,
         "last_promotion": node.ops.last_promotion,

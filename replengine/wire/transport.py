@@ -28,18 +28,44 @@ module and one running the version with named DEALERs do not understand each oth
 
 The other way an engine stops its input is a full receive pipe; so the replies a peer's ROUTER
 sends to our DEALERs (refusals) are read and dropped rather than left to pile up.
+
+With keys (`curve`, docs/protocol.md "Security"), every socket between nodes runs CurveZMQ:
+the ROUTER is a CURVE server with this node's key pair, each DEALER a CURVE client that knows
+its peer's public key, so everything on the wire is encrypted and each side proves its key.
+The transport answers ZAP itself (its own REP socket on its own context, polled by the loop):
+a client key that is not a node's is refused, with the address it came from, and an accepted
+one is given its node's name as User-Id. `recv_peer` then takes a message only when the name
+it claims is the name its key belongs to, so the key of beta cannot speak as gamma. A peer
+that fails the handshake before ZAP is asked (no CURVE at all, or a wrong public key for this
+node) is reported by a monitor thread watching the ROUTER's connections, with the address
+the connection came from when it can still be read (libzmq does not report it).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
+import threading
 from dataclasses import dataclass
 
 import zmq
+from zmq.utils import z85
 from zmq.utils.monitor import recv_monitor_message
 
+from replengine.wire.security import CurveKeys, RateLog
+
 log = logging.getLogger(__name__)
+#: refusals of outside connections: one line per kind and address per 10 s, with counts
+refusals = RateLog(logging.getLogger("replengined"))
+
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+ZAP_DOMAIN = b"replengine"
+_HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
 
 #: at most this many node names are remembered with their newest connection (names are
 #: chosen by whoever connects; past the cap the table starts over, which only loses the
@@ -87,16 +113,41 @@ class Transport:
         peers: dict[str, str],
         control_path: str,
         heartbeat_ms: int = 1000,
+        curve: CurveKeys | None = None,
     ) -> None:
-        self.ctx = zmq.Context.instance()
+        self.curve = curve
+        # a ZAP handler is one per context: a keyed transport has a context of its own
+        self.ctx = zmq.Context() if curve else zmq.Context.instance()
         self.me = me
         self._me_frame = me.encode()
+        self.zap: zmq.Socket | None = None
+        if curve:
+            self.zap = self.ctx.socket(zmq.REP)
+            self.zap.setsockopt(zmq.LINGER, 0)
+            self.zap.bind(ZAP_ENDPOINT)  # before the ROUTER accepts anyone
         self.router = self.ctx.socket(zmq.ROUTER)
         # no ROUTER_HANDOVER, no routing ids set by the DEALERs: see the module docstring
         self.router.setsockopt(zmq.RCVHWM, 0)
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ms)
         self.router.setsockopt(zmq.HEARTBEAT_TIMEOUT, heartbeat_ms * 3)
+        self._router_watch: threading.Thread | None = None
+        if curve:
+            self.router.curve_server = True
+            self.router.curve_publickey = curve.public
+            self.router.curve_secretkey = curve.secret
+            self.router.zap_domain = ZAP_DOMAIN
+            self.router.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)  # no handler: nobody gets in
+            self._router_mon = self.router.get_monitor_socket(
+                zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | _HANDSHAKE_FAILED
+            )
+            self._router_watch = threading.Thread(
+                target=_watch_handshakes,
+                args=(self._router_mon, address),
+                name="handshake-watch",
+                daemon=True,
+            )
+            self._router_watch.start()
         self.router.bind(tcp_endpoint(address))
         self.dealers: dict[str, zmq.Socket] = {}
         self.monitors: dict[zmq.Socket, str] = {}
@@ -111,7 +162,11 @@ class Transport:
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, 0)
             sock.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ms)
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, heartbeat_ms * 3)
-            mon = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            if curve:
+                sock.curve_serverkey = curve.peers[name]
+                sock.curve_publickey = curve.public
+                sock.curve_secretkey = curve.secret
+            mon = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | _HANDSHAKE_FAILED)
             self.monitors[mon] = name
             sock.connect(tcp_endpoint(addr))
             self.dealers[name] = sock
@@ -133,6 +188,8 @@ class Transport:
         self.poller.register(self._wake_r, zmq.POLLIN)
         for mon in self.monitors:
             self.poller.register(mon, zmq.POLLIN)
+        if self.zap is not None:
+            self.poller.register(self.zap, zmq.POLLIN)
         self._dealer_names = {sock: name for name, sock in self.dealers.items()}
         for sock in self.dealers.values():
             self.poller.register(sock, zmq.POLLIN)
@@ -147,8 +204,15 @@ class Transport:
         except BlockingIOError:
             pass  # a wake-up is already pending
 
+    @property
+    def security(self) -> str:
+        """ "curve" when the ROUTER authenticates and encrypts, else "plain"."""
+        return "curve" if self.router.getsockopt(zmq.MECHANISM) == zmq.CURVE else "plain"
+
     def poll(self, timeout_ms: int) -> tuple[bool, bool, bool]:
         events = dict(self.poller.poll(timeout_ms))
+        if self.zap is not None and self.zap in events:
+            self._answer_zap()
         for mon, name in self.monitors.items():
             if mon in events:
                 self._drain_monitor(mon, name)
@@ -172,6 +236,53 @@ class Transport:
                 return
             if event["event"] == zmq.EVENT_DISCONNECTED:
                 self.disconnected.append(name)
+            elif event["event"] & _HANDSHAKE_FAILED:
+                refusals(
+                    f"dealer:{name}",
+                    logging.WARNING,
+                    "peer %s refused this node's connection in the CURVE handshake (%s): check "
+                    "that both configs list the same public keys and that %s runs with its key",
+                    name,
+                    _reason(event["event"], event["value"]),
+                    self.me,
+                )
+
+    def _answer_zap(self) -> None:
+        """Answer the ZAP requests of the ROUTER's handshakes: a key of one of the resource's
+        nodes is let in as that node (User-Id), anything else is refused and logged."""
+        assert self.zap is not None and self.curve is not None
+        while True:
+            try:
+                req = self.zap.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(req) < 6:  # not a ZAP request: keep the REP socket's turn-taking
+                self.zap.send_multipart([b"1.0", b"", b"500", b"bad ZAP request", b"", b""])
+                continue
+            version, req_id, _domain, address, _routing, mechanism = req[:6]
+            creds = req[6:]
+            name = None
+            if mechanism == b"CURVE" and len(creds) == 1 and len(creds[0]) == 32:
+                key = z85.encode(creds[0])
+                name = self.curve.names.get(key)
+            else:
+                key = b""
+            if name is None or name == self.me:
+                why = (
+                    "its key is this node's own"
+                    if name == self.me
+                    else f"its CURVE key {key.decode() or '(none)'} is not a node of this resource"
+                )
+                refusals(
+                    f"zap:{address!r}:{key!r}",
+                    logging.WARNING,
+                    "refused a connection from %s: %s",
+                    address.decode(errors="replace"),
+                    why,
+                )
+                self.zap.send_multipart([version, req_id, b"400", b"unknown key", b"", b""])
+            else:
+                self.zap.send_multipart([version, req_id, b"200", b"OK", name.encode(), b""])
 
     def _drain_dealer(self, sock: zmq.Socket, name: str) -> None:
         """Drop what a peer's ROUTER sent back on our connection (only refusals, which the
@@ -212,6 +323,8 @@ class Transport:
                 name, payload = frames[1].bytes, frames[2:]
             else:
                 continue
+            if self.curve is not None and not self._authentic(name, frames[-1]):
+                continue
             newest = self._routes.get(name)
             if newest != route:
                 if newest is not None and not _newer(route, newest):
@@ -220,6 +333,29 @@ class Transport:
                     self._routes.clear()
                 self._routes[name] = route
             return Incoming(name, payload)
+
+    def _authentic(self, name: bytes, frame: zmq.Frame) -> bool:
+        """Whether the node name a message claims is the one its connection's key belongs
+        to (the User-Id our ZAP handler gave it); refused and logged otherwise."""
+        try:
+            user = frame.get("User-Id")
+        except zmq.ZMQError:
+            user = ""
+        if user.encode() == name:
+            return True
+        try:
+            address = frame.get("Peer-Address")
+        except zmq.ZMQError:
+            address = "?"
+        refusals(
+            f"impostor:{address}:{user}",
+            logging.WARNING,
+            "dropped a message from %s: it claims to be %r but its CURVE key is %s's",
+            address,
+            name.decode(errors="replace")[:64],
+            user or "nobody",
+        )
+        return False
 
     def recv_control(self) -> Incoming | None:
         try:
@@ -256,11 +392,95 @@ class Transport:
     def close(self) -> None:
         for sock in self.dealers.values():
             sock.disable_monitor()
+        watching = False
+        if self._router_watch is not None:
+            self.router.disable_monitor()  # the watcher sees MONITOR_STOPPED and ends
+            self._router_watch.join(5)
+            watching = self._router_watch.is_alive()
         for sock in [self.router, self.control, *self.dealers.values(), *self.monitors]:
             sock.close(0)
+        if self.zap is not None:
+            self.zap.close(0)
+            if not watching:  # (term would wait for the watcher's socket)
+                self.ctx.term()
         os.close(self._wake_r)
         os.close(self._wake_w)
         try:
             os.unlink(self.control_path)
         except FileNotFoundError:
             pass
+
+
+def _reason(event: int, value: int) -> str:
+    """A handshake failure as words: the peer speaks no CURVE, has a wrong key, ..."""
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return f"authentication refused, ZAP status {value}"
+    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+            return "it does not speak CURVE (mechanism mismatch): a node without keys?"
+        if value in (
+            zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC,
+            zmq.PROTOCOL_ERROR_ZMTP_INVALID_METADATA,
+        ):
+            return "its CURVE handshake does not decrypt: a wrong public key for this node?"
+        return f"the CURVE handshake failed (protocol error {value:#x})"
+    # the other side gave up first (it saw the mismatch too): libzmq knows only the errno
+    why = os.strerror(value) if 0 < value < 4096 else f"error {value}"
+    return (
+        f"the CURVE handshake failed ({why}): a peer without keys, or with a wrong public "
+        "key for this node?"
+    )
+
+
+def _peer_address(fd: int) -> str | None:
+    """host:port of the remote end of a socket fd libzmq just accepted, if still open."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        return None
+    try:
+        host, port = sock.getpeername()[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    except (OSError, ValueError, TypeError):
+        return None
+    finally:
+        sock.detach()  # the fd is libzmq's: never close it
+
+
+def _watch_handshakes(mon: zmq.Socket, address: str) -> None:
+    """Thread: log connections to the ROUTER that fail their handshake before ZAP is asked
+    (a plain peer, a wrong server key). libzmq reports these without the peer's address, so
+    it is read from the accepted fd as soon as the connection is announced, and the failure
+    is matched to the fd by the DISCONNECTED that follows it."""
+    addrs: dict[int, str | None] = {}
+    failed: tuple[int, int] | None = None
+    try:
+        while True:
+            try:
+                event = recv_monitor_message(mon)
+            except zmq.ZMQError:
+                return
+            kind, value = event["event"], int(event["value"])
+            if kind == zmq.EVENT_MONITOR_STOPPED:
+                return
+            if kind == zmq.EVENT_ACCEPTED:
+                if len(addrs) > 4096:
+                    addrs.clear()
+                addrs[value] = _peer_address(value)
+            elif kind & _HANDSHAKE_FAILED:
+                failed = (kind, value)
+            elif kind == zmq.EVENT_DISCONNECTED:
+                peer = addrs.pop(value, None)
+                if failed is not None and failed[0] != zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                    # (a refused key was logged by the ZAP handler, with its address)
+                    refusals(
+                        f"handshake:{peer}:{failed[1]}",
+                        logging.WARNING,
+                        "refused a connection to %s from %s: %s",
+                        address,
+                        peer or "an address already gone (libzmq does not report it)",
+                        _reason(*failed),
+                    )
+                failed = None
+    finally:
+        mon.close(0)
