@@ -164,6 +164,13 @@ def choose_superblock(path: Path, fd: int) -> tuple[Superblock, int]:
         )
     if sb.start_pos % BLOCK or sb.start_pos >= sb.area_size:
         raise SRLCorruptError(f"{path}: superblock start position {sb.start_pos} is invalid")
+    try:
+        sb.pack()  # recovery writes it back: its names must be ones a superblock can hold
+    except ValueError as exc:
+        raise SRLCorruptError(
+            f"{path}: superblock copy {slot} is damaged ({exc}); re-create the SRL and "
+            "resync this node"
+        ) from None
     return sb, slot
 
 

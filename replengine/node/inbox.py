@@ -1,33 +1,48 @@
 """Admitting a peer's message: who sent it, is it ours, is it well-formed.
 
 Whatever fails here is bad input from outside (invariant 7): refused with a reason (a
-REJECT back to strangers and to another resource's nodes), logged once per kind, and nothing
-changes. What passes is handed to the node's dispatch.
+REJECT back to strangers and to another resource's nodes) and nothing changes. Each refusal
+is logged with its reason, at most one line per sender and kind of fault every 10 s; the
+lines held back are counted in the next one ("and 312 more like it"), so thousands of bad
+messages cost a few lines, not a flooded disk. The kind is the reason with its numbers and
+quoted names taken out, so whoever sends cannot make every line new.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 from replengine.errors import ForeignResourceError, ProtocolError
 from replengine.wire.protocol import Message, Reject, decode, encode
+from replengine.wire.security import RateLog
 
 if TYPE_CHECKING:
     from replengine.node.core import Node
     from replengine.node.peers import Peer
 
 log = logging.getLogger("replengined")
+#: refusals of peers' messages (shared with the roles that refuse well-formed ones)
+refusals = RateLog(log)
+_VARIABLE = re.compile(r"'[^']*'|\"[^\"]*\"|\[[^\]]*\]|0x[0-9a-f]+|\d+")
+
+
+def kind(reason: str) -> str:
+    """The reason without what the sender chose (numbers, quoted names, and the detail after
+    a colon, such as the JSON parser's own words): a rate-limit key."""
+    return _VARIABLE.sub("_", reason.split(": ", 1)[0])[:120]
 
 
 def admit(node: Node, inc: Any) -> tuple[Peer, Message] | None:
     sender = inc.identity.decode(errors="replace")
     peer = node.peers.get(sender)
     if peer is None:
-        node.warn_once(
-            f"unknown:{sender}",
+        refusals(
+            "unknown",  # one key for all strangers: their names are theirs to choose
+            logging.WARNING,
             "message from unknown peer %r refused (not a node of resource %s)",
-            sender,
+            sender[:64],
             node.cfg.name,
         )
         _refuse(node, inc, f"{sender!r} is not a node of resource {node.cfg.name}")
@@ -40,7 +55,7 @@ def admit(node: Node, inc: Any) -> tuple[Peer, Message] | None:
                 f"the connection's node {sender!r}"
             )
     except ForeignResourceError as exc:
-        node.warn_once(f"foreign:{sender}", "refused %s: %s", sender, exc)
+        refusals(f"foreign:{sender}", logging.WARNING, "refused %s: %s", sender, exc)
         _refuse(
             node,
             inc,
@@ -49,10 +64,23 @@ def admit(node: Node, inc: Any) -> tuple[Peer, Message] | None:
         )
         return None
     except ProtocolError as exc:
-        node.warn_once(f"bad:{sender}:{exc}", "malformed message from %s dropped: %s", sender, exc)
+        refusals(
+            f"bad:{sender}:{kind(str(exc))}",
+            logging.WARNING,
+            "malformed message from %s dropped: %s",
+            sender,
+            exc,
+        )
         return None
     except Exception as exc:  # a decoder bug must not let one message kill the node
-        log.exception("malformed message from %s dropped (decoder error): %s", sender, exc)
+        if refusals(
+            f"bug:{sender}",
+            logging.ERROR,
+            "malformed message from %s dropped (decoder error): %r",
+            sender,
+            exc,
+        ):
+            log.debug("decoder error", exc_info=True)
         return None
     return peer, msg
 

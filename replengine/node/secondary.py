@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from replengine.errors import ReplError, SRLFullError
 from replengine.log.history import epoch_at, join
 from replengine.log.record import Record
+from replengine.node.inbox import refusals
 from replengine.wire.protocol import Ack, Flag, Header, Nack, Update, encode
 
 if TYPE_CHECKING:
@@ -35,8 +36,9 @@ class Secondary:
         node = self.node
         pulled = bool(header.flags & Flag.PULLED)
         if header.epoch < node.known_epoch:
-            node.warn_once(
-                f"fenced:{header.sender}:{header.epoch}",
+            refusals(
+                f"fenced:{header.sender}",
+                logging.WARNING,
                 "refused UPDATE LSN %d from %s: its epoch %d is older than the known "
                 "epoch %d (fenced)",
                 u.lsn,
@@ -50,19 +52,37 @@ class Secondary:
         if node.dcm_rx is not None and not node.dcm_rx.done:
             return  # nor a dcm resync's: the primary streams again from its resume_lsn
         if not pulled and header.sender != node.following:
-            log.debug("UPDATE from %s ignored: following %r", header.sender, node.following)
+            refusals(
+                f"unfollowed:{header.sender}",
+                logging.INFO,
+                "refused UPDATE LSN %d from %s: this node follows %r, not it",
+                u.lsn,
+                header.sender,
+                node.following or "nobody",
+            )
             return
         if u.clear_end and not pulled:
             # before anything that may drop this UPDATE: a full SRL needs exactly this clear
             node.applier.clear(u.clear_end)
         if u.lsn < self.assigned_end:
+            refusals(
+                f"duplicate:{header.sender}",
+                logging.INFO,
+                "UPDATE LSN %d from %s is already logged (end %d): acknowledged again, "
+                "not logged twice",
+                u.lsn,
+                header.sender,
+                self.assigned_end,
+            )
             self.ack(force=True)
             return
         if u.lsn > self.assigned_end:
             self._nack(header.sender)
             return
         if u.offset + len(u.data) > node.volume.size:
-            log.error(
+            refusals(
+                f"outside:{header.sender}",
+                logging.ERROR,
                 "refused UPDATE LSN %d from %s: %d bytes at offset %d lie outside this "
                 "node's volume (%d bytes)",
                 u.lsn,
@@ -104,7 +124,9 @@ class Secondary:
         peer = node.peers.get(sender)
         theirs = peer.hello.history if peer and peer.hello else []
         if epoch_at(theirs, u.lsn) != u.rec_epoch:
-            log.error(
+            refusals(
+                f"rec-epoch:{sender}",
+                logging.ERROR,
                 "refused UPDATE LSN %d from %s: record epoch %d does not match its history %s",
                 u.lsn,
                 sender,
@@ -118,7 +140,14 @@ class Secondary:
             joined = join(hist, theirs, u.lsn)
             node.srl.set_history(joined)
         except ReplError as exc:
-            log.error("refused UPDATE LSN %d from %s: %s", u.lsn, sender, exc)
+            refusals(
+                f"join:{sender}",
+                logging.ERROR,
+                "refused UPDATE LSN %d from %s: %s",
+                u.lsn,
+                sender,
+                exc,
+            )
             return False
         log.warning(
             "epoch history %s replaced by %s from LSN %d on (as %s's)",

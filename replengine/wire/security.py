@@ -139,18 +139,24 @@ def load_keys(cfg: configmod.ResourceConfig) -> CurveKeys | None:
 
 
 class RateLog:
-    """Log lines that outside input can trigger, at most one per key per `interval` seconds;
-    the lines held back are counted and said in the next one ("... and 312 more like it").
+    """Log lines that outside input can trigger, at most one per key per `interval` seconds
+    or per `every` occurrences, whichever comes first; the lines held back are counted and
+    said in the next one ("... and 499 more like it in the last 2s").
 
     Keys are bounded (`max_keys`; past it the table starts over) since whoever sends the input
     chooses them. Thread-safe."""
 
     def __init__(
-        self, logger: logging.Logger, interval: float = 10.0, max_keys: int = 1024
+        self,
+        logger: logging.Logger,
+        interval: float = 10.0,
+        max_keys: int = 1024,
+        every: int = 500,
     ) -> None:
         self.log = logger
         self.interval = interval
         self.max_keys = max_keys
+        self.every = every
         self._last: dict[str, tuple[float, int]] = {}
         self._lock = threading.Lock()
         self.total = 0
@@ -161,14 +167,14 @@ class RateLog:
         with self._lock:
             self.total += 1
             last, held = self._last.get(key, (-1e18, 0))
-            if now - last < self.interval:
+            if now - last < self.interval and held + 1 < self.every:
                 self._last[key] = (last, held + 1)
                 return False
             if key not in self._last and len(self._last) >= self.max_keys:
                 self._last.clear()
             self._last[key] = (now, 0)
         if held:
-            msg += " (and %d more like it in the last %.0fs)"
+            msg += " (and %d more like it in the last %.1fs)"
             args = (*args, held, now - last)
         self.log.log(level, msg, *args)
         return True
