@@ -4,6 +4,7 @@ is never taken for complete."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,6 +13,7 @@ from replengine.node import copier as copier_mod
 from replengine.node.copier import BlockCopier
 from replengine.node.dcm import DcmReceiver
 from replengine.node.rewind import load_marker
+from replengine.storage.chunksums import digest
 from replengine.wire.protocol import Block, BlockDone
 
 MiB = 1 << 20
@@ -42,7 +44,28 @@ def test_window_bounds_unacknowledged_bytes_and_acks_open_it() -> None:
     blocks = [b for b in sent if isinstance(b, Block)]
     assert sum(len(b.data) for b in blocks) == total
     done = [b for b in sent if isinstance(b, BlockDone)]
-    assert done == [BlockDone("t1", 42, 0, total)] and "b" not in c.jobs
+    assert done == [BlockDone("t1", 42, 0, total)]
+    # kept until every byte is acknowledged: the last acks are a resync's progress too
+    assert "b" in c.jobs
+    c.on_ack("b", total)
+    c.pump()
+    assert "b" not in c.jobs
+
+
+def test_progress_reports_acknowledged_and_equal_chunks_only() -> None:
+    """A resync resumes after the chunks reported here, so only chunks the receiver holds
+    durably count: acknowledged ones, and ones whose digest equals ours."""
+    c, sent = make()
+    held = []
+    same = {(MiB, MiB): digest(b"x" * MiB)}
+    c.start("b", "t", [(0, 4 * MiB)], skip=same, on_chunk=lambda o, n: held.append(o))
+    assert held == [MiB]  # equal: reported at once, never sent
+    c.on_ack("b", MiB)
+    assert held == [MiB, 0]  # the first chunk sent is in
+    c.on_ack("b", 3 * MiB - 1)
+    assert held == [MiB, 0, 2 * MiB]  # the third is not wholly acknowledged yet
+    c.on_ack("b", 3 * MiB)
+    assert held == [MiB, 0, 2 * MiB, 3 * MiB]
 
 
 def test_a_refused_chunk_is_sent_again_not_skipped() -> None:
@@ -62,9 +85,16 @@ def test_ranges_outside_the_volume_are_refused() -> None:
 @dataclass
 class FakeApplier:
     applied_end: int = 10
+    cleared_to: int = 0
 
     def restart_at(self, lsn):
         self.applied_end = lsn
+
+    def barrier(self, clear_to=0):
+        self.cleared_to = clear_to
+        ev = threading.Event()
+        ev.set()
+        return ev
 
 
 @dataclass
@@ -128,6 +158,8 @@ def test_dcm_blocks_wait_for_the_applier_and_never_block_the_loop(tmp_path) -> N
     assert not rx.done and node.restarted == []
     node.applier.applied_end = 10  # the applier caught up
     assert rx.progress() is False
+    # the log was cleared first: a restart must not replay old records over the blocks
+    assert node.applier.cleared_to == 10
     assert node.volume.writes == [(0, 4096), (8192, 4096)] and node.restarted == [50]
     node.applier.applied_end = 60
     assert rx.progress() is True and node.consistent and not node.rewind_marker.exists()

@@ -142,6 +142,7 @@ def test_io_after_fencing_fails_at_once(resource: Callable[..., LocalResource], 
         if how == "lost-epoch":
             # alpha pauses (a VM freeze); the others promote beta; alpha wakes up, hears the
             # higher epoch and steps down: the writer still holding the device gets EIO
+            r.wait_synced()  # beta's first full sync ended: it is promotable
             r.freeze("alpha")
             promote(r, "beta")
             r.signal("alpha", signal.SIGCONT)

@@ -380,6 +380,7 @@ def test_promote_refuses_while_a_primary_is_reachable(make_resource):
     r.up()
     r.promote("alpha")
     wait_role(r, "beta", "secondary", following="alpha")
+    r.wait_synced()  # beta's first full sync ended (while it runs, beta is inconsistent)
     for extra in ((), ("--force",)):
         code, out, err = promote_cli(r, "beta", *extra)
         assert code == 1, (extra, code, out, err)

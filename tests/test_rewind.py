@@ -3,11 +3,13 @@ goes away, and a restart, and never let a late block land after records flow aga
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 from replengine.log.record import Record
 from replengine.node.rewind import Phase, Rewinder, load_marker, subtract
-from replengine.wire.protocol import Block, BlockDone, BlockReq
+from replengine.storage.chunksums import DIGEST_SIZE
+from replengine.wire.protocol import Block, BlockDone, BlockReq, Sums
 
 VOL = 1 << 20
 
@@ -15,6 +17,11 @@ VOL = 1 << 20
 @dataclass
 class FakeApplier:
     applied_end: int = 0
+
+    def barrier(self) -> threading.Event:
+        ev = threading.Event()
+        ev.set()
+        return ev
 
 
 @dataclass
@@ -39,6 +46,9 @@ class FakeVolume:
 
     def write(self, off, data):
         self.data[off : off + len(data)] = data
+
+    def read(self, off, n):
+        return bytes(self.data[off : off + n])
 
     def flush(self):
         self.flushed += 1
@@ -148,4 +158,33 @@ def test_a_divergence_below_the_logs_start_owes_every_block(tmp_path) -> None:
     rw.divergence = 5
     rw.progress()
     assert rw.owed == [(0, VOL)] and load_marker(rw.marker) == [(0, VOL)]
+    # the whole volume is owed: the digests of our chunks go first, then the request
+    assert rw.phase is Phase.SUMS and rw._sums.done.wait(10)
+    rw.progress()
+    offered = [b for _, b in node.sent if isinstance(b, Sums)]
+    assert len(offered) == 1 and len(offered[0].digests) == DIGEST_SIZE
+    assert offered[0].tag == requests(node)[-1].tag and rw.offered
     assert node.watcher.durable_end == 5 and requests(node)[-1].ranges == [(0, VOL)]
+
+
+def test_with_digests_offered_the_copy_is_believed_when_every_sent_byte_arrived(tmp_path) -> None:
+    """A request sent with our digests: the source skips chunks equal to ours, so the ranges
+    never fill up; its BLOCK_DONE is believed when the bytes it says it sent all arrived, and
+    asked again (with fresh digests) when some did not."""
+    node, rw = node_with_tail(tmp_path)
+    node.srl.start_lsn = 9
+    rw.divergence = 5
+    rw.progress()
+    assert rw._sums.done.wait(10)
+    rw.progress()
+    tag = requests(node)[-1].tag
+    rw.on_message("beta", Block(0, b""))  # a sign of life while it reads equal chunks
+    assert rw.received == 0 and rw.phase is Phase.BLOCKS
+    rw.on_message("beta", BlockDone(tag, 5, 0, 4096))  # it sent 4096 bytes: none arrived
+    assert rw.phase is Phase.SUMS and rw.tag != tag  # asked again, digests first
+    assert rw._sums.done.wait(10)
+    rw.progress()
+    tag = requests(node)[-1].tag
+    rw.on_message("beta", Block(0, b"x" * 4096))
+    rw.on_message("beta", BlockDone(tag, 5, 0, 4096))
+    assert rw.phase is Phase.CATCHUP and bytes(node.volume.data[:4096]) == b"x" * 4096

@@ -79,10 +79,12 @@ class Applier(threading.Thread):
             self.overlay.clear()
             self.pending_clear = 0
 
-    def barrier(self) -> threading.Event:
-        """An event set once everything queued so far is applied and flushed."""
+    def barrier(self, clear_to: int = 0) -> threading.Event:
+        """An event set once everything queued so far is applied and flushed, and the log
+        cleared up to ``clear_to`` (a block copy is about to overwrite the volume: records
+        left in the log would be replayed over its blocks after a restart)."""
         ev = threading.Event()
-        self._q.put(("barrier", ev))
+        self._q.put(("barrier", ev, clear_to))
         return ev
 
     def stop(self) -> None:
@@ -114,7 +116,10 @@ class Applier(threading.Thread):
                     # records older than applied_end were applied before the restart
                 elif kind == "barrier":
                     self.volume.flush()
+                    if item[2]:
+                        self._clear(item[2])
                     item[1].set()
+                    self._on_progress()
                 # a clear waits for the records it covers to be applied, and for its turn
                 if self.pending_clear > self.srl.start_lsn and self._clear_due():
                     self._clear(self.pending_clear)

@@ -39,6 +39,11 @@ class CopyJob:
     #: the receiver's digests of its chunks (offset, length): a chunk equal to ours is not sent
     skip: dict[tuple[int, int], bytes] | None = None
     skipped: int = 0
+    #: told of every chunk the receiver holds durably (acknowledged, or equal to ours):
+    #: a resync's progress, so an interrupted one resumes from there
+    on_chunk: Callable[[int, int], None] | None = None
+    #: chunks sent and not yet acknowledged: (bytes sent once it is in, offset, length)
+    unacked: deque = field(default_factory=deque)
 
 
 @dataclass
@@ -61,6 +66,7 @@ class BlockCopier:
         resume_lsn: int = 0,
         on_done: Callable[[CopyJob], None] | None = None,
         skip: dict[tuple[int, int], bytes] | None = None,
+        on_chunk: Callable[[int, int], None] | None = None,
     ) -> bool:
         bad = [(o, n) for o, n in ranges if o < 0 or n <= 0 or o + n > self.volume_size]
         if bad:
@@ -72,7 +78,13 @@ class BlockCopier:
             )
             return False
         self.jobs[peer] = CopyJob(
-            peer, tag, deque(ranges), resume_lsn=resume_lsn, on_done=on_done, skip=skip
+            peer,
+            tag,
+            deque(ranges),
+            resume_lsn=resume_lsn,
+            on_done=on_done,
+            skip=skip,
+            on_chunk=on_chunk,
         )
         log.info(
             "copying %d block ranges (%d bytes) to %s",
@@ -87,6 +99,14 @@ class BlockCopier:
         job = self.jobs.get(peer)
         if job:
             job.acked = max(job.acked, received)
+            self._acked_chunks(job)
+
+    @staticmethod
+    def _acked_chunks(job: CopyJob) -> None:
+        while job.unacked and job.unacked[0][0] <= job.acked:
+            _, off, n = job.unacked.popleft()
+            if job.on_chunk is not None:
+                job.on_chunk(off, n)
 
     def cancel(self, peer: str) -> None:
         self.jobs.pop(peer, None)
@@ -94,6 +114,7 @@ class BlockCopier:
     def pump(self) -> None:
         for job in list(self.jobs.values()):
             budget = READ_BUDGET
+            sent_before, skipped_before = job.sent, job.skipped
             while job.ranges and job.sent - job.acked < WINDOW and budget > 0:
                 off, length = job.ranges[0]
                 n = min(CHUNK, length)
@@ -103,15 +124,22 @@ class BlockCopier:
                 if theirs is not None and theirs == digest(data):
                     job.skipped += n  # the receiver holds these very bytes
                     budget -= n
+                    if job.on_chunk is not None:
+                        job.on_chunk(off, n)
                 elif not self.send(job.peer, Block(off, data)):
                     break  # the transport is full or the peer gone: retry next turn
                 else:
                     job.sent += n
+                    job.unacked.append((job.sent, off, n))
                 job.as_of = max(job.as_of, as_of)
                 if n == length:
                     job.ranges.popleft()
                 else:
                     job.ranges[0] = (off + n, length - n)
+            if job.skipped > skipped_before and job.sent == sent_before:
+                # a turn of chunks the receiver already holds sends nothing: tell it we are
+                # alive, or it takes the silence for a stalled copy
+                self.send(job.peer, Block(job.ranges[0][0] if job.ranges else 0, b""))
             if not job.ranges and not job.done:
                 done = BlockDone(job.tag, max(job.as_of, self.end()), job.resume_lsn, job.sent)
                 if self.send(job.peer, done):
@@ -124,8 +152,8 @@ class BlockCopier:
                     )
                     if job.on_done is not None:
                         job.on_done(job)
-            if job.done:
-                del self.jobs[job.peer]
+            if job.done and not job.unacked:
+                del self.jobs[job.peer]  # kept till then: the last acks are progress too
 
 
 __all__ = ["BlockCopier", "CopyJob"]

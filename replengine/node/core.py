@@ -31,10 +31,10 @@ from replengine.node.ops import Operations
 from replengine.node.peers import Peer
 from replengine.node.primary import Primary
 from replengine.node.reads import consistent_read
-from replengine.node.rewind import Rewinder, load_marker, marker_path
+from replengine.node.rewind import Rewinder, load_marker, marker_path, write_marker
 from replengine.node.secondary import Secondary
 from replengine.node.states import PeerState, Role
-from replengine.node.sums import ChunkSummer
+from replengine.node.sums import ChunkSummer, offered_skip
 from replengine.storage.volume import Volume
 from replengine.wire.protocol import (
     Ack,
@@ -109,6 +109,8 @@ class Node:
         self.dcm = DcmTracker(self)
         self.dcm_rx: DcmReceiver | None = None
         self.summer = ChunkSummer(self)
+        #: chunk digests a peer sent ahead of its request for blocks (node.rewind)
+        self.offered_sums: dict[str, Sums] = {}
         self.ops = Operations(self)
         self.device_io = DeviceIO(self)
         #: the block device frontend (set by the daemon; None for device = "none")
@@ -371,19 +373,21 @@ class Node:
             self.ops.pulls.serve(peer.name, body.first, body.end)
         elif isinstance(body, BlockReq):
             ranges = [(int(o), int(n)) for o, n in body.ranges]
+            skip = offered_skip(self.offered_sums.pop(peer.name, None), body.tag, ranges)
             if self.primary and peer.name in self.dcm.maps:
                 # it fell off our log while away: its rewind rides on the dcm resync, which
                 # copies the blocks it asks for with every region it missed
-                self.dcm.resync_for_rewind(peer, ranges, body.tag)
+                self.dcm.resync_for_rewind(peer, ranges, body.tag, skip)
             else:
-                self.copier.start(peer.name, body.tag, ranges)
+                self.copier.start(peer.name, body.tag, ranges, skip=skip)
         elif isinstance(body, BlockAck):
             self.copier.on_ack(peer.name, body.received)
         elif isinstance(body, SumReq):
             self.on_sum_req(peer, header.sender, body)
         elif isinstance(body, Sums):
-            if self.primary:
-                self.dcm.on_sums(peer, body)
+            if not (self.primary and self.dcm.on_sums(peer, body)):
+                # offered with a rewinder's request for blocks, which follows it
+                self.offered_sums[peer.name] = body
         elif isinstance(body, (Block, BlockDone)):
             if self.rewinder and self.rewinder.copying:
                 self.rewinder.on_message(peer.name, body)
@@ -396,13 +400,21 @@ class Node:
         if self.role != Role.SECONDARY or sender != self.following:
             return  # not (yet) following it: the primary asks again
         if self.rewinder is not None:
+            if not self.rewinder.requested(sender):
+                return  # our own request (with our digests) is on its way and replaces it
             self.send(peer.name, Sums(req.tag, b""))  # declined: copy it all, now
             return
         bad = [(o, n) for o, n in req.ranges if n <= 0 or o + n > self.volume.size]
         if bad:
             log.error("%s asked for digests of ranges outside the volume: %s", sender, bad[:3])
             return
-        self.summer.ask(peer.name, req)
+        if self.summer.ask(peer.name, req):
+            # a (full) resync starts: from now on this volume is not a prefix state of the
+            # history until it ends; durable first, so a restart knows it too. Its
+            # acknowledgements count from here (blocks of a copy cut short came before)
+            self.consistent = False
+            write_marker(self.rewind_marker, [(0, self.volume.size)], 0)
+            self.dcm_rx = None
 
     def follow(self, peer: Peer, h: Hello) -> None:
         end = self.watcher.durable_end

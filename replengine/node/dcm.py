@@ -12,6 +12,7 @@ from the first block until it has applied past the primary's end at the end of t
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid as uuidlib
 from collections import deque
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from replengine.node.copier import CHUNK, CopyJob
-from replengine.node.rewind import write_marker
+from replengine.node.rewind import ACK_EVERY, write_marker
 from replengine.node.states import IN_DCM, PeerState
 from replengine.storage.chunksums import DIGEST_SIZE, chunks
 from replengine.storage.dirtymap import DirtyMap
@@ -34,6 +35,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL_S = 0.2
+#: how often a running resync's progress (the regions the receiver now holds) is made
+#: durable: a resync resumes from the last flush, so this bounds what is copied twice
+PROGRESS_FLUSH_S = 1.0
 #: a resync owing at least this share of the volume asks the receiver for its chunk digests
 #: first (a full sync, a replaced disk): chunks it already holds cost a checksum, not a copy
 CHECKSUM_SHARE = 0.5
@@ -75,6 +79,8 @@ class Resync:
     sums_asked: float = 0.0
     copying: bool = False
     skipped: int = 0
+    #: owes most of the volume (status: full-sync)
+    full: bool = False
 
 
 class DcmTracker:
@@ -86,7 +92,10 @@ class DcmTracker:
         self.covered_end: dict[str, int] = {}
         self.resyncs: dict[str, Resync] = {}
         self._dirty: set[str] = set()
+        #: peers whose resync cleared regions since the last flush of their map
+        self._progress: set[str] = set()
         self._last_flush = 0.0
+        self._last_progress_flush = 0.0
         self.last_resync: dict | None = None
 
     # ---- entering dcm ---------------------------------------------------------------------
@@ -232,6 +241,13 @@ class DcmTracker:
                 dmap.flush()
                 self.covered_end[name] = end
         self._dirty.clear()
+        if self._progress and now - self._last_progress_flush >= PROGRESS_FLUSH_S:
+            self._last_progress_flush = now
+            for name in list(self._progress):
+                dmap = self.maps.get(name)
+                if dmap is not None and name in self.resyncs:
+                    dmap.flush()
+            self._progress.clear()
 
     def clear_floor(self, peer: Peer) -> int | None:
         """The LSN below which records may go, as far as this peer is concerned."""
@@ -243,7 +259,13 @@ class DcmTracker:
 
     # ---- resync ---------------------------------------------------------------------------
 
-    def resync_for_rewind(self, peer: Peer, ranges: list[tuple[int, int]], tag: str) -> None:
+    def resync_for_rewind(
+        self,
+        peer: Peer,
+        ranges: list[tuple[int, int]],
+        tag: str,
+        skip: dict[tuple[int, int], bytes] | None = None,
+    ) -> None:
         """A peer in dcm asks for the blocks of its divergent tail: add them to its dirty
         regions and copy everything, answering with the tag of its request."""
         dmap = self.maps[peer.name]
@@ -252,9 +274,14 @@ class DcmTracker:
                 dmap.mark(off, length)
         self._dirty.add(peer.name)
         self.node.copier.cancel(peer.name)
-        self.start_resync(peer, tag)
+        self.start_resync(peer, tag, skip)
 
-    def start_resync(self, peer: Peer, tag: str | None = None) -> None:
+    def start_resync(
+        self,
+        peer: Peer,
+        tag: str | None = None,
+        skip: dict[tuple[int, int], bytes] | None = None,
+    ) -> None:
         node = self.node
         dmap = self.maps[peer.name]
         self.flush(force=True)
@@ -267,6 +294,7 @@ class DcmTracker:
         )
         if tag:
             job.tag = tag
+        job.full = dmap.dirty_bytes >= CHECKSUM_SHARE * node.volume.size
         self.resyncs[peer.name] = job
         peer.state = PeerState.DCM_RESYNC
         log.warning(
@@ -288,13 +316,27 @@ class DcmTracker:
             )
             log.info("asked %s for the digests of its chunks first (%s)", peer.name, job.tag)
             return
-        self._start_copy(peer, job, None)
+        self._start_copy(peer, job, skip, progress=False)
 
     def _start_copy(
-        self, peer: Peer, job: Resync, skip: dict[tuple[int, int], bytes] | None
+        self,
+        peer: Peer,
+        job: Resync,
+        skip: dict[tuple[int, int], bytes] | None,
+        progress: bool = False,
     ) -> None:
         job.copying = True
         job.sums_deadline = 0.0
+        dmap = self.maps[peer.name]
+
+        def done_there(off: int, length: int) -> None:
+            # the receiver holds this chunk durably: a resync cut short (either end killed,
+            # the link) resumes after it. Only for a copy that began with our digest request:
+            # the receiver counted its acknowledgements from there, and had cleared its log
+            # (nothing replays over the blocks)
+            dmap.clear(off, length)
+            self._progress.add(peer.name)
+
         self.node.copier.start(
             peer.name,
             job.tag,
@@ -302,20 +344,22 @@ class DcmTracker:
             resume_lsn=job.resume_lsn,
             on_done=lambda copy: self._copied(peer, job, copy),
             skip=skip,
+            on_chunk=done_there if progress else None,
         )
 
-    def on_sums(self, peer: Peer, sums: Sums) -> None:
-        """The receiver's digests: copy only the chunks that differ."""
+    def on_sums(self, peer: Peer, sums: Sums) -> bool:
+        """The receiver's digests: copy only the chunks that differ. False if they answer
+        no request of ours (an older resync's answer, or offered with a rewind's request)."""
         job = self.resyncs.get(peer.name)
         if job is None or job.copying or sums.tag != job.tag:
-            return  # an older resync's answer
+            return False
         pieces = list(chunks(job.ranges, CHUNK))
         if not sums.digests:
             log.info(
                 "%s declined to send digests (it is rewinding): copying every chunk", peer.name
             )
             self._start_copy(peer, job, None)
-            return
+            return True
         if len(sums.digests) != len(pieces) * DIGEST_SIZE:
             log.error(
                 "%s sent %d bytes of digests for %d chunks: copying every chunk",
@@ -324,10 +368,11 @@ class DcmTracker:
                 len(pieces),
             )
             self._start_copy(peer, job, None)
-            return
+            return True
         d = bytes(sums.digests)
         skip = {p: d[i * DIGEST_SIZE : (i + 1) * DIGEST_SIZE] for i, p in enumerate(pieces)}
-        self._start_copy(peer, job, skip)
+        self._start_copy(peer, job, skip, progress=True)
+        return True
 
     def summary(self) -> dict:
         """For status: who is in dcm, how much is dirty, the last completed resync."""
@@ -373,6 +418,8 @@ class DcmTracker:
             if job.done and peer.acked_end >= job.resume_lsn and peer.hello:
                 if peer.hello.consistent:
                     self._finish(peer, job)
+                    if node.primary is not None:
+                        node.primary.check_sync_peers()  # synchronous again if caught up
 
     def _abort(self, peer: Peer, job: Resync) -> None:
         """The peer went away mid-resync: back to dcm, owing everything since resume_lsn."""
@@ -424,6 +471,8 @@ class DcmReceiver:
         self.done = False
         self.held: list[tuple[int, bytes]] = []
         self.draining = True
+        self._barrier: threading.Event | None = None
+        self._acked = 0
         self.finish: BlockDone | None = None
         node.consistent = False
         # durable before the first block lands: a restart, or a new primary before this copy
@@ -435,27 +484,44 @@ class DcmReceiver:
         node = self.node
         if (
             self.draining
+            and self._barrier is None
             and node.watcher.idle
             and node.applier.applied_end >= node.watcher.durable_end
         ):
+            # every record logged here is on the volume: clear them from the log, or a
+            # restart would replay them over blocks already copied (and acknowledged to the
+            # primary, which no longer owes those regions)
+            self._barrier = node.applier.barrier(clear_to=node.watcher.durable_end)
+        if self.draining and self._barrier is not None and self._barrier.is_set():
             self.draining = False
             for off, data in self.held:
                 self.node.volume.write(off, data)
-            self.held = []
+            if self.held:
+                self.held = []
+                self._ack()
         return not self.draining
 
     def on_block(self, block: Block) -> None:
+        if not len(block.data):
+            return  # the source reads chunks we already hold: only a sign of life
         if self._drained():
             self.node.volume.write(block.offset, block.data)
         else:
             self.held.append((block.offset, bytes(block.data)))
         self.received += len(block.data)
-        if self.received % (4 << 20) < len(block.data):
-            self.node.send(self.source, BlockAck(self.received))
+        if self.received - self._acked >= ACK_EVERY and not self.held:
+            self._ack()
+
+    def _ack(self) -> None:
+        """Durable before acknowledged: the primary stops owing what we acknowledge."""
+        self.node.volume.flush()
+        self._acked = self.received
+        self.node.send(self.source, BlockAck(self.received))
 
     def on_done(self, done: BlockDone) -> None:
         node = self.node
-        node.send(self.source, BlockAck(self.received))
+        if not self.held:
+            self._ack()
         if self.received != done.total:
             # blocks were lost on the way (a replaced connection): the log is not restarted,
             # so the primary finds this node lacks records it has cleared and copies every
@@ -467,7 +533,7 @@ class DcmReceiver:
                 self.received,
                 done.total,
             )
-            self.received = 0
+            self.received = self._acked = 0
             node.send(self.source, node.hello())
             return
         self.finish = done
@@ -492,13 +558,15 @@ class DcmReceiver:
 
     def progress(self) -> bool:
         """True once consistent again."""
-        if self.finish is not None and self._drained():
+        drained = self._drained()
+        if self.finish is not None and drained:
             done, self.finish = self.finish, None
             self._finish(done)
         if self.done and self.node.applier.applied_end >= self.primary_end:
             if self.node.rewinder is None:  # a rewind still under way decides for itself
                 self.node.rewind_marker.unlink(missing_ok=True)
                 self.node.consistent = True
+                self.node.send(self.source, self.node.hello())  # it ends our resync there
             log.warning("dcm resync complete: consistent at LSN %d", self.node.applier.applied_end)
             return True
         return False

@@ -12,7 +12,7 @@ import time
 from typing import TYPE_CHECKING
 
 from replengine.log.history import divergence_point
-from replengine.node.states import PeerState, Role
+from replengine.node.states import IN_DCM, PeerState, Role
 from replengine.wire.protocol import Hello, Reject
 
 if TYPE_CHECKING:
@@ -71,6 +71,15 @@ def primary_hello(node: Node, peer: Peer, h: Hello, fresh: bool) -> None:
     assert node.primary is not None
     if h.following != node.me:
         peer.streaming = False
+        return
+    if not h.history and node.srl.history and peer.state not in IN_DCM:
+        # no history in common (a new node, a re-initialised SRL, the peers of a resource's
+        # first primary): nothing says its volume matches ours, so it gets a full sync; the
+        # digests make the chunks it already holds (a blank volume's) cost a read, not a copy
+        node.dcm.enter_full(
+            peer, node.primary, "has no history in common with this primary (a new node)"
+        )
+        node.dcm.start_resync(peer)
         return
     if peer.state == PeerState.DCM or (peer.state == PeerState.DCM_RESYNC and fresh):
         node.dcm.start_resync(peer)  # back (or restarted mid-copy): copy the regions

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 import uuid as uuidlib
 from dataclasses import dataclass, field
@@ -35,7 +36,9 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from replengine.wire.protocol import Block, BlockAck, BlockDone, BlockReq
+from replengine.node.copier import CHUNK
+from replengine.storage.chunksums import DIGEST_SIZE, chunks, digest
+from replengine.wire.protocol import Block, BlockAck, BlockDone, BlockReq, Sums
 
 if TYPE_CHECKING:
     from replengine.node.context import RewindContext
@@ -46,8 +49,14 @@ ACK_EVERY = 4 << 20
 RETRY_BEATS = 4
 
 
+#: a request owing at least this share of the volume is sent with the digests of our
+#: chunks: the source skips what we already hold (a full copy that was cut short resumes)
+DIGEST_SHARE = 0.5
+
+
 class Phase(Enum):
     DRAIN = "drain"
+    SUMS = "sums"  # taking the digests of what we are about to ask for
     BLOCKS = "blocks"
     CATCHUP = "catchup"
 
@@ -134,6 +143,10 @@ class Rewinder:
     received: int = 0
     acked: int = 0
     last_progress: float = 0.0
+    #: the digests sent with the request (the source skips chunks equal to ours), so its
+    #: BLOCK_DONE is believed when every byte it says it sent has arrived
+    offered: bool = False
+    _sums: _DigestJob | None = None
 
     # ---- starting and restarting ------------------------------------------------------------
 
@@ -171,6 +184,11 @@ class Rewinder:
                 return  # the applier still works on records we are about to drop
             self._drop_tail()
             self._request(list(self.owed))
+        elif self.phase is Phase.SUMS:
+            job = self._sums
+            if job is not None and job.done.is_set():
+                self._sums = None
+                self._send_request(job)
         elif self.phase is Phase.BLOCKS:
             stalled = time.monotonic() - self.last_progress > RETRY_BEATS * node.heartbeat_s
             if stalled:
@@ -247,10 +265,41 @@ class Rewinder:
         self.tag = uuidlib.uuid4().hex[:12]
         self.received = self.acked = 0
         self.last_progress = time.monotonic()
+        self.offered = False
         if not self.missing:
             self._blocks_done(self.node.watcher.durable_end)
             return
-        self.node.send(self.source, BlockReq(self.missing, self.tag))
+        node = self.node
+        if sum(n for _, n in self.missing) >= DIGEST_SHARE * node.volume.size:
+            # most of the volume is owed (a full copy cut short, records cleared long ago):
+            # what we already hold costs a digest, not a copy
+            self.phase = Phase.SUMS
+            self._sums = _DigestJob(self.tag, list(self.missing))
+            self._sums.start(node)
+            return
+        node.send(self.source, BlockReq(self.missing, self.tag))
+
+    def _send_request(self, job: _DigestJob) -> None:
+        node = self.node
+        self.phase = Phase.BLOCKS
+        self.last_progress = time.monotonic()
+        if job.tag != self.tag:
+            return
+        if job.digests is not None:
+            # ahead of the request on the same connection: the source has them when it starts
+            node.send(self.source, Sums(self.tag, job.digests))
+            self.offered = True
+            log.info(
+                "rewind: asking %s for %d bytes with the digests of our %d chunks",
+                self.source,
+                sum(n for _, n in self.missing),
+                len(job.digests) // DIGEST_SIZE,
+            )
+        node.send(self.source, BlockReq(self.missing, self.tag))
+
+    def requested(self, source: str) -> bool:
+        """Whether our request to ``source`` is out (else one is on its way to it)."""
+        return self.source == source and self.phase in (Phase.BLOCKS, Phase.CATCHUP)
 
     # ---- messages from the source -------------------------------------------------------------
 
@@ -265,17 +314,32 @@ class Rewinder:
                     "rewind: block %d+%d from %s is outside the volume", body.offset, n, sender
                 )
                 return
+            self.last_progress = time.monotonic()
+            if not n:
+                return  # the source is reading chunks we already hold: it is alive
             node.volume.write(body.offset, body.data)
             self.missing = subtract(self.missing, body.offset, n)
             self.received += n
-            self.last_progress = time.monotonic()
             if self.received - self.acked >= ACK_EVERY:
+                node.volume.flush()  # durable before acknowledged
                 self.acked = self.received
                 node.send(self.source, BlockAck(self.received))
             return
         if body.tag != self.tag:
             return
+        node.volume.flush()
         node.send(self.source, BlockAck(self.received))
+        if self.offered and self.received == body.total:
+            self.missing = []  # what was not sent was equal to ours
+        elif self.offered:
+            log.warning(
+                "rewind: %s finished its copy but %d of %d bytes arrived; asking again",
+                sender,
+                self.received,
+                body.total,
+            )
+            self._request(self.owed)
+            return
         if self.missing:
             log.warning(
                 "rewind: %s finished its copy but %d bytes never arrived; asking again",
@@ -313,6 +377,37 @@ class Rewinder:
     def streaming(self) -> bool:
         """Whether records may flow to this node (only once the blocks are in)."""
         return self.phase is Phase.CATCHUP
+
+
+@dataclass
+class _DigestJob:
+    """Digests of our chunks of ``ranges``, read in a thread once the applier has written
+    everything it holds (nothing else writes the volume during a rewind)."""
+
+    tag: str
+    ranges: list[tuple[int, int]]
+    digests: bytes | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def start(self, node: RewindContext) -> None:
+        barrier = node.applier.barrier()
+        wake = getattr(getattr(node, "transport", None), "wake", None)
+        threading.Thread(
+            target=self._work, args=(node, barrier, wake), name="rewind-sums", daemon=True
+        ).start()
+
+    def _work(self, node: RewindContext, barrier: threading.Event, wake: object) -> None:
+        barrier.wait()
+        try:
+            out = bytearray()
+            for off, n in chunks(self.ranges, CHUNK):
+                out += digest(node.volume.read(off, n))
+            self.digests = bytes(out)
+        except Exception as exc:  # the request then goes without digests: a plain copy
+            log.error("rewind: digests of our chunks failed (%s): asking for every block", exc)
+        self.done.set()
+        if callable(wake):
+            wake()
 
 
 __all__ = ["Phase", "Rewinder", "load_marker", "marker_path", "merge_ranges", "subtract"]

@@ -22,6 +22,9 @@ class PeerState(StrEnum):
     CATCHING_UP = "catching-up"
     DCM = "dcm"  # fell off the log: its regions are tracked in a dirty-region map
     DCM_RESYNC = "dcm-resync"  # those regions are being copied to it
+    #: how status names a dcm-resync that owes most of the volume (a new node, a replaced
+    #: disk, `replctl sync --full`): inconsistent there until it ends
+    FULL_SYNC = "full-sync"
     REWINDING = "rewinding"  # it holds a divergent tail and is rewinding it
     DISCONNECTED = "disconnected"
 

@@ -24,6 +24,9 @@ def status(node: Node) -> dict:
             acked = p.acked_end
             lag = max(0, node.primary.assigned_end - acked)
             state = p.state if connected or p.state == PeerState.DCM else PeerState.DISCONNECTED
+            job = node.dcm.resyncs.get(p.name)
+            if state == PeerState.DCM_RESYNC and job is not None and job.full:
+                state = PeerState.FULL_SYNC
         else:
             acked = p.hello.end_lsn if p.hello else 0
             lag = max(0, best_end - acked) if p.hello else None

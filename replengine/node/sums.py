@@ -14,6 +14,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from replengine.node.copier import CHUNK
 from replengine.storage.chunksums import DIGEST_SIZE, chunks, digest
 from replengine.wire.protocol import SumReq, Sums
 
@@ -38,17 +39,21 @@ class ChunkSummer:
         self.asked: SumJob | None = None
         self.running: SumJob | None = None
         self.finished: list[SumJob] = []
+        self.answered: SumJob | None = None
 
-    def ask(self, peer: str, req: SumReq) -> None:
+    def ask(self, peer: str, req: SumReq) -> bool:
         """A newer request replaces an older one (a resync restarted); the same one again (the
-        primary repeats it until it has an answer) changes nothing."""
-        for job in (self.asked, self.running):
+        primary repeats it until it has an answer) changes nothing. True for a new one."""
+        for job in (self.asked, self.running, self.answered):
             if job is not None and job.req.tag == req.tag and job.peer == peer:
-                return
+                if job is self.answered:  # our answer was lost: send it again
+                    self.node.send(peer, Sums(req.tag, job.digests or b""))
+                return False
         for job in (self.asked, self.running):
             if job is not None:
                 job.cancelled.set()
         self.asked, self.running = SumJob(peer, req), None
+        return True
 
     def pump(self) -> None:
         """Run after the loop made what it received durable (so every record before the
@@ -71,6 +76,7 @@ class ChunkSummer:
                 log.error("checksums for %s failed: %s", job.peer, job.error)
                 continue
             node.send(job.peer, Sums(job.req.tag, job.digests))
+            self.answered = job
             log.info(
                 "sent %d chunk checksums to %s (%s)",
                 len(job.digests) // DIGEST_SIZE,
@@ -80,7 +86,7 @@ class ChunkSummer:
 
     def _work(self, job: SumJob, barrier: threading.Event) -> None:
         node = self.node
-        barrier.wait()
+        barrier.wait()  # also flushes the volume: what the digests cover is durable
         try:
             out = bytearray()
             for off, n in chunks(job.req.ranges, job.req.chunk):
@@ -94,4 +100,24 @@ class ChunkSummer:
         node.transport.wake()
 
 
-__all__ = ["ChunkSummer"]
+def offered_skip(
+    sums: Sums | None, tag: str, ranges: list[tuple[int, int]], chunk: int = CHUNK
+) -> dict[tuple[int, int], bytes] | None:
+    """The chunks a requester says it holds, by (offset, length), for the copier to skip;
+    None when it offered none for this request, or digests that do not fit it."""
+    if sums is None or sums.tag != tag or not sums.digests:
+        return None
+    pieces = list(chunks(ranges, chunk))
+    d = bytes(sums.digests)
+    if len(d) != len(pieces) * DIGEST_SIZE:
+        log.error(
+            "digests offered with request %s do not fit it (%d bytes for %d chunks): ignored",
+            tag,
+            len(d),
+            len(pieces),
+        )
+        return None
+    return {p: d[i * DIGEST_SIZE : (i + 1) * DIGEST_SIZE] for i, p in enumerate(pieces)}
+
+
+__all__ = ["ChunkSummer", "offered_skip"]
