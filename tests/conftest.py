@@ -47,8 +47,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
 class Ledger:
     """Completed writes (lsn, offset, data) and the volume content they imply."""
 
-    def __init__(self, size: int = VOLUME_SIZE) -> None:
+    def __init__(self, size: int = VOLUME_SIZE, base: bytes | None = None) -> None:
         self.size = size
+        #: what the volume held before the resource's first write (zeros: a blank volume)
+        self.base = base
         self.entries: list[tuple[int, int, bytes]] = []
         self.lock = threading.Lock()
 
@@ -66,7 +68,7 @@ class Ledger:
 
     def model(self) -> bytearray:
         """The volume as the writers must see it: every write applied in LSN order."""
-        vol = bytearray(self.size)
+        vol = bytearray(self.base) if self.base is not None else bytearray(self.size)
         lsns = set()
         for lsn, off, data in self.sorted_entries():
             assert lsn not in lsns, f"LSN {lsn} was returned for two different writes"
@@ -91,7 +93,8 @@ class Ledger:
             )
 
     def check_file(self, path: Path, what: str) -> None:
-        """Compare a volume file byte for byte with the model (zeros where never written)."""
+        """Compare a volume file byte for byte with the model (the base where never
+        written)."""
         model = self.model()
         with open(path, "rb") as f:
             content = f.read()

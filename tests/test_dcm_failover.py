@@ -80,3 +80,9 @@ def test_laggard_whose_records_were_released_is_not_promoted(resource) -> None:
     rc, out, err = promote_cli(r, "beta")
     assert rc == 0, err
     assert r.status("beta")["role"] == "primary"
+    # no log holds what gamma lacks: it gets a full sync from beta on its own, after which
+    # both survivors are identical
+    r.wait_synced(["beta", "gamma"], timeout=120)
+    sums = r.checksums(["beta", "gamma"])
+    assert sums["beta"] == sums["gamma"], sums
+    assert "resyncing it from blocks" in r.log("beta")

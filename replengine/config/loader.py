@@ -67,6 +67,8 @@ _RESOURCE_KEYS = (
     "heartbeat_ms",
     "device",
     "secret_key_file",
+    "resync_rate",
+    "resync_adaptive",
 )
 _RESOURCE_REQUIRED = ("name", "srl_full", "on_sync_loss")
 _NODE_KEYS = ("address", "volume", "srl", "mode", "device", "public_key", "secret_key_file")
@@ -165,6 +167,21 @@ def _build(ctx: _Ctx, doc: dict[str, Any], node: str | None) -> ResourceConfig:
             f"expected a power of two >= 4096 (bytes per dirty-region bit, e.g. 1048576), got {dcm}",
         )
         dcm = None
+
+    resync_rate = 0.0
+    if "resync_rate" in res:
+        v = res["resync_rate"]
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < 1e6 or v != v:
+            ctx.error(
+                R + ("resync_rate",),
+                f"expected MiB/s as a number >= 0 (0: no cap), got {_got(v)}",
+            )
+        else:
+            resync_rate = float(v)
+    resync_adaptive = res.get("resync_adaptive", True)
+    if not isinstance(resync_adaptive, bool):
+        ctx.error(R + ("resync_adaptive",), f"expected true or false, got {_got(resync_adaptive)}")
+        resync_adaptive = True
 
     hb = _get_int(
         ctx, res, R + ("heartbeat_ms",), DEFAULT_HEARTBEAT_MS, "milliseconds as an integer"
@@ -365,6 +382,8 @@ def _build(ctx: _Ctx, doc: dict[str, Any], node: str | None) -> ResourceConfig:
         dcm_region_size=dcm,
         run_dir=run_dir,
         heartbeat_ms=hb,
+        resync_rate=resync_rate,
+        resync_adaptive=resync_adaptive,
         nodes=nodes,
         local=nodes[local_name],
         digest=compute_digest(name, res_uuid, srl_full, on_sync_loss, dcm, nodes),

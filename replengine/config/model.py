@@ -71,6 +71,10 @@ class ResourceConfig:
     digest: str
     #: True when ``uuid`` was not in the file and was derived from name + addresses.
     uuid_derived: bool = False
+    #: block copies (full sync, dcm resync): a cap in MiB/s (0: none), and whether they
+    #: yield to the application's writes (node.pacing)
+    resync_rate: float = 0.0
+    resync_adaptive: bool = True
 
     @property
     def curve(self) -> bool:

@@ -80,6 +80,7 @@ class DcmContext(RewindContext, Protocol):
 class PrimaryContext(LogAndVolume, Protocol):
     """The primary pipeline: its epoch, its peers, the writers to answer, dcm when full."""
 
+    copier: BlockCopier  # its pacer hears of every completed write
     me: str
     cfg: ResourceConfig
     transport: Transport

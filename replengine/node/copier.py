@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from replengine.node.pacing import Pacer
 from replengine.storage.chunksums import digest
 from replengine.wire.protocol import Block, BlockDone
 
@@ -56,6 +57,10 @@ class BlockCopier:
     send: Callable[[str, object], bool]
     volume_size: int
     jobs: dict[str, CopyJob] = field(default_factory=dict)
+    #: paces every chunk read (node.pacing); None: unpaced
+    pacer: Pacer | None = None
+    #: bytes of blocks sent to each peer since this daemon started, every copy counted
+    sent_total: dict[str, int] = field(default_factory=dict)
 
     def start(
         self,
@@ -112,12 +117,20 @@ class BlockCopier:
         self.jobs.pop(peer, None)
 
     def pump(self) -> None:
+        pacer = self.pacer
+        if pacer is not None:
+            if self.jobs:
+                pacer.start()
+            else:
+                pacer.stop()
         for job in list(self.jobs.values()):
             budget = READ_BUDGET
             sent_before, skipped_before = job.sent, job.skipped
             while job.ranges and job.sent - job.acked < WINDOW and budget > 0:
                 off, length = job.ranges[0]
                 n = min(CHUNK, length)
+                if pacer is not None and not pacer.take(n):
+                    break  # over the rate: the loop comes back within a tick
                 as_of = self.end()
                 data = self.read(off, n)
                 theirs = job.skip.get((off, n)) if job.skip else None
@@ -131,6 +144,7 @@ class BlockCopier:
                 else:
                     job.sent += n
                     job.unacked.append((job.sent, off, n))
+                    self.sent_total[job.peer] = self.sent_total.get(job.peer, 0) + n
                 job.as_of = max(job.as_of, as_of)
                 if n == length:
                     job.ranges.popleft()

@@ -28,6 +28,7 @@ from replengine.node.copier import BlockCopier
 from replengine.node.dcm import DcmReceiver, DcmTracker
 from replengine.node.device_io import DEVICE_CLIENT, DeviceIO
 from replengine.node.ops import Operations
+from replengine.node.pacing import Pacer
 from replengine.node.peers import Peer
 from replengine.node.primary import Primary
 from replengine.node.reads import consistent_read
@@ -101,6 +102,7 @@ class Node:
             end=lambda: self.watcher.durable_end,
             send=self.send,
             volume_size=self.volume.size,
+            pacer=Pacer.from_config(cfg.resync_rate, cfg.resync_adaptive),
         )
         self.rewind_marker = marker_path(cfg.local.srl, cfg.name, self.me)
         owed = load_marker(self.rewind_marker)

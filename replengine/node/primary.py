@@ -170,6 +170,8 @@ class Primary:
                 break
             self.pending.popleft()
             node.reply_ok(w.client, w.req_id, {"lsn": w.lsn})
+            if node.copier.pacer is not None:
+                node.copier.pacer.note_write(now - w.t0, now)
         for w in list(self.stalled):
             if node.cfg.on_sync_loss == "block" and now - w.t0 > node.cfg.sync_timeout:
                 self.stalled.remove(w)

@@ -49,6 +49,7 @@ def status(node: Node) -> dict:
             "end_lsn": p.hello.end_lsn if p.hello else None,
             "consistent": p.hello.consistent if p.hello else None,
             "resync": resync_progress(node, p.name),
+            "blocks_sent_bytes": node.copier.sent_total.get(p.name, 0),
         }
     return {
         # a secondary may know a newer epoch than its log's last record: report that one
@@ -78,6 +79,7 @@ def status(node: Node) -> dict:
         "security": node.transport.security,
         "peers": peers,
         "dcm": node.dcm.summary() if node.primary else None,
+        "resync_pacing": node.copier.pacer.summary() if node.copier.pacer else None,
         "last_promotion": node.ops.last_promotion,
         **device_status(node),
     }

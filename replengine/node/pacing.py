@@ -1,0 +1,138 @@
+"""Pacing block copies (full sync, dcm resync, rewinds served) against the application.
+
+A resync that runs at the disk's full speed doubles or triples the latency of the writes the
+application makes meanwhile; one that is throttled too hard leaves a node inconsistent for
+hours. Two knobs, as DRBD has (c-max-rate, and its c-plan-ahead controller):
+
+* ``resync_rate`` (MiB/s, 0 = none): a hard cap on the bytes of blocks sent, always obeyed;
+* ``resync_adaptive`` (default on): while the application writes, keep its write latency
+  p99 within ``TARGET_RATIO`` of its steady state (measured while no copy runs), by halving
+  the copy's rate when it is over, and raising it by a step when under (AIMD). Chunks the
+  receiver already holds are read under the same budget: reading competes for the disk too.
+  With no application writes, the copy runs at the cap (or unpaced).
+
+A copy never stops: ``MIN_RATE`` is always allowed, so a busy primary still ends its syncs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+MiB = 1 << 20
+#: a window of write latencies: how often the rate is reconsidered
+WINDOW_S = 0.25
+#: the write p99 the controller keeps, relative to the steady state
+TARGET_RATIO = 2.0
+MIN_RATE = 2 * MiB
+START_RATE = 32 * MiB
+STEP = 8 * MiB
+#: tokens saved up while idle: one loop turn's worth of chunks at most
+BURST = 4 * MiB
+#: windows with fewer writes than this say nothing about the application's latency
+MIN_SAMPLES = 8
+
+
+def p99(samples: list[float]) -> float:
+    s = sorted(samples)
+    return s[min(len(s) - 1, int(0.99 * len(s)))]
+
+
+@dataclass
+class Pacer:
+    """One per node: every copy it serves shares the budget."""
+
+    cap: float = 0.0  # bytes/s, 0: none
+    adaptive: bool = True
+    rate: float = START_RATE
+    tokens: float = BURST
+    #: the application's write p99 with no copy running (None until measured)
+    baseline: float | None = None
+    copying: bool = False
+    _last: float = field(default_factory=time.monotonic)
+    _last_write: float = 0.0
+    _window: list[float] = field(default_factory=list)
+    _window_t0: float = -1.0  # set by the first write
+    _steady: deque = field(default_factory=lambda: deque(maxlen=40))
+    #: the lowest p99 of a window seen during copies: the best guess at the steady state
+    #: when the copy started before any was measured
+    _floor: float | None = None
+
+    @classmethod
+    def from_config(cls, rate_mib: float, adaptive: bool) -> Pacer:
+        p = cls(cap=rate_mib * MiB, adaptive=adaptive)
+        p.rate = p.limit()
+        return p
+
+    def limit(self) -> float:
+        """The rate allowed now, in bytes/s (inf: unpaced)."""
+        if self.adaptive and self.copying and self._busy():
+            return min(self.rate, self.cap) if self.cap else self.rate
+        return self.cap or float("inf")
+
+    def note_write(self, latency_s: float, now: float | None = None) -> None:
+        """A write of the application completed after ``latency_s``."""
+        now = time.monotonic() if now is None else now
+        self._last_write = now
+        if self._window_t0 < 0:
+            self._window_t0 = now
+        self._window.append(latency_s)
+        if now - self._window_t0 >= WINDOW_S:
+            self._close_window(now)
+
+    def _busy(self) -> bool:
+        """The application wrote lately (else nothing is there to protect)."""
+        return time.monotonic() - self._last_write < 2 * WINDOW_S
+
+    def _close_window(self, now: float) -> None:
+        samples, self._window, self._window_t0 = self._window, [], now
+        if len(samples) < MIN_SAMPLES:
+            return
+        q = p99(samples)
+        if not self.copying:
+            self._steady.append(q)
+            self.baseline = sorted(self._steady)[len(self._steady) // 2]
+            return
+        self._floor = q if self._floor is None else min(self._floor, q)
+        ref = self.baseline if self.baseline is not None else self._floor
+        if q > TARGET_RATIO * ref:
+            self.rate = max(MIN_RATE, self.rate / 2)
+        else:
+            self.rate = min(self.rate + STEP, self.cap) if self.cap else self.rate + STEP
+
+    def start(self) -> None:
+        """A copy begins (or goes on): from now on windows judge its effect."""
+        if not self.copying:
+            self.copying = True
+            self._floor = None
+            self.rate = min(START_RATE, self.cap) if self.cap else START_RATE
+
+    def stop(self) -> None:
+        self.copying = False
+
+    def take(self, n: int, now: float | None = None) -> bool:
+        """Whether ``n`` bytes of copying may go now (and spend them)."""
+        now = time.monotonic() if now is None else now
+        rate = self.limit()
+        if rate == float("inf"):
+            self._last = now
+            return True
+        self.tokens = min(max(BURST, n), self.tokens + (now - self._last) * rate)
+        self._last = now
+        if self.tokens < n:
+            return False
+        self.tokens -= n
+        return True
+
+    def summary(self) -> dict:
+        lim = self.limit()
+        return {
+            "cap_bytes_per_s": int(self.cap) or None,
+            "adaptive": self.adaptive,
+            "rate_bytes_per_s": None if lim == float("inf") else int(lim),
+            "baseline_write_p99_ms": None if self.baseline is None else self.baseline * 1e3,
+        }
+
+
+__all__ = ["Pacer"]
