@@ -175,3 +175,31 @@ def test_a_full_sync_cut_by_kill_9_of_the_target_resumes(
     print(f"64 MiB full sync, target killed at {cut_at} bytes sent: {total} bytes sent in all")
     assert r.volume_size <= total <= 1.1 * r.volume_size, (cut_at, total)
     assert "with the digests of our" in r.log("beta")
+
+
+def test_a_full_sync_cut_by_kill_9_of_the_source_resumes(
+    resource: Callable[..., LocalResource],
+) -> None:
+    """The primary alpha dies (kill -9) half way through beta's full sync; restarted and
+    promoted again, it sends beta only what beta still lacks, not the volume again."""
+    r = resource(THREE_NODES, volume_size=64 * MiB, extra={"resync_rate": 16})
+    base = random.Random(8).randbytes(r.volume_size)
+    fill(r.volume_path("alpha"), base)
+    r.up()
+    r.promote("alpha")
+
+    def half() -> bool:
+        rs = r.status("alpha")["peers"]["beta"]["resync"]
+        return rs is not None and rs["bytes_done"] >= r.volume_size // 2
+
+    r.wait_for(half, 60, "beta's full sync half way")
+    r.kill("alpha")
+    assert not r.status("beta")["consistent"]  # half a volume: not promotable
+    r.up("alpha")
+    r.promote("alpha")
+    r.wait_synced(timeout=120)
+    sums = r.checksums()
+    assert len(set(sums.values())) == 1, sums
+    again = sent(r, "beta")  # since alpha restarted
+    print(f"64 MiB full sync, source killed half way: {again} bytes sent after its restart")
+    assert again <= 0.6 * r.volume_size, again

@@ -421,11 +421,13 @@ class Node:
     def follow(self, peer: Peer, h: Hello) -> None:
         end = self.watcher.durable_end
         d = divergence_point(self.srl.history, h.history, end)
-        if self.dcm_rx is not None and self.dcm_rx.source != peer.name:
-            # a dcm resync from another primary was cut short: this volume is a mix of its
-            # blocks and older data, so every block is owed to the primary followed now
+        if self.dcm_rx is not None and (self.dcm_rx.source != peer.name or not self.dcm_rx.done):
+            # a dcm resync was cut short (its source died or restarted, another primary took
+            # over, the link): this volume is a mix of its blocks and older data, so every
+            # block is owed to the primary followed now -- the digests of what we hold go with
+            # the request, so only what is still missing travels
             log.error(
-                "dcm resync from %s did not finish; copying every block from %s",
+                "dcm resync from %s did not finish; fetching what is still missing from %s",
                 self.dcm_rx.source,
                 peer.name,
             )
