@@ -234,6 +234,26 @@ def cmd_sync(args: argparse.Namespace) -> int:
         ctl.close()
 
 
+def cmd_adjust(args: argparse.Namespace) -> int:
+    """Apply the edited config file to this node's running daemon (drbdadm adjust)."""
+    path = Path(_cfg_path(args)).resolve()
+    configmod.load(path, node=args.node)  # a broken file is reported here, changing nothing
+    ctl = _ctl(args, timeout_s=30)
+    try:
+        doc, _ = ctl.call("adjust", config=str(path))
+    finally:
+        ctl.close()
+    parts = [
+        f"added {', '.join(doc['added'])}" if doc["added"] else "",
+        f"removed {', '.join(doc['removed'])}" if doc["removed"] else "",
+        f"re-addressed {', '.join(doc['readdressed'])}" if doc["readdressed"] else "",
+        ", ".join(f"{n} {m}" for n, m in doc["modes"].items()),
+    ]
+    said = "; ".join(p for p in parts if p) or "no node or mode change"
+    print(f"adjusted: {said}")
+    return 0
+
+
 def cmd_demote(args: argparse.Namespace) -> int:
     ctl = _ctl(args, timeout_s=args.timeout)
     ctl.call("demote", timeout_s=args.timeout)
@@ -314,6 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="wait until it is up to date")
     p.add_argument("--timeout", type=float, default=3600)
     p.set_defaults(fn=cmd_sync)
+    p = sub.add_parser(
+        "adjust",
+        parents=[common],
+        help="apply the edited config to the running daemon: add/remove nodes, change modes",
+    )
+    p.set_defaults(fn=cmd_adjust)
     p = sub.add_parser("verify", parents=[common], help="compare volume checksums of nodes")
     p.add_argument("nodes", nargs="*", help="nodes to compare (default: all running here)")
     p.set_defaults(fn=cmd_verify)

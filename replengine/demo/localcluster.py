@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,10 +76,33 @@ class LocalResource:
 
     def create(self) -> LocalResource:
         """Write the config, the sparse volume files and SRLs, and `replctl init` each node."""
-        ports = free_ports(len(self.nodes))
+        # an explicit uuid, as in production: nodes can be added and removed (replctl adjust)
+        # without the uuid, derived from the addresses otherwise, changing under the SRLs
+        self.uuid = str(uuidlib.uuid4())
+        self.ports = dict(zip(self.nodes, free_ports(len(self.nodes)), strict=True))
+        self.publics: dict[str, str] = {}
+        for name in self.nodes:
+            self._make_node(name)
+        self.write_config()
+        for name in self.nodes:
+            self.replctl(name, "init")
+        return self
+
+    def _make_node(self, name: str) -> None:
+        (self.workdir / name).mkdir(parents=True, exist_ok=True)
+        with open(self.volume_path(name), "wb") as f:
+            f.truncate(self.volume_size)
+        with open(self.srl_path(name), "wb") as f:
+            f.truncate(self.srl_size)
+        if self.keys:
+            self.publics[name] = generate(self.key_path(name), force=True)
+
+    def write_config(self) -> None:
+        """The config file every node reads, from ``nodes`` (edit it, then `adjust`)."""
         lines = [
             "[resource]",
             f'name = "{self.name}"',
+            f'uuid = "{self.uuid}"',
             f'srl_full = "{self.srl_full}"',
             f'on_sync_loss = "{self.on_sync_loss}"',
             f'run_dir = "{self.run_dir}"',
@@ -87,27 +111,35 @@ class LocalResource:
         ]
         for key, val in self.extra.items():
             lines.append(f"{key} = {json.dumps(val)}")
-        for (name, mode), port in zip(self.nodes.items(), ports, strict=True):
-            (self.workdir / name).mkdir(parents=True, exist_ok=True)
-            with open(self.volume_path(name), "wb") as f:
-                f.truncate(self.volume_size)
-            with open(self.srl_path(name), "wb") as f:
-                f.truncate(self.srl_size)
+        for name, mode in self.nodes.items():
             lines += [
                 "",
                 f"[nodes.{name}]",
-                f'address = "127.0.0.1:{port}"',
+                f'address = "127.0.0.1:{self.ports[name]}"',
                 f'volume = "{self.volume_path(name)}"',
                 f'srl = "{self.srl_path(name)}"',
                 f'mode = "{mode}"',
             ]
             if self.keys:
-                public = generate(self.key_path(name), force=True)
-                lines += [f'public_key = "{public}"', f'secret_key_file = "{self.key_path(name)}"']
-        self.config.write_text("\n".join(lines) + "\n")
-        for name in self.nodes:
-            self.replctl(name, "init")
-        return self
+                lines += [
+                    f'public_key = "{self.publics[name]}"',
+                    f'secret_key_file = "{self.key_path(name)}"',
+                ]
+        tmp = self.config.with_suffix(".tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        tmp.replace(self.config)
+
+    def add_node(self, name: str, mode: str) -> None:
+        """A new node in the config (its blank disks made and its SRL initialised); the
+        running daemons learn of it from `replctl adjust`."""
+        self.ports[name] = free_ports(1)[0]
+        self._make_node(name)
+        self.nodes[name] = mode
+        self.write_config()
+        self.replctl(name, "init")
+
+    def adjust(self, *nodes: str) -> str:
+        return "".join(self.replctl(n, "adjust").stdout for n in nodes or tuple(self.nodes))
 
     # ---- replctl --------------------------------------------------------------------------
 

@@ -111,6 +111,8 @@ class Node:
         self.dcm = DcmTracker(self)
         self.dcm_rx: DcmReceiver | None = None
         self.summer = ChunkSummer(self)
+        #: the config digest before the last `replctl adjust` (node.adjust)
+        self.prev_digest = ""
         #: chunk digests a peer sent ahead of its request for blocks (node.rewind)
         self.offered_sums: dict[str, Sums] = {}
         self.ops = Operations(self)
@@ -189,6 +191,7 @@ class Node:
             consistent=self.consistent,
             # records must not flow before a rewind's blocks are in
             following=self.following if self.rewinder is None or self.rewinder.streaming else "",
+            prev_digest=self.prev_digest,
         )
 
     def beacon(self) -> None:

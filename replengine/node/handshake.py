@@ -23,7 +23,7 @@ log = logging.getLogger("replengined")
 
 
 def on_hello(node: Node, peer: Peer, epoch: int, h: Hello) -> None:
-    if h.digest != node.cfg.digest:
+    if not configs_agree(node, h):
         reason = (
             f"config digest mismatch: {peer.name} has {h.digest[:12]}, {node.me} has "
             f"{node.cfg.digest[:12]} (node list or settings of {node.cfg.name} differ)"
@@ -57,6 +57,13 @@ def on_hello(node: Node, peer: Peer, epoch: int, h: Hello) -> None:
         primary_hello(node, peer, h, restarted or not was_alive)
     else:
         secondary_hello(node, peer, epoch, h)
+
+
+def configs_agree(node: Node, h: Hello) -> bool:
+    """The same config file, or one step of a rollout apart (`replctl adjust` ran on one of
+    the two and not yet on the other: one's previous digest is the other's)."""
+    ours = {node.cfg.digest, node.prev_digest} - {""}
+    return bool(ours & ({h.digest, h.prev_digest} - {""}))
 
 
 def reject(node: Node, peer: Peer, reason: str) -> None:

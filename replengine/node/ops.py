@@ -13,7 +13,10 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from replengine import config as configmod
+from replengine.errors import ReplError
 from replengine.failover.promotion import Promotion, PromotionRefused
+from replengine.node import adjust
 from replengine.node.client_io import ClientIO, Request
 from replengine.node.promote import NodePromotionContext
 from replengine.node.pulls import PullServer
@@ -191,6 +194,18 @@ class Operations(ClientIO):
                 "copying now" if started else "copied when it connects",
             )
             node.reply_ok(req.client, req.req_id, {"peer": name, "bytes": owed, "started": started})
+
+    def op_adjust(self, req: Request, doc: dict, data: Any) -> None:
+        """`replctl adjust`: re-read the config file and apply what changed (node.adjust)."""
+        node = self.node
+        path = str(doc.get("config") or node.cfg.path)
+        try:
+            new = configmod.load(path, node=node.me)
+            summary = adjust.apply(node, new)
+        except ReplError as exc:
+            node.reply_error(req.client, req.req_id, str(exc))
+            return
+        node.reply_ok(req.client, req.req_id, summary)
 
     # ---- promote: probe peers, pull what we lack, raise the epoch ----------------------------
 

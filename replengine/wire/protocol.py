@@ -121,6 +121,9 @@ class Hello:
     primary: str = ""
     consistent: bool = True
     following: str = ""
+    #: the digest of the config this node ran before its last `replctl adjust` ("" if none):
+    #: during a rollout, nodes on the old and the new file still accept each other
+    prev_digest: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +207,7 @@ _HELLO_SCHEMA: dict[str, type | tuple[type, ...]] = {
     "primary": str,
     "consistent": bool,
     "following": str,
+    "prev_digest": str,
 }
 _JSON_SCHEMAS: dict[MsgType, dict[str, type | tuple[type, ...]]] = {
     MsgType.HELLO: _HELLO_SCHEMA,

@@ -149,27 +149,13 @@ class Transport:
             )
             self._router_watch.start()
         self.router.bind(tcp_endpoint(address))
+        self.heartbeat_ms = heartbeat_ms
         self.dealers: dict[str, zmq.Socket] = {}
         self.monitors: dict[zmq.Socket, str] = {}
+        self._dealer_names: dict[zmq.Socket, str] = {}
+        self.poller = zmq.Poller()
         for name, addr in peers.items():
-            sock = self.ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.IMMEDIATE, 1)
-            sock.setsockopt(zmq.SNDHWM, 100_000)
-            sock.setsockopt(zmq.LINGER, 0)
-            # retry every 100 ms without backoff: a promotion probes its peers for only 1.5
-            # heartbeats, and a backed-off reconnect to a restarted peer could outlast that
-            sock.setsockopt(zmq.RECONNECT_IVL, 100)
-            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 0)
-            sock.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ms)
-            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, heartbeat_ms * 3)
-            if curve:
-                sock.curve_serverkey = curve.peers[name]
-                sock.curve_publickey = curve.public
-                sock.curve_secretkey = curve.secret
-            mon = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | _HANDSHAKE_FAILED)
-            self.monitors[mon] = name
-            sock.connect(tcp_endpoint(addr))
-            self.dealers[name] = sock
+            self.add_peer(name, addr)
         self.control = self.ctx.socket(zmq.ROUTER)
         self.control.setsockopt(zmq.LINGER, 0)
         if os.path.exists(control_path):
@@ -182,20 +168,64 @@ class Transport:
         os.chmod(control_path, 0o600)
         self.control_path = control_path
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.poller = zmq.Poller()
         self.poller.register(self.router, zmq.POLLIN)
         self.poller.register(self.control, zmq.POLLIN)
         self.poller.register(self._wake_r, zmq.POLLIN)
-        for mon in self.monitors:
-            self.poller.register(mon, zmq.POLLIN)
         if self.zap is not None:
             self.poller.register(self.zap, zmq.POLLIN)
-        self._dealer_names = {sock: name for name, sock in self.dealers.items()}
-        for sock in self.dealers.values():
-            self.poller.register(sock, zmq.POLLIN)
         self.disconnected: list[str] = []
         #: node name -> routing id of its newest connection to our ROUTER
         self._routes: dict[bytes, bytes] = {}
+
+    def add_peer(self, name: str, addr: str, key: bytes | None = None) -> None:
+        """Connect to a peer (at start, or a node added by `replctl adjust`); with CURVE,
+        ``key`` is its public key (Z85) when it is not in the keys loaded at start."""
+        curve = self.curve
+        if curve is not None and key is not None:
+            curve.peers[name] = key
+            curve.names[key] = name
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.SNDHWM, 100_000)
+        sock.setsockopt(zmq.LINGER, 0)
+        # retry every 100 ms without backoff: a promotion probes its peers for only 1.5
+        # heartbeats, and a backed-off reconnect to a restarted peer could outlast that
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 0)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, self.heartbeat_ms)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, self.heartbeat_ms * 3)
+        if curve is not None:
+            sock.curve_serverkey = curve.peers[name]
+            sock.curve_publickey = curve.public
+            sock.curve_secretkey = curve.secret
+        mon = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | _HANDSHAKE_FAILED)
+        self.monitors[mon] = name
+        sock.connect(tcp_endpoint(addr))
+        self.dealers[name] = sock
+        self._dealer_names[sock] = name
+        self.poller.register(mon, zmq.POLLIN)
+        self.poller.register(sock, zmq.POLLIN)
+
+    def remove_peer(self, name: str) -> None:
+        """Disconnect from a peer removed by `replctl adjust`; with CURVE its key no longer
+        gets in."""
+        sock = self.dealers.pop(name, None)
+        if sock is None:
+            return
+        del self._dealer_names[sock]
+        for mon, n in list(self.monitors.items()):
+            if n == name:
+                del self.monitors[mon]
+                self.poller.unregister(mon)
+                sock.disable_monitor()
+                mon.close(0)
+        self.poller.unregister(sock)
+        sock.close(0)
+        self._routes.pop(name.encode(), None)
+        if self.curve is not None:
+            key = self.curve.peers.pop(name, None)
+            if key is not None:
+                self.curve.names.pop(key, None)
 
     def wake(self) -> None:
         """Called from any thread: make the loop's poll return."""
