@@ -39,6 +39,10 @@ def promote(r: LocalResource, node: str) -> str:
     out = r.promote(node)
     dev = r.status(node)["device"]
     assert dev and f"device {dev}" in out, out
+    if r.status(node)["epoch"] == 1:
+        # the first promotion syncs every other node from this one; until that ends they
+        # are not synchronous replicas (a checksum pass over these blank volumes)
+        r.wait_synced()
     return dev
 
 

@@ -46,18 +46,22 @@ def test_adaptive_halves_when_writes_suffer_and_recovers_when_not(monkeypatch) -
     for _ in range(4):  # steady state without a copy: p99 1 ms
         t = feed(p, t, 0.001)
     assert p.baseline == pytest.approx(0.001)
-    p.start()
-    clock[0] = t
+
+    def copying_at(when: float) -> None:  # the copier calls start() every turn it copies
+        clock[0] = when
+        p.start()
+
+    copying_at(t)
     assert p.limit() == START_RATE
     t = feed(p, t, 0.005)  # 5x the steady p99: halve
-    clock[0] = t
+    copying_at(t)
     assert p.limit() == START_RATE / 2
     for _ in range(10):
         t = feed(p, t, 0.005)
-    clock[0] = t
+        copying_at(t)
     assert p.limit() == MIN_RATE  # never below: the copy always ends
     t = feed(p, t, 0.0015)  # within 2x: one step up
-    clock[0] = t
+    copying_at(t)
     assert p.limit() == MIN_RATE + STEP
-    clock[0] = t + 10  # the application went quiet: no need to hold back
+    copying_at(t + 10)  # the application went quiet: no need to hold back
     assert p.limit() == float("inf")

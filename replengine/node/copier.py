@@ -118,11 +118,8 @@ class BlockCopier:
 
     def pump(self) -> None:
         pacer = self.pacer
-        if pacer is not None:
-            if self.jobs:
-                pacer.start()
-            else:
-                pacer.stop()
+        if pacer is not None and self.jobs:
+            pacer.start()
         for job in list(self.jobs.values()):
             budget = READ_BUDGET
             sent_before, skipped_before = job.sent, job.skipped

@@ -1,10 +1,11 @@
-"""Pacing block copies (full sync, dcm resync, rewinds served) against the application.
+"""Pacing block copies (full sync, dcm resync, rewinds served) and log-diff catch-up (records
+read back from the log for a peer that is behind) against the application.
 
 A resync that runs at the disk's full speed doubles or triples the latency of the writes the
 application makes meanwhile; one that is throttled too hard leaves a node inconsistent for
 hours. Two knobs, as DRBD has (c-max-rate, and its c-plan-ahead controller):
 
-* ``resync_rate`` (MiB/s, 0 = none): a hard cap on the bytes of blocks sent, always obeyed;
+* ``resync_rate`` (MiB/s, 0 = none): a hard cap on the bytes a copy reads, always obeyed;
 * ``resync_adaptive`` (default on): while the application writes, keep its write latency
   p99 within ``TARGET_RATIO`` of its steady state (measured while no copy runs), by halving
   the copy's rate when it is over, and raising it by a step when under (AIMD). Chunks the
@@ -49,7 +50,8 @@ class Pacer:
     tokens: float = BURST
     #: the application's write p99 with no copy running (None until measured)
     baseline: float | None = None
-    copying: bool = False
+    #: a copy (or a catch-up read from the log) ran within the last second
+    _copying_until: float = 0.0
     _last: float = field(default_factory=time.monotonic)
     _last_write: float = 0.0
     _window: list[float] = field(default_factory=list)
@@ -101,28 +103,42 @@ class Pacer:
         else:
             self.rate = min(self.rate + STEP, self.cap) if self.cap else self.rate + STEP
 
+    @property
+    def copying(self) -> bool:
+        return time.monotonic() < self._copying_until
+
     def start(self) -> None:
-        """A copy begins (or goes on): from now on windows judge its effect."""
+        """A copy or a catch-up runs (called each turn it does): windows judge its effect."""
         if not self.copying:
-            self.copying = True
             self._floor = None
             self.rate = min(START_RATE, self.cap) if self.cap else START_RATE
+        self._copying_until = time.monotonic() + 1.0
 
     def stop(self) -> None:
-        self.copying = False
+        """Nothing to copy any more."""
+        self._copying_until = 0.0
 
-    def take(self, n: int, now: float | None = None) -> bool:
-        """Whether ``n`` bytes of copying may go now (and spend them)."""
+    def ready(self, now: float | None = None) -> bool:
+        """Whether more may be read now (the budget is not overdrawn)."""
         now = time.monotonic() if now is None else now
         rate = self.limit()
         if rate == float("inf"):
-            self._last = now
-            return True
-        self.tokens = min(max(BURST, n), self.tokens + (now - self._last) * rate)
+            self.tokens = max(self.tokens, 0.0)
+        else:
+            self.tokens = min(BURST, self.tokens + (now - self._last) * rate)
         self._last = now
-        if self.tokens < n:
+        return self.tokens > 0
+
+    def spend(self, n: int) -> None:
+        """``n`` bytes were read (the budget may go below zero: the next reads wait)."""
+        if self.limit() != float("inf"):
+            self.tokens -= n
+
+    def take(self, n: int, now: float | None = None) -> bool:
+        """Whether ``n`` bytes may be read now (and spend them)."""
+        if not self.ready(now):
             return False
-        self.tokens -= n
+        self.spend(n)
         return True
 
     def summary(self) -> dict:

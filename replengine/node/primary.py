@@ -277,8 +277,17 @@ class Primary:
                     node.dcm.enter_full(p, self)
                     node.dcm.start_resync(p)
                     return
+                # catch-up from the log (the peer is behind what we keep in memory): paced
+                # like a block copy, so a laggard's catch-up cannot swamp the writers
+                pacer = node.copier.pacer
+                if pacer is not None:
+                    pacer.start()
+                    if not pacer.ready():
+                        break
                 rec = node.srl.get(lsn)
                 budget -= len(rec.data)
+                if pacer is not None:
+                    pacer.spend(len(rec.data))
             frames = encode(
                 node.cfg.uuid,
                 node.epoch,
