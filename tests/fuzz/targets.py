@@ -15,8 +15,10 @@ random bytes alone would rarely get past a magic number.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import struct
 import tempfile
 import uuid as uuidlib
@@ -277,6 +279,7 @@ _SRL_DIR = Path(
         prefix="replengine-fuzz-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
     )
 )
+atexit.register(shutil.rmtree, _SRL_DIR, ignore_errors=True)
 _TEMPLATE: bytes | None = None
 SRL_SIZE = fmt.AREA_OFFSET + fmt.MIN_AREA_SIZE
 
