@@ -289,6 +289,7 @@ def run_schedules(tmp_path, seed: int, rounds: int) -> dict:
     try:
         r.up()
         r.promote("n1")
+        r.wait_synced()  # the first promotion's full syncs ended: every node is a replica
         sched = Schedule(r, seed)
         t0 = time.monotonic()
         for _ in range(rounds):

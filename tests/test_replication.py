@@ -152,6 +152,7 @@ def test_clean_switchover_demote_then_promote_elsewhere(resource):
     r = resource(THREE_NODES)
     r.up()
     r.promote("alpha")
+    r.wait_synced()  # the first promotion's full syncs ended: beta can take over
     ledger = Ledger()
     rng = random.Random(5)
     vol = r.connect("alpha")

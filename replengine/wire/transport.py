@@ -266,6 +266,10 @@ class Transport:
                 return
             if event["event"] == zmq.EVENT_DISCONNECTED:
                 self.disconnected.append(name)
+            elif event["event"] & _HANDSHAKE_FAILED and self.curve is None:
+                # no keys: a handshake times out when the peer is stopped (SIGSTOP, a VM
+                # pause) or is not a replengine node; nothing to do with keys
+                log.info("handshake with peer %s did not complete: %s", name, event["value"])
             elif event["event"] & _HANDSHAKE_FAILED:
                 refusals(
                     f"dealer:{name}",
