@@ -25,7 +25,7 @@ from replengine.node.rewind import ACK_EVERY, write_marker
 from replengine.node.states import IN_DCM, PeerState
 from replengine.storage.chunksums import DIGEST_SIZE, chunks
 from replengine.storage.dirtymap import DirtyMap
-from replengine.wire.protocol import Block, BlockAck, BlockDone, SumReq, Sums
+from replengine.wire.protocol import MAX_DATA, Block, BlockAck, BlockDone, SumReq, Sums
 
 if TYPE_CHECKING:
     from replengine.node.context import DcmContext
@@ -308,6 +308,8 @@ class DcmTracker:
             not tag  # a rewind's copy: the rewinder owns that volume and asks for its blocks
             and dmap.dirty_bytes >= CHECKSUM_SHARE * size
             and len(job.ranges) <= CHECKSUM_MAX_RANGES
+            # one SUMS message carries them: 16 bytes per 1 MiB chunk, 1 TiB per MAX_DATA
+            and dmap.dirty_bytes // CHUNK * DIGEST_SIZE < MAX_DATA - (1 << 20)
             and node.send(peer.name, SumReq(job.tag, list(job.ranges), CHUNK))
         ):
             job.sums_asked = time.monotonic()

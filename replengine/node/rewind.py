@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 from replengine.node.copier import CHUNK
 from replengine.storage.chunksums import DIGEST_SIZE, chunks, digest
-from replengine.wire.protocol import Block, BlockAck, BlockDone, BlockReq, Sums
+from replengine.wire.protocol import MAX_DATA, Block, BlockAck, BlockDone, BlockReq, Sums
 
 if TYPE_CHECKING:
     from replengine.node.context import RewindContext
@@ -52,6 +52,10 @@ RETRY_BEATS = 4
 #: a request owing at least this share of the volume is sent with the digests of our
 #: chunks: the source skips what we already hold (a full copy that was cut short resumes)
 DIGEST_SHARE = 0.5
+
+
+#: the digests travel in one SUMS message (16 bytes per 1 MiB chunk): up to ~1 TiB
+MAX_SUMS = MAX_DATA - (1 << 20)
 
 
 class Phase(Enum):
@@ -270,7 +274,8 @@ class Rewinder:
             self._blocks_done(self.node.watcher.durable_end)
             return
         node = self.node
-        if sum(n for _, n in self.missing) >= DIGEST_SHARE * node.volume.size:
+        owed = sum(n for _, n in self.missing)
+        if DIGEST_SHARE * node.volume.size <= owed and owed // CHUNK * DIGEST_SIZE < MAX_SUMS:
             # most of the volume is owed (a full copy cut short, records cleared long ago):
             # what we already hold costs a digest, not a copy
             self.phase = Phase.SUMS
