@@ -65,3 +65,21 @@ def test_adaptive_halves_when_writes_suffer_and_recovers_when_not(monkeypatch) -
     assert p.limit() == MIN_RATE + STEP
     copying_at(t + 10)  # the application went quiet: no need to hold back
     assert p.limit() == float("inf")
+
+
+def test_an_overdrawn_budget_does_not_stall_once_unpaced(monkeypatch) -> None:
+    """Paced, the budget goes below zero; when pacing stops (the application went quiet, no
+    cap) reads go on at once -- a copy must never wait for tokens that no rate refills."""
+    clock = [0.0]
+    monkeypatch.setattr("replengine.node.pacing.time.monotonic", lambda: clock[0])
+    p = Pacer.from_config(0, adaptive=True)
+    p.start()
+    for i in range(20):
+        p.note_write(0.001, i * 0.01)  # the application writes: the copy is paced
+    assert p.limit() != float("inf")
+    while p.take(MiB, clock[0]):
+        pass
+    assert p.tokens <= 0
+    clock[0] += 10
+    p.start()  # still copying, but nobody writes any more
+    assert p.limit() == float("inf") and p.take(MiB, clock[0]) and p.take(MiB, clock[0])

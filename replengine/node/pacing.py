@@ -122,11 +122,11 @@ class Pacer:
         """Whether more may be read now (the budget is not overdrawn)."""
         now = time.monotonic() if now is None else now
         rate = self.limit()
+        self._last, last = now, self._last
         if rate == float("inf"):
-            self.tokens = max(self.tokens, 0.0)
-        else:
-            self.tokens = min(BURST, self.tokens + (now - self._last) * rate)
-        self._last = now
+            self.tokens = BURST  # unpaced: and a full budget when pacing resumes
+            return True
+        self.tokens = min(BURST, self.tokens + (now - last) * rate)
         return self.tokens > 0
 
     def spend(self, n: int) -> None:
