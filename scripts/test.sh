@@ -13,4 +13,10 @@ bash scripts/install-packaging-deps.sh  # tests/packaging: dpkg-buildpackage, rp
 .venv/bin/ruff check replengine tests bench
 .venv/bin/ruff format --check replengine tests bench
 .venv/bin/lint-imports
-exec .venv/bin/python -m pytest -q "$@"
+if [ $# -gt 0 ]; then
+    exec .venv/bin/python -m pytest -q "$@"
+fi
+# The packages are installed and purged for real: run them on their own, before the cluster
+# tests (whose session-long cluster keeps its copy of the agent where the package puts it)
+.venv/bin/python -m pytest -q tests/packaging
+exec .venv/bin/python -m pytest -q --ignore=tests/packaging

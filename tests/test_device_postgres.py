@@ -390,6 +390,7 @@ def test_postgres_keeps_every_committed_row_through_sigkill_of_the_primary(
 
         # ---- alpha: ext4, a new cluster, the ledger, the writer ----------------------------
         r.promote("alpha")
+        r.wait_synced()  # the first promotion's full syncs: until they end, no sync replica
         st_a = r.status("alpha")
         dev_a, kernel_a = st_a["device"], st_a["device_kernel"]
         assert dev_a and os.path.realpath(dev_a) == kernel_a, st_a
