@@ -9,12 +9,15 @@ and the receiver checks that it got every byte (it asks again for what it lacks)
 from __future__ import annotations
 
 import logging
+import queue
+import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from replengine.node.pacing import Pacer
-from replengine.storage.chunksums import digest
+from replengine.storage.chunksums import chunks, digest
 from replengine.wire.protocol import Block, BlockDone
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,57 @@ class CopyJob:
     on_chunk: Callable[[int, int], None] | None = None
     #: chunks sent and not yet acknowledged: (bytes sent once it is in, offset, length)
     unacked: deque = field(default_factory=deque)
+    #: a checksummed copy reads and hashes its chunks in this thread, off the loop
+    scan: Scan | None = None
+    #: the scan's next chunk, waiting for window or transport: (offset, length, data, as_of)
+    pending: tuple | None = None
+
+
+class Scan(threading.Thread):
+    """Reads each chunk of a checksummed copy as of every completed write, hashes it, and
+    queues it -- without its data when it equals the receiver's -- for the loop to send.
+
+    Hashing a volume costs seconds of CPU: done in the loop's thread it would stall
+    replication and the application's writes for as long; here it runs beside them, paced
+    like any copy, and the bounded queue keeps at most a window's worth of chunks read ahead.
+    """
+
+    def __init__(self, copier: BlockCopier, job: CopyJob) -> None:
+        super().__init__(name=f"copy-scan-{job.peer}", daemon=True)
+        self.copier, self.job = copier, job
+        self.ranges = list(job.ranges)
+        self.skip = dict(job.skip or {})
+        self.queue: queue.Queue = queue.Queue(maxsize=max(1, WINDOW // CHUNK))
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        copier = self.copier
+        pacer = copier.pacer
+        try:
+            for off, n in chunks(self.ranges, CHUNK):
+                while pacer is not None and not pacer.take(n) and not self.stopped.is_set():
+                    time.sleep(0.01)
+                as_of = copier.end()
+                data = copier.read(off, n)
+                theirs = self.skip.get((off, n))
+                item = (off, n, None if theirs == digest(data) else data, as_of)
+                if not self._put(item):
+                    return
+            self._put(None)
+        except Exception as exc:  # e.g. the volume failed to read: the job stops, logged
+            log.error("copy to %s: reading the volume failed: %s", self.job.peer, exc)
+            self._put(("error", str(exc)))
+
+    def _put(self, item: object) -> bool:
+        while not self.stopped.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+            except queue.Full:
+                continue
+            if self.copier.wake is not None:
+                self.copier.wake()
+            return True
+        return False
 
 
 @dataclass
@@ -61,6 +115,8 @@ class BlockCopier:
     pacer: Pacer | None = None
     #: bytes of blocks sent to each peer since this daemon started, every copy counted
     sent_total: dict[str, int] = field(default_factory=dict)
+    #: called from a scan thread when it has queued a chunk (the loop's transport.wake)
+    wake: Callable[[], None] | None = None
 
     def start(
         self,
@@ -82,7 +138,8 @@ class BlockCopier:
                 self.volume_size,
             )
             return False
-        self.jobs[peer] = CopyJob(
+        self.cancel(peer)
+        job = self.jobs[peer] = CopyJob(
             peer,
             tag,
             deque(ranges),
@@ -91,6 +148,9 @@ class BlockCopier:
             skip=skip,
             on_chunk=on_chunk,
         )
+        if skip is not None:
+            job.scan = Scan(self, job)
+            job.scan.start()
         log.info(
             "copying %d block ranges (%d bytes) to %s",
             len(ranges),
@@ -114,7 +174,9 @@ class BlockCopier:
                 job.on_chunk(off, n)
 
     def cancel(self, peer: str) -> None:
-        self.jobs.pop(peer, None)
+        job = self.jobs.pop(peer, None)
+        if job is not None and job.scan is not None:
+            job.scan.stopped.set()
 
     def pump(self) -> None:
         pacer = self.pacer
@@ -123,7 +185,9 @@ class BlockCopier:
         for job in list(self.jobs.values()):
             budget = READ_BUDGET
             sent_before, skipped_before = job.sent, job.skipped
-            while job.ranges and job.sent - job.acked < WINDOW and budget > 0:
+            if job.scan is not None:
+                self._pump_scan(job)
+            while job.scan is None and job.ranges and job.sent - job.acked < WINDOW and budget > 0:
                 off, length = job.ranges[0]
                 n = min(CHUNK, length)
                 if pacer is not None and not pacer.take(n):
@@ -165,6 +229,40 @@ class BlockCopier:
                         job.on_done(job)
             if job.done and not job.unacked:
                 del self.jobs[job.peer]  # kept till then: the last acks are progress too
+
+    def _pump_scan(self, job: CopyJob) -> None:
+        """Send what the scan thread has read, within the window; chunks equal to the
+        receiver's are only counted."""
+        scan = job.scan
+        assert scan is not None
+        while job.ranges and job.sent - job.acked < WINDOW:
+            if job.pending is None:
+                try:
+                    job.pending = scan.queue.get_nowait()
+                except queue.Empty:
+                    return
+            item = job.pending
+            if item is None:  # every chunk read
+                job.pending = None
+                job.ranges.clear()
+                return
+            if item[0] == "error":
+                job.pending = None
+                self.cancel(job.peer)
+                return
+            off, n, data, as_of = item
+            if data is not None:
+                if not self.send(job.peer, Block(off, data)):
+                    return  # the transport is full or the peer gone: retry next turn
+                job.sent += n
+                job.unacked.append((job.sent, off, n))
+                self.sent_total[job.peer] = self.sent_total.get(job.peer, 0) + n
+            else:
+                job.skipped += n  # the receiver holds these very bytes
+                if job.on_chunk is not None:
+                    job.on_chunk(off, n)
+            job.as_of = max(job.as_of, as_of)
+            job.pending = None
 
 
 __all__ = ["BlockCopier", "CopyJob"]

@@ -103,6 +103,7 @@ class Node:
             send=self.send,
             volume_size=self.volume.size,
             pacer=Pacer.from_config(cfg.resync_rate, cfg.resync_adaptive),
+            wake=self.transport.wake,
         )
         self.rewind_marker = marker_path(cfg.local.srl, cfg.name, self.me)
         owed = load_marker(self.rewind_marker)
