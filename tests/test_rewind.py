@@ -50,6 +50,9 @@ class FakeVolume:
     def read(self, off, n):
         return bytes(self.data[off : off + n])
 
+    def is_hole(self, off, n):
+        return False
+
     def flush(self):
         self.flushed += 1
 

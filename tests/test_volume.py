@@ -359,3 +359,16 @@ def test_loop_device_volume(tmp_path: Path) -> None:
                 Volume(dev, exclusive=True)
     finally:
         subprocess.run(["losetup", "-d", dev], check=False, timeout=30)
+
+
+def test_is_hole_only_where_nothing_is_stored(tmp_path: Path) -> None:
+    """A blank sparse volume's checksum pass reads nothing: is_hole says where no data is
+    stored, and never says so of written bytes (a wrong 'hole' would skip a differing chunk)."""
+    mib = 1 << 20
+    p = make_file(tmp_path / "v.img", 8 * mib, {3 * mib: b"x" * 4096})
+    if not supports_seek_data(p):
+        pytest.skip("this file system has no SEEK_DATA")
+    with Volume(p) as v:
+        assert v.is_hole(0, mib) and v.is_hole(6 * mib, 2 * mib)
+        assert not v.is_hole(3 * mib, mib) and not v.is_hole(2 * mib, 2 * mib)
+        assert v.read(0, mib) == bytes(mib)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from replengine.node.pacing import Pacer
-from replengine.storage.chunksums import chunks, digest
+from replengine.storage.chunksums import chunks, digest, is_zero, zero_digest
 from replengine.wire.protocol import Block, BlockDone
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,11 @@ class Scan(threading.Thread):
                 as_of = copier.end()
                 data = copier.read(off, n)
                 theirs = self.skip.get((off, n))
-                item = (off, n, None if theirs == digest(data) else data, as_of)
+                if theirs is not None and theirs == zero_digest(n):
+                    same = is_zero(data)  # a blank chunk there: a memcmp, not a hash, here
+                else:
+                    same = theirs is not None and theirs == digest(data)
+                item = (off, n, None if same else data, as_of)
                 if not self._put(item):
                     return
             self._put(None)

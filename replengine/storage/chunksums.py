@@ -27,6 +27,19 @@ def chunks(ranges: Iterable[tuple[int, int]], chunk: int) -> Iterator[tuple[int,
 _ZEROS: dict[int, tuple[bytes, bytes]] = {}
 
 
+def zero_digest(n: int) -> bytes:
+    """The digest of ``n`` zero bytes."""
+    zero = _ZEROS.get(n)
+    if zero is None:
+        z = bytes(n)
+        zero = _ZEROS[n] = (z, hashlib.blake2b(z, digest_size=DIGEST_SIZE).digest())
+    return zero[1]
+
+
+def is_zero(data: bytes | memoryview) -> bool:
+    return (data if isinstance(data, bytes) else bytes(data)) == bytes(len(data))
+
+
 def digest(data: bytes | memoryview) -> bytes:
     n = len(data)
     zero = _ZEROS.get(n)
@@ -39,4 +52,4 @@ def digest(data: bytes | memoryview) -> bytes:
     return hashlib.blake2b(data, digest_size=DIGEST_SIZE).digest()
 
 
-__all__ = ["DIGEST_SIZE", "chunks", "digest"]
+__all__ = ["DIGEST_SIZE", "chunks", "digest", "is_zero", "zero_digest"]

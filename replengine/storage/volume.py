@@ -255,6 +255,19 @@ class Volume:
                 f"{what} failed on volume {self.path} at byte {offset + pos}: {e.strerror or e}"
             ) from None
 
+    def is_hole(self, offset: int, length: int) -> bool:
+        """Whether ``[offset, offset+length)`` of a file volume is a hole (reads as zeros,
+        stored nowhere): a blank sparse volume's checksum pass then reads nothing. False
+        when unsure (a block device, a file system without SEEK_DATA)."""
+        if self.is_block_device:
+            return False
+        try:
+            data = os.lseek(self._live_fd(), offset, os.SEEK_DATA)
+        except OSError as e:
+            # ENXIO: no data at or after offset (the rest of the file is a hole)
+            return e.errno == errno.ENXIO
+        return data >= offset + length
+
     def read(self, offset: int, length: int) -> bytes:
         """``length`` bytes at ``offset``; VolumeError if the range leaves the volume."""
         if offset < 0 or length < 0 or offset + length > self.size:
