@@ -64,6 +64,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("replengined")
 
 TICK_S = 0.05
+#: longest a turn of the loop spends reading peers' messages
+DRAIN_BUDGET_S = 0.05
 
 
 class Node:
@@ -327,7 +329,13 @@ class Node:
     # ---- peer messages --------------------------------------------------------------------
 
     def drain_peers(self) -> None:
+        # bounded in time too: a fast block copy keeps the socket busy for as long as it
+        # lasts, and the control socket (status, the agent's monitor), the group commit and
+        # the ticks must still get their turn
+        deadline = time.monotonic() + DRAIN_BUDGET_S
         for _ in range(2000):
+            if time.monotonic() > deadline:
+                return
             inc = self.transport.recv_peer()
             if inc is None:
                 return
