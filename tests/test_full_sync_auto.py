@@ -147,15 +147,13 @@ def test_a_reinitialised_srl_over_a_volume_one_percent_off_ships_one_percent(
     assert sent(r, "beta") - before == MiB, sent(r, "beta") - before  # 1 % of the volume
 
 
-def test_a_full_sync_cut_by_kill_9_of_the_target_resumes(
-    resource: Callable[..., LocalResource],
-) -> None:
-    """A 64 MiB full sync (capped at 16 MiB/s so it can be caught half way) loses its target
-    to kill -9 at about 50 %: restarted, it offers the digests of what it already holds and
-    the primary sends the rest -- in all at most 1.1x the bytes that differed."""
+def half_way_through_a_full_sync(
+    resource: Callable[..., LocalResource], seed: int
+) -> LocalResource:
+    """alpha's 64 MiB of random data being synced to blank beta and gamma (capped at
+    16 MiB/s so that it can be caught), returned once beta's sync is half done."""
     r = resource(THREE_NODES, volume_size=64 * MiB, extra={"resync_rate": 16})
-    base = random.Random(7).randbytes(r.volume_size)
-    fill(r.volume_path("alpha"), base)
+    fill(r.volume_path("alpha"), random.Random(seed).randbytes(r.volume_size))
     r.up()
     r.promote("alpha")
 
@@ -164,6 +162,16 @@ def test_a_full_sync_cut_by_kill_9_of_the_target_resumes(
         return rs is not None and rs["bytes_done"] >= r.volume_size // 2
 
     r.wait_for(half, 60, "beta's full sync half way")
+    return r
+
+
+def test_a_full_sync_cut_by_kill_9_of_the_target_resumes(
+    resource: Callable[..., LocalResource],
+) -> None:
+    """A 64 MiB full sync (capped at 16 MiB/s so it can be caught half way) loses its target
+    to kill -9 at about 50 %: restarted, it offers the digests of what it already holds and
+    the primary sends the rest -- in all at most 1.1x the bytes that differed."""
+    r = half_way_through_a_full_sync(resource, seed=7)
     r.kill("beta")
     cut_at = sent(r, "beta")
     assert cut_at < 0.8 * r.volume_size, cut_at
@@ -182,17 +190,7 @@ def test_a_full_sync_cut_by_kill_9_of_the_source_resumes(
 ) -> None:
     """The primary alpha dies (kill -9) half way through beta's full sync; restarted and
     promoted again, it sends beta only what beta still lacks, not the volume again."""
-    r = resource(THREE_NODES, volume_size=64 * MiB, extra={"resync_rate": 16})
-    base = random.Random(8).randbytes(r.volume_size)
-    fill(r.volume_path("alpha"), base)
-    r.up()
-    r.promote("alpha")
-
-    def half() -> bool:
-        rs = r.status("alpha")["peers"]["beta"]["resync"]
-        return rs is not None and rs["bytes_done"] >= r.volume_size // 2
-
-    r.wait_for(half, 60, "beta's full sync half way")
+    r = half_way_through_a_full_sync(resource, seed=8)
     r.kill("alpha")
     assert not r.status("beta")["consistent"]  # half a volume: not promotable
     r.up("alpha")

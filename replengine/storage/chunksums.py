@@ -27,28 +27,27 @@ def chunks(ranges: Iterable[tuple[int, int]], chunk: int) -> Iterator[tuple[int,
 _ZEROS: dict[int, tuple[bytes, bytes]] = {}
 
 
-def zero_digest(n: int) -> bytes:
-    """The digest of ``n`` zero bytes."""
+def _zero(n: int) -> tuple[bytes, bytes]:
     zero = _ZEROS.get(n)
     if zero is None:
         z = bytes(n)
         zero = _ZEROS[n] = (z, hashlib.blake2b(z, digest_size=DIGEST_SIZE).digest())
-    return zero[1]
+    return zero
+
+
+def zero_digest(n: int) -> bytes:
+    """The digest of ``n`` zero bytes."""
+    return _zero(n)[1]
 
 
 def is_zero(data: bytes | memoryview) -> bool:
-    return (data if isinstance(data, bytes) else bytes(data)) == bytes(len(data))
+    # (a memoryview compares item by item: compare its bytes)
+    return (data if isinstance(data, bytes) else bytes(data)) == _zero(len(data))[0]
 
 
 def digest(data: bytes | memoryview) -> bytes:
-    n = len(data)
-    zero = _ZEROS.get(n)
-    if zero is None and n <= 4 << 20:
-        z = bytes(n)
-        zero = _ZEROS[n] = (z, hashlib.blake2b(z, digest_size=DIGEST_SIZE).digest())
-    # (a memoryview compares item by item: compare its bytes)
-    if zero is not None and (data if isinstance(data, bytes) else bytes(data)) == zero[0]:
-        return zero[1]
+    if len(data) <= 4 << 20 and is_zero(data):
+        return zero_digest(len(data))
     return hashlib.blake2b(data, digest_size=DIGEST_SIZE).digest()
 
 

@@ -29,6 +29,7 @@ import crc32c
 from hypothesis import strategies as st
 
 from replengine import config as configmod
+from replengine.config.loader import _NODE_KEYS, _RESOURCE_KEYS
 from replengine.errors import ConfigError, ProtocolError, SRLError
 from replengine.log import srl_format as fmt
 from replengine.log.srl import SRL
@@ -360,21 +361,9 @@ def srl_target(damage: list[tuple[int, int, int]]) -> None:
 
 # ---- the config loader ------------------------------------------------------------------------
 
-_KEYS_RES = [
-    "name",
-    "srl_full",
-    "on_sync_loss",
-    "uuid",
-    "sync_timeout",
-    "promote_min_peers",
-    "dcm_region_size",
-    "run_dir",
-    "heartbeat_ms",
-    "device",
-    "secret_key_file",
-    "bogus",
-]
-_KEYS_NODE = ["address", "volume", "srl", "mode", "device", "public_key", "secret_key_file", "x"]
+# every key the loader knows (so new keys are fuzzed too), and one it does not
+_KEYS_RES = [*_RESOURCE_KEYS, "bogus"]
+_KEYS_NODE = [*_NODE_KEYS, "x"]
 _GOOD = {
     "name": '"r0"',
     "srl_full": '"stall"',
