@@ -115,7 +115,7 @@ class LocalResource:
             lines += [
                 "",
                 f"[nodes.{name}]",
-                f'address = "127.0.0.1:{self.ports[name]}"',
+                f'address = "{self.address(name)}"',
                 f'volume = "{self.volume_path(name)}"',
                 f'srl = "{self.srl_path(name)}"',
                 f'mode = "{mode}"',
@@ -128,6 +128,16 @@ class LocalResource:
         tmp = self.config.with_suffix(".tmp")
         tmp.write_text("\n".join(lines) + "\n")
         tmp.replace(self.config)
+
+    def address(self, name: str) -> str:
+        """host:port node `name` listens on (loopback; the fault campaign's network
+        namespaces give each node its own address)."""
+        return f"127.0.0.1:{self.ports[name]}"
+
+    def command_prefix(self, node: str) -> list[str]:
+        """What `replctl` for `node` runs under: nothing here; ``nsenter --net=...`` where
+        the node lives in its own network namespace (its daemon inherits it)."""
+        return []
 
     def add_node(self, name: str, mode: str) -> None:
         """A new node in the config (its blank disks made and its SRL initialised); the
@@ -147,6 +157,7 @@ class LocalResource:
         self, node: str, *args: str, check: bool = True, timeout: float = 300
     ) -> subprocess.CompletedProcess:
         cmd = [
+            *self.command_prefix(node),
             sys.executable,
             "-m",
             "replengine.cli",
