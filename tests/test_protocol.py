@@ -30,6 +30,8 @@ from replengine.wire.protocol import (
     SumReq,
     Sums,
     Update,
+    VerifyReq,
+    VerifySums,
     decode,
     encode,
 )
@@ -64,6 +66,8 @@ SAMPLES: dict[type, object] = {
     BlockReq: BlockReq(ranges=[(0, 4096), (1 << 20, 65536)], tag="rw-1"),
     SumReq: SumReq(tag="dcm-0123456789", ranges=[(0, 3 << 20)], chunk=1 << 20),
     Sums: Sums(tag="dcm-0123456789", digests=bytes(range(48))),
+    VerifyReq: VerifyReq(tag="verify-1", lsn=77, offset=8 << 20, count=8, chunk=1 << 20),
+    VerifySums: VerifySums(tag="verify-1", lsn=77, digests="ab" * 32, error=""),
 }
 
 

@@ -263,9 +263,18 @@ def cmd_demote(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from replengine.cli.verify import verify
+    from replengine.cli.verify import run
 
-    return verify(_cfg_path(args), args.nodes)
+    # exit 2, not 1, when nothing could be compared: 1 means a region differs
+    try:
+        ctl = _ctl(args, timeout_s=30)
+        try:
+            return run(ctl, args.nodes, args.json, args.timeout)
+        finally:
+            ctl.close()
+    except (ReplError, OSError) as exc:
+        print(f"replctl verify: {exc}", file=sys.stderr)
+        return 2
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -340,8 +349,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="apply the edited config to the running daemon: add/remove nodes, change modes",
     )
     p.set_defaults(fn=cmd_adjust)
-    p = sub.add_parser("verify", parents=[common], help="compare volume checksums of nodes")
-    p.add_argument("nodes", nargs="*", help="nodes to compare (default: all running here)")
+    p = sub.add_parser(
+        "verify",
+        parents=[common],
+        help="on the primary: compare secondaries' volumes with its own, online and exact",
+    )
+    p.add_argument("nodes", nargs="*", help="secondaries to compare (default: all)")
+    p.add_argument("--json", action="store_true", help="the result as JSON")
+    p.add_argument("--timeout", type=float, default=86400, help="give up after this (s)")
     p.set_defaults(fn=cmd_verify)
     p = sub.add_parser(
         "keygen", help="write a node's CURVE secret key (0600), print its public key"

@@ -18,10 +18,12 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from replengine.errors import ApplyError
+from replengine.errors import ApplyError, VolumeError
 from replengine.log.record import Record
+from replengine.storage.chunksums import digest, zero_digest
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,17 @@ log = logging.getLogger(__name__)
 # unless the log is filling (CLEAR_PRESSURE of its capacity used) or the node stops.
 CLEAR_EVERY_S = 0.5
 CLEAR_PRESSURE = 0.5
+
+
+@dataclass
+class VerifyPoint:
+    """Hash ``chunks`` when the volume holds exactly the records below ``lsn`` (online
+    verify: every node hashes the same state while writes go on). ``done`` gets the digests,
+    or an error saying why this node cannot give them; it runs in the applier thread."""
+
+    lsn: int
+    chunks: list[tuple[int, int]]
+    done: Callable[[list[bytes] | None, str], None]
 
 
 class Applier(threading.Thread):
@@ -47,6 +60,8 @@ class Applier(threading.Thread):
         self.error: BaseException | None = None
         self.pending_clear = 0
         self._last_clear = 0.0
+        #: verify points waiting for their LSN, in LSN order
+        self._verifies: list[VerifyPoint] = []
 
     def replay(self, first: int, end: int) -> None:
         """Re-apply SRL records [first, end) (after a restart) before anything newer."""
@@ -71,6 +86,7 @@ class Applier(threading.Thread):
             self.applied_end = min(self.applied_end, lsn)
             self.overlay.clear()
             self.pending_clear = min(self.pending_clear, lsn)
+        self.cancel_verifies(f"its log was cut back to LSN {lsn}")
 
     def restart_at(self, lsn: int) -> None:
         """The log was emptied at ``lsn`` after a block copy brought the volume there."""
@@ -78,6 +94,7 @@ class Applier(threading.Thread):
             self.applied_end = lsn
             self.overlay.clear()
             self.pending_clear = 0
+        self.cancel_verifies(f"its volume was rewritten by a block copy up to LSN {lsn}")
 
     def barrier(self, clear_to: int = 0) -> threading.Event:
         """An event set once everything queued so far is applied and flushed, and the log
@@ -89,6 +106,12 @@ class Applier(threading.Thread):
 
     def stop(self) -> None:
         self._q.put(("stop",))
+
+    def verify_at(self, point: VerifyPoint) -> None:
+        """Hash ``point.chunks`` once everything below ``point.lsn`` is applied. Asked
+        before any record at or past that LSN is handed over (the caller's promise), so the
+        applier stops there for the time the hashing takes."""
+        self._q.put(("verify", point))
 
     def snapshot_overlay(self) -> list[Record]:
         with self.lock:
@@ -120,6 +143,14 @@ class Applier(threading.Thread):
                         self._clear(item[2])
                     item[1].set()
                     self._on_progress()
+                elif kind == "verify-cancel":
+                    points, self._verifies = self._verifies, []
+                    for point in points:
+                        point.done(None, item[1])
+                elif kind == "verify":
+                    self._verifies.append(item[1])
+                    self._verifies.sort(key=lambda v: v.lsn)
+                    self._run_verifies()
                 # a clear waits for the records it covers to be applied, and for its turn
                 if self.pending_clear > self.srl.start_lsn and self._clear_due():
                     self._clear(self.pending_clear)
@@ -139,7 +170,37 @@ class Applier(threading.Thread):
         with self.lock:
             self.applied_end = rec.lsn + 1
             self.overlay.pop(rec.lsn, None)
+        if self._verifies:
+            self._run_verifies()
         self._on_progress()
+
+    def _run_verifies(self) -> None:
+        """Answer the verify points whose LSN the volume stands at now; one it has passed
+        (a block copy or a reset moved it on) cannot be answered, and says so."""
+        while self._verifies and self._verifies[0].lsn <= self.applied_end:
+            point = self._verifies.pop(0)
+            if point.lsn < self.applied_end:
+                point.done(
+                    None,
+                    f"its volume was already past LSN {point.lsn} "
+                    f"(applied up to {self.applied_end - 1})",
+                )
+                continue
+            try:
+                digests = [self._digest(off, n) for off, n in point.chunks]
+            except (OSError, VolumeError) as exc:
+                point.done(None, f"reading its volume failed: {exc}")
+                continue
+            point.done(digests, "")
+
+    def _digest(self, offset: int, length: int) -> bytes:
+        if self.volume.is_hole(offset, length):
+            return zero_digest(length)
+        return digest(self.volume.read(offset, length))
+
+    def cancel_verifies(self, why: str) -> None:
+        """Answer every waiting verify point with ``why`` (the role changed)."""
+        self._q.put(("verify-cancel", why))
 
     def _clear_due(self) -> bool:
         if self.srl.used_bytes >= CLEAR_PRESSURE * self.srl.capacity:

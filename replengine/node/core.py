@@ -36,6 +36,7 @@ from replengine.node.rewind import Rewinder, load_marker, marker_path, write_mar
 from replengine.node.secondary import Secondary
 from replengine.node.states import PeerState, Role
 from replengine.node.sums import ChunkSummer, offered_skip
+from replengine.node.verifier import Verifier, VerifyAnswers
 from replengine.storage.volume import Volume
 from replengine.wire.protocol import (
     Ack,
@@ -53,6 +54,8 @@ from replengine.wire.protocol import (
     SumReq,
     Sums,
     Update,
+    VerifyReq,
+    VerifySums,
     encode,
 )
 from replengine.wire.security import load_keys
@@ -119,6 +122,8 @@ class Node:
         #: chunk digests a peer sent ahead of its request for blocks (node.rewind)
         self.offered_sums: dict[str, Sums] = {}
         self.ops = Operations(self)
+        self.verifier = Verifier(self)
+        self.verify_answers = VerifyAnswers(self)
         self.device_io = DeviceIO(self)
         #: the block device frontend (set by the daemon; None for device = "none")
         self.device: DeviceHooks | None = None
@@ -315,6 +320,7 @@ class Node:
             self.primary.update_clear()
             self.primary.pump()
             self.ops.serve_flushes()
+            self.verifier.pump()
         else:
             self.secondary.ack()
             self.secondary.after_clear()
@@ -324,6 +330,7 @@ class Node:
         if self.rewinder:
             self.rewinder.progress()
         self.copier.pump()
+        self.verify_answers.pump()
         self.ops.progress()
 
     # ---- peer messages --------------------------------------------------------------------
@@ -402,6 +409,11 @@ class Node:
             if not (self.primary and self.dcm.on_sums(peer, body)):
                 # offered with a rewinder's request for blocks, which follows it
                 self.offered_sums[peer.name] = body
+        elif isinstance(body, VerifyReq):
+            self.verify_answers.ask(header.sender, body)
+        elif isinstance(body, VerifySums):
+            if self.primary:
+                self.verifier.on_sums(peer.name, body)
         elif isinstance(body, (Block, BlockDone)):
             if self.rewinder and self.rewinder.copying:
                 self.rewinder.on_message(peer.name, body)
@@ -509,6 +521,7 @@ class Node:
         dev.withdraw()
 
     def become_secondary(self) -> None:
+        self.verifier.abort(f"{self.me} stopped being the primary")
         self.device_io.fence()
         self.role = Role.SECONDARY
         self.primary = None

@@ -195,6 +195,16 @@ class Operations(ClientIO):
             )
             node.reply_ok(req.client, req.req_id, {"peer": name, "bytes": owed, "started": started})
 
+    def op_verify(self, req: Request, doc: dict, data: Any) -> None:
+        """`replctl verify [NODE...]` on the primary: online, exact (node.verifier); the
+        answer comes when every chunk is compared."""
+        names = doc.get("nodes") or []
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError("nodes must be a list of node names")
+        why = self.node.verifier.start(req, names)
+        if why:
+            self.node.reply_error(req.client, req.req_id, f"verify: {why}")
+
     def op_adjust(self, req: Request, doc: dict, data: Any) -> None:
         """`replctl adjust`: re-read the config file and apply what changed (node.adjust)."""
         node = self.node

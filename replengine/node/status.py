@@ -81,6 +81,7 @@ def status(node: Node) -> dict:
         "dcm": node.dcm.summary() if node.primary else None,
         "resync_pacing": node.copier.pacer.summary() if node.copier.pacer else None,
         "last_promotion": node.ops.last_promotion,
+        "verify": node.verifier.summary() if node.verifier.running else node.verifier.last,
         **device_status(node),
     }
 

@@ -46,6 +46,8 @@ class MsgType(IntEnum):
     BLOCK_ACK = 11  # bytes of blocks received so far (binary): flow control of resyncs
     SUM_REQ = 12  # digests of these volume ranges, please (JSON): before a block resync
     SUMS = 13  # the digests (binary + data frame): identical chunks are not copied
+    VERIFY_REQ = 14  # digests of these chunks as of LSN lsn, please (JSON): online verify
+    VERIFY_SUMS = 15  # those digests, or why there are none (JSON)
 
 
 class Flag:
@@ -172,6 +174,30 @@ class Sums:
     digests: bytes | memoryview
 
 
+@dataclass(frozen=True, slots=True)
+class VerifyReq:
+    """`replctl verify`: the digests of ``count`` chunks of ``chunk`` bytes from ``offset``,
+    taken when every record below ``lsn`` is applied and none at or past it: every node then
+    hashes the same state of the volume, however many writes go on meanwhile."""
+
+    tag: str
+    lsn: int
+    offset: int
+    count: int
+    chunk: int
+
+
+@dataclass(frozen=True, slots=True)
+class VerifySums:
+    """The answer to VERIFY_REQ ``tag``: hex digests in order, or ``error`` saying why this
+    node cannot answer (then no digests)."""
+
+    tag: str
+    lsn: int
+    digests: str
+    error: str = ""
+
+
 Body = (
     Update
     | Ack
@@ -186,6 +212,8 @@ Body = (
     | BlockAck
     | SumReq
     | Sums
+    | VerifyReq
+    | VerifySums
 )
 
 
@@ -215,7 +243,11 @@ _JSON_SCHEMAS: dict[MsgType, dict[str, type | tuple[type, ...]]] = {
     MsgType.BLOCK_REQ: {"ranges": list, "tag": str},
     MsgType.BLOCK_DONE: {"tag": str, "primary_end": int, "resume_lsn": int, "total": int},
     MsgType.SUM_REQ: {"tag": str, "ranges": list, "chunk": int},
+    MsgType.VERIFY_REQ: {"tag": str, "lsn": int, "offset": int, "count": int, "chunk": int},
+    MsgType.VERIFY_SUMS: {"tag": str, "lsn": int, "digests": str, "error": str},
 }
+#: chunks one VERIFY_REQ may ask for (its answer stays a small JSON document)
+MAX_VERIFY_CHUNKS = 1024
 _BODY_TYPE: dict[type, MsgType] = {
     Update: MsgType.UPDATE,
     Ack: MsgType.ACK,
@@ -230,6 +262,8 @@ _BODY_TYPE: dict[type, MsgType] = {
     BlockAck: MsgType.BLOCK_ACK,
     SumReq: MsgType.SUM_REQ,
     Sums: MsgType.SUMS,
+    VerifyReq: MsgType.VERIFY_REQ,
+    VerifySums: MsgType.VERIFY_SUMS,
 }
 
 
@@ -398,6 +432,25 @@ def _decode_json(mtype: MsgType, rest: bytes) -> Body:
         if doc["chunk"] <= 0 or doc["chunk"] % 4096:
             raise ProtocolError(f"SUM_REQ.chunk {doc['chunk']} is not a positive multiple of 4096")
         return SumReq(doc["tag"], _pairs(doc["ranges"], "SUM_REQ.ranges"), doc["chunk"])
+    if mtype is MsgType.VERIFY_REQ:
+        if doc["chunk"] <= 0 or doc["chunk"] % 4096:
+            raise ProtocolError(
+                f"VERIFY_REQ.chunk {doc['chunk']} is not a positive multiple of 4096"
+            )
+        if not 0 < doc["count"] <= MAX_VERIFY_CHUNKS:
+            raise ProtocolError(f"VERIFY_REQ.count {doc['count']} is not 1..{MAX_VERIFY_CHUNKS}")
+        if doc["lsn"] == 0:
+            raise ProtocolError("VERIFY_REQ with LSN 0 (LSNs start at 1)")
+        return VerifyReq(**doc)
+    if mtype is MsgType.VERIFY_SUMS:
+        digests = doc["digests"]
+        if len(digests) % (2 * DIGEST_SIZE) or len(digests) > 2 * DIGEST_SIZE * MAX_VERIFY_CHUNKS:
+            raise ProtocolError(f"VERIFY_SUMS.digests of {len(digests)} characters is not whole")
+        try:
+            bytes.fromhex(digests)
+        except ValueError:
+            raise ProtocolError("VERIFY_SUMS.digests is not hexadecimal") from None
+        return VerifySums(doc["tag"], doc["lsn"], digests, doc["error"][:1000])
     return BlockDone(doc["tag"], doc["primary_end"], doc["resume_lsn"], doc["total"])
 
 
