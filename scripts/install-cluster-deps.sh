@@ -1,12 +1,13 @@
 #!/bin/bash
 # install-cluster-deps.sh - install what the cluster test harness (tests/cluster) needs:
 # Pacemaker, Corosync, pcs, resource-agents (ocf:pacemaker:Stateful lives in pacemaker)
-# and fence-agents (for /usr/share/fence/fencing.py). Idempotent: does nothing when
+# and fence-agents (for /usr/share/fence/fencing.py); prometheus for promtool (the metrics
+# endpoint's exposition and the example alert rules are checked with it). Idempotent: does nothing when
 # every package is already installed; runs `apt-get update` only when a package is
 # missing and apt has no package lists (or they cannot provide the package).
 set -euo pipefail
 
-PKGS=(pacemaker pacemaker-cli-utils corosync pcs resource-agents fence-agents libxml2-utils postgresql)
+PKGS=(pacemaker pacemaker-cli-utils corosync pcs resource-agents fence-agents libxml2-utils postgresql prometheus)
 
 if [ "$(id -u)" != 0 ]; then
     echo "install-cluster-deps: must run as root" >&2

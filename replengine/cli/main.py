@@ -262,6 +262,12 @@ def cmd_demote(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_events(args: argparse.Namespace) -> int:
+    from replengine.cli.events import cmd_events as events
+
+    return events(args)
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from replengine.cli.verify import run
 
@@ -349,6 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="apply the edited config to the running daemon: add/remove nodes, change modes",
     )
     p.set_defaults(fn=cmd_adjust)
+    p = sub.add_parser(
+        "events", parents=[common], help="the state, then every state change as it happens"
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--timeout", type=float, help="stop after this many seconds")
+    p.set_defaults(fn=cmd_events)
     p = sub.add_parser(
         "verify",
         parents=[common],

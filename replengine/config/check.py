@@ -373,6 +373,26 @@ def _parse_address(s: str) -> tuple[str, int, str] | str:
     return host, port, f"{canon_host}:{port}"
 
 
+def _get_metrics(ctx: _Ctx, table: dict[str, Any], key: tuple[str, ...]) -> str | None:
+    """A node's ``metrics = "host:port"`` (its Prometheus endpoint), canonical, or None.
+
+    Unlike a node's address it may be a wildcard ("0.0.0.0:9790", "[::]:9790"): it is
+    where this node listens for scrapes, not where peers connect."""
+    s = _get_str(
+        ctx, table, key, required=False, what='a "host:port" string (where Prometheus scrapes)'
+    )
+    if s is None:
+        return None
+    wild = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]"}
+    host, sep, port = s.rpartition(":")
+    probe = f"{wild[host]}:{port}" if sep and host in wild else s
+    parsed = _parse_address(probe)
+    if isinstance(parsed, str):
+        ctx.error(key, f"{parsed}, got {_describe(s)}")
+        return None
+    return f"{host}:{parsed[1]}" if sep and host in wild else parsed[2]
+
+
 def _local_size(
     ctx: _Ctx, key: tuple[str, ...], p: Path, what: str, minimum: int
 ) -> os.stat_result | None:

@@ -25,6 +25,7 @@ from replengine.config.check import (
     _describe,
     _get_enum,
     _get_int,
+    _get_metrics,
     _get_path,
     _get_str,
     _got,
@@ -71,7 +72,16 @@ _RESOURCE_KEYS = (
     "resync_adaptive",
 )
 _RESOURCE_REQUIRED = ("name", "srl_full", "on_sync_loss")
-_NODE_KEYS = ("address", "volume", "srl", "mode", "device", "public_key", "secret_key_file")
+_NODE_KEYS = (
+    "address",
+    "volume",
+    "srl",
+    "mode",
+    "device",
+    "public_key",
+    "secret_key_file",
+    "metrics",
+)
 _KEY_FILE_WHAT = "the path of this node's CURVE secret key file (replctl keygen --out FILE)"
 
 
@@ -271,6 +281,7 @@ def _build(ctx: _Ctx, doc: dict[str, Any], node: str | None) -> ResourceConfig:
         key_file = _get_path(
             ctx, ntab, K + ("secret_key_file",), required=False, absolute=False, what=_KEY_FILE_WHAT
         )
+        metrics = _get_metrics(ctx, ntab, K + ("metrics",))
         parsed = None
         if addr_s is not None:
             parsed = _parse_address(addr_s)
@@ -311,6 +322,7 @@ def _build(ctx: _Ctx, doc: dict[str, Any], node: str | None) -> ResourceConfig:
             ndev or device or DEFAULT_DEVICE,
             public_key=pub,
             secret_key_file=key_file,
+            metrics=metrics,
         )
     if keyed and unkeyed:
         ctx.error(

@@ -37,6 +37,8 @@ class NodeConfig:
     public_key: str | None = None
     #: where this node reads its own CURVE secret key (only meaningful with public keys)
     secret_key_file: Path | None = None
+    #: "host:port" of its Prometheus endpoint (node.metrics); None: off
+    metrics: str | None = None
 
     @property
     def endpoint(self) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import logging.handlers
 import os
 import signal
 import sys
@@ -19,6 +20,59 @@ from replengine.node.core import Node
 
 log = logging.getLogger("replengined")
 
+FILE_FORMAT = "%(asctime)s %(resource)s %(name)s[%(process)d] %(levelname)s %(message)s"
+#: syslog adds time and host itself; the tag comes first ("replengined[pid]: ")
+SYSLOG_FORMAT = "replengined[%(process)d]: %(resource)s %(levelname)s %(name)s: %(message)s"
+
+
+class ResourceTag(logging.Filter):
+    """Puts "resource/node" in every record (``%(resource)s``): several resources' daemons
+    share one syslog, and an operator greps for one. Until the config is read it is the
+    config file's name, which is the resource's by convention."""
+
+    def __init__(self, resource: str) -> None:
+        super().__init__()
+        self.resource = resource
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.resource = self.resource
+        return True
+
+
+def setup_logging(args: argparse.Namespace) -> ResourceTag:
+    """Syslog when asked or run by Pacemaker (its agent starts us through `replctl up`, with
+    OCF_RESOURCE_INSTANCE in the environment), falling back to the file when the syslog
+    socket is missing; else the log file, reopened when logrotate renames it
+    (WatchedFileHandler: lines go to the old file until the rename is seen, none are lost);
+    else stderr."""
+    tag = ResourceTag(os.path.splitext(os.path.basename(args.config))[0])
+    handler: logging.Handler | None = None
+    fmt = FILE_FORMAT
+    why = ""
+    address = args.syslog or ("/dev/log" if os.environ.get("OCF_RESOURCE_INSTANCE") else None)
+    if address and not os.path.exists(address):
+        why = f"no syslog at {address} (no such socket): logging to the file instead"
+    elif address:
+        try:
+            handler = logging.handlers.SysLogHandler(
+                address=address, facility=logging.handlers.SysLogHandler.LOG_DAEMON
+            )
+            fmt = SYSLOG_FORMAT
+        except OSError as exc:
+            why = f"no syslog at {address} ({exc.strerror or exc}): logging to the file instead"
+    if handler is None:
+        handler = (
+            logging.handlers.WatchedFileHandler(args.log_file)
+            if args.log_file
+            else logging.StreamHandler(sys.stderr)
+        )
+    handler.addFilter(tag)
+    handler.setFormatter(logging.Formatter(fmt))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    if why:
+        log.warning("%s", why)
+    return tag
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="replengined", description="replengine node daemon")
@@ -26,23 +80,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--node")
     ap.add_argument("--ready-fd", type=int, help="write 'ok' or an error here once listening")
     ap.add_argument("--log-file")
+    ap.add_argument(
+        "--syslog",
+        nargs="?",
+        const="/dev/log",
+        help="log to syslog at this socket (default /dev/log); the default when run by "
+        "Pacemaker (OCF_RESOURCE_INSTANCE set)",
+    )
     args = ap.parse_args(argv)
     # the loop and the applier share the GIL: with the default 5 ms switch interval the loop,
     # woken by a returning fdatasync or a socket, can wait that long for the applier's turn
     # to end, which is the whole latency budget of a sync write
     sys.setswitchinterval(0.0002)
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if args.log_file:
-        handlers = [logging.FileHandler(args.log_file)]
-    logging.basicConfig(
-        level=logging.INFO,
-        handlers=handlers,
-        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s",
-    )
+    where = setup_logging(args)
     ready = os.fdopen(args.ready_fd, "w") if args.ready_fd is not None else None
     try:
         cfg = configmod.load(args.config, node=args.node)
+        where.resource = f"{cfg.name}/{cfg.local.name}"
         node = Node(cfg)
+        node.metrics.start()  # a port in use stops the start here, naming the key
         node.device = make_frontend(cfg, node.device_io)
         if node.device is not None:
             node.device.cleanup_stale()  # a killed daemon's loop device and dead FUSE mount

@@ -97,6 +97,9 @@ class Promotion:
     target_end: int = 0
     pulled: int = 0
     deadline: float = 0.0
+    #: what decided it, for the event that reports it (node.events): each consistent
+    #: reachable node's end LSN, the most up-to-date one, the peers not heard from
+    decision: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.ctx.local_consistent() and not self.force:
@@ -168,6 +171,13 @@ class Promotion:
         logs = [ctx.local_log()]
         logs += [NodeLog(p.name, p.history, p.start_lsn, p.end_lsn) for p in fresh if p.consistent]
         plan = plan_sync(logs, ctx.me)
+        heard = {p.name for p in fresh}
+        self.decision = {
+            "ends": {lg.name: lg.end for lg in logs},
+            "best": plan.best,
+            "best_end": plan.best_end,
+            "unreachable": sorted(p.name for p in ctx.peer_views() if p.name not in heard),
+        }
         self._check_plan(plan)
         if plan.pull is None or ctx.me in plan.needs_full:
             return self._finish()

@@ -75,6 +75,7 @@ class DcmContext(RewindContext, Protocol):
     peers: dict[str, Peer]
     primary: Any
     copier: BlockCopier
+    events: Any  # node.events.EventHub
 
 
 class PrimaryContext(LogAndVolume, Protocol):
@@ -86,6 +87,8 @@ class PrimaryContext(LogAndVolume, Protocol):
     transport: Transport
     peers: dict[str, Peer]
     dcm: Any  # node.dcm.DcmTracker
+    events: Any  # node.events.EventHub: decisions and policy triggers are emitted there
+    metrics: Any  # node.metrics.Metrics: write counts and latencies
 
     @property
     def epoch(self) -> int: ...

@@ -27,6 +27,8 @@ from replengine.node.applier import Applier, LocalSync
 from replengine.node.copier import BlockCopier
 from replengine.node.dcm import DcmReceiver, DcmTracker
 from replengine.node.device_io import DEVICE_CLIENT, DeviceIO
+from replengine.node.events import EventHub
+from replengine.node.metrics import Metrics
 from replengine.node.ops import Operations
 from replengine.node.pacing import Pacer
 from replengine.node.peers import Peer
@@ -122,6 +124,8 @@ class Node:
         #: chunk digests a peer sent ahead of its request for blocks (node.rewind)
         self.offered_sums: dict[str, Sums] = {}
         self.ops = Operations(self)
+        self.events = EventHub(self)  # replctl events; metrics (below) listen to it too
+        self.metrics = Metrics(self)
         self.verifier = Verifier(self)
         self.verify_answers = VerifyAnswers(self)
         self.device_io = DeviceIO(self)
@@ -247,6 +251,8 @@ class Node:
                 self.exit_code = 1
                 break
             self.progress()
+            self.events.turn()
+            self.metrics.turn()
             if self.ops.finished():
                 break
         self.shutdown()
@@ -391,6 +397,7 @@ class Node:
             if self.primary and peer.streaming and body.expected < peer.next_lsn:
                 peer.restart_stream(max(body.expected, peer.acked_end))
         elif isinstance(body, Pull):
+            self.events.emit("pull-served", peer=peer.name, first_lsn=body.first, end_lsn=body.end)
             self.ops.pulls.serve(peer.name, body.first, body.end)
         elif isinstance(body, BlockReq):
             ranges = [(int(o), int(n)) for o, n in body.ranges]

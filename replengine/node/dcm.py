@@ -151,6 +151,14 @@ class DcmTracker:
                     force=True,
                 )
                 self._enter(p, dmap, p.acked_end, primary)
+                node.events.emit(
+                    "policy",
+                    policy="srl_full",
+                    action="dcm",
+                    peer=p.name,
+                    acked_lsn=p.acked_end - 1,
+                    dirty_bytes=dmap.dirty_bytes,
+                )
                 log.error(
                     "SRL FULL: secondary %s (acked LSN %d) switched to dcm: its records "
                     "are released and %d bytes of regions will be resynced when it "
@@ -297,6 +305,12 @@ class DcmTracker:
         job.full = dmap.dirty_bytes >= CHECKSUM_SHARE * node.volume.size
         self.resyncs[peer.name] = job
         peer.state = PeerState.DCM_RESYNC
+        node.events.emit(
+            "full-sync-started" if job.full else "resync-started",
+            peer=peer.name,
+            bytes=dmap.dirty_bytes,
+            resume_lsn=job.resume_lsn,
+        )
         log.warning(
             "secondary %s back: resyncing %d bytes of dirty regions, then its log from LSN %d",
             peer.name,
@@ -431,6 +445,11 @@ class DcmTracker:
         assert primary is not None
         self._enter(peer, self.maps[peer.name], job.resume_lsn, primary)
         log.warning("secondary %s lost during its dcm resync: back in dcm", peer.name)
+        self.node.events.emit(
+            "full-sync-aborted" if job.full else "resync-aborted",
+            peer=peer.name,
+            bytes_done=job.sent + job.skipped,
+        )
 
     def _finish(self, peer: Peer, job: Resync) -> None:
         self.resyncs.pop(peer.name, None)
@@ -440,6 +459,13 @@ class DcmTracker:
         dmap.path.unlink(missing_ok=True)
         peer.state = PeerState.CATCHING_UP
         peer.degraded = peer.mode == "sync"
+        self.node.events.emit(
+            "full-sync-finished" if job.full else "resync-finished",
+            peer=peer.name,
+            bytes=job.sent,
+            skipped_bytes=job.skipped,
+            seconds=round(time.monotonic() - job.started, 3),
+        )
         self.last_resync = {
             "peer": peer.name,
             "bytes": job.sent,

@@ -79,6 +79,10 @@ class Operations(ClientIO):
     def op_status(self, req: Request, doc: dict, data: Any) -> None:
         self.node.reply_ok(req.client, req.req_id, status(self.node))
 
+    def op_events(self, req: Request, doc: dict, data: Any) -> None:
+        """`replctl events`: a subscription streamed with this request's id (node.events)."""
+        self.node.events.subscribe(req.client, req.req_id, doc)
+
     def op_down(self, req: Request, doc: dict, data: Any) -> None:
         if not doc.get("force") and self._device_busy(req, "stop"):
             return
@@ -242,6 +246,7 @@ class Operations(ClientIO):
             self.promotion_req = req
         except PromotionRefused as exc:
             log.error("promotion refused: %s", exc)
+            node.events.emit("promotion-refused", reason=str(exc))
             node.reply_error(req.client, req.req_id, str(exc))
 
     def _promotion_progress(self) -> None:
@@ -251,11 +256,15 @@ class Operations(ClientIO):
         try:
             result = self.promotion.step()
         except PromotionRefused as exc:
+            self.node.events.emit("promotion-refused", reason=str(exc), **self.promotion.decision)
             self.promotion = self.promotion_req = None
             log.error("promotion refused: %s", exc)
             self.node.reply_error(req.client, req.req_id, str(exc))
             return
         if result is not None:
+            self.node.events.emit(
+                "promotion", chosen=self.node.me, **result, **self.promotion.decision
+            )
             self.promotion = self.promotion_req = None
             self.last_promotion = result
             if self.node.device is not None:

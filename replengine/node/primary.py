@@ -92,6 +92,7 @@ class Primary:
             node.dcm.mark(offset, len(data))
         self.cache[rec.lsn] = rec
         self.cache_bytes += len(data)
+        node.metrics.note_append(len(data))
         self.assigned_end = rec.lsn + 1
         node.watcher.put(pending, rec)
         self.pending.append(PendingWrite(rec.lsn, client, req_id, t0))
@@ -103,6 +104,14 @@ class Primary:
         if policy == "dcm" and node.dcm_release(self):
             if self._append(w.client, w.req_id, w.offset, w.data, w.t0):
                 return
+        node.events.emit_once(
+            "srl-full",
+            "policy",
+            policy="srl_full",
+            action=policy if policy == "fail" else "stall",
+            used_bytes=node.srl.used_bytes,
+            capacity=node.srl.capacity,
+        )
         if policy == "fail":
             node.reply_error(
                 w.client,
@@ -170,6 +179,7 @@ class Primary:
                 break
             self.pending.popleft()
             node.reply_ok(w.client, w.req_id, {"lsn": w.lsn})
+            node.metrics.note_write(w.lsn, w.t0, now)
             if node.copier.pacer is not None:
                 node.copier.pacer.note_write(now - w.t0, now)
         for w in list(self.stalled):
@@ -202,6 +212,7 @@ class Primary:
             alive = p.alive(node.heartbeat_s)
             if not alive and not p.degraded and node.cfg.on_sync_loss == "degrade":
                 p.degraded = True
+                node.events.emit("policy", policy="on_sync_loss", action="degrade", peer=p.name)
                 log.error(
                     "SYNC SECONDARY %s LOST: replication to it degraded to async until "
                     "it catches up (on_sync_loss=degrade); completed writes are no longer "

@@ -57,5 +57,15 @@ class ControlClient:
             raise ReplError(doc.get("error", "unknown error"))
         return doc, payload
 
+    def resend(self, req_id: int, op: str, **fields: Any) -> None:
+        """Send another request under an existing id (renewing a subscription)."""
+        self.sock.send_multipart([json.dumps({"op": op, "id": req_id, **fields}).encode()])
+
+    def next_reply(self, timeout_s: float) -> dict | None:
+        """The next reply of any id within ``timeout_s`` (streams: `events`), else None."""
+        if not self.sock.poll(max(0, int(timeout_s * 1000))):
+            return None
+        return json.loads(self.sock.recv_multipart()[0])
+
     def close(self) -> None:
         self.sock.close(0)
