@@ -8,11 +8,9 @@ stderr otherwise.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from replengine import __version__
@@ -61,8 +59,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     cfg = configmod.load(path, node=args.node)
     pid = daemon_running(cfg)
     if pid:
-        print(f"{cfg.name}/{cfg.local.name} already up (pid {pid})")
-        return 0
+        print(f"{cfg.name}/{cfg.local.name} already up (pid {pid})", flush=True)
+        return _wait_caught_up(cfg, args)
     rundir = cfg.runtime_dir()
     rundir.mkdir(parents=True, exist_ok=True, mode=0o700)
     logfile = cfg.paths().log
@@ -101,8 +99,26 @@ def cmd_up(args: argparse.Namespace) -> int:
         )
     print(
         f"{cfg.name}/{cfg.local.name} up (pid {proc.pid}), listening on {cfg.local.address}; "
-        f"log {logfile}"
+        f"log {logfile}",
+        flush=True,
     )
+    return _wait_caught_up(cfg, args)
+
+
+def _wait_caught_up(cfg: configmod.ResourceConfig, args: argparse.Namespace) -> int:
+    """`up --wait`: until this node has caught up with its primary (drbdadm wait-sync)."""
+    if not args.wait:
+        return 0
+    from replengine.cli.progress import Progress
+    from replengine.cli.waits import wait_caught_up
+
+    name = f"{cfg.name}/{cfg.local.name}"
+    with Progress(f"{name}: catching up", unit="records") as bar:
+        st = wait_caught_up(cfg.paths().socket, name, args.timeout, bar)
+    if st["role"] == "primary":
+        print(f"{name} is primary: nothing to catch up")
+    else:
+        print(f"{name} caught up with {st['following']} at LSN {st['end_lsn'] - 1}")
     return 0
 
 
@@ -112,9 +128,17 @@ def cmd_down(args: argparse.Namespace) -> int:
     if not pid:
         print(f"{cfg.name}/{cfg.local.name} is not running")
         return 0
-    ctl = ControlClient(cfg.paths().socket, timeout_s=args.timeout)
-    doc, _ = ctl.call("down", force=args.force)
-    ctl.close()
+    from replengine.cli.progress import Progress, call_with_progress
+    from replengine.cli.waits import DownView
+
+    with Progress(f"stopping {cfg.name}/{cfg.local.name}", unit="writes") as bar:
+        doc = call_with_progress(
+            cfg.paths().socket,
+            "down",
+            args.timeout,
+            DownView(bar, f"{cfg.name}/{cfg.local.name}"),
+            force=args.force,
+        )
     _wait_exit(pid, args.timeout)
     print(
         f"{cfg.name}/{cfg.local.name} down; volume complete up to LSN "
@@ -128,54 +152,39 @@ def _wait_exit(pid: int, timeout: float) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    ctl = _ctl(args, timeout_s=10)
-    doc, _ = ctl.call("status")
-    ctl.close()
-    doc.pop("id", None)
-    doc.pop("ok", None)
-    if args.json:
-        print(json.dumps(doc, indent=2, sort_keys=True))
+    """The status document (docs/status-schema.md): a table, --json, or --watch of either."""
+    from replengine.cli.status_cmd import Watch, show_once
+
+    cfg = configmod.load(_cfg_path(args), node=args.node, check_local=False)
+
+    def fetch() -> dict:
+        ctl = ControlClient(cfg.paths().socket, 10)
+        try:
+            return ctl.call("status")[0]
+        finally:
+            ctl.close()
+
+    if args.watch is None:
+        show_once(fetch, args.json, sys.stdout)
         return 0
-    device = ""
-    if doc.get("device"):
-        device = f", device {doc['device']}"
-    elif doc.get("device_error"):
-        device = f", NO DEVICE: {doc['device_error']}"
-    print(
-        f"{doc['resource']}/{doc['node']}: {doc['role']}{device}, epoch {doc['epoch']}, "
-        f"SRL LSNs [{doc['start_lsn']}, {doc['end_lsn']}), applied up to "
-        f"{doc['applied_end'] - 1}, {doc['srl']['used_bytes']} of {doc['srl']['capacity']} "
-        f"bytes used{'' if doc['consistent'] else ', INCONSISTENT'}"
-    )
-    if doc.get("following"):
-        print(f"  following {doc['following']}")
-    if doc.get("divergent_tail"):
-        t = doc["divergent_tail"]
-        print(
-            f"  divergent tail discarded: {t['records']} records, {t['bytes']} bytes, LSNs "
-            f"[{t['first_lsn']}, {t['end_lsn']})"
-        )
-    for name, p in sorted(doc["peers"].items()):
-        lag = "" if p["lag_records"] is None else f", lag {p['lag_records']} records"
-        if p.get("lag_bytes") is not None:
-            lag += f" / {p['lag_bytes']} bytes"
-        print(
-            f"  {name}: {'connected' if p['connected'] else 'disconnected'}, {p['mode']}, "
-            f"{p['state']}, acked LSN {p['acked_lsn']}{lag}"
-            f"{' (degraded)' if p['degraded'] else ''}"
-        )
-        if p.get("resync"):
-            print(f"    resync: {_resync_line(p['resync'])}")
-    return 0
+    if args.watch <= 0:
+        raise ReplError(f"--watch {args.watch:g}: give a positive number of seconds")
+    return Watch(fetch, args.watch, args.json, sys.stdout, sys.stdout.isatty()).run()
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    ctl = _ctl(args, timeout_s=args.timeout)
+    from replengine.cli.progress import Progress, call_with_progress
+    from replengine.cli.waits import promote_view
+
+    cfg = configmod.load(_cfg_path(args), node=args.node, check_local=False)
     fields = {"force": args.force}
     if args.min_peers is not None:
         fields["min_peers"] = args.min_peers
-    doc, _ = ctl.call("promote", timeout_s=args.timeout, **fields)
-    ctl.close()
+    name = f"{cfg.name}/{cfg.local.name}"
+    with Progress(f"promote {name}", unit="records") as bar:
+        doc = call_with_progress(
+            cfg.paths().socket, "promote", args.timeout, promote_view(bar, name), **fields
+        )
     device = f"; device {doc['device']}" if doc.get("device") else ""
     if doc.get("already"):
         print(f"already primary (epoch {doc['epoch']}){device}")
@@ -192,46 +201,27 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resync_line(rs: dict) -> str:
-    eta = f", ETA {rs['eta_s']:.0f}s" if rs["eta_s"] is not None else ""
-    return (
-        f"{rs['phase']}, {rs['bytes_done']} of {rs['bytes_total']} bytes "
-        f"({rs['bytes_skipped']} already there), {rs['rate_bytes_per_s'] / 2**20:.1f} MiB/s{eta}"
-    )
-
-
 def cmd_sync(args: argparse.Namespace) -> int:
+    from replengine.cli.progress import Progress
+    from replengine.cli.waits import wait_peer_synced
+
     if not args.full:
         print("replctl sync: say --full (a full sync is the only kind asked for)", file=sys.stderr)
         return 2
-    ctl = _ctl(args, timeout_s=30)
-    doc, _ = ctl.call("sync", peer=args.peer, full=True)
-    when = "copying now" if doc["started"] else f"copied when {args.peer} connects"
-    print(f"full sync of {args.peer}: {doc['bytes']} bytes owed, {when}")
-    if not args.wait:
-        ctl.close()
-        return 0
-    deadline = time.monotonic() + args.timeout
-    last = 0.0
+    cfg = configmod.load(_cfg_path(args), node=args.node, check_local=False)
+    ctl = ControlClient(cfg.paths().socket, 30)
     try:
-        while True:
-            st = ctl.call("status")[0]
-            peer = st["peers"][args.peer]
-            if peer.get("resync") is None and peer["state"] == "up-to-date":
-                print(f"{args.peer} is up to date")
-                return 0
-            if time.monotonic() >= deadline:
-                print(
-                    f"replctl sync: {args.peer} not in sync after {args.timeout:g}s",
-                    file=sys.stderr,
-                )
-                return 1
-            if time.monotonic() - last >= 2 and peer.get("resync") is not None:
-                last = time.monotonic()
-                print(f"  {args.peer}: {_resync_line(peer['resync'])}")
-            time.sleep(0.2)
+        doc, _ = ctl.call("sync", peer=args.peer, full=True)
     finally:
         ctl.close()
+    when = "copying now" if doc["started"] else f"copied when {args.peer} connects"
+    print(f"full sync of {args.peer}: {doc['bytes']} bytes owed, {when}", flush=True)
+    if not args.wait:
+        return 0
+    with Progress(f"full sync of {args.peer}", unit="bytes") as bar:
+        wait_peer_synced(cfg.paths().socket, args.peer, args.timeout, bar)
+    print(f"{args.peer} is up to date")
+    return 0
 
 
 def cmd_adjust(args: argparse.Namespace) -> int:
@@ -315,9 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("init", parents=[common], help="write a fresh SRL superblock")
     p.add_argument("--force", action="store_true", help="overwrite an initialised SRL")
     p.set_defaults(fn=cmd_init)
-    sub.add_parser("up", parents=[common], help="start the daemon (secondary)").set_defaults(
-        fn=cmd_up
+    p = sub.add_parser("up", parents=[common], help="start the daemon (secondary)")
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="then wait until this node has caught up with its primary",
     )
+    p.add_argument("--timeout", type=float, default=3600, help="seconds --wait waits at most")
+    p.set_defaults(fn=cmd_up)
     p = sub.add_parser("down", parents=[common], help="stop the daemon cleanly")
     p.add_argument("--timeout", type=float, default=120)
     p.add_argument(
@@ -327,7 +322,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(fn=cmd_down)
     p = sub.add_parser("status", parents=[common], help="role, log and peers")
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--json", action="store_true", help="the versioned document (docs/status-schema.md)"
+    )
+    p.add_argument(
+        "--watch",
+        nargs="?",
+        type=float,
+        const=1.0,
+        metavar="SECONDS",
+        help="refresh every SECONDS (default 1) until Ctrl-C",
+    )
     p.set_defaults(fn=cmd_status)
     p = sub.add_parser("promote", parents=[common], help="make this node primary")
     p.add_argument(

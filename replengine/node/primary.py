@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from replengine.errors import SRLFullError
 from replengine.log.record import Record
 from replengine.node.states import IN_DCM, PeerState
+from replengine.node.status import WriteClock
 from replengine.wire.protocol import Clear, Update, encode
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ class Primary:
         self.cache: dict[int, Record] = {}
         self.cache_bytes = 0
         self.assigned_end = node.srl.end_lsn
+        self.clock = WriteClock()  # when each LSN was asked for: status's lag in seconds
         self.clear_end = node.srl.start_lsn
         self.accepting = True
         self._stall_logged = False
@@ -94,6 +96,7 @@ class Primary:
         self.cache_bytes += len(data)
         node.metrics.note_append(len(data))
         self.assigned_end = rec.lsn + 1
+        self.clock.note(rec.lsn, t0, node.srl.start_lsn)
         node.watcher.put(pending, rec)
         self.pending.append(PendingWrite(rec.lsn, client, req_id, t0))
         return True

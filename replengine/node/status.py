@@ -1,15 +1,70 @@
-"""`replctl status`: what a node reports about itself and its peers."""
+"""`replctl status`: what a node reports about itself and its peers.
+
+The document is versioned (``schema_version``) and every field is described in
+docs/status-schema.md; tests/test_status_cli.py fails when a field is added without being
+documented there. Add fields freely (scripts ignore keys they do not know); renaming or
+removing one, or changing its meaning, raises SCHEMA_VERSION.
+"""
 
 from __future__ import annotations
 
 import os
 import time
+from bisect import bisect_right
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from replengine.node.states import PeerState
 
 if TYPE_CHECKING:
     from replengine.node.core import Node
+
+#: raised only by an incompatible change (a field renamed, removed or changing meaning)
+SCHEMA_VERSION = 1
+
+#: the clock keeps at most one sample per this many seconds: lag in seconds is exact to it
+CLOCK_RESOLUTION_S = 0.001
+
+
+@dataclass
+class WriteClock:
+    """When the primary's writes were asked for, by LSN: a peer's lag in seconds is the age
+    of the oldest write it has not acknowledged, which no other counter can give.
+
+    Sampled (one sample per CLOCK_RESOLUTION_S at most) and trimmed below the SRL's start
+    as the log is cleared, so it holds at most what the SRL holds and costs one list append
+    per write on the write path.
+    """
+
+    lsns: list[int] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    _head: int = 0
+
+    def note(self, lsn: int, t: float, floor: int) -> None:
+        """Write ``lsn`` was asked for at monotonic time ``t``; LSNs below ``floor`` (the
+        SRL's start: every peer has them) are forgotten."""
+        if self.times and t - self.times[-1] < CLOCK_RESOLUTION_S:
+            return
+        self.lsns.append(lsn)
+        self.times.append(t)
+        head = self._head
+        while head + 1 < len(self.lsns) and self.lsns[head + 1] <= floor:
+            head += 1
+        if head > 1024 and head * 2 > len(self.lsns):
+            del self.lsns[:head], self.times[:head]
+            head = 0
+        self._head = head
+
+    def age(self, first_missing: int, assigned_end: int, now: float) -> float | None:
+        """Seconds since the write with LSN ``first_missing`` was asked for (0.0 when it is
+        not assigned yet: nothing is missing); None when it predates every sample (written
+        before this node became primary, or already forgotten)."""
+        if first_missing >= assigned_end:
+            return 0.0
+        i = bisect_right(self.lsns, first_missing, lo=self._head) - 1
+        if i < self._head:
+            return None
+        return max(0.0, round(now - self.times[i], 3))
 
 
 def status(node: Node) -> dict:
@@ -35,6 +90,7 @@ def status(node: Node) -> dict:
             )
         peers[p.name] = {
             "connected": connected,
+            "lag_seconds": lag_seconds(node, acked) if node.primary else None,
             "mode": p.mode,
             "acked_lsn": max(0, acked - 1),
             "lag_records": lag,
@@ -52,6 +108,7 @@ def status(node: Node) -> dict:
             "blocks_sent_bytes": node.copier.sent_total.get(p.name, 0),
         }
     return {
+        "schema_version": SCHEMA_VERSION,
         # a secondary may know a newer epoch than its log's last record: report that one
         "resource": node.cfg.name,
         "node": node.me,
@@ -82,7 +139,52 @@ def status(node: Node) -> dict:
         "resync_pacing": node.copier.pacer.summary() if node.copier.pacer else None,
         "last_promotion": node.ops.last_promotion,
         "verify": node.verifier.summary() if node.verifier.running else node.verifier.last,
+        "promotion": promotion_progress(node),
+        "stopping": stopping_progress(node),
         **device_status(node),
+    }
+
+
+def lag_seconds(node: Node, acked_end: int) -> float | None:
+    """Age of the oldest write a peer has not acknowledged (primary only)."""
+    prim = node.primary
+    if prim is None:
+        return None
+    return prim.clock.age(acked_end, prim.assigned_end, time.monotonic())
+
+
+def promotion_progress(node: Node) -> dict | None:
+    """A `replctl promote` running on this node: probing its peers, or pulling the records
+    it lacks from the most up-to-date one (what `promote` draws its progress bar from)."""
+    prom = node.ops.promotion
+    if prom is None:
+        return None
+    pulling = prom.phase.value == "pull"
+    first = prom.target_end - prom.pulled
+    return {
+        "phase": prom.phase.value,
+        "seconds": round(time.monotonic() - prom.t0, 3),
+        "source": prom.source or None,
+        "records_total": prom.pulled if pulling else None,
+        "records_done": max(0, min(node.watcher.durable_end - first, prom.pulled))
+        if pulling
+        else None,
+        "bytes_pulled": node.ops.pulled_bytes if pulling else None,
+    }
+
+
+def stopping_progress(node: Node) -> dict | None:
+    """`replctl down` asked: the writes it still waits for (drained once every sync secondary
+    acknowledged them, or failed after the drain timeout)."""
+    from replengine.node.ops import DRAIN_TIMEOUT_S  # ops imports this module
+
+    ops = node.ops
+    if not ops.down_since:
+        return None
+    return {
+        "seconds": round(time.monotonic() - ops.down_since, 3),
+        "writes_pending": len(node.primary.pending) if node.primary else 0,
+        "drain_timeout_s": DRAIN_TIMEOUT_S,
     }
 
 
@@ -91,7 +193,14 @@ def device_status(node: Node) -> dict:
     one, else the kernel's loop device), or None while not exposed."""
     dev = node.device
     if dev is None:
-        return {"device": None, "device_kind": "none"}
+        return {
+            "device": None,
+            "device_kind": "none",
+            "device_kernel": None,
+            "device_error": None,
+            "device_lost": False,
+            "device_fenced": False,
+        }
     return {
         "device": dev.path,
         "device_kind": dev.kind,
@@ -128,4 +237,13 @@ def lag_bytes(node: Node, acked_end: int) -> int:
     return node.srl.bytes_between(acked_end, node.srl.next_lsn)
 
 
-__all__ = ["lag_bytes", "resync_progress", "status"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "WriteClock",
+    "lag_bytes",
+    "lag_seconds",
+    "promotion_progress",
+    "resync_progress",
+    "status",
+    "stopping_progress",
+]
