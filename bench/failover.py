@@ -29,6 +29,7 @@ measured 1 GiB copy (labelled 'est.'). Everything created is deleted afterwards.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shutil
@@ -238,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--dir", default="/var/tmp")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--json", help="also write every figure here (for bench/report.py)")
     args = ap.parse_args(argv)
     base = Path(args.dir)
     sizes = [1 * GIB, 8 * GIB] if args.quick else [1 * GIB, 8 * GIB, 64 * GIB]
@@ -323,6 +325,14 @@ def main(argv: list[str] | None = None) -> int:
     for text, ok in goals:
         print(f"{'PASS' if ok else 'MISS'}  {text}")
     print(f"total {time.monotonic() - t_all:.1f}s")
+    if args.json:
+        doc = {
+            "lag_records": lag,
+            "rows": rows,
+            "copies": {str(s): {"seconds": c, "how": h} for s, (c, h) in copies.items()},
+            "goals": [{"what": t, "pass": ok} for t, ok in goals],
+        }
+        Path(args.json).write_text(json.dumps(doc))
     return 0
 
 

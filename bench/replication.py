@@ -19,6 +19,7 @@ os.fdatasync per write (16 threads for qd16).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shutil
@@ -72,6 +73,8 @@ class Result:
     p50_ms: float
     p99_ms: float
     writes: int
+    #: every write's latency in seconds (for bench/report.py's plots; not printed)
+    samples: list[float] = field(default_factory=list, repr=False)
 
 
 @dataclass
@@ -97,7 +100,7 @@ def pct(lat: list[float], q: float) -> float:
 
 
 def summarise(lat: list[float], total_bytes: int, elapsed: float) -> Result:
-    return Result(total_bytes / MIB / elapsed, pct(lat, 0.5), pct(lat, 0.99), len(lat))
+    return Result(total_bytes / MIB / elapsed, pct(lat, 0.5), pct(lat, 0.99), len(lat), lat)
 
 
 # ---- raw baseline -----------------------------------------------------------------------
@@ -238,10 +241,41 @@ def fmt_row(label: str, res: Result, raw: Result, copies: int) -> str:
     )
 
 
+def dump_json(
+    path: str,
+    raw: dict[str, Result],
+    results: dict[str, tuple[dict[str, Result], dict[str, int], int]],
+    goals: list[tuple[str, bool, str]],
+) -> None:
+    def res(x: Result) -> dict:
+        return {
+            "mib_s": x.mib_s,
+            "p50_ms": x.p50_ms,
+            "p99_ms": x.p99_ms,
+            "writes": x.writes,
+            "latency_s": x.samples,
+        }
+
+    doc = {
+        "raw": {name: res(x) for name, x in raw.items()},
+        "configs": {
+            label: {
+                "workloads": {n: res(x) for n, x in r.items()},
+                "peak_rss": peaks,
+                "copies": copies,
+            }
+            for label, (r, peaks, copies) in results.items()
+        },
+        "goals": [{"what": w, "pass": ok, "detail": d} for w, ok, d in goals],
+    }
+    Path(path).write_text(json.dumps(doc))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a quarter of the data (< 40 s)")
     ap.add_argument("--dir", default="/var/tmp", help="where to put the files (a real disk)")
+    ap.add_argument("--json", help="also write every figure and latency sample here")
     args = ap.parse_args(argv)
     div = 4 if args.quick else 1
     workloads = [
@@ -307,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         for what, ok, detail in goals:
             print(f"  {'PASS' if ok else 'MISS'}  {what:<36} {detail}")
         print(f"\n(wall time {time.monotonic() - t_start:.1f} s)")
+        if args.json:
+            dump_json(args.json, raw, results, goals)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return 0
