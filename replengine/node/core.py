@@ -389,6 +389,10 @@ class Node:
                 self.secondary.on_update(header, body)
         elif isinstance(body, Ack):
             peer.on_ack(body.durable_end, body.applied_end)
+            if self.primary is not None and peer.degraded:
+                # caught up: synchronous again now, not at the next tick (writes completing
+                # meanwhile would not wait for a connected, up-to-date sync secondary)
+                self.primary.check_sync_peers()
             self.ops.pulls.on_ack(peer.name, body.durable_end)
         elif isinstance(body, Clear):
             if self.role == Role.SECONDARY and header.sender == self.following:
