@@ -12,7 +12,8 @@ Two sources feed the hub, because they answer different questions:
 
 A peer's "catching-up" is held back for CATCHING_UP_HOLD_S: on a primary every write makes
 each peer briefly behind until its ACK comes back; reporting that would be two events per
-write. A peer that stays behind longer is reported, and back to up-to-date at once.
+write. A peer that stays behind longer is reported, and back to up-to-date at once. "unknown"
+(a new primary has not heard from the peer yet, for a few milliseconds) is held the same way.
 
 Every event is one INFO line in the log and goes to every subscriber of the control socket
 (op ``events``). A subscriber holds a lease it renews (the client does every few seconds);
@@ -40,6 +41,8 @@ log = logging.getLogger("replengined.events")
 
 #: how long a peer must stay catching-up before that is an event (see the module docstring)
 CATCHING_UP_HOLD_S = 1.0
+#: states reported only once they last CATCHING_UP_HOLD_S: passing ones are noise
+HELD = (PeerState.CATCHING_UP, PeerState.UNKNOWN)
 #: a subscription's lease unless the client asks for another (seconds)
 DEFAULT_LEASE_S = 10.0
 MAX_LEASE_S = 300.0
@@ -67,6 +70,10 @@ def _kv(ev: dict, skip: tuple[str, ...]) -> str:
             continue
         if isinstance(v, dict):
             v = ",".join(f"{a}={b}" for a, b in v.items())
+        elif isinstance(v, list | tuple):
+            if not v:
+                continue
+            v = ",".join(str(x) for x in v)
         elif isinstance(v, bool):
             v = "yes" if v else "no"
         parts.append(f"{k.replace('_', '-')} {v}")
@@ -86,6 +93,9 @@ def describe(ev: dict) -> str:
         return f"{kind} {ev.get('old')} -> {ev.get('new')}" + (f" {rest}" if rest else "")
     if kind == "peer-state":
         return f"peer {ev['peer']} state {ev.get('old')} -> {ev.get('new')}"
+    if kind == "policy":
+        rest = _kv(ev, _HEAD + ("policy", "action"))
+        return f"policy {ev.get('policy')}={ev.get('action')}" + (f" {rest}" if rest else "")
     if kind in ("peer-connected", "peer-disconnected"):
         rest = _kv(ev, _HEAD + ("peer",))
         return f"peer {ev['peer']} {kind.removeprefix('peer-')}" + (f" {rest}" if rest else "")
@@ -305,7 +315,7 @@ class EventHub:
         if state == seen.state:
             seen.pending = ""
             return
-        if state == PeerState.CATCHING_UP and seen.state != PeerState.DISCONNECTED:
+        if state in HELD and seen.state != PeerState.DISCONNECTED:
             if seen.pending != state:
                 seen.pending, seen.pending_since = state, now
                 return
