@@ -8,10 +8,11 @@ cd "$(dirname "$0")/.."
 PY=/usr/bin/python3
 [ -x "$PY" ] || PY=$(command -v python3)
 # python3-venv for the venv; fuse3, libfuse3-dev and pkg-config to build pyfuse3 (the block
-# device frontend) from PyPI
+# device frontend) from PyPI; iproute2 and nftables for the fault campaign's network
+# namespaces (tests/faults: partitions, packet loss)
 need=()
 "$PY" -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv python3-pip)
-for p in fuse3 libfuse3-dev pkg-config; do
+for p in fuse3 libfuse3-dev pkg-config iproute2 nftables; do
     [ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)" = installed ] || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

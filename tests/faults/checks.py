@@ -70,6 +70,18 @@ class Freeze:
     t_cont: float | None = None  # None: killed while frozen, or still frozen
 
 
+@dataclass
+class Isolation:
+    """A primary cut off from every sync secondary (its link down, or the cluster split
+    with the sync secondaries on the other side) while the rest of the cluster may promote."""
+
+    node: str
+    epoch: int
+    t_cut: float
+    how: str
+    t_heal: float | None = None
+
+
 # ---- histories ------------------------------------------------------------------------------
 
 
@@ -466,3 +478,61 @@ def check_zombie_acks(
                 )
             )
     return out
+
+
+def check_isolated_acks(
+    ledger: Ledger,
+    history: Sequence[Sequence[int]],
+    end: int,
+    isolations: Iterable[Isolation],
+    promotions: Sequence[Promotion],
+    mode: str,
+    limit: int = 4,
+) -> tuple[list[Violation], int]:
+    """Two histories served at once: a primary cut off from its sync secondaries while the
+    other side promoted. README, "When things go wrong": with on_sync_loss = "block" its
+    writes wait for the sync secondaries and fail after sync_timeout, so it acknowledges
+    nothing the new side will not have — a write submitted to it after the cut, completed,
+    and missing from the history that won is a violation. With "degrade" it "goes on
+    completing writes alone, and if another node is promoted meanwhile those writes become
+    the old primary's divergent tail and are discarded": allowed, and counted (second
+    value), never required to survive (their absence from every volume is checked by
+    check_volume_content like any discarded write's)."""
+    out: list[Violation] = []
+    allowed = 0
+    for iso in isolations:
+        newer = [
+            p
+            for p in promotions
+            if p.epoch > iso.epoch
+            and p.t >= iso.t_cut
+            and (iso.t_heal is None or p.t <= iso.t_heal)
+        ]
+        if not newer:
+            continue
+        bad = [
+            w
+            for w in ledger.completed()
+            if w.conn.node == iso.node
+            and w.epoch == iso.epoch
+            and w.t_submit >= iso.t_cut
+            and not in_history(w, history, end)
+        ]
+        if not bad:
+            continue
+        if mode != "block":
+            allowed += len(bad)
+            continue
+        out.append(
+            Violation(
+                "isolated-ack",
+                f"{iso.node} (primary, epoch {iso.epoch}) was cut off from its sync "
+                f"secondaries ({iso.how}) at {iso.t_cut:.2f}s, {newer[0].node} promoted to "
+                f"epoch {newer[0].epoch} at {newer[0].t:.2f}s, and {iso.node} acknowledged "
+                f"{len(bad)} writes submitted after the cut that the history "
+                f"{[list(h) for h in history]} does not have (on_sync_loss=block): "
+                + "; ".join(f"{w.describe()} at {w.t_done:.2f}s" for w in bad[:limit]),
+                [iso.node, newer[0].node],
+            )
+        )
+    return out, allowed

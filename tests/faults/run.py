@@ -3,7 +3,10 @@
     python -m tests.faults.run --rounds 30 --seed 1 --seeds 10 --mode both
 
 runs, for each mode and each of the seeds 1..10, 30 rounds on one resource (rebuilt after a
-violation and every --rebuild-every rounds): 600 rounds. Prints one line per round, every
+violation and every --rebuild-every rounds): 600 rounds. `--net netns` puts every node in its
+own network namespace and adds partitions, packet loss, delay, a filling SRL and a failing
+disk to the faults (`--net both`: each seed and mode in both); `--json FILE` writes the
+summary with every failed round's full report. Prints one line per round, every
 violation's full report (rule broken, schedule, daemon log lines) as it happens, and at the
 end: rounds, faults by kind, failovers, promotions refused, violations by kind. Exit status 1
 if any violation was seen. Run it from the repository (or a snapshot of it) with PYTHONPATH
@@ -32,6 +35,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=1, help="how many seeds from --seed")
     ap.add_argument("--mode", choices=["degrade", "block", "both"], default="degrade")
     ap.add_argument("--srl-full", choices=["stall", "fail", "dcm"], help="default: per seed")
+    ap.add_argument(
+        "--net",
+        choices=["loopback", "netns", "both"],
+        default="loopback",
+        help="loopback: every node on 127.0.0.1; netns: each node in its own network "
+        "namespace on a bridge, with partitions, loss, delay, SRL fill and disk errors",
+    )
+    ap.add_argument("--no-disk", action="store_true", help="netns without the faultfs disk")
+    ap.add_argument(
+        "--device",
+        choices=["none", "fuse-loop", "mixed"],
+        default="none",
+        help="the block device frontend of the nodes (mixed: fuse-loop for odd seeds)",
+    )
     ap.add_argument("--converge-s", type=float, default=30.0, help="bound on convergence")
     ap.add_argument("--rebuild-every", type=int, default=20)
     ap.add_argument("--workdir", help="default: a new directory under /tmp")
@@ -48,67 +65,54 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     modes = ["degrade", "block"] if args.mode == "both" else [args.mode]
+    nets = ["loopback", "netns"] if args.net == "both" else [args.net]
     summary = Summary()
     t0 = time.monotonic()
     stop = False
-    for seed in range(args.seed, args.seed + args.seeds):
-        for mode in modes:
-            h = Harness(
-                workroot,
-                seed,
-                mode,
-                srl_full=args.srl_full,
-                converge_s=args.converge_s,
-                rebuild_every=args.rebuild_every,
-                verbose=args.verbose,
-            )
-            try:
-                for _ in range(args.rounds):
-                    res = h.run_round()
-                    summary.add(res)
-                    print(res.line(), flush=True)
-                    if not res.ok:
-                        print(res.report(), flush=True)
-                        if args.stop_on_violation:
-                            stop = True
-                            break
-            except KeyboardInterrupt:
-                stop = True
-            finally:
-                h.teardown(remove=True)
-            if stop:
-                break
+    settings = [
+        (seed, net, mode)
+        for seed in range(args.seed, args.seed + args.seeds)
+        for net in nets
+        for mode in modes
+    ]
+    for seed, net, mode in settings:
+        device = args.device
+        if device == "mixed":
+            device = "fuse-loop" if seed % 2 else "none"
+        h = Harness(
+            workroot,
+            seed,
+            mode,
+            srl_full=args.srl_full,
+            converge_s=args.converge_s,
+            rebuild_every=args.rebuild_every,
+            verbose=args.verbose,
+            net=net,
+            disk=not args.no_disk,
+            device=device,
+        )
+        try:
+            for _ in range(args.rounds):
+                res = h.run_round()
+                summary.add(res)
+                print(res.line(), flush=True)
+                if not res.ok:
+                    print(res.report(), flush=True)
+                    if args.stop_on_violation:
+                        stop = True
+                        break
+        except KeyboardInterrupt:
+            stop = True
+        finally:
+            h.teardown(remove=True)
         if stop:
             break
-    print(f"\n==== summary ({time.monotonic() - t0:.0f}s wall) ====", flush=True)
+    wall = time.monotonic() - t0
+    print(f"\n==== summary ({wall:.0f}s wall) ====", flush=True)
     print(summary.text(), flush=True)
     if args.json:
-        Path(args.json).write_text(
-            json.dumps(
-                {
-                    "rounds": summary.rounds,
-                    "clean": summary.ok,
-                    "faults": dict(summary.faults),
-                    "failovers": summary.failovers,
-                    "refusals": dict(summary.refusals),
-                    "violations": dict(summary.violations),
-                    "failed": [
-                        {
-                            "seed": r.seed,
-                            "round": r.round,
-                            "mode": r.mode,
-                            "srl_full": r.srl_full,
-                            "workdir": r.workdir,
-                            "violations": [str(v) for v in r.violations],
-                            "trace": r.trace,
-                            "logs": r.logs,
-                        }
-                        for r in summary.failed
-                    ],
-                },
-                indent=1,
-            )
-        )
+        doc = {"command": " ".join(sys.argv), "wall_seconds": round(wall, 1), **summary.doc()}
+        Path(args.json).write_text(json.dumps(doc, indent=1))
     return 1 if summary.failed else 0
 
 

@@ -29,10 +29,13 @@ history holds a bounded number of promotions.
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import time
 import traceback
 from collections import Counter
@@ -46,9 +49,10 @@ from replengine.errors import ReplError
 from replengine.runtime import is_alive, wait_gone
 from replengine.wire.control import ControlClient
 
-from . import checks
-from .checks import Freeze, Observation, Promotion, Violation
+from . import checks, faultfs
+from .checks import Freeze, Isolation, Observation, Promotion, Violation
 from .ledger import Ledger, Stream, Writer
+from .netns import NetnsResource, Network
 
 
 class RoundStop(Exception):
@@ -73,6 +77,18 @@ KINDS = {
     "burst": 1,
 }
 
+#: the faults of --net netns (nodes in their own network namespaces), and their weights
+NET_KINDS = {
+    "partition_primary": 4,
+    "partition_secondary": 3,
+    "split": 3,
+    "loss": 2,
+    "delay": 2,
+    "srl_fill": 2,
+    "heal_net": 3,
+    "disk_error": 2,
+}
+
 
 @dataclass
 class RoundResult:
@@ -90,6 +106,9 @@ class RoundResult:
     trace: list[str]
     logs: dict[str, list[str]]
     workdir: str = ""
+    net: str = "loopback"
+    bytes_verified: int = 0
+    notes: Counter = field(default_factory=Counter)
 
     @property
     def ok(self) -> bool:
@@ -98,7 +117,8 @@ class RoundResult:
     def line(self) -> str:
         c = self.counts
         head = (
-            f"seed {self.seed} round {self.round:3d} {self.mode:7s} srl_full={self.srl_full:5s} "
+            f"seed {self.seed} round {self.round:3d} {self.net[:4]} {self.mode:7s} "
+            f"srl_full={self.srl_full:5s} "
             f"{self.seconds:5.1f}s writes {c.get('completed', 0)}/{c.get('writes', 0)} "
             f"failovers {self.failovers}: {', '.join(self.steps)}"
         )
@@ -113,7 +133,7 @@ class RoundResult:
     def report(self) -> str:
         """Everything needed to fix it: the rule broken, the schedule, the daemons' logs."""
         out = [
-            f"=== seed {self.seed}, round {self.round}, mode {self.mode}, srl_full "
+            f"=== seed {self.seed}, round {self.round}, net {self.net}, mode {self.mode}, srl_full "
             f"{self.srl_full} (workdir {self.workdir or 'removed'})"
         ]
         for v in self.violations:
@@ -140,7 +160,19 @@ class Harness:
         rebuild_every: int = 20,
         keep_failed: bool = True,
         verbose: bool = False,
+        net: str = "loopback",
+        disk: bool = True,
+        device: str = "none",
+        script: list[list[str]] | None = None,
     ) -> None:
+        #: per round, fault kinds played first (when allowed), before the random ones
+        self.script = [list(x) for x in script or []]
+        self.net = net
+        self.disk = disk and net == "netns"
+        self.device = device
+        self.network: Network | None = None
+        self.fuse: subprocess.Popen | None = None
+        self.disk_node: str | None = None
         self.workroot = Path(workroot)
         self.seed = seed
         self.mode = mode
@@ -170,8 +202,7 @@ class Harness:
         work = self.workroot / f"s{self.seed}-{self.mode}-b{self.builds}"
         if work.exists():
             shutil.rmtree(work)
-        self.r = LocalResource(
-            work,
+        kw = dict(
             nodes=dict(NODES),
             volume_size=VOLUME_SIZE,
             srl_size=SRL_SIZE,
@@ -179,7 +210,19 @@ class Harness:
             on_sync_loss=self.mode,
             heartbeat_ms=self.heartbeat_ms,
             extra={"sync_timeout": 2, "promote_min_peers": 1},
+            device=self.device,
         )
+        if self.net == "netns":
+            faultfs.sweep_stale()
+            self.network = Network(list(NODES))
+            self.network.up()
+            self.r = NetnsResource(work, net=self.network, **kw)
+        else:
+            self.r = LocalResource(work, **kw)
+        if self.disk:
+            # one node's volume and SRL on a disk that fails on command
+            self.disk_node = list(NODES)[(self.seed + self.builds) % len(NODES)]
+            self.mount_faultfs(work, self.disk_node)
         self.r.create()
         self.r.up()
         first = list(NODES)[0]
@@ -198,6 +241,34 @@ class Harness:
         self.wait_statuses(converged, 30, "a new resource to converge")
         assert not problems, f"a new resource did not converge: {problems}"
 
+    def mount_faultfs(self, work: Path, node: str) -> None:
+        """The node's directory (volume, SRL, their marker files) becomes a FUSE mount of
+        <node>.disk that fails reads or writes with EIO on command (faultfs)."""
+        mnt, backing = work / node, work / f"{node}.disk"
+        mnt.mkdir(parents=True, exist_ok=True)
+        backing.mkdir(parents=True, exist_ok=True)
+        self.fuse = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.faults.faultfs",
+                str(backing),
+                str(mnt),
+                str(os.getpid()),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.fuse.stdout is not None
+        line = self.fuse.stdout.readline()  # printed once mounted
+        assert line.startswith("mounted"), f"faultfs did not mount: {line!r}"
+        self.fault_file = mnt / ".fault"
+
+    def set_disk_fault(self, spec: str) -> None:
+        with open(self.fault_file, "w") as f:
+            f.write(spec)
+
     def teardown(self, remove: bool) -> None:
         r = self.r
         if r is None:
@@ -212,6 +283,16 @@ class Harness:
                     wait_gone(proc.info["pid"], 10)
             except (psutil.Error, ReplError):
                 continue
+        if self.fuse is not None:
+            subprocess.run(
+                ["umount", "-l", str(self.fault_file.parent)], capture_output=True, check=False
+            )
+            self.fuse.kill()
+            self.fuse.wait(30)
+            self.fuse = None
+        if self.network is not None:
+            self.network.down()
+            self.network = None
         if remove:
             shutil.rmtree(r.workdir, ignore_errors=True)
         self.r = None
@@ -229,6 +310,27 @@ class Harness:
 
     def reachable(self, n: str) -> bool:
         return n not in self.dead and n not in self.frozen
+
+    def linked(self, a: str, b: str) -> bool:
+        """a and b can talk over the network (always, on loopback)."""
+        return self.network is None or self.network.connected(a, b)
+
+    def serving_beside(self, n: str) -> bool:
+        """A running primary is on n's side of a partition (promoting n would be refused,
+        and is not the fault being played)."""
+        p = self.primary
+        return (
+            self.network is not None
+            and p is not None
+            and p != n
+            and self.reachable(p)
+            and self.network.connected(n, p)
+        )
+
+    def away(self) -> set[str]:
+        """Nodes killed, frozen or cut off."""
+        cut = self.network.cuts if self.network is not None else set()
+        return self.dead | set(self.frozen) | cut
 
     def status(self, n: str, timeout: float = 2.0) -> dict | None:
         if not self.reachable(n):
@@ -273,6 +375,17 @@ class Harness:
             if n in self.dead:
                 continue
             pid = self.r.pid(n)
+            if (pid is None or not is_alive(pid)) and n in self.disk_hit:
+                # README promises nothing of a node whose disk fails; stopping is fair, a
+                # restart after the repair must bring it back (heal)
+                self.note(f"{n} (pid {pid}) stopped after its disk error")
+                self.notes["stopped on a disk error"] += 1
+                self.frozen.pop(n, None)
+                self.dead.add(n)
+                if n == self.primary:
+                    self.primary = None
+                    self.writer.set_target(None)
+                continue
             if pid is None or not is_alive(pid):
                 self.violate(
                     "daemon-died",
@@ -379,7 +492,14 @@ class Harness:
         """Promote a random reachable node (trying others if refused); the writer follows
         it unless `write` is False (a new primary that must not write anything)."""
         if candidates is None:
-            candidates = [n for n in NODES if self.reachable(n) and n != self.primary]
+            candidates = [
+                n
+                for n in NODES
+                if self.reachable(n)
+                and n != self.primary
+                and (self.network is None or n not in self.network.cuts)
+                and not self.serving_beside(n)
+            ]
             self.rng.shuffle(candidates)
         sts = {n: self.status(n) for n in NODES if self.reachable(n)}
         reach = {n for n, s in sts.items() if s and s["consistent"] and not s["rewinding"]}
@@ -388,7 +508,9 @@ class Harness:
             for n, s in sts.items()
             if s
         }
+        everyone = reach
         for c in candidates:
+            reach = {n for n in everyone if self.linked(c, n)}
             t = self.now()
             doc = self._promote(c)
             if doc is None:
@@ -402,6 +524,17 @@ class Harness:
                 self.refusals[reason_key(doc["error"])] += 1
                 self.note(f"promote {c} refused: {doc['error']}")
                 continue
+            if doc.get("already"):
+                # it was primary already (its status did not answer in time: a slow disk)
+                s = self.status(c, 10.0)
+                self.note(f"promote {c}: already primary in epoch {doc['epoch']}")
+                self.primary, self.epoch = c, int(doc["epoch"])
+                if write:
+                    base = s["end_lsn"] if s else 0
+                    self.writer.set_target(
+                        self.ledger.new_conn(c, self.epoch, base, self.rng.randint(1, 4))
+                    )
+                return True
             if self.primary is not None and self.primary != c:
                 self.ex_primaries.add(self.primary)
             self.primary, self.epoch = c, int(doc["epoch"])
@@ -456,12 +589,24 @@ class Harness:
     # ---- one round ---------------------------------------------------------------------------
 
     def allowed(self) -> list[str]:
-        away = len(self.dead) + len(self.frozen)
+        away = len(self.away())
         up = [n for n in NODES if self.reachable(n)]
         secs = [n for n in up if n != self.primary]
         ks = []
         if self.primary is None:
             return ["failover"] if up else []
+        net = self.network
+        if net is not None and net.sides is not None:
+            # split: the two sides as they are, until heal_net (no kills or freezes on top)
+            ks += ["heal_net", "burst", "loss", "delay"]
+            dn = self.disk_node
+            if self.disk and dn is not None and self.reachable(dn) and dn not in self.disk_hit:
+                ks.append("disk_error")
+            if self.dead:
+                ks.append("restart")
+            if self.frozen:
+                ks.append("thaw")
+            return ks
         if away < MAX_AWAY and secs:
             ks += ["freeze_secondary", "kill_secondary"]
         if away < MAX_AWAY and self.reachable(self.primary) and secs:
@@ -473,13 +618,36 @@ class Harness:
         if self.frozen:
             ks.append("thaw")
         ks.append("burst")
+        if net is not None:
+            p = self.primary
+            cut_secs = [n for n in secs if n not in net.cuts]
+            if away < MAX_AWAY and self.reachable(p) and p not in net.cuts and cut_secs:
+                ks.append("partition_primary")
+            if away < MAX_AWAY and cut_secs:
+                ks.append("partition_secondary")
+            if away == 0:
+                ks.append("split")
+            if len(net.loss) + len(net.shaped) < 2:
+                ks += ["loss", "delay"]
+            asyncs = [n for n in cut_secs if NODES[n] == "async"]
+            if away < MAX_AWAY and asyncs:
+                ks.append("srl_fill")
+            if net.faults():
+                ks.append("heal_net")
+        dn = self.disk_node
+        if self.disk and dn is not None and self.reachable(dn) and dn not in self.disk_hit:
+            ks.append("disk_error")
         return ks
 
-    def step(self) -> str:
+    def step(self, forced: str | None = None) -> str:
         ks = self.allowed()
         if not ks:
             return "none"
-        kind = self.rng.choices(ks, [KINDS.get(k, 3) for k in ks])[0]
+        kind = self.rng.choices(ks, [KINDS.get(k) or NET_KINDS.get(k, 3) for k in ks])[0]
+        if forced in ks:
+            kind = forced
+        if kind in NET_KINDS:
+            return self.net_step(kind)
         self.faults[kind] += 1
         rng = self.rng
         p = self.primary
@@ -547,13 +715,145 @@ class Harness:
             return f"burst({'on' if self.writer.burst else 'off'})"
         raise AssertionError(kind)
 
+    def late_writes(self, n: str, epoch: int) -> int:
+        """An application on a replaced primary goes on writing: these must fail (fenced,
+        or timed out under block) unless they end up in the history that won (or, under
+        degrade, be discarded with its divergent tail)."""
+        late = self.rng.randint(1, 3)
+        try:
+            st = Stream(self.r, self.ledger.new_conn(n, epoch, 0, late))
+            for _ in range(late):
+                st.submit(self.ledger.new_write(st.conn, self.rng, VOLUME_SIZE, False))
+            self.writer.adopt(st)
+        except ReplError as exc:
+            self.note(f"could not send late writes to {n}: {exc}")
+            return 0
+        self.note(f"{late} late writes sent to {n} (epoch {epoch}, replaced while cut off)")
+        return late
+
+    def net_step(self, kind: str) -> str:
+        """The faults of --net netns: partitions, loss, delay, a filling SRL, a failing disk."""
+        net = self.network
+        rng = self.rng
+        p = self.primary
+        assert net is not None and p is not None
+        secs = sorted(n for n in NODES if self.reachable(n) and n != p and n not in net.cuts)
+        self.observe()
+        if kind == "partition_primary":
+            net.cut(p)
+            self.isolations.append(Isolation(p, self.epoch, self.now(), "its link down"))
+            self.faults[kind] += 1
+            self.note(f"link of {p} down (primary, epoch {self.epoch}); faults {net.faults()}")
+            self.wait_observing(rng.uniform(0.2, 1.5))
+            if rng.random() < 0.8:
+                old = self.epoch
+                if self.failover() and self.primary != p:
+                    self.late_writes(p, old)
+            return f"{kind}({p}->{self.primary})"
+        if kind == "partition_secondary":
+            n = rng.choice(secs)
+            net.cut(n)
+            self.faults[f"{kind}({NODES[n]})"] += 1
+            self.note(f"link of {n} down ({NODES[n]} secondary); faults {net.faults()}")
+            return f"{kind}({n})"
+        if kind == "split":
+            side = {p} | {n for n in NODES if NODES[n] == "async" and n != p}
+            if side == {p}:  # the primary is the async node: one sync node stays with it
+                side.add(rng.choice(sorted(n for n in NODES if n != p)))
+            rest = set(NODES) - side
+            net.split(side, rest)
+            if not any(NODES[n] == "sync" for n in side - {p}):
+                self.isolations.append(Isolation(p, self.epoch, self.now(), "split"))
+            self.faults[kind] += 1
+            self.note(f"split {sorted(side)} | {sorted(rest)} (primary {p} epoch {self.epoch})")
+            self.wait_observing(rng.uniform(0.2, 1.5))
+            if rng.random() < 0.85:
+                old = self.epoch
+                if self.failover() and self.primary != p:
+                    self.late_writes(p, old)
+            return f"{kind}({','.join(sorted(side))}|{','.join(sorted(rest))}->{self.primary})"
+        if kind == "loss":
+            n = rng.choice(sorted(NODES))
+            pct = rng.choice([5, 10, 20, 30])
+            net.lossy(n, pct)
+            self.faults[kind] += 1
+            self.note(f"{pct}% packet loss on {n}")
+            return f"loss({n},{pct}%)"
+        if kind == "delay":
+            n = rng.choice(sorted(NODES))
+            what = net.slow(
+                n, rng.choice([50, 150, 400]), rng.choice([10, 40]), rng.choice([1, 2, 4])
+            )
+            self.faults[kind] += 1
+            self.note(f"{n}'s link slowed: {what}")
+            return f"delay({n})"
+        if kind == "srl_fill":
+            n = rng.choice([x for x in secs if NODES[x] == "async"])
+            net.cut(n)
+            self.writer.burst = True
+            self.faults[f"srl_fill({self.srl_full})"] += 1
+            self.note(
+                f"link of {n} (async) down and a write burst: the SRLs fill ({self.srl_full})"
+            )
+            self.wait_observing(rng.uniform(1.0, 3.0))
+            s = self.status(self.primary) if self.primary else None
+            if s is not None:
+                self.note(
+                    f"{self.primary}: SRL [{s['start_lsn']},{s['end_lsn']}) "
+                    f"stalled {s['writes_stalled']} pending {s['writes_pending']}, {n} "
+                    f"{s['peers'][n]['state']}"
+                )
+            return f"srl_fill({n},{self.srl_full})"
+        if kind == "heal_net":
+            faults = net.faults()
+            f = rng.choice(faults)
+            name = f.split("(")[0]
+            arg = f[f.index("(") + 1 : -1].split(",")[0]
+            if name == "cut":
+                net.uncut(arg)
+                self.healed(arg, "its link down")
+            elif name == "split":
+                net.unsplit()
+                self.healed(None, "split")
+            elif name == "loss":
+                net.lossy(arg, 0)
+            else:
+                net.unslow(arg)
+            self.faults[kind] += 1
+            self.note(f"healed {f}")
+            return f"heal_net({f})"
+        if kind == "disk_error":
+            n = self.disk_node
+            assert n is not None
+            what = rng.choice(["r", "w", "rw"])
+            files = rng.choice(["srl.img*", "volume.img", "*"])
+            self.disk_hit.add(n)
+            self.set_disk_fault(f"eio {what} {files}")
+            role = "primary" if n == p else "secondary"
+            self.faults[
+                f"disk_error({'srl' if files.startswith('srl') else 'volume' if files == 'volume.img' else 'both'},{what})"
+            ] += 1
+            self.note(f"disk of {n} ({role}) fails {what} of {files} with EIO")
+            self.wait_observing(rng.uniform(0.2, 1.5))
+            self.set_disk_fault("none")
+            self.note(f"disk of {n} repaired")
+            self.observe()
+            return f"disk_error({n},{what},{files})"
+        raise AssertionError(kind)
+
+    def healed(self, node: str | None, how: str) -> None:
+        for iso in self.isolations:
+            if iso.t_heal is None and iso.how == how and (node is None or iso.node == node):
+                iso.t_heal = self.now()
+
     def run_round(self) -> RoundResult:
         if self.r is None or self.rounds_on_build >= self.rebuild_every:
             self.teardown(remove=True)
             self.build()
         self.round += 1
         self.rounds_on_build += 1
-        self.rng = random.Random(f"{self.seed}:{self.mode}:{self.round}")
+        tail = "" if self.net == "loopback" else f":{self.net}"
+        self.rng = random.Random(f"{self.seed}:{self.mode}:{self.round}{tail}")
         self.t0 = time.monotonic()
         self.trace: list[str] = []
         self.violations: list[Violation] = []
@@ -563,6 +863,10 @@ class Harness:
         self.promotions: list[Promotion] = []
         self.observations: list[Observation] = []
         self.freezes: list[Freeze] = []
+        self.isolations: list[Isolation] = []
+        self.disk_hit: set[str] = set()
+        self.notes: Counter = Counter()
+        self.bytes_verified = 0
         assert self.r is not None
         self.log_offsets = {n: len(self.r.log(n)) for n in NODES}
         self.ledger = Ledger(self.round, self.next_wid, self.t0)
@@ -580,7 +884,11 @@ class Harness:
             )
             self.writer.start()
             self.wait_observing(self.rng.uniform(0.2, 0.8))
-            for _ in range(self.rng.randint(2, 5)):
+            forced = self.script.pop(0) if self.script else []
+            for kind in forced:
+                steps.append(self.step(kind))
+                self.wait_observing(self.rng.uniform(0.1, 1.2))
+            for _ in range(self.rng.randint(2, 5) - len(forced)):
                 steps.append(self.step())
                 self.wait_observing(self.rng.uniform(0.1, 1.2))
             self.heal()
@@ -618,11 +926,22 @@ class Harness:
             self.trace,
             logs,
             workdir if self.keep_failed else "",
+            self.net,
+            self.bytes_verified,
+            self.notes,
         )
 
     # ---- heal, quiesce, check ------------------------------------------------------------------
 
     def heal(self) -> None:
+        if self.network is not None and self.network.faults():
+            self.note(f"network healed: {self.network.faults()}")
+            self.network.clear()
+            for iso in self.isolations:
+                if iso.t_heal is None:
+                    iso.t_heal = self.now()
+        if self.disk_hit:
+            self.set_disk_fault("none")
         for n in sorted(self.frozen):
             self.thaw(n)
         for n in sorted(self.dead):
@@ -720,6 +1039,17 @@ class Harness:
         self.violations += checks.check_zombie_acks(
             self.ledger, history, end, self.freezes, self.promotions
         )
+        iso_v, discarded = checks.check_isolated_acks(
+            self.ledger, history, end, self.isolations, self.promotions, self.mode
+        )
+        self.violations += iso_v
+        if discarded:
+            self.notes["acks of a cut-off primary discarded (degrade allows it)"] += discarded
+            self.note(
+                f"{discarded} writes acknowledged by a cut-off primary were discarded with "
+                "its divergent tail (on_sync_loss=degrade allows it)"
+            )
+        self.bytes_verified = len(images) * VOLUME_SIZE
         for v in self.violations:
             if not v.message.startswith("[seed"):
                 v.message = f"[seed {self.seed} round {self.round} {self.mode}] {v.message}"
@@ -824,6 +1154,9 @@ class Summary:
     signatures: dict[str, list[str]] = field(default_factory=dict)
     writes: Counter = field(default_factory=Counter)
     failed: list[RoundResult] = field(default_factory=list)
+    bytes_verified: int = 0
+    notes: Counter = field(default_factory=Counter)
+    by_setting: Counter = field(default_factory=Counter)
 
     def add(self, res: RoundResult) -> None:
         self.rounds += 1
@@ -838,8 +1171,42 @@ class Summary:
                 f"seed {res.seed} round {res.round} {res.mode}"
             )
         self.writes.update(res.counts)
+        self.bytes_verified += res.bytes_verified
+        self.notes.update(res.notes)
+        self.by_setting[f"{res.net} on_sync_loss={res.mode} srl_full={res.srl_full}"] += 1
         if not res.ok:
             self.failed.append(res)
+
+    def doc(self) -> dict:
+        """The summary as JSON, each failed round's full report included."""
+        return {
+            "rounds": self.rounds,
+            "clean": self.ok,
+            "seconds_in_rounds": round(self.seconds, 1),
+            "faults": dict(self.faults),
+            "failovers": self.failovers,
+            "refusals": dict(self.refusals),
+            "rounds_by_setting": dict(self.by_setting),
+            "writes": dict(self.writes),
+            "bytes_verified": self.bytes_verified,
+            "notes": dict(self.notes),
+            "violations": dict(self.violations),
+            "violation_signatures": {k: v for k, v in self.signatures.items()},
+            "failed": [
+                {
+                    "seed": r.seed,
+                    "round": r.round,
+                    "net": r.net,
+                    "mode": r.mode,
+                    "srl_full": r.srl_full,
+                    "workdir": r.workdir,
+                    "steps": r.steps,
+                    "violations": [str(v) for v in r.violations],
+                    "report": r.report(),
+                }
+                for r in self.failed
+            ],
+        }
 
     def text(self) -> str:
         lines = [
@@ -849,7 +1216,11 @@ class Summary:
             f"failovers (successful promotions): {self.failovers}",
             f"promotions refused: {sum(self.refusals.values())} "
             f"{dict(self.refusals.most_common())}",
+            f"rounds by setting: {dict(sorted(self.by_setting.items()))}",
             f"writes: {dict(self.writes)}",
+            f"bytes verified (volumes compared with the ledger's model): {self.bytes_verified}"
+            f" ({self.bytes_verified / (1 << 20):.0f} MiB)",
+            f"notes: {dict(self.notes)}",
             f"violations: {sum(self.violations.values())} {dict(self.violations.most_common())}",
         ]
         if self.signatures:

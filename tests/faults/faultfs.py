@@ -1,0 +1,288 @@
+"""A disk that fails on command: a FUSE passthrough of one flat directory.
+
+    python -m tests.faults.faultfs BACKING MOUNTPOINT
+
+mirrors the files of BACKING (no subdirectories: a node's volume, SRL and their marker and
+bitmap files) at MOUNTPOINT until it is unmounted or the process is killed. Writing to the
+hidden file ``MOUNTPOINT/.fault`` sets what fails, at once (the write returns once it is
+in force):
+
+    none                 nothing fails
+    eio r GLOB           reads of files matching GLOB fail with EIO
+    eio w GLOB           writes, fsync and truncation of those files fail with EIO
+    eio rw GLOB          both
+
+A write that fails writes nothing. Reading ``.fault`` gives the current setting and the
+count of failed calls. The file system name is ``rfaultfs-<pid of the harness>``, so a
+later run can find and unmount what a killed one left (`sweep_stale`).
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import os
+import re
+import stat as stat_m
+import subprocess
+import sys
+
+CONTROL = b".fault"
+
+
+def sweep_stale() -> list[str]:
+    """Lazily unmount the faultfs mounts of harness processes that no longer exist."""
+    out = []
+    try:
+        lines = open("/proc/self/mounts").read().splitlines()
+    except OSError:
+        return out
+    for ln in lines:
+        parts = ln.split()
+        m = re.match(r"rfaultfs-(\d+)$", parts[0])
+        if m and not os.path.exists(f"/proc/{m.group(1)}"):
+            subprocess.run(["umount", "-l", parts[1]], capture_output=True, check=False)
+            out.append(parts[1])
+    return out
+
+
+def main(argv: list[str]) -> int:
+    import pyfuse3
+    import trio
+    from pyfuse3 import FUSEError
+
+    backing, mountpoint, owner = argv[0], argv[1], argv[2]
+
+    class FaultFS(pyfuse3.Operations):
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: dict[int, bytes] = {}
+            self.inos: dict[bytes, int] = {}
+            self.next_ino = pyfuse3.ROOT_INODE + 1
+            self.fds: dict[int, tuple[int, bytes]] = {}  # fh -> (fd, name)
+            self.next_fh = 1
+            self.mode = "none"
+            self.glob = ""
+            self.failed = 0
+
+        # ---- helpers
+        def path(self, name: bytes) -> bytes:
+            return os.path.join(os.fsencode(backing), name)
+
+        def ino(self, name: bytes) -> int:
+            if name not in self.inos:
+                self.inos[name] = self.next_ino
+                self.names[self.next_ino] = name
+                self.next_ino += 1
+            return self.inos[name]
+
+        def fails(self, name: bytes, what: str) -> bool:
+            if self.mode == "none" or what not in self.mode:
+                return False
+            if fnmatch.fnmatch(os.fsdecode(name), self.glob):
+                self.failed += 1
+                return True
+            return False
+
+        def attrs(self, ino: int) -> pyfuse3.EntryAttributes:
+            if ino == pyfuse3.ROOT_INODE:
+                st = os.lstat(backing)
+            elif self.names.get(ino) == CONTROL:
+                st = None
+            else:
+                try:
+                    st = os.lstat(self.path(self.names[ino]))
+                except OSError as exc:
+                    raise FUSEError(exc.errno) from None
+            a = pyfuse3.EntryAttributes()
+            a.st_ino = ino
+            a.entry_timeout = 0
+            a.attr_timeout = 0
+            if st is None:
+                a.st_mode = stat_m.S_IFREG | 0o600
+                a.st_nlink = 1
+                a.st_size = 0
+                return a
+            for k in ("st_mode", "st_nlink", "st_uid", "st_gid", "st_rdev", "st_size"):
+                setattr(a, k, getattr(st, k))
+            a.st_blksize = 4096
+            a.st_blocks = st.st_blocks
+            a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns = (
+                st.st_atime_ns,
+                st.st_mtime_ns,
+                st.st_ctime_ns,
+            )
+            return a
+
+        # ---- operations
+        async def lookup(self, parent_inode, name, ctx=None):
+            if parent_inode != pyfuse3.ROOT_INODE:
+                raise FUSEError(errno.ENOENT)
+            if name == CONTROL:
+                return self.attrs(self.ino(name))
+            if not os.path.lexists(self.path(name)):
+                raise FUSEError(errno.ENOENT)
+            return self.attrs(self.ino(name))
+
+        async def getattr(self, inode, ctx=None):
+            return self.attrs(inode)
+
+        async def setattr(self, inode, attr, fields, fh, ctx):
+            name = self.names.get(inode)
+            if name is None or name == CONTROL:
+                return self.attrs(inode)
+            p = self.path(name)
+            try:
+                if fields.update_size:
+                    if self.fails(name, "w"):
+                        raise FUSEError(errno.EIO)
+                    os.truncate(p, attr.st_size)
+                if fields.update_mode:
+                    os.chmod(p, stat_m.S_IMODE(attr.st_mode))
+                if fields.update_atime or fields.update_mtime:
+                    st = os.lstat(p)
+                    at = attr.st_atime_ns if fields.update_atime else st.st_atime_ns
+                    mt = attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns
+                    os.utime(p, ns=(at, mt))
+            except OSError as exc:
+                raise FUSEError(exc.errno) from None
+            return self.attrs(inode)
+
+        async def opendir(self, inode, ctx):
+            if inode != pyfuse3.ROOT_INODE:
+                raise FUSEError(errno.ENOTDIR)
+            return inode
+
+        async def readdir(self, fh, start_id, token):
+            names = sorted(os.listdir(os.fsencode(backing)))
+            for i, name in enumerate(names):
+                if i < start_id:
+                    continue
+                if not pyfuse3.readdir_reply(token, name, self.attrs(self.ino(name)), i + 1):
+                    break
+
+        async def releasedir(self, fh):
+            return None
+
+        async def fsyncdir(self, fh, datasync):
+            fd = os.open(backing, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+        async def statfs(self, ctx):
+            st = os.statvfs(backing)
+            s = pyfuse3.StatvfsData()
+            for k in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files"):
+                setattr(s, k, getattr(st, k))
+            s.f_ffree, s.f_favail, s.f_namemax = st.f_ffree, st.f_favail, st.f_namemax
+            return s
+
+        def _fh(self, fd: int, name: bytes) -> pyfuse3.FileInfo:
+            fh = self.next_fh
+            self.next_fh += 1
+            self.fds[fh] = (fd, name)
+            return pyfuse3.FileInfo(fh=fh, direct_io=True)
+
+        async def open(self, inode, flags, ctx):
+            name = self.names.get(inode)
+            if name is None:
+                raise FUSEError(errno.ENOENT)
+            if name == CONTROL:
+                return self._fh(-1, name)
+            try:
+                fd = os.open(self.path(name), flags & ~os.O_CREAT)
+            except OSError as exc:
+                raise FUSEError(exc.errno) from None
+            return self._fh(fd, name)
+
+        async def create(self, parent_inode, name, mode, flags, ctx):
+            if parent_inode != pyfuse3.ROOT_INODE or name == CONTROL:
+                raise FUSEError(errno.EACCES)
+            try:
+                fd = os.open(self.path(name), flags | os.O_CREAT | os.O_TRUNC, mode)
+            except OSError as exc:
+                raise FUSEError(exc.errno) from None
+            return self._fh(fd, name), self.attrs(self.ino(name))
+
+        async def read(self, fh, off, size):
+            fd, name = self.fds[fh]
+            if name == CONTROL:
+                return f"{self.mode} {self.glob} failed={self.failed}\n".encode()[off : off + size]
+            if self.fails(name, "r"):
+                raise FUSEError(errno.EIO)
+            return os.pread(fd, size, off)
+
+        async def write(self, fh, off, buf):
+            fd, name = self.fds[fh]
+            if name == CONTROL:
+                words = buf.decode().split()
+                if not words or words[0] == "none":
+                    self.mode, self.glob = "none", ""
+                elif words[0] == "eio" and len(words) == 3 and words[1] in ("r", "w", "rw"):
+                    self.mode, self.glob = words[1], words[2]
+                else:
+                    raise FUSEError(errno.EINVAL)
+                return len(buf)
+            if self.fails(name, "w"):
+                raise FUSEError(errno.EIO)
+            return os.pwrite(fd, buf, off)
+
+        async def fsync(self, fh, datasync):
+            fd, name = self.fds[fh]
+            if name == CONTROL:
+                return
+            if self.fails(name, "w"):
+                raise FUSEError(errno.EIO)
+            (os.fdatasync if datasync else os.fsync)(fd)
+
+        async def flush(self, fh):
+            return None
+
+        async def release(self, fh):
+            fd, _ = self.fds.pop(fh)
+            if fd >= 0:
+                os.close(fd)
+
+        async def unlink(self, parent_inode, name, ctx):
+            try:
+                os.unlink(self.path(name))
+            except OSError as exc:
+                raise FUSEError(exc.errno) from None
+            ino = self.inos.pop(name, None)
+            if ino is not None:
+                self.names.pop(ino, None)
+
+        async def rename(self, parent_old, name_old, parent_new, name_new, flags, ctx):
+            if flags:
+                raise FUSEError(errno.EINVAL)
+            try:
+                os.rename(self.path(name_old), self.path(name_new))
+            except OSError as exc:
+                raise FUSEError(exc.errno) from None
+            ino = self.inos.pop(name_old, None)
+            old = self.inos.pop(name_new, None)
+            if old is not None:
+                self.names.pop(old, None)
+            if ino is not None:
+                self.inos[name_new] = ino
+                self.names[ino] = name_new
+
+        async def forget(self, inode_list):
+            return None
+
+    opts = set(pyfuse3.default_options)
+    opts.discard("default_permissions")
+    opts |= {f"fsname=rfaultfs-{owner}", "allow_other"}
+    pyfuse3.init(FaultFS(), mountpoint, opts)
+    print("mounted", flush=True)
+    try:
+        trio.run(pyfuse3.main)
+    finally:
+        pyfuse3.close(unmount=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
