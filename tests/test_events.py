@@ -187,3 +187,40 @@ def test_killed_subscriber_is_dropped(resource: Callable[..., LocalResource]) ->
         again.wait(lambda e: e["kind"] == "exists", "exists for a new subscriber")
     finally:
         again.stop()
+
+
+def test_policy_and_full_sync_events(resource: Callable[..., LocalResource]) -> None:
+    """On the primary: `replctl sync --full gamma` is a full-sync-started, gamma's state
+    full-sync, then full-sync-finished and up-to-date again; a sync secondary killed fires
+    on_sync_loss=degrade; `replctl down` says it is stopping, and the subscriber then exits 1
+    saying the daemon stopped."""
+    r = resource(THREE_NODES)
+    r.up()
+    r.promote("alpha")
+    r.wait_synced()
+    sub = Subscriber(r, "alpha")
+    try:
+        sub.wait(lambda e: e["kind"] == "exists" and e.get("peer") == "gamma", "exists gamma")
+        r.replctl("alpha", "sync", "--full", "gamma")
+        started = sub.wait(lambda e: e["kind"] == "full-sync-started", "full sync started")
+        assert started["peer"] == "gamma" and started["bytes"] > 0, started
+        done = sub.wait(lambda e: e["kind"] == "full-sync-finished", "full sync finished", 120)
+        assert done["peer"] == "gamma", done
+        states = [e["new"] for e in sub.seen if e["kind"] == "peer-state" and e["peer"] == "gamma"]
+        assert "full-sync" in states, states
+        sub.seen_or_wait(
+            lambda e: (
+                e["kind"] == "peer-state" and e["peer"] == "gamma" and e["new"] == "up-to-date"
+            ),
+            "gamma up to date again",
+            60,
+        )
+        r.kill("beta")
+        pol = sub.wait(lambda e: e["kind"] == "policy", "on_sync_loss policy")
+        assert (pol["policy"], pol["action"], pol["peer"]) == ("on_sync_loss", "degrade", "beta")
+        r.down("alpha")
+        sub.seen_or_wait(lambda e: e["kind"] == "stopping", "stopping")
+        assert sub.proc.wait(30) == 1
+        assert sub.proc.stderr is not None and "stopped" in sub.proc.stderr.read()
+    finally:
+        sub.stop()

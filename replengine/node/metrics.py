@@ -170,6 +170,8 @@ class Metrics:
         node = self.node
         st = status(node)
         for name, p in (st.get("peers") or {}).items():
+            if p.get("lag_seconds") is not None:
+                continue  # status measures it itself (its own write clock)
             peer = node.peers.get(name)
             p["lag_seconds"] = (
                 self.lag_seconds(peer.acked_end, now)

@@ -113,6 +113,7 @@ class Operations(ClientIO):
         if not self.down_since:
             self.down_since = time.monotonic()
             log.info("shutting down: draining writes, applying the log")
+            self.node.events.emit("stopping", role=str(self.node.role))
             self.node.device_io.fence()
             if self.node.primary:
                 self.node.primary.accepting = False
