@@ -474,3 +474,92 @@ def test_up_wait_returns_once_caught_up(resource):
     assert int(last.rsplit(" ", 1)[1]) >= 100
     st = r.status("gamma")
     assert st["end_lsn"] >= 101 and st["consistent"], st
+
+
+# ---- pure parts: the write clock, the table's cells, plain progress lines ------------------------
+
+
+def test_write_clock_gives_the_age_of_the_oldest_unacknowledged_write():
+    from replengine.node.status import WriteClock
+
+    c = WriteClock()
+    for lsn, t in ((10, 100.0), (11, 100.5), (12, 101.0)):
+        c.note(lsn, t, floor=1)
+    assert c.age(13, 13, now=105.0) == 0.0  # nothing missing
+    assert c.age(11, 13, now=105.0) == 4.5
+    assert c.age(10, 13, now=105.0) == 5.0
+    assert c.age(9, 13, now=105.0) is None  # written before the clock began
+    c.note(13, 101.0005, floor=1)  # within the resolution: not sampled, dated by LSN 12
+    assert c.age(13, 14, now=105.0) == 4.0
+    for lsn in range(14, 5000):  # the log clears as it goes: the clock forgets as much
+        c.note(lsn, 101.0 + lsn, floor=lsn - 2)
+    assert len(c.lsns) < 3000, len(c.lsns)
+    assert c.age(4998, 5000, now=6000.0) == 6000.0 - (101.0 + 4998)
+    assert c.age(4990, 5000, now=6000.0) is None  # cleared from the log: forgotten
+
+
+def test_table_cells_and_notes():
+    from replengine.cli.status_view import duration, render, resync_cell, size
+
+    assert [size(0), size(4096), size(3 << 20), size(None)] == ["0 B", "4.0 KiB", "3.0 MiB", "-"]
+    assert [duration(0.25), duration(125), duration(7500)] == ["0.2s", "2m05s", "2h05m"]
+    rs = {
+        "phase": "copying",
+        "bytes_done": 8 << 20,
+        "bytes_total": 32 << 20,
+        "rate_bytes_per_s": 4 << 20,
+        "eta_s": 6.0,
+    }
+    assert resync_cell(rs) == "copying 8.0 MiB/32.0 MiB (25%), 4.0 MiB/s, ETA 6.0s"
+    doc = {
+        "resource": "r0",
+        "node": "beta",
+        "role": "secondary",
+        "epoch": 2,
+        "consistent": False,
+        "srl": {"capacity": 1 << 20, "used_bytes": 1 << 19},
+        "device": None,
+        "device_error": None,
+        "start_lsn": 5,
+        "end_lsn": 9,
+        "applied_end": 8,
+        "following": None,
+        "promotion": {
+            "phase": "pull",
+            "records_done": 3,
+            "records_total": 10,
+            "source": "gamma",
+            "bytes_pulled": 12288,
+            "seconds": 1.0,
+        },
+        "stopping": None,
+        "writes_stalled": 0,
+        "divergent_tail": {"records": 2, "bytes": 8192, "first_lsn": 7, "end_lsn": 9},
+        "peers": {},
+    }
+    text = render(doc)
+    assert "r0        beta  secondary  2      NO          512.0 KiB/1.0 MiB (50%)  -" in text
+    assert "PROMOTING: pulling 3/10 records from gamma (12.0 KiB)" in text
+    assert "divergent tail discarded: 2 records, 8192 bytes, LSNs [7, 9)" in text
+    assert "PEER" not in text  # no peers, no peer table
+
+
+def test_plain_progress_lines_are_paced_and_name_each_phase(monkeypatch):
+    import io
+
+    from replengine.cli import progress
+
+    now = [1000.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    out = io.StringIO()
+    bar = progress.Progress("sync", unit="bytes", tty=False, out=out)
+    steps = [(0.5, 1 << 20, "a"), (1.2, 2 << 20, "a"), (2.0, 3 << 20, "a"), (3.3, 4 << 20, "a")]
+    steps += [(3.4, 5 << 20, "b")]
+    for t, done, phase in steps:
+        now[0] = 1000.0 + t
+        bar.update(done, 16 << 20, detail="1.0 MiB/s", phase=phase)
+    assert out.getvalue().splitlines() == [
+        "a: 2.0 MiB of 16.0 MiB (12%), 1.0 MiB/s",  # not before 1 s
+        "a: 4.0 MiB of 16.0 MiB (25%), 1.0 MiB/s",  # 2 s later
+        "b: 5.0 MiB of 16.0 MiB (31%), 1.0 MiB/s",  # a new phase: at once
+    ]

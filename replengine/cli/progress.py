@@ -51,7 +51,7 @@ class Progress:
     tty: bool | None = None
     out: TextIO = field(default_factory=lambda: sys.stdout)
     err: TextIO = field(default_factory=lambda: sys.stderr)
-    started: float = field(default_factory=time.monotonic)
+    started: float = field(default_factory=lambda: time.monotonic())
     _last_plain: float = 0.0
     _last_phase: str = ""
     _bar: Any = None

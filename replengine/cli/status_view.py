@@ -54,8 +54,8 @@ def resync_cell(rs: dict[str, Any] | None) -> str:
     if not rs:
         return "-"
     total = rs["bytes_total"] or 0
-    pct = f" {100 * rs['bytes_done'] / total:.0f}%" if total else ""
-    eta = f" ETA {duration(rs['eta_s'])}" if rs.get("eta_s") is not None else ""
+    pct = f" ({100 * rs['bytes_done'] / total:.0f}%)" if total else ""
+    eta = f", ETA {duration(rs['eta_s'])}" if rs.get("eta_s") is not None else ""
     return (
         f"{rs['phase']} {size(rs['bytes_done'])}/{size(total)}{pct}, "
         f"{size(rs['rate_bytes_per_s'])}/s{eta}"
@@ -144,6 +144,8 @@ def _notes(doc: dict[str, Any]) -> list[str]:
         )
     if doc.get("writes_stalled"):
         notes.append(f"  {doc['writes_stalled']} writes STALLED: the SRL is full")
+    if doc.get("device") and doc.get("device_error"):  # e.g. no udevd: no stable name
+        notes.append(f"  device: {doc['device_error']}")
     if doc.get("device_lost"):
         notes.append("  device LOST: every I/O on it fails")
     t = doc.get("divergent_tail")
