@@ -40,7 +40,7 @@ def payload(lsn: int, length: int) -> bytes:
 def find_record(path: Path, lsn: int, rtype: int = fmt.TYPE_DATA) -> int:
     """Absolute byte position of the header of record ``lsn`` (independent of SRL internals)."""
     data = Path(path).read_bytes()
-    for pos in range(fmt.AREA_OFFSET, len(data), fmt.BLOCK):
+    for pos in range(fmt.AREA_OFFSET, len(data), fmt.REC_ALIGN):
         hdr = fmt.parse_header(data[pos : pos + fmt.HEADER_SIZE])
         if hdr is not None and hdr.lsn == lsn and hdr.type == rtype:
             return pos
@@ -85,10 +85,12 @@ def test_round_trip(tmp_path: Path) -> None:
 
 
 def test_record_size() -> None:
-    assert fmt.record_size(0) == 4096
-    assert fmt.record_size(4096 - 64) == 4096
-    assert fmt.record_size(4096 - 63) == 8192
-    assert fmt.record_size(1 << 20) == (1 << 20) + 4096
+    assert fmt.record_size(0) == 512
+    assert fmt.record_size(512 - 64) == 512
+    assert fmt.record_size(512 - 63) == 1024
+    # a 4 KiB write costs 4.5 KiB of log (format 1: 8 KiB, its header spilled into a block)
+    assert fmt.record_size(4096) == 4608
+    assert fmt.record_size(1 << 20) == (1 << 20) + 512
 
 
 def test_header_and_superblock_layout() -> None:
@@ -156,7 +158,7 @@ def test_wrap_around_many_laps(tmp_path: Path) -> None:
     lengths: dict[int, int] = {}
     wraps = 0
     try:
-        for step in range(600):
+        for step in range(700):
             n = rng.choice([0, 100, 4000, 5000, 20_000, 70_000])
             while srl.free_bytes < srl.record_size(n) + srl.record_size(70_000):
                 srl.advance_start(min(srl.end_lsn, srl.start_lsn + rng.randint(1, 4)))
@@ -481,6 +483,42 @@ def test_zeroed_superblock_copy_recovers_from_other(tmp_path: Path, slot: int) -
         assert [r.data for r in srl.read(3, 6)] == [payload(n, 100) for n in (3, 4, 5)]
     raw = p.read_bytes()
     assert all(fmt.unpack_superblock(raw[i * 4096 : (i + 1) * 4096]) for i in (0, 1))
+
+
+def test_a_4k_write_costs_4_5_kib_of_log(tmp_path: Path) -> None:
+    """Format 2: a 4 KiB record takes 4608 bytes of log (format 1 took 8192), and 4 KiB
+    records written back to back all read back after a reopen, each on its 512-byte slot."""
+    p = tmp_path / "srl"
+    with make(p) as srl:
+        for i in range(100):
+            srl.append(1, i * 4096, payload(i, 4096))
+        assert srl.used_bytes == 100 * 4608
+    with SRL.open(p) as srl:
+        assert srl.end_lsn == 101
+        got = list(srl.read(1, 101))
+        assert [r.data for r in got] == [payload(i, 4096) for i in range(100)]
+    assert find_record(p, 2) - find_record(p, 1) == 4608
+
+
+def test_a_format_1_srl_is_refused_saying_how_to_reinitialise(tmp_path: Path) -> None:
+    """An SRL written by a replengine of format 1 is not misread: open refuses it with what to
+    do, and its bytes stay as they were."""
+    p = tmp_path / "srl"
+    with make(p) as srl:
+        srl.append(1, 0, b"x" * 100)
+    raw = bytearray(p.read_bytes())
+    for i in (0, 1):
+        sb = fmt.unpack_superblock(bytes(raw[i * 4096 : (i + 1) * 4096]))
+        assert sb is not None
+        sb.version = 1
+        raw[i * 4096 : (i + 1) * 4096] = sb.pack()
+    p.write_bytes(raw)
+    with pytest.raises(SRLError) as exc:
+        SRL.open(p)
+    msg = str(exc.value)
+    assert "SRL format version 1, this replengine reads version 2 only" in msg
+    assert "replctl init --force" in msg and "nothing was changed" in msg
+    assert p.read_bytes() == raw
 
 
 def test_both_superblocks_corrupt(tmp_path: Path) -> None:

@@ -15,8 +15,17 @@ from dataclasses import dataclass, field
 
 import crc32c
 
-#: Records start on this boundary; also the size of one superblock copy.
+#: The size of one superblock copy; the record area starts and ends on this boundary.
 BLOCK = 4096
+#: Records start on this boundary (format 2). A 4 KiB write costs 64 + 4096 bytes rounded up
+#: to 4608 of log, not the 8192 that 4 KiB alignment cost (format 1): the replicated write's
+#: log traffic is 1.125x its data instead of 2x. A record's tail and the next one's head then
+#: share a 4 KiB page; rewriting that page rewrites the earlier record's bytes unchanged, so
+#: a torn page write leaves them as they were (the same argument as PostgreSQL's WAL, which
+#: rewrites its last partial page on every commit).
+REC_ALIGN = 512
+#: A WRAP marker: one header, zeros up to the record alignment.
+WRAP_SIZE = REC_ALIGN
 SB_SIZE = 4096
 SB_COPIES = 2
 #: The circular record area starts right after the two superblock copies.
@@ -25,7 +34,7 @@ AREA_OFFSET = SB_SIZE * SB_COPIES
 MIN_AREA_SIZE = 1 << 20
 
 SB_MAGIC = b"RPLSRLSB"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 NAME_MAX = 64
 #: Room in one 4 KiB superblock copy for this many (epoch, first_lsn) pairs.
 MAX_HISTORY = 240
@@ -61,7 +70,7 @@ def round_up(n: int, to: int = BLOCK) -> int:
 
 def record_size(length: int) -> int:
     """Bytes of circular area a record with ``length`` data bytes occupies (header + padding)."""
-    return round_up(HEADER_SIZE + length)
+    return round_up(HEADER_SIZE + length, REC_ALIGN)
 
 
 def _pack_name(what: str, value: str) -> bytes:
@@ -198,7 +207,7 @@ class RecordHeader:
 
     @property
     def size(self) -> int:
-        return record_size(self.length) if self.type == TYPE_DATA else BLOCK
+        return record_size(self.length) if self.type == TYPE_DATA else WRAP_SIZE
 
 
 def pack_header(

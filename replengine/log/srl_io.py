@@ -26,6 +26,7 @@ from replengine.log.srl_format import (
     HEADER_SIZE,
     TYPE_DATA,
     TYPE_WRAP,
+    WRAP_SIZE,
     data_matches,
     pack_header,
     parse_header,
@@ -259,9 +260,9 @@ def write_records(fd: int, area_off: int, log_id: int, items: list[Item], commit
                     runs.append((run_pos, bufs))
                 run_pos = run_end = it.wrap_pos
                 bufs = []
-            bufs += (hdr, ZEROS[HEADER_SIZE:])
-            run_end += BLOCK
-            total += BLOCK
+            bufs += (hdr, ZEROS[HEADER_SIZE:WRAP_SIZE])
+            run_end += WRAP_SIZE
+            total += WRAP_SIZE
         if it.pos != run_end:
             if bufs:
                 runs.append((run_pos, bufs))

@@ -192,7 +192,7 @@ def _parse_header(head: bytes, data: bytes) -> None:
     EXECUTIONS["SRL record header"] += 1
     hdr = fmt.parse_header(head)
     if hdr is not None:
-        assert hdr.size >= fmt.BLOCK
+        assert hdr.size >= fmt.REC_ALIGN
         fmt.data_matches(hdr, head, data)
 
 
@@ -329,7 +329,7 @@ def _damage(img: bytearray, where: int, what: int, value: int) -> None:
         crc_off = base + fmt.SB_SIZE - 4
         struct.pack_into("<I", img, crc_off, crc32c.crc32c(bytes(img[base:crc_off])))
     elif where <= 3:  # a record header: a field set, header CRC fixed (record CRC not)
-        pos = fmt.AREA_OFFSET + (what % 16) * fmt.BLOCK
+        pos = fmt.AREA_OFFSET + (what % 16) * fmt.REC_ALIGN
         field_off = [8, 16, 24, 32, 40, 48][(what >> 4) % 6]
         fmtc = "<Q" if field_off in (8, 16, 24, 40, 48) else "<I"
         struct.pack_into(fmtc, img, pos + field_off, value & (0xFFFFFFFF if fmtc == "<I" else -1))
