@@ -95,6 +95,9 @@ def test_live_scrape(resource: Callable[..., LocalResource]) -> None:
     for peer in ("beta", "gamma"):
         pl = {**lab, "peer": peer}
         assert value(s0, "replengine_peer_connected", **pl) == 1.0
+        assert value(s0, "replengine_peer_mode", mode="sync", **pl) == 1.0
+        assert value(s0, "replengine_peer_mode", mode="async", **pl) == 0.0
+        assert value(s0, "replengine_peer_degraded", **pl) == 0.0
         assert value(s0, "replengine_peer_state", state="up-to-date", **pl) == 1.0
         assert value(s0, "replengine_peer_state", state="disconnected", **pl) == 0.0
         assert value(s0, "replengine_peer_lag_records", **pl) == 0.0
@@ -127,12 +130,20 @@ def test_live_scrape(resource: Callable[..., LocalResource]) -> None:
             )
             assert value(s2, "replengine_peer_lag_bytes", **gl) >= 30 * 8192
             assert value(s2, "replengine_peer_lag_records", **lab, peer="beta") == 0.0
+            assert value(s2, "replengine_peer_degraded", **gl) == 1.0  # on_sync_loss=degrade
             text = scrape(urls["alpha"])
             check = subprocess.run(
                 [promtool(), "check", "metrics"], input=text, capture_output=True, text=True
             )
             assert check.returncode == 0 and not check.stdout.strip(), check.stdout
             assert not check.stderr.strip(), check.stderr
+            check = subprocess.run(  # a secondary's exposition too
+                [promtool(), "check", "metrics"],
+                input=scrape(urls["beta"]),
+                capture_output=True,
+                text=True,
+            )
+            assert check.returncode == 0 and not check.stdout.strip(), check.stdout
         finally:
             r.signal("gamma", signal.SIGCONT)
         r.wait_for(
@@ -161,11 +172,19 @@ def dashboard_exprs() -> list[str]:
 
 
 def test_alert_rules_pass_promtool() -> None:
+    """`promtool check rules` on the shipped rules, and `promtool test rules` on series shaped
+    like a live scrape: a lost sync secondary, a lost async one, a filling SRL, no primary."""
     check = subprocess.run(
         [promtool(), "check", "rules", str(ALERTS)], capture_output=True, text=True
     )
     assert check.returncode == 0, check.stdout + check.stderr
     assert "SUCCESS" in check.stdout, check.stdout
+    unit = subprocess.run(
+        [promtool(), "test", "rules", str(ROOT / "tests/monitoring/alerts_test.yml")],
+        capture_output=True,
+        text=True,
+    )
+    assert unit.returncode == 0 and "SUCCESS" in unit.stdout, unit.stdout + unit.stderr
 
 
 def test_metrics_off_by_default(resource: Callable[..., LocalResource]) -> None:

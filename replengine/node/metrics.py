@@ -241,6 +241,16 @@ class _SnapshotCollector:
             "connected": GaugeMetricFamily(
                 "replengine_peer_connected", "1 while the peer's beacons arrive", labels=pl
             ),
+            "mode": GaugeMetricFamily(
+                "replengine_peer_mode",
+                "1 for how a primary on this node replicates to the peer (sync or async)",
+                labels=pl + ["mode"],
+            ),
+            "degraded": GaugeMetricFamily(
+                "replengine_peer_degraded",
+                "1 while a sync peer is treated as async (lost or catching up: on_sync_loss)",
+                labels=pl,
+            ),
             "state": GaugeMetricFamily(
                 "replengine_peer_state",
                 "1 for the peer's current replication state as this node sees it",
@@ -274,6 +284,9 @@ class _SnapshotCollector:
         for name, p in sorted((st.get("peers") or {}).items()):
             v = lv + [name]
             fam["connected"].add_metric(v, 1.0 if p.get("connected") else 0.0)
+            for mode in ("sync", "async"):
+                fam["mode"].add_metric(v + [mode], 1.0 if p.get("mode") == mode else 0.0)
+            fam["degraded"].add_metric(v, 1.0 if p.get("degraded") else 0.0)
             for s in PEER_STATES:
                 fam["state"].add_metric(v + [s], 1.0 if p.get("state") == s else 0.0)
             for key in ("lag_records", "lag_bytes", "lag_seconds"):
