@@ -12,6 +12,7 @@ import logging.handlers
 import os
 import signal
 import sys
+import threading
 
 from replengine import config as configmod
 from replengine.errors import ReplError
@@ -37,6 +38,18 @@ class ResourceTag(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.resource = self.resource
         return True
+
+
+def _thread_died(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    log.critical(
+        "thread %s died: %s",
+        name,
+        args.exc_value,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),  # type: ignore[arg-type]
+    )
 
 
 def setup_logging(args: argparse.Namespace) -> ResourceTag:
@@ -69,6 +82,10 @@ def setup_logging(args: argparse.Namespace) -> ResourceTag:
     handler.addFilter(tag)
     handler.setFormatter(logging.Formatter(fmt))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    # what would otherwise reach stderr raw (and so the file without the resource, or not
+    # syslog at all): Python's warnings and a thread's uncaught exception
+    logging.captureWarnings(True)
+    threading.excepthook = _thread_died
     if why:
         log.warning("%s", why)
     return tag
