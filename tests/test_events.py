@@ -17,6 +17,9 @@ import pytest
 from conftest import THREE_NODES
 
 from replengine.demo.localcluster import LocalResource
+from tests.device_helpers import needs_device, udevd
+
+__all__ = ["udevd"]  # the fixture, used by name
 
 pytestmark = pytest.mark.slow
 
@@ -222,5 +225,28 @@ def test_policy_and_full_sync_events(resource: Callable[..., LocalResource]) -> 
         sub.seen_or_wait(lambda e: e["kind"] == "stopping", "stopping")
         assert sub.proc.wait(30) == 1
         assert sub.proc.stderr is not None and "stopped" in sub.proc.stderr.read()
+    finally:
+        sub.stop()
+
+
+@needs_device
+def test_device_events(resource: Callable[..., LocalResource], udevd: None) -> None:
+    """A real /dev/replengine device: exposed on promotion; on demotion fenced and withdrawn,
+    with the role change."""
+    r = resource(THREE_NODES, name="evdev", device="fuse-loop", volume_size=32 << 20)
+    r.up()
+    sub = Subscriber(r, "alpha")
+    try:
+        sub.wait(lambda e: e["kind"] == "exists" and "peer" not in e, "exists")
+        r.promote("alpha")
+        dev = r.status("alpha")["device"]
+        exposed = sub.seen_or_wait(lambda e: e["kind"] == "device-exposed", "device exposed")
+        assert exposed["device"] == dev, (exposed, dev)
+        r.wait_synced()
+        r.replctl("alpha", "demote")
+        sub.wait(lambda e: e["kind"] == "role" and e["new"] == "secondary", "demoted")
+        sub.seen_or_wait(lambda e: e["kind"] == "device-fenced", "device fenced")
+        gone = sub.seen_or_wait(lambda e: e["kind"] == "device-withdrawn", "device withdrawn")
+        assert gone["device"] == dev, gone
     finally:
         sub.stop()
