@@ -30,6 +30,7 @@ from replengine.wire.protocol import (
     SumReq,
     Sums,
     Update,
+    Updates,
     VerifyReq,
     VerifySums,
     decode,
@@ -66,6 +67,13 @@ SAMPLES: dict[type, object] = {
     BlockReq: BlockReq(ranges=[(0, 4096), (1 << 20, 65536)], tag="rw-1"),
     SumReq: SumReq(tag="dcm-0123456789", ranges=[(0, 3 << 20)], chunk=1 << 20),
     Sums: Sums(tag="dcm-0123456789", digests=bytes(range(48))),
+    Updates: Updates(
+        [
+            Update(lsn=41, rec_epoch=2, offset=4096, data=b"\x01" * 4096, clear_end=30),
+            Update(lsn=42, rec_epoch=2, offset=0, data=b"", clear_end=30),
+            Update(lsn=43, rec_epoch=3, offset=1 << 30, data=b"\x07" * 100, clear_end=30),
+        ]
+    ),
     VerifyReq: VerifyReq(tag="verify-1", lsn=77, offset=8 << 20, count=8, chunk=1 << 20),
     VerifySums: VerifySums(tag="verify-1", lsn=77, digests="ab" * 32, error=""),
 }
@@ -328,3 +336,25 @@ def test_fuzz_mutated_valid_messages(cls, pos, val, cut, data):
     else:
         del f[cut % (len(f) + 1) :]
     _decode_only_protocol_errors([bytes(x) for x in frames])
+
+
+def test_updates_decode_refuses_what_is_not_a_run_of_records() -> None:
+    """A batch must hold consecutive LSNs whose data frame holds exactly their bytes, each
+    with its checksum: anything else is refused whole, naming the record."""
+    recs = [Update(lsn=7 + i, rec_epoch=1, offset=0, data=bytes([i]) * 512) for i in range(3)]
+    head, data = encode(U, 1, "alpha", Updates(recs))
+    msg = decode([head, data], U)
+    assert [bytes(u.data) for u in msg.body.records] == [r.data for r in recs]
+    gap = encode(U, 1, "alpha", Updates([recs[0], recs[2]]))
+    with pytest.raises(ProtocolError, match="not consecutive"):
+        decode(gap, U)
+    bad = bytearray(data)
+    bad[600] ^= 1  # inside the second record
+    with pytest.raises(ProtocolError, match="record LSN 8: data checksum mismatch"):
+        decode([head, bytes(bad)], U)
+    with pytest.raises(ProtocolError, match="after the records"):
+        decode([head, data + b"x"], U)
+    with pytest.raises(ProtocolError, match="ends inside record LSN 9"):
+        decode([head, data[:-1]], U)
+    with pytest.raises(ProtocolError, match="without its data frame"):
+        decode([head], U)

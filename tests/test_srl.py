@@ -500,6 +500,27 @@ def test_a_4k_write_costs_4_5_kib_of_log(tmp_path: Path) -> None:
     assert find_record(p, 2) - find_record(p, 1) == 4608
 
 
+def test_get_many_reads_back_to_back_records_and_stops_at_a_wrap(tmp_path: Path) -> None:
+    """Catch-up's batched read: the records asked for, in order, verified; never past a wrap
+    (they are not back to back there) nor far past ``max_bytes``; a flipped bit is corruption."""
+    p = tmp_path / "srl"
+    with make(p, size=SMALL) as srl:
+        lsns = []
+        while srl._next_pos + fmt.record_size(20_000) <= srl._cap:  # fill up to the wrap
+            lsns.append(srl.append(1, len(lsns), payload(len(lsns), 20_000)))
+        last = lsns[-1]
+        srl.advance_start(last - 2)
+        wrapped = srl.append(1, len(lsns), payload(len(lsns), 20_000))  # at position 0
+        got = srl.get_many(last - 2, wrapped + 1, 1 << 20)
+        assert [r.lsn for r in got] == [last - 2, last - 1, last]  # stops at the wrap
+        assert [bytes(r.data) for r in got] == [payload(r.offset, 20_000) for r in got]
+        assert [r.lsn for r in srl.get_many(wrapped, wrapped + 1, 1 << 20)] == [wrapped]
+        assert [r.lsn for r in srl.get_many(last - 2, wrapped, 30_000)] == [last - 2]
+        flip_bit(p, find_record(p, last - 1) + fmt.HEADER_SIZE + 100)  # under the open log
+        with pytest.raises(SRLCorruptError, match=f"record LSN {last - 1} at byte"):
+            srl.get_many(last - 2, wrapped + 1, 1 << 20)
+
+
 def test_a_format_1_srl_is_refused_saying_how_to_reinitialise(tmp_path: Path) -> None:
     """An SRL written by a replengine of format 1 is not misread: open refuses it with what to
     do, and its bytes stay as they were."""

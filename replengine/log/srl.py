@@ -44,6 +44,7 @@ from replengine.log.srl_io import (
     SRLStats,
     open_locked,
     read_record,
+    read_records,
 )
 from replengine.log.srl_recovery import (
     MIN_SRL_SIZE,
@@ -351,6 +352,38 @@ class SRL(GroupCommit, LogSurgery):
         except SRLCorruptError:
             if lsn < self._start_lsn:
                 raise SRLError(f"{self.path}: LSN {lsn} was cleared while being read") from None
+            raise
+
+    def get_many(self, first: int, end: int, max_bytes: int) -> list[Record]:
+        """Records from ``first`` (at least it, then as many below ``end`` as lie back to
+        back in the area within about ``max_bytes``), read with one pread, CRC-verified."""
+        with self._lock:
+            end = min(end, self._durable_end)
+            try:
+                pos, length = self._index.lookup(first)
+            except KeyError:
+                raise SRLError(
+                    f"{self.path}: LSN {first} is not in the log [{self._start_lsn}, "
+                    f"{self._durable_end})"
+                ) from None
+            lengths = [length]
+            nxt = pos + record_size(length)
+            total = record_size(length)
+            for lsn in range(first + 1, end):
+                p, n = self._index.lookup(lsn)
+                size = record_size(n)
+                if p != nxt or total + size > max_bytes:
+                    break  # wrapped, or enough
+                lengths.append(n)
+                nxt += size
+                total += size
+        try:
+            return read_records(
+                self._fd, self.path, self._area_off, self._sb.log_id, first, pos, lengths
+            )
+        except SRLCorruptError:
+            if first < self._start_lsn:
+                raise SRLError(f"{self.path}: LSN {first} was cleared while being read") from None
             raise
 
     def _read_at(self, lsn: int, pos: int, length: int) -> Record:

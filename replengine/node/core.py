@@ -56,6 +56,7 @@ from replengine.wire.protocol import (
     SumReq,
     Sums,
     Update,
+    Updates,
     VerifyReq,
     VerifySums,
     encode,
@@ -387,6 +388,9 @@ class Node:
         if isinstance(body, Update):
             if self.role == Role.SECONDARY:
                 self.secondary.on_update(header, body)
+        elif isinstance(body, Updates):
+            if self.role == Role.SECONDARY:
+                self.secondary.on_updates(header, body)
         elif isinstance(body, Ack):
             peer.on_ack(body.durable_end, body.applied_end)
             if self.primary is not None and peer.degraded:

@@ -16,7 +16,7 @@ from replengine.errors import ReplError, SRLFullError
 from replengine.log.history import epoch_at, join
 from replengine.log.record import Record
 from replengine.node.inbox import refusals
-from replengine.wire.protocol import Ack, Flag, Header, Nack, Update, encode
+from replengine.wire.protocol import Ack, Flag, Header, Nack, Update, Updates, encode
 
 if TYPE_CHECKING:
     from replengine.node.context import SecondaryContext
@@ -32,7 +32,8 @@ class Secondary:
         self._last_nack = (0, 0.0)
         self.srl_full = False
 
-    def on_update(self, header: Header, u: Update) -> None:
+    def on_update(self, header: Header, u: Update) -> bool:
+        """Log one record from the primary (or pulled from a peer); True once it is queued."""
         node = self.node
         pulled = bool(header.flags & Flag.PULLED)
         if header.epoch < node.known_epoch:
@@ -46,7 +47,7 @@ class Secondary:
                 header.epoch,
                 node.known_epoch,
             )
-            return
+            return False
         if node.rewinder is not None and not node.rewinder.streaming:
             return  # a rewind's blocks are not all in yet: a record now could be overwritten
         if node.dcm_rx is not None and not node.dcm_rx.done:
@@ -60,7 +61,7 @@ class Secondary:
                 header.sender,
                 node.following or "nobody",
             )
-            return
+            return False
         if u.clear_end and not pulled:
             # before anything that may drop this UPDATE: a full SRL needs exactly this clear
             node.applier.clear(u.clear_end)
@@ -75,10 +76,10 @@ class Secondary:
                 self.assigned_end,
             )
             self.ack(force=True)
-            return
+            return False
         if u.lsn > self.assigned_end:
             self._nack(header.sender)
-            return
+            return False
         if u.offset + len(u.data) > node.volume.size:
             refusals(
                 f"outside:{header.sender}",
@@ -91,9 +92,9 @@ class Secondary:
                 u.offset,
                 node.volume.size,
             )
-            return
+            return False
         if not self._epoch_matches(header.sender, u):
-            return
+            return False
         rec = Record(u.lsn, u.rec_epoch, u.offset, u.data)
         try:
             pending = node.srl.append_record_nowait(rec, kick=False)
@@ -103,7 +104,7 @@ class Secondary:
                     "SRL full at LSN %d: not logging until the primary clears records", u.lsn
                 )
                 self.srl_full = True
-            return
+            return False
         self.srl_full = False
         node.watcher.put(pending, rec)
         self.assigned_end = u.lsn + 1
@@ -111,6 +112,18 @@ class Secondary:
             node.ops.pulled_bytes += len(u.data)
         if u.clear_end:
             node.applier.clear(u.clear_end)
+        return True
+
+    def on_updates(self, header: Header, batch: Updates) -> None:
+        """Consecutive records in one message, each taken as an UPDATE would be, stopping at
+        the first one refused (the rest could only follow it into a gap). Records already
+        logged (a resend overlapping what arrived) are passed over; all of them logged
+        already: acknowledged once, as one duplicate UPDATE would be."""
+        recs = batch.records
+        new = [u for u in recs if u.lsn >= self.assigned_end]
+        for u in new or recs[-1:]:
+            if not self.on_update(header, u):
+                return
 
     def _epoch_matches(self, sender: str, u: Update) -> bool:
         """The record's epoch must be the one its sender's history names for its LSN; when

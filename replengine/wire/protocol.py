@@ -48,6 +48,7 @@ class MsgType(IntEnum):
     SUMS = 13  # the digests (binary + data frame): identical chunks are not copied
     VERIFY_REQ = 14  # digests of these chunks as of LSN lsn, please (JSON): online verify
     VERIFY_SUMS = 15  # those digests, or why there are none (JSON)
+    UPDATES = 16  # consecutive records in one message (binary + one data frame): catch-up
 
 
 class Flag:
@@ -64,6 +65,10 @@ class Header:
 
 
 _UPDATE = struct.Struct("!QQQIIQ")  # lsn, rec_epoch, offset, length, crc, clear_end
+_UPDATES = struct.Struct("!IQ")  # count, clear_end
+_UPDATES_ENTRY = struct.Struct("!QQQII")  # lsn, rec_epoch, offset, length, crc
+#: records one UPDATES message may carry
+MAX_BATCH = 1024
 _ACK = struct.Struct("!QQ")  # durable_end, applied_end
 _ONE = struct.Struct("!Q")
 _PULL = struct.Struct("!QQ")
@@ -78,6 +83,15 @@ class Update:
     offset: int
     data: bytes | memoryview
     clear_end: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Updates:
+    """Consecutive records (LSNs ascending by one) in one message: a peer that is behind
+    gets its records at the cost of one receive, decode and dispatch per batch instead of
+    per record. Each carries ``clear_end`` as an UPDATE would."""
+
+    records: list[Update]
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +214,7 @@ class VerifySums:
 
 Body = (
     Update
+    | Updates
     | Ack
     | Clear
     | Nack
@@ -250,6 +265,7 @@ _JSON_SCHEMAS: dict[MsgType, dict[str, type | tuple[type, ...]]] = {
 MAX_VERIFY_CHUNKS = 1024
 _BODY_TYPE: dict[type, MsgType] = {
     Update: MsgType.UPDATE,
+    Updates: MsgType.UPDATES,
     Ack: MsgType.ACK,
     Clear: MsgType.CLEAR,
     Nack: MsgType.NACK,
@@ -285,6 +301,8 @@ def encode(
             ),
             body.data,
         ]
+    if isinstance(body, Updates):
+        return _encode_updates(prefix, body)
     if isinstance(body, Block):
         crc = crc32c.crc32c(body.data)
         return [prefix + _BLOCK.pack(body.offset, len(body.data), crc), body.data]
@@ -307,6 +325,53 @@ def encode(
         return [prefix + _PULL.pack(body.first, body.end)]
     doc = {k: getattr(body, k) for k in _JSON_SCHEMAS[mtype]}
     return [prefix + json.dumps(doc, separators=(",", ":")).encode()]
+
+
+def _encode_updates(prefix: bytes, body: Updates) -> list[bytes | memoryview]:
+    recs = body.records
+    if not 0 < len(recs) <= MAX_BATCH:
+        raise ProtocolError(f"UPDATES of {len(recs)} records (1..{MAX_BATCH})")
+    entries = [_UPDATES.pack(len(recs), recs[-1].clear_end)]
+    for u in recs:
+        entries.append(
+            _UPDATES_ENTRY.pack(u.lsn, u.rec_epoch, u.offset, len(u.data), crc32c.crc32c(u.data))
+        )
+    return [prefix + b"".join(entries), b"".join(u.data for u in recs)]
+
+
+def _decode_updates(rest: bytes, data: Any) -> Updates:
+    if len(rest) < _UPDATES.size:
+        raise ProtocolError(f"UPDATES body is {len(rest)} bytes, shorter than {_UPDATES.size}")
+    count, clear_end = _UPDATES.unpack_from(rest)
+    if not 0 < count <= MAX_BATCH:
+        raise ProtocolError(f"UPDATES count {count} is not 1..{MAX_BATCH}")
+    if len(rest) != _UPDATES.size + count * _UPDATES_ENTRY.size:
+        raise ProtocolError(f"UPDATES body is {len(rest)} bytes, not right for {count} records")
+    if data is None:
+        raise ProtocolError("UPDATES without its data frame")
+    if len(data) > MAX_DATA:
+        raise ProtocolError(f"UPDATES data of {len(data)} bytes exceeds {MAX_DATA}")
+    view = memoryview(data)
+    records = []
+    pos = 0
+    prev = 0
+    for i in range(count):
+        lsn, rec_epoch, offset, length, crc = _UPDATES_ENTRY.unpack_from(
+            rest, _UPDATES.size + i * _UPDATES_ENTRY.size
+        )
+        if lsn == 0 or (prev and lsn != prev + 1):
+            raise ProtocolError(f"UPDATES record {i} has LSN {lsn} after {prev} (not consecutive)")
+        if pos + length > len(view):
+            raise ProtocolError(f"UPDATES data frame ends inside record LSN {lsn}")
+        chunk = view[pos : pos + length]
+        if crc32c.crc32c(chunk) != crc:
+            raise ProtocolError(f"UPDATES record LSN {lsn}: data checksum mismatch")
+        records.append(Update(lsn, rec_epoch, offset, chunk, clear_end))
+        pos += length
+        prev = lsn
+    if pos != len(view):
+        raise ProtocolError(f"UPDATES data frame has {len(view) - pos} bytes after the records")
+    return Updates(records)
 
 
 def decode(
@@ -368,8 +433,13 @@ def _need_data(mtype: MsgType, data: Any, length: int, crc: int) -> bytes | memo
 
 
 def _decode_body(mtype: MsgType, rest: bytes, data: Any) -> Body:
-    if mtype not in (MsgType.UPDATE, MsgType.BLOCK, MsgType.SUMS) and data is not None:
+    if (
+        mtype not in (MsgType.UPDATE, MsgType.UPDATES, MsgType.BLOCK, MsgType.SUMS)
+        and data is not None
+    ):
         raise ProtocolError(f"{mtype.name} must not carry a data frame")
+    if mtype is MsgType.UPDATES:
+        return _decode_updates(rest, data)
     if mtype is MsgType.UPDATE:
         lsn, rec_epoch, offset, length, crc, clear_end = _fixed(_UPDATE, rest, mtype)
         if lsn == 0:
