@@ -536,3 +536,21 @@ def check_isolated_acks(
             )
         )
     return out, allowed
+
+
+def check_srl_policy(ledger: Ledger, srl_full: str, limit: int = 3) -> list[Violation]:
+    """README, "The SRL fills": `stall` makes writers wait and `dcm` releases the lagging
+    secondary's records; only `fail` fails writes with `SRL full`."""
+    if srl_full == "fail":
+        return []
+    bad = [w for w in ledger.all() if w.error is not None and "SRL full" in w.error]
+    if not bad:
+        return []
+    return [
+        Violation(
+            "srl-policy",
+            f"srl_full={srl_full}, yet {len(bad)} writes failed with 'SRL full': "
+            + "; ".join(w.describe() for w in bad[:limit]),
+            sorted({w.conn.node for w in bad}),
+        )
+    ]

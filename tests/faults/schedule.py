@@ -1043,6 +1043,7 @@ class Harness:
             self.ledger, history, end, self.isolations, self.promotions, self.mode
         )
         self.violations += iso_v
+        self.violations += checks.check_srl_policy(self.ledger, self.srl_full)
         if discarded:
             self.notes["acks of a cut-off primary discarded (degrade allows it)"] += discarded
             self.note(

@@ -182,6 +182,14 @@ def test_cut_off_primary_acks_are_violations_only_under_block():
     assert checks.check_isolated_acks(led, hist, 4, [iso], late, "block") == ([], 0)
 
 
+def test_only_srl_full_fail_fails_writes_with_srl_full():
+    led = ledger_with(("a", 1, 1, [(0, 1, None), (1, None, "SRL full: a secondary lags")]))
+    assert checks.check_srl_policy(led, "fail") == []
+    for policy in ("stall", "dcm"):
+        (v,) = checks.check_srl_policy(led, policy)
+        assert v.kind == "srl-policy" and policy in v.message
+
+
 def status(node, role, end, history, following=None, **kw):
     s = {
         "node": node,
