@@ -215,6 +215,7 @@ def test_status_json_matches_the_documented_schema_on_primary_and_secondary(reso
     schema = documented()
     docs = {"primary (resync running)": st}
     r.wait_for(lambda: peer(r, "alpha", "beta")["state"] == "up-to-date", 60, "beta in sync")
+    assert r.replctl("alpha", "verify", "beta", check=False).returncode == 0  # fills "verify"
     r.freeze("gamma")
     vol.write(65536, b"t" * 4096)
     vol.close()
@@ -225,6 +226,7 @@ def test_status_json_matches_the_documented_schema_on_primary_and_secondary(reso
         docs[doc["role"]] = doc
     assert docs["primary"]["dcm"]["last_resync"]["peer"] == "beta", docs["primary"]["dcm"]
     assert docs["primary"]["last_promotion"]["epoch"] == 1
+    assert docs["primary"]["verify"]["nodes"]["beta"]["status"] == "identical"
     assert docs["primary"]["peers"]["gamma"]["lag_records"] >= 1
     assert docs["primary"]["peers"]["gamma"]["lag_seconds"] is not None
     assert docs["secondary"]["peers"]["alpha"]["lag_seconds"] is None

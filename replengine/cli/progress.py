@@ -114,7 +114,6 @@ class Progress:
             MofNCompleteColumn,
             TaskProgressColumn,
             TextColumn,
-            TimeElapsedColumn,
         )
         from rich.progress import (
             Progress as RichProgress,
@@ -123,11 +122,10 @@ class Progress:
         amount = DownloadColumn(binary_units=True) if self.unit == "bytes" else MofNCompleteColumn()
         self._bar = RichProgress(
             TextColumn("{task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=None),  # what the words leave of the line: no wrap at 80
             TaskProgressColumn(),
             amount,
             TextColumn("{task.fields[detail]}"),
-            TimeElapsedColumn(),
             console=Console(file=self.err),
             transient=True,
             refresh_per_second=8,
