@@ -21,6 +21,7 @@ import os
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import replengine
@@ -55,7 +56,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="write the summary and every failed round here")
     ap.add_argument("--verbose", "-v", action="store_true", help="print each schedule step")
     ap.add_argument("--stop-on-violation", action="store_true")
+    ap.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="print the combined summary of runs' --json files (runs side by side) and exit",
+    )
     args = ap.parse_args(argv)
+    if args.merge:
+        print(merge([json.loads(Path(f).read_text()) for f in args.merge]))
+        return 0
 
     workroot = Path(args.workdir or tempfile.mkdtemp(prefix="faults-", dir="/tmp"))
     workroot.mkdir(parents=True, exist_ok=True)
@@ -114,6 +124,47 @@ def main(argv: list[str] | None = None) -> int:
         doc = {"command": " ".join(sys.argv), "wall_seconds": round(wall, 1), **summary.doc()}
         Path(args.json).write_text(json.dumps(doc, indent=1))
     return 1 if summary.failed else 0
+
+
+def merge(docs: list[dict]) -> str:
+    """The summary of several runs' --json documents (runs side by side: wall time is the
+    longest one's)."""
+    total: dict = {}
+    for d in docs:
+        for k, v in d.items():
+            if isinstance(v, dict) and k != "violation_signatures":
+                c = total.setdefault(k, Counter())
+                c.update(v)
+            elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                if k == "wall_seconds":
+                    total[k] = max(total.get(k, 0), v)
+                else:
+                    total[k] = total.get(k, 0) + v
+    failed = [f for d in docs for f in d.get("failed", [])]
+    lines = [
+        f"runs: {len(docs)}: " + " ; ".join(d.get("command", "?") for d in docs),
+        f"rounds: {total.get('rounds', 0)} ({total.get('clean', 0)} clean, "
+        f"{total.get('rounds', 0) - total.get('clean', 0)} with violations); "
+        f"{total.get('seconds_in_rounds', 0):.0f}s in rounds, "
+        f"{total.get('wall_seconds', 0):.0f}s wall (longest run)",
+        f"rounds by setting: {dict(sorted(total.get('rounds_by_setting', {}).items()))}",
+        f"faults by kind: {dict(sorted(total.get('faults', {}).items()))}",
+        f"failovers (successful promotions): {total.get('failovers', 0)}",
+        f"promotions refused: {sum(total.get('refusals', {}).values())} "
+        f"{dict(total.get('refusals', Counter()).most_common())}",
+        f"writes: {dict(total.get('writes', {}))}",
+        f"bytes verified: {total.get('bytes_verified', 0)} "
+        f"({total.get('bytes_verified', 0) / (1 << 20):.0f} MiB)",
+        f"notes: {dict(total.get('notes', {}))}",
+        f"violations: {sum(total.get('violations', {}).values())} "
+        f"{dict(total.get('violations', {}))}",
+    ]
+    for f in failed:
+        lines.append(
+            f"  seed {f['seed']} round {f['round']} {f.get('net', '')} {f['mode']} "
+            f"srl_full={f['srl_full']}: " + "; ".join(f["violations"])[:300]
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
