@@ -331,6 +331,22 @@ def test_watch_in_a_pipe_prints_a_block_per_interval_with_a_separator(resource):
     assert re.search(r"^--- \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \w+ ---$", text, flags=re.M), text[:300]
     assert err == "", err
 
+    # --json --watch: one compact document per line, each a whole status
+    proc = subprocess.Popen(
+        cli(r, "alpha", "status", "--json", "--watch", "0.2"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = read_lines_until(proc, lambda ls: len(ls) >= 2, 30, "two JSON lines")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    docs = [json.loads(ln) for ln in lines[:2]]
+    assert all(d["schema_version"] == 1 and d["role"] == "primary" for d in docs), docs
+
 
 # ---- progress of long waits ----------------------------------------------------------------------
 
