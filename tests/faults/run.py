@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -63,6 +64,14 @@ def main(argv: list[str] | None = None) -> int:
         help="print the combined summary of runs' --json files (runs side by side) and exit",
     )
     args = ap.parse_args(argv)
+
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    # a run started in the background (nohup … &) ignores SIGINT: SIGINT and SIGTERM both
+    # end it cleanly (the resource torn down, namespaces and mounts removed, summary printed)
+    signal.signal(signal.SIGINT, interrupted)
+    signal.signal(signal.SIGTERM, interrupted)
     if args.merge:
         print(merge([json.loads(Path(f).read_text()) for f in args.merge]))
         return 0
