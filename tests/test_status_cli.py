@@ -581,3 +581,34 @@ def test_plain_progress_lines_are_paced_and_name_each_phase(monkeypatch):
         "a: 4.0 MiB of 16.0 MiB (25%), 1.0 MiB/s",  # 2 s later
         "b: 5.0 MiB of 16.0 MiB (31%), 1.0 MiB/s",  # a new phase: at once
     ]
+
+
+def test_ctrl_c_stops_the_wait_not_the_full_sync(resource):
+    r = _sync_resource(resource)
+    proc = subprocess.Popen(
+        cli(r, "alpha", "sync", "--full", "beta", "--wait"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        read_lines_until(
+            proc,
+            lambda ls: any(ln.startswith("full sync of beta: copying:") for ln in ls),
+            60,
+            "a progress line",
+        )
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert err.strip().splitlines() == [
+        "replctl sync: interrupted; the daemon carries on with what it was asked "
+        "(see 'replctl status')"
+    ], err
+    r.wait_for(
+        lambda: (p := peer(r, "alpha", "beta"))["state"] == "up-to-date" and p["resync"] is None,
+        60,
+        "the full sync to end without replctl",
+    )
+    assert r.status("alpha")["dcm"]["last_resync"]["peer"] == "beta"

@@ -399,3 +399,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ReplError, OSError) as exc:
         print(f"replctl {args.verb}: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # Ctrl-C stops replctl waiting, not the daemon: a promote, down or sync goes on
+        print(
+            f"replctl {args.verb}: interrupted; the daemon carries on with what it was asked "
+            "(see 'replctl status')",
+            file=sys.stderr,
+        )
+        return 130
