@@ -803,6 +803,16 @@ class Harness:
                     f"stalled {s['writes_stalled']} pending {s['writes_pending']}, {n} "
                     f"{s['peers'][n]['state']}"
                 )
+                # evidence that the SRL did fill, by policy
+                failed = sum(1 for w in self.ledger.all() if "SRL full" in (w.error or ""))
+                if s["writes_stalled"]:
+                    self.notes["SRL full seen: writes stalled (stall)"] += 1
+                elif s["peers"][n]["state"] in ("dcm", "dcm-resync"):
+                    self.notes["SRL full seen: async switched to dcm (dcm)"] += 1
+                elif failed:
+                    self.notes["SRL full seen: writes failed (fail)"] += 1
+                else:
+                    self.notes["SRL not full after the burst"] += 1
             return f"srl_fill({n},{self.srl_full})"
         if kind == "heal_net":
             faults = net.faults()
@@ -838,6 +848,8 @@ class Harness:
             self.set_disk_fault("none")
             self.note(f"disk of {n} repaired")
             self.observe()
+            if n not in self.dead:
+                self.notes["disk error: daemon kept running"] += 1
             return f"disk_error({n},{what},{files})"
         raise AssertionError(kind)
 
