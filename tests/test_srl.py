@@ -521,6 +521,35 @@ def test_get_many_reads_back_to_back_records_and_stops_at_a_wrap(tmp_path: Path)
             srl.get_many(last - 2, wrapped + 1, 1 << 20)
 
 
+def test_create_allocates_a_sparse_file_log(tmp_path: Path) -> None:
+    """A sparse file gets its record area written at create (no block allocation during
+    appends, no ENOSPC in the middle of replication)."""
+    p = tmp_path / "srl"
+    with open(p, "wb") as f:
+        f.truncate(8 << 20)
+    assert os.stat(p).st_blocks * 512 < 1 << 20
+    make(p, size=8 << 20).close()
+    assert os.stat(p).st_blocks * 512 >= 8 << 20
+
+
+def test_create_on_a_full_file_system_says_so(tmp_path: Path) -> None:
+    """A sparse 8 MiB SRL on a 4 MiB file system: init fails, naming the cause, instead of a
+    node failing once its log reaches the missing blocks."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], check=True)
+    try:
+        p = mnt / "srl"
+        with open(p, "wb") as f:
+            f.truncate(8 << 20)
+        with pytest.raises(SRLError, match="could not allocate the SRL's .* free space"):
+            make(p, size=8 << 20)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
 def test_a_format_1_srl_is_refused_saying_how_to_reinitialise(tmp_path: Path) -> None:
     """An SRL written by a replengine of format 1 is not misread: open refuses it with what to
     do, and its bytes stay as they were."""
