@@ -1055,7 +1055,7 @@ class Harness:
             self.ledger, history, end, self.isolations, self.promotions, self.mode
         )
         self.violations += iso_v
-        self.violations += checks.check_srl_policy(self.ledger, self.srl_full)
+        self.violations += checks.check_srl_policy(self.ledger, self.srl_full, self.mode)
         if discarded:
             self.notes["acks of a cut-off primary discarded (degrade allows it)"] += discarded
             self.note(

@@ -188,6 +188,11 @@ def test_only_srl_full_fail_fails_writes_with_srl_full():
     for policy in ("stall", "dcm"):
         (v,) = checks.check_srl_policy(led, policy)
         assert v.kind == "srl-policy" and policy in v.message
+    # stall under block: a stalled write fails after sync_timeout (docs/config.md)
+    msg = "write timed out: SRL full for 2.0s (srl_full=stall)"
+    led = ledger_with(("a", 1, 1, [(0, 1, None), (1, None, msg)]))
+    assert checks.check_srl_policy(led, "stall", "block") == []
+    assert len(checks.check_srl_policy(led, "stall", "degrade")) == 1
 
 
 def status(node, role, end, history, following=None, **kw):
