@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from replengine.errors import ApplyError, VolumeError
+from replengine.errors import ApplyError, SRLError, VolumeError
 from replengine.log.record import Record
 from replengine.storage.chunksums import digest, zero_digest
 
@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 # unless the log is filling (CLEAR_PRESSURE of its capacity used) or the node stops.
 CLEAR_EVERY_S = 0.5
 CLEAR_PRESSURE = 0.5
+#: data bytes of records waiting to be applied that are kept in memory; past this a record
+#: waits as its LSN only and is read back from the SRL when its turn comes. A secondary
+#: catching up logs faster than its volume takes random writes: without a bound its memory
+#: grew with the lag (190 MiB of RSS for a 690 MiB lag, measured; 160 with 64 MiB held)
+HOLD_BYTES = 32 << 20
 
 
 @dataclass
@@ -56,6 +61,9 @@ class Applier(threading.Thread):
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._on_progress = on_progress
         self.overlay: dict[int, Record] = {}
+        #: records waiting without their data (past HOLD_BYTES): LSN -> (offset, length)
+        self.lazy: dict[int, tuple[int, int]] = {}
+        self.held_bytes = 0
         self.lock = threading.Lock()
         self.error: BaseException | None = None
         self.pending_clear = 0
@@ -68,9 +76,17 @@ class Applier(threading.Thread):
         self._q.put(("replay", first, end))
 
     def put(self, rec: Record) -> None:
+        """Queue a durable record for the volume (it is in the SRL: past HOLD_BYTES of
+        waiting data only its LSN waits, and the record is read back when applied)."""
         with self.lock:
-            self.overlay[rec.lsn] = rec
-        self._q.put(("rec", rec))
+            if self.held_bytes + len(rec.data) > HOLD_BYTES and rec.data:
+                self.lazy[rec.lsn] = (rec.offset, len(rec.data))
+                lazy = True
+            else:
+                self.overlay[rec.lsn] = rec
+                self.held_bytes += len(rec.data)
+                lazy = False
+        self._q.put(("lazy", rec.lsn) if lazy else ("rec", rec))
 
     def clear(self, clear_end: int) -> None:
         """Advance the SRL start to clear_end once everything before it is applied."""
@@ -84,7 +100,7 @@ class Applier(threading.Thread):
         sure the applier had finished with those records."""
         with self.lock:
             self.applied_end = min(self.applied_end, lsn)
-            self.overlay.clear()
+            self._forget()
             self.pending_clear = min(self.pending_clear, lsn)
         self.cancel_verifies(f"its log was cut back to LSN {lsn}")
 
@@ -92,7 +108,7 @@ class Applier(threading.Thread):
         """The log was emptied at ``lsn`` after a block copy brought the volume there."""
         with self.lock:
             self.applied_end = lsn
-            self.overlay.clear()
+            self._forget()
             self.pending_clear = 0
         self.cancel_verifies(f"its volume was rewritten by a block copy up to LSN {lsn}")
 
@@ -113,9 +129,24 @@ class Applier(threading.Thread):
         applier stops there for the time the hashing takes."""
         self._q.put(("verify", point))
 
+    def _forget(self) -> None:
+        self.overlay.clear()
+        self.lazy.clear()
+        self.held_bytes = 0
+
     def snapshot_overlay(self) -> list[Record]:
+        """Every record not yet applied, in LSN order; those waiting without their data are
+        read from the SRL now. One cleared meanwhile was applied before it was cleared, so
+        a volume read made after this call sees it: it is left out."""
         with self.lock:
-            return sorted(self.overlay.values(), key=lambda r: r.lsn)
+            recs = list(self.overlay.values())
+            lazy = list(self.lazy)
+        for lsn in lazy:
+            try:
+                recs.append(self.srl.get(lsn))
+            except SRLError:
+                continue
+        return sorted(recs, key=lambda r: r.lsn)
 
     def run(self) -> None:
         try:
@@ -132,6 +163,9 @@ class Applier(threading.Thread):
                     return
                 if kind == "rec":
                     self._apply(item[1])
+                elif kind == "lazy":
+                    if item[1] >= self.applied_end:
+                        self._apply(self.srl.get(item[1]))
                 elif kind == "replay":
                     for rec in self.srl.read(item[1], item[2]):
                         if rec.lsn >= self.applied_end:
@@ -169,7 +203,10 @@ class Applier(threading.Thread):
         self.volume.apply(rec)
         with self.lock:
             self.applied_end = rec.lsn + 1
-            self.overlay.pop(rec.lsn, None)
+            held = self.overlay.pop(rec.lsn, None)
+            if held is not None:
+                self.held_bytes -= len(held.data)
+            self.lazy.pop(rec.lsn, None)
         if self._verifies:
             self._run_verifies()
         self._on_progress()
