@@ -55,6 +55,12 @@ BENCHES = [
         "log-diff failover against the volume size, and against a full copy",
         takes_json=True,
     ),
+    Bench(
+        "catchup",
+        "catchup.py",
+        "log-diff catch-up rate and every daemon's memory while it runs",
+        takes_json=True,
+    ),
     Bench("resync", "resync.py", "full sync against a plain copy; write p99 during a sync"),
     Bench(
         "device",
