@@ -34,6 +34,27 @@ class Secondary:
 
     def on_update(self, header: Header, u: Update) -> bool:
         """Log one record from the primary (or pulled from a peer); True once it is queued."""
+        if not self._accepts(header, u):
+            return False
+        return self._log(header, u)
+
+    def on_updates(self, header: Header, batch: Updates) -> None:
+        """Consecutive records in one message: the sender is judged once, then each record
+        is taken as an UPDATE would be, stopping at the first one refused (the rest could
+        only follow it into a gap). Records already logged (a resend overlapping what
+        arrived) are passed over; all of them logged already: acknowledged once, as one
+        duplicate UPDATE would be."""
+        recs = batch.records
+        if not self._accepts(header, recs[0]):
+            return
+        new = [u for u in recs if u.lsn >= self.assigned_end]
+        for u in new or recs[-1:]:
+            if not self._log(header, u):
+                return
+
+    def _accepts(self, header: Header, u: Update) -> bool:
+        """Whether records from this sender may be logged now (``u``, the first, names them
+        in refusals); a clear it carries is taken first."""
         node = self.node
         pulled = bool(header.flags & Flag.PULLED)
         if header.epoch < node.known_epoch:
@@ -49,9 +70,9 @@ class Secondary:
             )
             return False
         if node.rewinder is not None and not node.rewinder.streaming:
-            return  # a rewind's blocks are not all in yet: a record now could be overwritten
+            return False  # a rewind's blocks are not all in yet: a record could be overwritten
         if node.dcm_rx is not None and not node.dcm_rx.done:
-            return  # nor a dcm resync's: the primary streams again from its resume_lsn
+            return False  # nor a dcm resync's: the primary streams again from its resume_lsn
         if not pulled and header.sender != node.following:
             refusals(
                 f"unfollowed:{header.sender}",
@@ -65,6 +86,13 @@ class Secondary:
         if u.clear_end and not pulled:
             # before anything that may drop this UPDATE: a full SRL needs exactly this clear
             node.applier.clear(u.clear_end)
+        return True
+
+    def _log(self, header: Header, u: Update) -> bool:
+        """Queue one record of an accepted sender for the SRL (the loop's group commit makes
+        it durable); refused when it is not the next LSN, lies outside the volume or names
+        the wrong epoch."""
+        node = self.node
         if u.lsn < self.assigned_end:
             refusals(
                 f"duplicate:{header.sender}",
@@ -108,22 +136,11 @@ class Secondary:
         self.srl_full = False
         node.watcher.put(pending, rec)
         self.assigned_end = u.lsn + 1
-        if pulled:
+        if header.flags & Flag.PULLED:
             node.ops.pulled_bytes += len(u.data)
         if u.clear_end:
             node.applier.clear(u.clear_end)
         return True
-
-    def on_updates(self, header: Header, batch: Updates) -> None:
-        """Consecutive records in one message, each taken as an UPDATE would be, stopping at
-        the first one refused (the rest could only follow it into a gap). Records already
-        logged (a resend overlapping what arrived) are passed over; all of them logged
-        already: acknowledged once, as one duplicate UPDATE would be."""
-        recs = batch.records
-        new = [u for u in recs if u.lsn >= self.assigned_end]
-        for u in new or recs[-1:]:
-            if not self.on_update(header, u):
-                return
 
     def _epoch_matches(self, sender: str, u: Update) -> bool:
         """The record's epoch must be the one its sender's history names for its LSN; when

@@ -168,6 +168,7 @@ class Transport:
         os.chmod(control_path, 0o600)
         self.control_path = control_path
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake_pending = False
         self.poller.register(self.router, zmq.POLLIN)
         self.poller.register(self.control, zmq.POLLIN)
         self.poller.register(self._wake_r, zmq.POLLIN)
@@ -228,7 +229,12 @@ class Transport:
                 self.curve.names.pop(key, None)
 
     def wake(self) -> None:
-        """Called from any thread: make the loop's poll return."""
+        """Called from any thread: make the loop's poll return. Once per turn of the loop:
+        the applier calls this for every record it applies, and a write to the pipe each
+        time was a syscall per record in a catch-up (and a loop turn per record)."""
+        if self._wake_pending:
+            return  # the loop has not yet drained the last one: it will look anyway
+        self._wake_pending = True
         try:
             os.write(self._wake_w, b"\0")
         except BlockingIOError:
@@ -256,6 +262,9 @@ class Transport:
                     pass
             except BlockingIOError:
                 pass
+            # after draining: a wake from now on writes again; one skipped before this was
+            # for a change made before it, which the loop's turn after this poll sees
+            self._wake_pending = False
         return self.router in events, self.control in events, woke
 
     def _drain_monitor(self, mon: zmq.Socket, name: str) -> None:
