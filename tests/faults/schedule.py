@@ -959,8 +959,15 @@ class Harness:
         for n in sorted(self.dead):
             self.restart(n)
         self.writer.burst = False
-        # a continued zombie must step down: at most one primary
-        sts = self.wait_statuses(lambda sts: len(primaries(sts)) <= 1, 15, "at most one primary")
+        # a continued zombie, or a primary cut off and replaced, must step down: at most one
+        # primary, and none in an epoch older than one a node knows (rule 4: it learns of
+        # the newer epoch and steps down; the newest primary itself may be gone, killed or
+        # stopped on its disk error, leaving no primary: promoted below)
+        sts = self.wait_statuses(
+            lambda sts: len(primaries(sts)) <= 1 and not stale_primaries(sts),
+            15,
+            "at most one primary, in the newest epoch",
+        )
         ps = primaries(sts)
         if len(ps) > 1:
             self.violate(
@@ -970,6 +977,17 @@ class Harness:
                 ps,
             )
             raise RoundStop("two primaries")
+        stale = stale_primaries(sts)
+        if stale:
+            top = max(s["epoch"] for s in sts.values() if s)
+            self.violate(
+                "stale-primary",
+                f"{stale[0]} is still primary in epoch {sts[stale[0]]['epoch']} 15 s after "
+                f"every node was back, though a node knows epoch {top}: "
+                + "; ".join(describe(n, s) for n, s in sts.items()),
+                stale,
+            )
+            raise RoundStop("stale primary")
         if ps:
             p = ps[0]
             if p != self.primary or sts[p]["epoch"] != self.epoch:
@@ -1119,6 +1137,12 @@ class Harness:
 
 def primaries(sts: dict[str, dict | None]) -> list[str]:
     return [n for n, s in sts.items() if s and s["role"] == "primary"]
+
+
+def stale_primaries(sts: dict[str, dict | None]) -> list[str]:
+    """Primaries in an epoch older than the newest any node knows (about to be fenced)."""
+    top = max((s["epoch"] for s in sts.values() if s), default=0)
+    return [n for n in primaries(sts) if (sts[n] or {}).get("epoch", 0) < top]
 
 
 def describe(n: str, s: dict | None) -> str:

@@ -20,7 +20,7 @@ from . import checks
 from .checks import Freeze, Isolation, Observation, Promotion
 from .ledger import SECTOR, Ledger, Write, make_data, read_tag
 from .netns import Network, sweep_stale
-from .schedule import Harness
+from .schedule import Harness, stale_primaries
 
 SIZE = 64 * SECTOR
 
@@ -212,6 +212,15 @@ def status(node, role, end, history, following=None, **kw):
     }
     s.update(kw)
     return s
+
+
+def test_a_primary_in_an_older_epoch_is_stale():
+    # alpha, cut off in epoch 13 and back, is still primary; gamma, primary in epoch 19, died
+    alpha = status("alpha", "primary", 20, [[1, 1], [13, 5]])
+    beta = status("beta", "secondary", 18, [[1, 1], [13, 5], [19, 10]])
+    assert stale_primaries({"alpha": alpha, "beta": beta, "gamma": None}) == ["alpha"]
+    beta = status("beta", "secondary", 18, [[1, 1], [13, 5]])
+    assert stale_primaries({"alpha": alpha, "beta": beta}) == []
 
 
 def test_convergence_problems():
