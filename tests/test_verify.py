@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 
 from replengine.demo.localcluster import LocalResource
@@ -151,3 +153,47 @@ def test_what_cannot_be_compared_is_said_and_exits_2(
         "reason": "gamma is not connected",
     }
     assert r.status("alpha")["verify"]["nodes"]["gamma"]["status"] == "not compared"
+
+
+def test_a_verify_cut_short_by_a_demotion_reports_what_it_could_not_compare(
+    resource: Callable[..., LocalResource],
+) -> None:
+    """A verify paced to 4 MiB/s runs while alpha is demoted: it answers at once with the
+    secondaries 'not compared' (alpha stopped being the primary), exit 2, instead of hanging
+    or reporting a verdict on chunks it never compared."""
+    r = resource(
+        {"alpha": "sync", "beta": "sync", "gamma": "sync"},
+        volume_size=VOLUME,
+        extra={"resync_rate": 4},
+    )
+    started(r)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "replengine.cli",
+            "verify",
+            "--json",
+            "--config",
+            str(r.config),
+            "--node",
+            "alpha",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    r.wait_for(
+        lambda: (r.status("alpha")["verify"] or {}).get("asked_bytes", 0) > 0,
+        30,
+        "the verify under way",
+    )
+    r.replctl("alpha", "demote")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, (proc.returncode, out, err)
+    doc = json.loads(out)
+    for name in ("beta", "gamma"):
+        res = doc["nodes"][name]
+        assert res["status"] == "not compared", res
+        assert res["reason"] == "alpha stopped being the primary", res
+        assert res["compared_bytes"] < VOLUME
