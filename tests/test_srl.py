@@ -607,6 +607,32 @@ def test_truncate_persists_and_never_resurrects(tmp_path: Path) -> None:
             srl.truncate(start - 1)
 
 
+def test_truncating_a_tail_that_fills_the_log_keeps_the_record_after_it(tmp_path: Path) -> None:
+    """The dead tail's headers are erased one record boundary each, never a whole block:
+    erasing 4 KiB at the last tail record (512 bytes long, right before the start record
+    in a full log) wiped the start record's header, and the next open found the SRL
+    corrupt. Found by the fault campaign (seed 301 round 4, netns, degrade, srl_full=fail:
+    a primary split from its sync secondaries wrote a 147-record tail that filled its SRL,
+    was fenced, discarded the tail, was killed; its restart refused the SRL)."""
+    p = tmp_path / "srl"
+    with make(p, size=SMALL) as srl:
+        for lsn in range(1, 15):
+            srl.append(1, 0, payload(lsn, 50_000))
+        srl.advance_start(10)  # live: 10..14, the start record well inside the area
+        first_tail = srl.end_lsn
+        while srl.free_bytes >= fmt.record_size(50_000) + fmt.record_size(448):
+            srl.append(2, 0, payload(srl.end_lsn, 50_000))  # round the end of the area
+        while srl.free_bytes >= fmt.record_size(448):
+            srl.append(2, 0, payload(srl.end_lsn, 448))  # 512-byte records up to the start
+        assert srl.free_bytes == 0
+        dropped = srl.truncate(first_tail)
+        assert dropped and dropped[-1].lsn == srl.end_lsn + len(dropped) - 1
+    with SRL.open(p) as srl:
+        assert (srl.start_lsn, srl.end_lsn) == (10, first_tail)
+        for n in range(10, first_tail):
+            assert srl.get(n).data == payload(n, 50_000)
+
+
 def test_truncate_interrupted_is_finished_by_recovery(tmp_path: Path) -> None:
     p = tmp_path / "srl"
     srl = make(p)

@@ -16,6 +16,7 @@ from replengine.log.history import check, divergence_point, epoch_at, normalise
 from replengine.log.record import Record
 from replengine.log.srl_format import (
     MAX_HISTORY,
+    REC_ALIGN,
     record_size,
 )
 from replengine.log.srl_io import (
@@ -65,8 +66,11 @@ class LogSurgery:
         return out
 
     def _zero_headers(self, positions: list[int]) -> None:
+        """Erase the record (or WRAP marker) headers at these positions: one REC_ALIGN
+        block each, the least any record occupies -- a whole BLOCK would run into the
+        records after a short one (the live start, when the tail filled the log)."""
         for pos in positions:
-            os.pwrite(self._fd, ZEROS, self._area_off + pos)
+            os.pwrite(self._fd, ZEROS[:REC_ALIGN], self._area_off + pos)
         self._fdatasync()
 
     def reset(self, lsn: int) -> None:
