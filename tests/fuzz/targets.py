@@ -85,6 +85,27 @@ BODIES = st.one_of(
     st.builds(proto.BlockReq, _pairs, _tag),
     st.builds(proto.BlockDone, _tag, ANY_INT, ANY_INT, ANY_INT),
     st.builds(proto.SumReq, _tag, _pairs, st.one_of(st.just(1 << 20), ANY_INT)),
+    # a run of consecutive records (UPDATES): first LSN, then each record's epoch/offset/data
+    st.builds(
+        lambda first, recs, clear: proto.Updates(
+            [proto.Update(first + i, e, o, d, clear) for i, (e, o, d) in enumerate(recs)]
+        ),
+        st.integers(1, 1 << 62),
+        st.lists(st.tuples(U64, U64, st.binary(max_size=48)), min_size=1, max_size=6),
+        U64,
+    ),
+    st.builds(
+        proto.VerifyReq, _tag, ANY_INT, ANY_INT, ANY_INT, st.one_of(st.just(1 << 20), ANY_INT)
+    ),
+    st.builds(
+        proto.VerifySums,
+        _tag,
+        ANY_INT,
+        st.one_of(
+            st.just(""), st.binary(max_size=3).map(lambda b: (b * 16).hex()), st.text(max_size=40)
+        ),
+        st.text(max_size=40),
+    ),
 )
 
 
