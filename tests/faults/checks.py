@@ -442,16 +442,33 @@ def check_zombie_acks(
     freezes: Iterable[Freeze],
     promotions: Sequence[Promotion],
     limit: int = 4,
+    isolations: Iterable[Isolation] = (),
 ) -> list[Violation]:
     """README: a primary that was frozen re-checks its peers before judging them, so it
     learns it was replaced and steps down instead of acknowledging alone. A write it
     acknowledged after SIGCONT, when another node had been promoted meanwhile, that is not
-    in the winning history, contradicts that."""
+    in the winning history, contradicts that.
+
+    Except a write submitted while the primary was already cut off from its sync
+    secondaries when it was frozen (an `Isolation` in force): it had judged them before the
+    freeze, so the README's other sentence applies ("a primary cut off from all its sync
+    secondaries goes on completing writes alone"), and check_isolated_acks judges such
+    writes (a violation under block, allowed under degrade)."""
     out = []
+    isolations = list(isolations)
     for f in freezes:
         if not f.was_primary or f.t_cont is None:
             continue
         t_stop, t_cont = f.t_stop, f.t_cont
+        cut = [
+            i.t_cut
+            for i in isolations
+            if i.node == f.node
+            and i.epoch == f.epoch
+            and i.t_cut <= t_stop
+            and (i.t_heal is None or i.t_heal >= t_stop)
+        ]
+        cut_at = min(cut) if cut else None
         newer = [p for p in promotions if p.epoch > f.epoch and t_stop <= p.t <= t_cont]
         if not newer:
             continue
@@ -463,6 +480,7 @@ def check_zombie_acks(
             and w.t_done is not None
             and w.t_done > t_cont
             and not in_history(w, history, end)
+            and (cut_at is None or w.t_submit < cut_at)
         ]
         if bad:
             out.append(

@@ -1067,7 +1067,7 @@ class Harness:
             self.ledger, history, end, self.promotions, self.observations, (p, sts[p]["epoch"])
         )
         self.violations += checks.check_zombie_acks(
-            self.ledger, history, end, self.freezes, self.promotions
+            self.ledger, history, end, self.freezes, self.promotions, isolations=self.isolations
         )
         iso_v, discarded = checks.check_isolated_acks(
             self.ledger, history, end, self.isolations, self.promotions, self.mode

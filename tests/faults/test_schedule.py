@@ -161,6 +161,15 @@ def test_zombie_acknowledgement_after_sigcont():
     prom = [Promotion(1.8, "beta", 2, 2, {"beta", "gamma"})]
     v = checks.check_zombie_acks(led, [(1, 1), (2, 2)], 4, [f], prom)
     assert len(v) == 1 and "LSN 3" in v[0].message and "LSN 2" not in v[0].message
+    # cut off from its sync secondaries before the freeze (seed 307 round 3): the writes
+    # submitted after the cut are the isolated primary's, judged by check_isolated_acks
+    for w in led.all():
+        w.t_submit = w.t_done - 0.5
+    iso = Isolation("alpha", 1, 1.0, "its link down")
+    assert checks.check_zombie_acks(led, [(1, 1), (2, 2)], 4, [f], prom, isolations=[iso]) == []
+    late_cut = Isolation("alpha", 1, 2.6, "its link down")  # cut after the freeze: no excuse
+    v = checks.check_zombie_acks(led, [(1, 1), (2, 2)], 4, [f], prom, isolations=[late_cut])
+    assert len(v) == 1
 
 
 def test_cut_off_primary_acks_are_violations_only_under_block():
