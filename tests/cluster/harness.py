@@ -51,6 +51,8 @@ FENCE_AGENT_SRC = HERE / "fence_replengine_ns"
 FENCE_AGENT_NAME = "fence_replengine_ns"
 FENCE_AGENT_DST = Path("/usr/sbin") / FENCE_AGENT_NAME
 OCF_ROOT = Path("/usr/lib/ocf/resource.d")
+#: seconds from a fence device's power-on to the node booting (see _serve_fence_requests)
+BOOT_DELAY_S = 5.0
 BASE_ROOT = Path("/var/tmp")
 MARKER = "harness.json"  # <base>/run/harness.json exists while a cluster is set up
 
@@ -296,6 +298,8 @@ class Cluster:
         self.timings: dict[str, float] = {}
         self.fence_events: list[FenceEvent] = []
         self.boots: dict[int, list[float]] = {i: [] for i in self.nodes}
+        #: node -> when it boots after a fence device powered it on
+        self._boots_due: dict[int, float] = {}
         self.partitioned: set[int] = set()
         self.last_crm_mon = ""
         self._procs: dict[int, subprocess.Popen] = {}
@@ -667,10 +671,19 @@ class Cluster:
                 try:
                     i = self.index(node)
                     if action == "off":
+                        self._boots_due.pop(i, None)
                         self._kill_node(i)
                         self._set_power(i, "off")
                     elif action == "on":
-                        self.start_node(i)
+                        # the switch reports power at once; the machine takes a while to
+                        # boot (a real one: a minute or more). Booting in the same instant
+                        # raced the survivors' promotion after fencing: with equal scores
+                        # Pacemaker could promote the node that had just crashed
+                        self._set_power(i, "on")
+                        # booted by this thread (below), which lives as long as the cluster:
+                        # the node's processes get SIGKILL when the thread that started
+                        # them ends (setpriv --pdeathsig)
+                        self._boots_due[i] = time.monotonic() + BOOT_DELAY_S
                     result = "done"
                 except Exception as e:  # noqa: BLE001 - keep serving requests
                     result = f"failed: {e!r}"
@@ -678,7 +691,20 @@ class Cluster:
                 self.log(f"fence request {action} {node}: {result}")
                 with contextlib.suppress(OSError), open(helper_log, "a") as f:
                     f.write(line + "\n")
+            self._boot_powered_on()
             self._helper_stop.wait(0.05)
+
+    def _boot_powered_on(self) -> None:
+        """Boot the nodes whose power came on BOOT_DELAY_S ago (fence "on")."""
+        now = time.monotonic()
+        for i, due in list(self._boots_due.items()):
+            if due > now:
+                continue
+            del self._boots_due[i]
+            try:
+                self.start_node(i)
+            except Exception as e:  # noqa: BLE001 - logged; the test waiting for it times out
+                self.log(f"{self.name(i)} did not boot after power on: {e!r}")
 
     def fence_agent_calls(self) -> list[dict]:
         """Calls of fence_replengine_ns logged by the agent itself (JSON lines)."""
