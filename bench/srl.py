@@ -7,7 +7,7 @@ of raw for records >= 64 KiB), and under concurrency group commit must beat one 
 per record by a wide margin (goal: >= 3x at 4 KiB with 8 writers).
 
 Fairness: both sides write the same payload (``count`` records of ``size`` bytes, so the
-SRL's 64-byte header and padding to 4 KiB are its own overhead), from the same number of
+SRL's 64-byte header and padding to 512 bytes are its own overhead), from the same number of
 threads, into a file of the same size that was written once beforehand (allocated blocks,
 an SRL's steady state), at ascending offsets (raw: writer i at record slots i, i+n, ...).
 Raw and SRL runs alternate, with the order swapped every repeat, and the best of each counts.
@@ -189,7 +189,7 @@ def run(work_dir: Path, scale: int) -> int:
     )
     print(
         "raw: each writer pwrite()s its record and fdatasync()s, into a preallocated file; "
-        "SRL: append() (header, padding to 4 KiB, group commit) into a preallocated SRL"
+        "SRL: append() (header, padding to 512 bytes, group commit) into a preallocated SRL"
     )
     print(f"{'record':>8} {'writers':>7} {'SRL':>14} {'raw':>14} {'ratio':>6}  goal")
     ok = True
