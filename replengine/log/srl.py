@@ -338,21 +338,8 @@ class SRL(GroupCommit, LogSurgery):
             yield self.get(lsn)
 
     def get(self, lsn: int) -> Record:
-        """One record by LSN (index lookup + two preads), CRC-verified."""
-        with self._lock:
-            try:
-                pos, length = self._index.lookup(lsn)
-            except KeyError:
-                raise SRLError(
-                    f"{self.path}: LSN {lsn} is not in the log [{self._start_lsn}, "
-                    f"{self._durable_end})"
-                ) from None
-        try:
-            return self._read_at(lsn, pos, length)
-        except SRLCorruptError:
-            if lsn < self._start_lsn:
-                raise SRLError(f"{self.path}: LSN {lsn} was cleared while being read") from None
-            raise
+        """One record by LSN (index lookup + one pread), CRC-verified."""
+        return self.get_many(lsn, lsn + 1, 0)[0]
 
     def get_many(self, first: int, end: int, max_bytes: int) -> list[Record]:
         """Records from ``first`` (at least it, then as many below ``end`` as lie back to

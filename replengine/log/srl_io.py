@@ -305,23 +305,8 @@ def read_records(
     out = []
     at = 0
     for i, (length, size) in enumerate(zip(lengths, sizes, strict=True)):
-        lsn = first_lsn + i
-        raw = buf[at : at + HEADER_SIZE]
-        data = buf[at + HEADER_SIZE : at + HEADER_SIZE + length]
-        hdr = parse_header(raw)
-        if (
-            hdr is None
-            or hdr.type != TYPE_DATA
-            or hdr.lsn != lsn
-            or hdr.length != length
-            or hdr.log_id != log_id
-            or not data_matches(hdr, raw, data)
-        ):
-            raise SRLCorruptError(
-                f"{path}: record LSN {lsn} at byte {area_off + pos + at} fails its "
-                "checksum (media corruption); resync this node's SRL from a peer"
-            )
-        out.append(Record(lsn=lsn, epoch=hdr.epoch, offset=hdr.offset, data=data))
+        rec = buf[at : at + HEADER_SIZE + length]
+        out.append(_verified(path, area_off + pos + at, log_id, first_lsn + i, length, rec))
         at += size
     return out
 
@@ -330,19 +315,27 @@ def read_record(
     fd: int, path: Path, area_off: int, log_id: int, lsn: int, pos: int, length: int
 ) -> Record:
     """Record ``lsn`` at area position ``pos``, verified by its CRCs (SRLCorruptError if not)."""
-    raw = pread_all(fd, HEADER_SIZE, area_off + pos)
+    return read_records(fd, path, area_off, log_id, lsn, pos, [length])[0]
+
+
+def _verified(
+    path: Path, where: int, log_id: int, lsn: int, length: int, rec: memoryview
+) -> Record:
+    """The record whose header and data are ``rec`` (at byte ``where``), if its header says
+    it is ``lsn`` of this log with ``length`` bytes and both CRCs hold."""
+    raw, data = rec[:HEADER_SIZE], rec[HEADER_SIZE:]
     hdr = parse_header(raw)
-    data = pread_all(fd, length, area_off + pos + HEADER_SIZE) if length else b""
     if (
         hdr is None
         or hdr.type != TYPE_DATA
         or hdr.lsn != lsn
         or hdr.length != length
         or hdr.log_id != log_id
+        or len(data) != length
         or not data_matches(hdr, raw, data)
     ):
         raise SRLCorruptError(
-            f"{path}: record LSN {lsn} at byte {area_off + pos} fails its "
+            f"{path}: record LSN {lsn} at byte {where} fails its "
             "checksum (media corruption); resync this node's SRL from a peer"
         )
     return Record(lsn=lsn, epoch=hdr.epoch, offset=hdr.offset, data=data)

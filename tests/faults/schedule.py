@@ -44,6 +44,7 @@ from pathlib import Path
 
 import psutil
 
+from replengine.cli.progress import poll_status
 from replengine.demo.localcluster import LocalResource
 from replengine.errors import ReplError
 from replengine.runtime import is_alive, wait_gone
@@ -336,16 +337,7 @@ class Harness:
         if not self.reachable(n):
             return None
         assert self.r is not None
-        try:
-            ctl = ControlClient(self.r.paths(n).socket, timeout)
-        except ReplError:
-            return None
-        try:
-            return ctl.call("status")[0]
-        except ReplError:
-            return None
-        finally:
-            ctl.close()
+        return poll_status(self.r.paths(n).socket, timeout)
 
     def _promote(self, n: str) -> dict | None:
         """Promote over the control socket (what `replctl promote` sends): the reply, or
