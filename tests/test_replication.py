@@ -330,3 +330,24 @@ def test_writer_thread_ledger_while_async_peer_restarts(resource, writers):
     vol = r.connect("alpha")
     ledger.check_reads(vol)
     vol.close()
+
+
+def test_with_a_long_heartbeat_promotion_and_a_restart_do_not_wait_for_a_beat(resource):
+    """With a 30 s heartbeat: a promotion's probe asks each peer to answer at once, so it
+    ends within a 10 s timeout (waiting for the peers' next beats took 30 s); and a
+    secondary killed and started again gets the records it lacks within seconds, because
+    each side says HELLO the moment its connection to the other is up rather than at its
+    next beat (a catch-up after a network cut or a stall would otherwise start as late)."""
+    r = resource({"a": "sync", "b": "async"}, heartbeat_ms=30_000)
+    r.up()
+    r.promote("a", "--timeout", "10")
+    with r.connect("a") as v:
+        v.write(0, b"1" * 4096)
+    r.wait_synced(timeout=10)
+    r.kill("b")
+    with r.connect("a") as v:
+        for i in range(50):
+            v.write(i * 4096, bytes([i]) * 4096)
+    r.up("b")
+    r.wait_synced(timeout=10)
+    assert len(set(r.checksums().values())) == 1

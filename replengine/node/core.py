@@ -207,10 +207,10 @@ class Node:
             prev_digest=self.prev_digest,
         )
 
-    def beacon(self) -> None:
+    def beacon(self, flags: int = 0) -> None:
         hello = self.hello()
         for name in self.peers:
-            self.send(name, hello)
+            self.send(name, hello, flags)
 
     def warn_once(self, key: str, msg: str, *args: Any) -> None:
         now = time.monotonic()
@@ -238,6 +238,10 @@ class Node:
             peer_in, ctl_in, _ = self.transport.poll(int(timeout * 1000) + 1)
             for name in self.transport.take_disconnected():
                 self.on_disconnect(name)
+            for name in self.transport.take_connected():
+                # a HELLO now, not at the next beat: the peer learns of us (restarted,
+                # back from a stall or a cut link) and resumes streaming at once
+                self.send(name, self.hello())
             if peer_in:
                 self.drain_peers()
             if ctl_in:
@@ -276,6 +280,9 @@ class Node:
         for p in self.peers.values():
             if p.hello is not None:
                 p.last_seen = now
+        if gap > 3 * self.heartbeat_s:
+            # past the ZMTP heartbeat timeout: the peers have dropped our connections
+            self.transport.reconnect_all()
 
     def on_disconnect(self, name: str) -> None:
         """The connection to a peer dropped (its process died, or the link): treat it as
@@ -381,7 +388,7 @@ class Node:
     def dispatch(self, peer: Peer, msg: Message) -> None:
         body, header = msg.body, msg.header
         if isinstance(body, Hello):
-            handshake.on_hello(self, peer, header.epoch, body)
+            handshake.on_hello(self, peer, header.epoch, body, header.flags)
             return
         if isinstance(body, Reject):
             log.error("peer %s refused this node: %s", peer.name, body.reason)

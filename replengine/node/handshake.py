@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from replengine.log.history import divergence_point
 from replengine.node.states import IN_DCM, PeerState, Role
-from replengine.wire.protocol import Hello, Reject
+from replengine.wire.protocol import Flag, Hello, Reject
 
 if TYPE_CHECKING:
     from replengine.node.core import Node
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("replengined")
 
 
-def on_hello(node: Node, peer: Peer, epoch: int, h: Hello) -> None:
+def on_hello(node: Node, peer: Peer, epoch: int, h: Hello, flags: int = 0) -> None:
     if not configs_agree(node, h):
         reason = (
             f"config digest mismatch: {peer.name} has {h.digest[:12]}, {node.me} has "
@@ -51,8 +51,9 @@ def on_hello(node: Node, peer: Peer, epoch: int, h: Hello) -> None:
         node.step_down(
             f"{peer.name} knows epoch {node.known_epoch}, newer than this primary's {node.epoch}"
         )
-    if restarted or not was_alive:
-        node.send(peer.name, node.hello())  # answer a newcomer now, not at our next beat
+    if restarted or not was_alive or flags & Flag.ANSWER:
+        # answer a newcomer, or a promotion probing its peers, now: not at our next beat
+        node.send(peer.name, node.hello())
     if node.role == Role.PRIMARY:
         primary_hello(node, peer, h, restarted or not was_alive)
     else:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from replengine.failover.planner import NodeLog
 from replengine.failover.promotion import PeerView
 from replengine.log.history import normalise
-from replengine.wire.protocol import Pull
+from replengine.wire.protocol import Flag, Pull
 
 if TYPE_CHECKING:
     from replengine.node.core import Node
@@ -98,7 +98,9 @@ class NodePromotionContext:
         return first
 
     def announce(self) -> None:
-        self.node.beacon()
+        """A HELLO to every peer that asks each to answer at once: the probe then takes a
+        round trip, not up to a heartbeat of waiting for the peers' next beats."""
+        self.node.beacon(Flag.ANSWER)
 
 
 __all__ = ["NodePromotionContext"]

@@ -53,6 +53,7 @@ class MsgType(IntEnum):
 
 class Flag:
     PULLED = 1  # UPDATE is a reply to PULL, not the primary's live stream
+    ANSWER = 2  # HELLO that asks for a HELLO back at once (a promotion probing its peers)
 
 
 @dataclass(frozen=True, slots=True)

@@ -151,6 +151,7 @@ class Transport:
         self.router.bind(tcp_endpoint(address))
         self.heartbeat_ms = heartbeat_ms
         self.dealers: dict[str, zmq.Socket] = {}
+        self._endpoints: dict[str, str] = {}
         self.monitors: dict[zmq.Socket, str] = {}
         self._dealer_names: dict[zmq.Socket, str] = {}
         self.poller = zmq.Poller()
@@ -175,6 +176,8 @@ class Transport:
         if self.zap is not None:
             self.poller.register(self.zap, zmq.POLLIN)
         self.disconnected: list[str] = []
+        #: peers our DEALER (re)connected to since the last take_connected
+        self.connected: list[str] = []
         #: node name -> routing id of its newest connection to our ROUTER
         self._routes: dict[bytes, bytes] = {}
 
@@ -199,9 +202,12 @@ class Transport:
             sock.curve_serverkey = curve.peers[name]
             sock.curve_publickey = curve.public
             sock.curve_secretkey = curve.secret
-        mon = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | _HANDSHAKE_FAILED)
+        mon = sock.get_monitor_socket(
+            zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | _HANDSHAKE_FAILED
+        )
         self.monitors[mon] = name
-        sock.connect(tcp_endpoint(addr))
+        self._endpoints[name] = tcp_endpoint(addr)
+        sock.connect(self._endpoints[name])
         self.dealers[name] = sock
         self._dealer_names[sock] = name
         self.poller.register(mon, zmq.POLLIN)
@@ -214,6 +220,7 @@ class Transport:
         if sock is None:
             return
         del self._dealer_names[sock]
+        self._endpoints.pop(name, None)
         for mon, n in list(self.monitors.items()):
             if n == name:
                 del self.monitors[mon]
@@ -275,6 +282,8 @@ class Transport:
                 return
             if event["event"] == zmq.EVENT_DISCONNECTED:
                 self.disconnected.append(name)
+            elif event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.connected.append(name)
             elif event["event"] & _HANDSHAKE_FAILED and self.curve is None:
                 # no keys: a handshake times out when the peer is stopped (SIGSTOP, a VM
                 # pause) or is not a replengine node; nothing to do with keys
@@ -344,6 +353,26 @@ class Transport:
         """Peers whose connection dropped since the last call."""
         out, self.disconnected = self.disconnected, []
         return out
+
+    def take_connected(self) -> list[str]:
+        """Peers our DEALER completed a (re)connection to since the last call: the
+        moment a HELLO can reach them, rather than at the next heartbeat."""
+        out, self.connected = self.connected, []
+        return out
+
+    def reconnect_all(self) -> None:
+        """Reconnect every DEALER now. After this process was stopped for longer than the
+        ZMTP heartbeat timeout, its peers have dropped its connections; libzmq would notice
+        on its own and retry after RECONNECT_IVL plus jitter (100-200 ms), during which
+        nothing this node sends gets anywhere. Messages still queued are stale by then."""
+        for name, sock in self.dealers.items():
+            endpoint = self._endpoints[name]
+            try:
+                sock.disconnect(endpoint)
+            except zmq.ZMQError:
+                pass  # not connected: connect below is all it needs
+            sock.connect(endpoint)
+            log.debug("reconnecting to %s (%s)", name, endpoint)
 
     def recv_peer(self) -> Incoming | None:
         """The next message from a peer, `identity` being the node name its first frame
