@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 from replengine.node.secondary import Secondary
-from replengine.wire.protocol import Flag, Header, MsgType, Update, decode
+from replengine.wire.protocol import Flag, Header, MsgType, Update, Updates, decode
 
 UUID = uuid.UUID("6f1c2a9e-3d4b-4c5d-8e6f-7a8b9c0d1e2f")
 
@@ -19,6 +19,7 @@ class FakeSRL:
     end_lsn: int = 5
     appended: list = field(default_factory=list)
     full: bool = False
+    room: int | None = None  # records that fit before the SRL is full (None: no limit)
 
     @property
     def epoch(self):
@@ -31,6 +32,17 @@ class FakeSRL:
             raise SRLFullError("full")
         self.appended.append(rec)
         return object()
+
+    def append_records_nowait(self, recs):
+        from replengine.errors import SRLFullError
+
+        n = len(recs) if self.room is None else min(self.room, len(recs))
+        if self.full or not n:
+            raise SRLFullError("full")
+        if self.room is not None:
+            self.room -= n
+        self.appended += recs[:n]
+        return object(), n
 
     def set_history(self, h):
         self.history = list(h)
@@ -63,7 +75,13 @@ class FakeNode:
         self.cfg = SimpleNamespace(uuid=UUID)
         self.volume = SimpleNamespace(size=1 << 20)
         self.applier = SimpleNamespace(clear=self.cleared.append, applied_end=5)
-        self.watcher = SimpleNamespace(put=lambda p, rec: self.queued.append(rec), durable_end=5)
+        self.watcher = SimpleNamespace(
+            put=lambda p, rec: self.queued.append(rec),
+            put_many=lambda p, recs: self.queued.extend(recs),
+            background=lambda srl: None,
+            take_durable=lambda: False,
+            durable_end=5,
+        )
         self.ops = SimpleNamespace(pulled_bytes=0, pull_source="")
         hello = SimpleNamespace(history=self.primary_history)
         self.peers = {"alpha": SimpleNamespace(hello=hello)}
@@ -150,3 +168,73 @@ def test_a_pulled_record_from_a_peer_we_do_not_follow_is_taken() -> None:
     node = FakeNode(following="")
     Secondary(node).on_update(hdr(flags=Flag.PULLED), Update(5, 1, 0, b"x" * 10))
     assert [r.lsn for r in node.srl.appended] == [5] and node.ops.pulled_bytes == 10
+
+
+def batch(first: int, n: int, epoch: int = 1, clear_end: int = 0, offset: int = 0) -> Updates:
+    return Updates([Update(first + i, epoch, offset, b"x" * 512, clear_end) for i in range(n)])
+
+
+def test_a_batch_is_logged_in_order_queued_and_its_clear_taken() -> None:
+    node = FakeNode()
+    sec = Secondary(node)
+    sec.on_updates(hdr(), batch(5, 4, clear_end=3))
+    assert [r.lsn for r in node.srl.appended] == [5, 6, 7, 8] and sec.assigned_end == 9
+    assert [r.lsn for r in node.queued] == [5, 6, 7, 8]
+    assert node.cleared and set(node.cleared) == {3}
+
+
+def test_a_batch_overlapping_what_is_logged_logs_only_the_new_records() -> None:
+    node = FakeNode()
+    sec = Secondary(node)
+    sec.on_updates(hdr(), batch(3, 4))  # 3, 4 are logged already (end 5)
+    assert [r.lsn for r in node.srl.appended] == [5, 6]
+
+
+def test_a_batch_after_a_gap_asks_for_a_resend_and_logs_nothing() -> None:
+    node = FakeNode()
+    Secondary(node).on_updates(hdr(), batch(7, 3))
+    nacks = [b for _, b in node.transport.sent if type(b).__name__ == "Nack"]
+    assert [n.expected for n in nacks] == [5] and not node.srl.appended
+
+
+def test_a_batch_stops_at_its_first_record_outside_the_volume() -> None:
+    node = FakeNode()
+    recs = batch(5, 4).records
+    recs[2] = Update(7, 1, (1 << 20) - 10, b"x" * 512)
+    sec = Secondary(node)
+    sec.on_updates(hdr(), Updates(recs))
+    assert [r.lsn for r in node.srl.appended] == [5, 6] and sec.assigned_end == 7
+
+
+def test_a_batch_that_fills_the_srl_logs_what_fits_and_asks_again_after_a_clear() -> None:
+    node = FakeNode(srl=FakeSRL(room=2))
+    sec = Secondary(node)
+    sec.on_updates(hdr(), batch(5, 4))
+    assert [r.lsn for r in node.srl.appended] == [5, 6]
+    assert sec.srl_full and sec.assigned_end == 7 and [r.lsn for r in node.queued] == [5, 6]
+    node.srl.room = None
+    sec.after_clear()
+    nacks = [b for _, b in node.transport.sent if type(b).__name__ == "Nack"]
+    assert [n.expected for n in nacks] == [7]
+
+
+def test_a_batch_crossing_into_a_newer_epoch_joins_our_history_at_its_first_record() -> None:
+    """Ours went 1 -> 2 at LSN 5 (promoted, lost before writing); the primary's went 1 -> 3
+    at LSN 7. A batch of LSNs 5..8 (epoch 1, then 3) is logged whole, and our history joined
+    to the primary's before the first record that needs it."""
+    node = FakeNode(
+        srl=FakeSRL(history=[(1, 1), (2, 5)]), known_epoch=3, primary_history=[(1, 1), (3, 7)]
+    )
+    recs = batch(5, 2, epoch=1).records + batch(7, 2, epoch=3).records
+    sec = Secondary(node)
+    sec.on_updates(hdr(epoch=3), Updates(recs))
+    assert [(r.lsn, r.epoch) for r in node.srl.appended] == [(5, 1), (6, 1), (7, 3), (8, 3)]
+    assert node.srl.history == [(1, 1), (3, 7)] and sec.assigned_end == 9
+
+
+def test_a_batch_whose_record_epoch_its_primary_does_not_name_stops_there() -> None:
+    node = FakeNode()
+    recs = batch(5, 2).records + batch(7, 2, epoch=2).records
+    sec = Secondary(node)
+    sec.on_updates(hdr(), Updates(recs))
+    assert [r.lsn for r in node.srl.appended] == [5, 6] and sec.assigned_end == 7

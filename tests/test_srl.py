@@ -923,3 +923,45 @@ def test_block_device_srl_waits_out_a_probers_shared_lock(
             SRL.open(dev)
     finally:
         os.close(holder)
+
+
+def test_a_batch_of_received_records_is_logged_together_and_survives_a_reopen(
+    tmp_path: Path,
+) -> None:
+    """A secondary's batched append (one UPDATES message): every record durable once the
+    last one is, read back the same after a reopen; a batch that is not consecutive, or does
+    not follow the log, is refused with nothing queued."""
+    p = tmp_path / "srl"
+    with make(p) as srl:
+        recs = [Record(lsn, 1, lsn * 4096, payload(lsn, 4096)) for lsn in range(1, 41)]
+        pending, n = srl.append_records_nowait(recs)
+        assert n == 40 and pending is not None and pending.lsn == 40
+        pending.wait()
+        assert srl.end_lsn == 41
+        with pytest.raises(SRLError, match="not consecutive: LSN 43 after 41"):
+            srl.append_records_nowait([Record(41, 1, 0, b"a"), Record(43, 1, 0, b"b")])
+        with pytest.raises(SRLError, match="LSN 42 does not follow the log: expected LSN 41"):
+            srl.append_records_nowait([Record(42, 1, 0, b"a")])
+        assert srl.next_lsn == 41  # neither refusal queued anything
+    with SRL.open(p) as srl:
+        got = list(srl.read(1, 41))
+        assert [(r.lsn, r.offset, bytes(r.data)) for r in got] == [
+            (r.lsn, r.offset, r.data) for r in recs
+        ]
+
+
+def test_a_batch_that_does_not_fit_logs_what_fits(tmp_path: Path) -> None:
+    """Past the free space, the rest of a batch changes nothing: the caller learns how many
+    went in and asks for the rest later; nothing fits at all: SRLFullError."""
+    p = tmp_path / "srl"
+    with make(p, size=SMALL) as srl:
+        per = fmt.record_size(4096)
+        fit = (srl.capacity - srl.used_bytes) // per
+        recs = [Record(lsn, 1, 0, payload(lsn, 4096)) for lsn in range(1, fit + 6)]
+        pending, n = srl.append_records_nowait(recs)
+        assert n == fit and pending is not None and pending.lsn == fit
+        pending.wait()
+        assert srl.end_lsn == fit + 1 and srl.next_lsn == fit + 1
+        with pytest.raises(SRLFullError):
+            srl.append_records_nowait(recs[n:])
+        assert srl.next_lsn == fit + 1

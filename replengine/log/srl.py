@@ -255,6 +255,71 @@ class SRL(GroupCommit, LogSurgery):
             self, self._enqueue(rec.lsn, rec.epoch, rec.offset, rec.data, kick=kick)
         )
 
+    def append_records_nowait(self, recs: list[Record]) -> tuple[PendingAppend | None, int]:
+        """Log consecutive records received from the primary (a batch of an UPDATES
+        message), as append_record_nowait(kick=False) of each would, under one lock: the
+        per-record cost of a secondary catching up was mostly this call's. Returns the
+        handle of the last record queued and how many were queued: fewer than all when the
+        SRL filled up (the rest change nothing). Any other refusal raises before anything
+        is queued."""
+        if not recs:
+            return None, 0
+        views = []
+        first = recs[0].lsn
+        for i, rec in enumerate(recs):
+            if rec.lsn != first + i:
+                raise SRLError(
+                    f"{self.path}: records of a batch are not consecutive: LSN {rec.lsn} "
+                    f"after {first + i - 1}"
+                )
+            mv = memoryview(rec.data).cast("B")
+            if (
+                len(mv) > MAX_LENGTH
+                or not 0 <= rec.offset < 1 << 64
+                or not 0 <= rec.epoch < 1 << 64
+            ):
+                raise SRLError(
+                    f"{self.path}: record LSN {rec.lsn} out of range (epoch {rec.epoch}, "
+                    f"offset {rec.offset}, length {len(mv)})"
+                )
+            views.append((mv, crc32c.crc32c(mv)))  # outside the lock, as _enqueue
+        me = get_ident()
+        with self._lock:
+            while self._paused:
+                self._done_cv.wait()
+            self._check_usable()
+            if recs[0].lsn != self._next_lsn:
+                raise SRLError(
+                    f"{self.path}: record LSN {recs[0].lsn} does not follow the log: expected "
+                    f"LSN {self._next_lsn} (end of log)"
+                )
+            item = None
+            n = 0
+            for rec, (mv, crc) in zip(recs, views, strict=True):
+                try:
+                    item = self._reserve(rec.epoch, rec.offset, mv, crc)
+                except SRLFullError:
+                    if not n:
+                        raise
+                    break
+                self._queue.append(item)
+                self._queued_bytes += item.size
+                n += 1
+            self.stats.appends += n
+            if self._forming and me in self._awaited:
+                self._awaited.discard(me)
+                if not self._awaited:
+                    self._arrival_cv.notify()
+        assert item is not None
+        return PendingAppend(self, item), n
+
+    def kick(self) -> None:
+        """Have the committer thread write what is queued (appends made with kick=False),
+        so the caller can go on while the write and the fdatasync run."""
+        with self._lock:
+            if self._queue:
+                self._work_cv.notify()
+
     def _enqueue(
         self, lsn: int | None, epoch: int, offset: int, data: bytes, *, kick: bool
     ) -> Item:

@@ -93,6 +93,21 @@ class Applier(threading.Thread):
                 lazy = False
         self._q.put(("lazy", rec.lsn) if lazy else ("rec", rec))
 
+    def put_many(self, recs: list[Record]) -> None:
+        """put() of consecutive records, with one lock and one queue item (a batch of a
+        catch-up)."""
+        items: list[Record | int] = []
+        with self.lock:
+            for rec in recs:
+                if self.held_bytes + len(rec.data) > HOLD_BYTES and rec.data:
+                    self.lazy[rec.lsn] = (rec.offset, len(rec.data))
+                    items.append(rec.lsn)
+                else:
+                    self.overlay[rec.lsn] = rec
+                    self.held_bytes += len(rec.data)
+                    items.append(rec)
+        self._q.put(("many", items))
+
     def clear(self, clear_end: int) -> None:
         """Advance the SRL start to clear_end once everything before it is applied."""
         if clear_end > self.pending_clear:
@@ -162,7 +177,7 @@ class Applier(threading.Thread):
                 except queue.Empty:
                     item = ("tick",)
                 kind = item[0]
-                if kind in ("rec", "lazy") and self._q.empty():
+                if kind in ("rec", "lazy", "many") and self._q.empty():
                     # woken by one record: let more gather before applying (see GATHER_S)
                     time.sleep(GATHER_S)
                 if kind == "stop":
@@ -174,6 +189,12 @@ class Applier(threading.Thread):
                 elif kind == "lazy":
                     if item[1] >= self.applied_end:
                         self._apply(self.srl.get(item[1]))
+                elif kind == "many":
+                    for x in item[1]:
+                        if isinstance(x, Record):
+                            self._apply(x)
+                        elif x >= self.applied_end:
+                            self._apply(self.srl.get(x))
                 elif kind == "replay":
                     for rec in self.srl.read(item[1], item[2]):
                         if rec.lsn >= self.applied_end:
@@ -268,16 +289,35 @@ class LocalSync:
     The loop queues every record it has in hand (kick=False), then `sync()` waits on the
     last one: the loop thread itself writes the batch and runs the fdatasync, and can send
     the ACK or complete the writes the moment it returns. Records that arrive meanwhile wait
-    in the sockets and form the next batch. No thread hand-off lies on a write's path."""
+    in the sockets and form the next batch. No thread hand-off lies on a write's path.
+
+    A stream of records (a secondary catching up: UPDATES of hundreds of records, message
+    after message, in one turn of the loop) is written earlier: `background()` hands what is
+    queued to the SRL's committer thread at once, so the loop decodes and queues the next
+    messages while the last ones are written and synced, and `take_durable()` lets it
+    acknowledge what is durable without waiting (py-spy of a 20 000-record catch-up: the
+    secondary's loop sat in fdatasync a third of the time while the primary's window was
+    full). `sync()` at the end of the turn still waits for everything: between turns
+    nothing is pending, as before."""
 
     def __init__(self, applier: Applier, durable_end: int) -> None:
         self.applier = applier
         self.durable_end = durable_end
-        self._pending: list[tuple[Any, Record]] = []
+        #: (handle of the last record, the records) per append, in LSN order
+        self._pending: list[tuple[Any, list[Record]]] = []
         self.error: BaseException | None = None
 
     def put(self, pending: Any, rec: Record) -> None:
-        self._pending.append((pending, rec))
+        self._pending.append((pending, [rec]))
+
+    def put_many(self, pending: Any, recs: list[Record]) -> None:
+        """Records appended together; ``pending`` is the last one's handle."""
+        self._pending.append((pending, recs))
+
+    def background(self, srl: Any) -> None:
+        """Have the SRL's committer thread start on what is queued now."""
+        if self._pending:
+            srl.kick()
 
     @property
     def idle(self) -> bool:
@@ -296,10 +336,36 @@ class LocalSync:
             log.exception("SRL append failed: %s", exc)
             self.error = exc
             return False
-        for _, rec in batch:
-            self.applier.put(rec)
-        self.durable_end = batch[-1][1].lsn + 1
+        self._hand_over(batch)
         return True
+
+    def take_durable(self) -> bool:
+        """Hand over what is durable already, without waiting; True if the end moved."""
+        pending = self._pending
+        n = 0
+        for p, _ in pending:
+            if not p.done:
+                break
+            n += 1
+        if not n or self.error:
+            return False
+        batch, self._pending = pending[:n], pending[n:]
+        try:
+            for p, _ in batch:
+                p.wait()  # done: returns at once, or raises the append's error
+        except BaseException as exc:  # surfaced by the loop as a failed node
+            log.exception("SRL append failed: %s", exc)
+            self.error = exc
+            return False
+        self._hand_over(batch)
+        return True
+
+    def _hand_over(self, batch: list[tuple[Any, list[Record]]]) -> None:
+        if len(batch) == 1 and len(batch[0][1]) == 1:
+            self.applier.put(batch[0][1][0])
+        else:
+            self.applier.put_many([rec for _, recs in batch for rec in recs])
+        self.durable_end = batch[-1][1][-1].lsn + 1
 
     def start(self) -> None:
         pass

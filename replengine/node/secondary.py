@@ -48,9 +48,17 @@ class Secondary:
         if not self._accepts(header, recs[0]):
             return
         new = [u for u in recs if u.lsn >= self.assigned_end]
-        for u in new or recs[-1:]:
-            if not self._log(header, u):
-                return
+        if new:
+            self._log_many(header, new)
+        else:
+            self._log(header, recs[-1])  # all logged already: acknowledged again
+        node = self.node
+        # written and synced by the SRL's committer while the loop takes the next message;
+        # what an earlier batch made durable meanwhile is acknowledged now, so the
+        # primary's window refills while this turn goes on
+        node.watcher.background(node.srl)
+        if node.watcher.take_durable():
+            self.ack()
 
     def _accepts(self, header: Header, u: Update) -> bool:
         """Whether records from this sender may be logged now (``u``, the first, names them
@@ -140,6 +148,63 @@ class Secondary:
             node.ops.pulled_bytes += len(u.data)
         if u.clear_end:
             node.applier.clear(u.clear_end)
+        return True
+
+    def _log_many(self, header: Header, us: list[Update]) -> None:
+        """_log of consecutive records, appended to the SRL together (one lock, one
+        reservation pass): the same checks per record, stopping at the first refused."""
+        node = self.node
+        if us[0].lsn != self.assigned_end:
+            self._nack(header.sender)  # a gap (the batch is consecutive from its first)
+            return
+        size = node.volume.size
+        hist = node.srl.history
+        epoch = node.srl.epoch
+        fast_from = hist[-1][1] if hist else None
+        ready: list[Record] = []
+        for u in us:
+            if u.offset + len(u.data) > size:
+                if self._append(header, ready, u.clear_end):
+                    self._log(header, u)  # refused, and said why
+                return
+            if not (u.rec_epoch == epoch and fast_from is not None and fast_from <= u.lsn):
+                # not the current epoch's next record: its history is checked (and maybe
+                # joined) with everything before it logged, as one UPDATE at a time would
+                if not self._append(header, ready, u.clear_end) or not self._log(header, u):
+                    return
+                ready = []
+                hist = node.srl.history
+                epoch = node.srl.epoch
+                fast_from = hist[-1][1] if hist else None
+                continue
+            ready.append(Record(u.lsn, u.rec_epoch, u.offset, u.data))
+        self._append(header, ready, us[-1].clear_end)
+
+    def _append(self, header: Header, recs: list[Record], clear_end: int) -> bool:
+        """Queue records already checked; False if the SRL took only some (it is full)."""
+        if not recs:
+            return True
+        node = self.node
+        try:
+            pending, n = node.srl.append_records_nowait(recs)
+        except SRLFullError:
+            pending, n = None, 0
+        if n:
+            node.watcher.put_many(pending, recs[:n] if n < len(recs) else recs)
+            self.assigned_end = recs[n - 1].lsn + 1
+            if header.flags & Flag.PULLED:
+                node.ops.pulled_bytes += sum(len(r.data) for r in recs[:n])
+            if clear_end:
+                node.applier.clear(clear_end)
+        if n < len(recs):
+            if not self.srl_full:
+                log.warning(
+                    "SRL full at LSN %d: not logging until the primary clears records",
+                    recs[n].lsn,
+                )
+                self.srl_full = True
+            return False
+        self.srl_full = False
         return True
 
     def _epoch_matches(self, sender: str, u: Update) -> bool:
