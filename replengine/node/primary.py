@@ -290,38 +290,40 @@ class Primary:
             lsn = next_lsn
             rec = self.cache.get(lsn)
             if rec is None:
-                if lsn >= durable:
-                    break
-                if lsn < node.srl.start_lsn:
-                    if batch:
-                        break  # send what we have; the next turn finds the gap
-                    log.error(
-                        "secondary %s needs LSN %d but the SRL starts at %d: resyncing "
-                        "it from blocks",
-                        p.name,
-                        lsn,
-                        node.srl.start_lsn,
-                    )
-                    node.dcm.enter_full(p, self)
-                    node.dcm.start_resync(p)
-                    return
-                # catch-up from the log (the peer is behind what we keep in memory): paced
-                # like a block copy, so a laggard's catch-up cannot swamp the writers
-                pacer = node.copier.pacer
-                if pacer is not None:
-                    pacer.start()
-                    if not pacer.ready():
-                        break
                 rec = read_ahead.pop(lsn, None)
                 if rec is None:
-                    # one pread for the records that lie back to back from here
+                    if lsn >= durable:
+                        break
+                    if lsn < node.srl.start_lsn:
+                        if batch:
+                            break  # send what we have; the next turn finds the gap
+                        log.error(
+                            "secondary %s needs LSN %d but the SRL starts at %d: resyncing "
+                            "it from blocks",
+                            p.name,
+                            lsn,
+                            node.srl.start_lsn,
+                        )
+                        node.dcm.enter_full(p, self)
+                        node.dcm.start_resync(p)
+                        return
+                    # catch-up from the log (the peer is behind what we keep in memory): paced
+                    # like a block copy, so a laggard's catch-up cannot swamp the writers. One
+                    # pread for the records that lie back to back from here, judged and paid
+                    # for once (per record, the pacer's calls were a quarter of the loop's
+                    # time in a catch-up, cProfile)
+                    pacer = node.copier.pacer
+                    if pacer is not None:
+                        pacer.start()
+                        if not pacer.ready():
+                            break
                     want = min(BATCH_BYTES, budget)
                     got = node.srl.get_many(lsn, min(durable, self.assigned_end), want)
+                    if pacer is not None:
+                        pacer.spend(sum(len(r.data) for r in got))
                     read_ahead = {r.lsn: r for r in got[1:]}
                     rec = got[0]
                 budget -= len(rec.data)
-                if pacer is not None:
-                    pacer.spend(len(rec.data))
             batch.append(rec)
             batch_bytes += len(rec.data)
             next_lsn, inflight, nsent = lsn + 1, inflight + len(rec.data), nsent + 1
