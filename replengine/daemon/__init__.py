@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     # a signal stops even with the device in use: its users get EIO, never a hang
     signal.signal(signal.SIGTERM, lambda *_: node.ops.request_down())
     signal.signal(signal.SIGINT, lambda *_: node.ops.request_down())
+    # continued after SIGSTOP: the loop's next turn knows this gap was a stop, not a slow turn
+    signal.signal(signal.SIGCONT, lambda *_: setattr(node, "continued", True))
     log.info(
         "node %s of %s listening on %s (SRL %s: start %d end %d epoch %d)",
         node.me,

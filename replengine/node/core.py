@@ -138,6 +138,8 @@ class Node:
         self.last_divergent: dict[str, Any] = {}
         self._warned: dict[str, float] = {}
         self.stall_grace_until = 0.0
+        #: set by the daemon's SIGCONT handler: the next stall seen was a stop (SIGSTOP)
+        self.continued = False
 
     @property
     def epoch(self) -> int:
@@ -229,6 +231,8 @@ class Node:
             now = time.monotonic()
             if now - last_turn > 2 * self.heartbeat_s:
                 self.after_stall(now - last_turn)
+            elif self.continued:
+                self.continued = False  # a stop too short to matter
             last_turn = now
             if now >= next_beat:
                 self.beacon()
@@ -280,9 +284,12 @@ class Node:
         for p in self.peers.values():
             if p.hello is not None:
                 p.last_seen = now
-        if gap > 3 * self.heartbeat_s:
-            # past the ZMTP heartbeat timeout: the peers have dropped our connections
+        if self.continued and gap > 3 * self.heartbeat_s:
+            # stopped past the ZMTP heartbeat timeout: the peers have dropped our connections
+            # (a turn that was merely slow had its I/O thread running: they are fine)
+            log.info("stopped for %.1fs (SIGSTOP): reconnecting to every peer now", gap)
             self.transport.reconnect_all()
+        self.continued = False
 
     def on_disconnect(self, name: str) -> None:
         """The connection to a peer dropped (its process died, or the link): treat it as
