@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import signal
+import time
 
 from failover_helpers import crash, promote_cli, stop, wait_consistent
 
@@ -86,3 +87,41 @@ def test_laggard_whose_records_were_released_is_not_promoted(resource) -> None:
     sums = r.checksums(["beta", "gamma"])
     assert sums["beta"] == sums["gamma"], sums
     assert "resyncing it from blocks" in r.log("beta")
+
+
+def test_a_node_whose_resync_source_dies_before_the_first_block_ends_consistent(
+    resource,
+) -> None:
+    """alpha starts a full sync of gamma (``replctl sync --full``): gamma answers its
+    digests request and becomes inconsistent; alpha dies before sending a block and beta is
+    promoted. gamma's log already holds everything beta has, so beta streams it records and
+    starts no resync of its own: gamma must fetch its blocks from beta (the copy it was
+    promised never came) and end consistent and identical, not stay inconsistent (and
+    unpromotable) for ever. Found by the fault campaign, seed 608 round 3."""
+    size = 64 * MiB
+    r = resource({"alpha": "sync", "beta": "sync", "gamma": "async"}, volume_size=size)
+    # identical data everywhere (not holes, which hash at once): gamma's digests take long
+    # enough to stop alpha before it has them
+    image = random.Random(9).randbytes(size)
+    for n in r.nodes:
+        r.volume_path(n).write_bytes(image)
+    r.up()
+    r.promote("alpha")
+    with r.connect("alpha") as v:
+        v.write(0, b"w" * 4096)
+    wait_consistent(r, list(r.nodes))
+    mark = len(r.log("gamma"))
+    r.replctl("alpha", "sync", "--full", "gamma")
+    deadline = time.monotonic() + 30
+    while r.status("gamma")["consistent"]:  # polled without a pause: the window is short
+        assert time.monotonic() < deadline, "gamma never took alpha's digests request"
+    r.signal("alpha", signal.SIGSTOP)  # before gamma's digests arrive: no block is sent
+    crash(r, "alpha")
+    assert "dcm resync from alpha started" not in r.log("gamma")[mark:], "a block came first"
+    rc, out, err = promote_cli(r, "beta")
+    assert rc == 0, err
+    with r.connect("beta") as v:
+        v.write(4096, b"x" * 4096)
+    wait_consistent(r, ["beta", "gamma"], timeout=60)
+    sums = r.checksums(["beta", "gamma"])
+    assert sums["beta"] == sums["gamma"], sums

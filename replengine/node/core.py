@@ -140,6 +140,8 @@ class Node:
         self.stall_grace_until = 0.0
         #: set by the daemon's SIGCONT handler: the next stall seen was a stop (SIGSTOP)
         self.continued = False
+        #: the primary whose digests request (a resync starting) this node last answered
+        self.resync_announced_by = ""
 
     @property
     def epoch(self) -> int:
@@ -474,18 +476,32 @@ class Node:
             self.consistent = False
             write_marker(self.rewind_marker, [(0, self.volume.size)], 0)
             self.dcm_rx = None
+            self.resync_announced_by = peer.name
 
     def follow(self, peer: Peer, h: Hello) -> None:
         end = self.watcher.durable_end
         d = divergence_point(self.srl.history, h.history, end)
-        if self.dcm_rx is not None and (self.dcm_rx.source != peer.name or not self.dcm_rx.done):
+        cut_short = self.dcm_rx is not None and (
+            self.dcm_rx.source != peer.name or not self.dcm_rx.done
+        )
+        # a resync announced by another primary's digests request (answered: this node went
+        # inconsistent) whose first block never came: that primary died or was replaced in
+        # between, and the one followed now may have nothing to resync here (one that asked
+        # goes on with its own copy)
+        announced = (
+            self.dcm_rx is None
+            and self.rewinder is None
+            and not self.consistent
+            and self.resync_announced_by != peer.name
+        )
+        if cut_short or announced:
             # a dcm resync was cut short (its source died or restarted, another primary took
             # over, the link): this volume is a mix of its blocks and older data, so every
             # block is owed to the primary followed now -- the digests of what we hold go with
             # the request, so only what is still missing travels
             log.error(
                 "dcm resync from %s did not finish; fetching what is still missing from %s",
-                self.dcm_rx.source,
+                self.dcm_rx.source if self.dcm_rx is not None else self.resync_announced_by,
                 peer.name,
             )
             self.dcm_rx = None
