@@ -83,19 +83,11 @@ class Applier(threading.Thread):
     def put(self, rec: Record) -> None:
         """Queue a durable record for the volume (it is in the SRL: past HOLD_BYTES of
         waiting data only its LSN waits, and the record is read back when applied)."""
-        with self.lock:
-            if self.held_bytes + len(rec.data) > HOLD_BYTES and rec.data:
-                self.lazy[rec.lsn] = (rec.offset, len(rec.data))
-                lazy = True
-            else:
-                self.overlay[rec.lsn] = rec
-                self.held_bytes += len(rec.data)
-                lazy = False
-        self._q.put(("lazy", rec.lsn) if lazy else ("rec", rec))
+        self.put_many([rec])
 
     def put_many(self, recs: list[Record]) -> None:
         """put() of consecutive records, with one lock and one queue item (a batch of a
-        catch-up)."""
+        catch-up is one hand-over, not one per record)."""
         items: list[Record | int] = []
         with self.lock:
             for rec in recs:
@@ -177,19 +169,14 @@ class Applier(threading.Thread):
                 except queue.Empty:
                     item = ("tick",)
                 kind = item[0]
-                if kind in ("rec", "lazy", "many") and self._q.empty():
-                    # woken by one record: let more gather before applying (see GATHER_S)
+                if kind == "many" and self._q.empty():
+                    # woken for a few records: let more gather before applying (see GATHER_S)
                     time.sleep(GATHER_S)
                 if kind == "stop":
                     self._clear(self.pending_clear)
                     self.volume.flush()
                     return
-                if kind == "rec":
-                    self._apply(item[1])
-                elif kind == "lazy":
-                    if item[1] >= self.applied_end:
-                        self._apply(self.srl.get(item[1]))
-                elif kind == "many":
+                if kind == "many":
                     for x in item[1]:
                         if isinstance(x, Record):
                             self._apply(x)
@@ -329,15 +316,8 @@ class LocalSync:
         if not self._pending or self.error:
             return False
         batch, self._pending = self._pending, []
-        try:
-            for pending, _ in reversed(batch):  # the last one first: it leads the batch
-                pending.wait()
-        except BaseException as exc:  # surfaced by the loop as a failed node
-            log.exception("SRL append failed: %s", exc)
-            self.error = exc
-            return False
-        self._hand_over(batch)
-        return True
+        # the last one first: it leads the batch; the others are durable by then
+        return self._settle(batch[::-1], batch)
 
     def take_durable(self) -> bool:
         """Hand over what is durable already, without waiting; True if the end moved."""
@@ -350,22 +330,21 @@ class LocalSync:
         if not n or self.error:
             return False
         batch, self._pending = pending[:n], pending[n:]
+        return self._settle(batch, batch)  # all done: each wait returns at once
+
+    def _settle(self, order: list, batch: list[tuple[Any, list[Record]]]) -> bool:
+        """Wait for ``batch`` (in ``order``), then hand its records to the applier; an
+        append's error is kept for the loop, which fails the node."""
         try:
-            for p, _ in batch:
-                p.wait()  # done: returns at once, or raises the append's error
+            for pending, _ in order:
+                pending.wait()
         except BaseException as exc:  # surfaced by the loop as a failed node
             log.exception("SRL append failed: %s", exc)
             self.error = exc
             return False
-        self._hand_over(batch)
-        return True
-
-    def _hand_over(self, batch: list[tuple[Any, list[Record]]]) -> None:
-        if len(batch) == 1 and len(batch[0][1]) == 1:
-            self.applier.put(batch[0][1][0])
-        else:
-            self.applier.put_many([rec for _, recs in batch for rec in recs])
+        self.applier.put_many([rec for _, recs in batch for rec in recs])
         self.durable_end = batch[-1][1][-1].lsn + 1
+        return True
 
     def start(self) -> None:
         pass
