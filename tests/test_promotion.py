@@ -140,6 +140,63 @@ def test_the_probe_waits_for_every_peer_within_its_window() -> None:
     assert p.step(now=p.probe_until + 1)["epoch"] == 2
 
 
+SPLIT = ((7, 1),)  # gamma's side of a split: its own epoch 7
+NEWER = ((7, 1), (9, 60))  # the other side promoted alpha in epoch 9 at LSN 60
+
+
+def test_newer_epoch_records_held_only_by_unreachable_peers_refuse_naming_them() -> None:
+    """The other side of a healed split promoted alpha (epoch 9) and beta acknowledged its
+    writes; both are unreachable now. gamma's log and delta's end in epoch 7: promoting
+    gamma would discard epoch 9's writes, so it is refused unless forced."""
+    stale = 1.0  # heard before the probe began: not an answer to it
+    node = FakeNode(
+        history=SPLIT,
+        end=100,
+        peers=[
+            peer("delta", 100, history=SPLIT),
+            peer("alpha", 90, role="primary", history=NEWER, seen=stale),
+            peer("beta", 80, history=NEWER, seen=stale),
+        ],
+    )
+    with pytest.raises(PromotionRefused) as err:
+        run(Promotion(node, force=False, min_peers=1))
+    msg = str(err.value)
+    assert "alpha (primary" in msg and "held LSNs [60, 90) up to epoch 9" in msg, msg
+    assert "beta (secondary" in msg and "[60, 80)" in msg and "--force" in msg, msg
+    assert not node.promoted and not node.pulls
+    p = Promotion(node, force=True, min_peers=1)
+    assert run(p)["epoch"] == 10 and p.decision["newer_elsewhere"]
+
+
+def test_a_newer_primary_lost_before_its_first_write_does_not_block() -> None:
+    """beta was promoted (epoch 9 at LSN 100) and died before writing: no record of epoch
+    9 exists, so the others go on (tests/test_rejoin.py runs it with real daemons)."""
+    node = FakeNode(
+        history=SPLIT,
+        end=100,
+        peers=[
+            peer("delta", 100, history=SPLIT),
+            peer("beta", 100, role="primary", history=((7, 1), (9, 100)), seen=1.0),
+        ],
+    )
+    assert run(Promotion(node, force=False, min_peers=1))["epoch"] == 10
+
+
+def test_an_older_tail_on_an_unreachable_peer_does_not_block() -> None:
+    """A primary cut off in epoch 7 wrote on alone; the reachable side holds epoch 9: the
+    cut-off tail is the one a partition discards, as under on_sync_loss = degrade."""
+    node = FakeNode(
+        history=NEWER,
+        end=80,
+        peers=[
+            peer("delta", 80, history=NEWER),
+            peer("alpha", 150, role="primary", history=SPLIT, seen=1.0),
+            peer("beta", 90, history=NEWER, consistent=False, seen=1.0),
+        ],
+    )
+    assert run(Promotion(node, force=False, min_peers=1))["epoch"] == 10
+
+
 def test_concurrent_promotions_never_raise_the_same_epoch() -> None:
     """Two nodes promoted at once from the same knowledge get different epochs, so the one
     with the lower epoch steps down and its writes are told apart as a divergent tail."""

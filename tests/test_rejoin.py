@@ -9,6 +9,7 @@ import random
 from failover_helpers import (
     crash,
     describe_logs,
+    diff_summary,
     promote_cli,
     random_write,
     volume_bytes,
@@ -108,3 +109,59 @@ def test_two_promotions_at_once_end_with_one_primary_and_one_history(resource) -
     histories = {n: tuple(map(tuple, r.status(n)["history"])) for n in r.nodes}
     assert len(set(histories.values())) == 1, histories
     assert_identical(r, list(r.nodes))
+
+
+def test_newer_epoch_held_only_by_unreachable_nodes_blocks_promotion_until_they_return(
+    resource,
+) -> None:
+    """The fault campaign's seed 707 (docs/reliability.md), with processes instead of a
+    network: gamma (primary) and delta go away; alpha is promoted with beta and acknowledges
+    writes beta holds. gamma and delta come back while alpha is stopped, so they hear of
+    the new epoch from beta without receiving its records; then beta and alpha are lost.
+    Promoting gamma with delta as its only peer would discard alpha's acknowledged writes:
+    it is refused, naming beta, and once beta is back the promotion pulls them instead."""
+    rng = random.Random(707)
+    r = resource()  # alpha, beta, gamma sync, delta async; on_sync_loss = degrade
+    r.up()
+    r.promote("gamma")
+    model = bytearray(VOL)  # the volume every acknowledged write leaves
+
+    def write(node: str, n: int) -> None:
+        with r.connect(node) as v:
+            for _ in range(n):
+                off, data = random_write(rng, VOL)
+                v.write(off, data)
+                model[off : off + len(data)] = data
+
+    write("gamma", 5)
+    wait_consistent(r, list(r.nodes))
+    crash(r, "gamma")
+    crash(r, "delta")
+    rc, out, err = promote_cli(r, "alpha", "--min-peers", "1")
+    assert rc == 0, err
+    epoch = r.status("alpha")["epoch"]
+    write("alpha", 10)  # beta, a sync secondary, acknowledged every one of them
+    beta_end = r.status("alpha")["end_lsn"]
+    r.wait_for(lambda: r.status("beta")["end_lsn"] == beta_end, 30, "beta holding alpha's writes")
+
+    r.freeze("alpha")
+    r.up("gamma", "delta")
+    r.wait_for(
+        lambda: r.status("gamma")["known_epoch"] == epoch, 30, "gamma hearing of alpha's epoch"
+    )
+    crash(r, "beta")
+    crash(r, "alpha")
+    rc, out, err = promote_cli(r, "gamma", "--min-peers", "1")
+    assert rc != 0, f"gamma was promoted over alpha's epoch {epoch}: {out}"
+    assert "beta (secondary" in err and f"up to epoch {epoch}" in err, err
+    assert "--force" in err, err
+    assert r.status("gamma")["role"] == "secondary"
+
+    r.up("alpha", "beta")
+    rc, out, err = promote_cli(r, "gamma")
+    assert rc == 0, err
+    write("gamma", 3)
+    wait_consistent(r, list(r.nodes), timeout=60)
+    assert_identical(r, list(r.nodes))
+    image = volume_bytes(r, "gamma")
+    assert image == model, f"{diff_summary(image, bytes(model))}\n{describe_logs(r)}"

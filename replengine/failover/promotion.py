@@ -16,6 +16,7 @@ from enum import Enum
 from typing import Protocol
 
 from replengine.failover.planner import NodeLog, SyncPlan, plan_sync
+from replengine.log.history import epoch_at, records_after
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +180,7 @@ class Promotion:
             "unreachable": sorted(p.name for p in ctx.peer_views() if p.name not in heard),
         }
         self._check_plan(plan)
+        self._check_newer_elsewhere(logs)
         if plan.pull is None or ctx.me in plan.needs_full:
             return self._finish()
         self.phase, self.source, self.target_end = Phase.PULL, plan.pull.source, plan.pull.end_lsn
@@ -211,6 +213,45 @@ class Promotion:
                 f"discard acknowledged writes; promote {plan.best} instead, or give this node "
                 "a full resync first"
             )
+
+    def _check_newer_elsewhere(self, logs: list[NodeLog]) -> None:
+        """Invariant 6 across epochs: a consistent peer that did not answer the probe but was
+        last heard holding records of a newer epoch than every reachable log holds -- a
+        primary promoted on the other side of a partition, or its secondary -- may hold
+        acknowledged writes. Promoting here would start a history that discards them.
+
+        A primary promoted and lost before its first write held no record of its epoch, so
+        it does not block the cluster. An inconsistent node (being resynced) acknowledges
+        nothing for its primary, so its records do not either."""
+        usable = {lg.name for lg in logs}
+        newest = max((epoch_at(lg.history, lg.end - 1) or 0 for lg in logs), default=0)
+        now = time.monotonic()
+        holders = []
+        for p in self.ctx.peer_views():
+            if p.rejected or p.name in usable or not p.consistent:
+                continue
+            held = records_after(p.history, p.end_lsn, newest)
+            if held is not None:
+                first, end, epoch = held
+                heard = f"last heard {now - p.seen_at:.1f} s ago" if p.seen_at else "not heard"
+                holders.append(
+                    (
+                        p.name,
+                        f"{p.name} ({p.role}, {heard}) held LSNs [{first}, {end}) "
+                        f"up to epoch {epoch}",
+                    )
+                )
+        if not holders:
+            return
+        names = ", ".join(n for n, _ in holders)
+        self.decision["newer_elsewhere"] = [d for _, d in holders]
+        self._refuse_or_force(
+            "; ".join(d for _, d in holders)
+            + f": records of a newer epoch than any reachable consistent log holds (its "
+            f"newest is epoch {newest}); promoting {self.ctx.me} would discard them, and they "
+            f"may be acknowledged writes. Bring {names} back and promote again (the promotion "
+            "then pulls them), or use --force to discard them"
+        )
 
     def _refuse_or_force(self, why: str) -> None:
         if not self.force:

@@ -78,6 +78,22 @@ def join(mine: History, theirs: History, lsn: int) -> tuple[tuple[int, int], ...
     return joined
 
 
+def records_after(history: History, end: int, epoch: int) -> tuple[int, int, int] | None:
+    """The records below ``end`` that epochs newer than ``epoch`` wrote, as (first LSN, end,
+    newest epoch among them); None when there are none.
+
+    What a promotion asks of a log it cannot reach: does it hold writes of a primary newer
+    than anything the reachable logs hold? Epochs strictly increase along a history, so those
+    records are one range at its end.
+    """
+    newer = [f for e, f in history if e > epoch]
+    if not newer or newer[0] >= end:
+        return None
+    top = epoch_at(history, end - 1)
+    assert top is not None
+    return newer[0], end, top
+
+
 def check(history: History) -> None:
     """Raise HistoryError unless epochs strictly increase and first LSNs never decrease."""
     prev: tuple[int, int] | None = None
@@ -92,4 +108,13 @@ def check(history: History) -> None:
         prev = (epoch, first)
 
 
-__all__ = ["History", "HistoryError", "check", "divergence_point", "epoch_at", "join", "normalise"]
+__all__ = [
+    "History",
+    "HistoryError",
+    "check",
+    "divergence_point",
+    "epoch_at",
+    "join",
+    "normalise",
+    "records_after",
+]
