@@ -233,7 +233,10 @@ class Promotion:
             held = records_after(p.history, p.end_lsn, newest)
             if held is not None:
                 first, end, epoch = held
-                heard = f"last heard {now - p.seen_at:.1f} s ago" if p.seen_at else "not heard"
+                # a lost connection zeroes seen_at: it was heard, but when is forgotten
+                heard = (
+                    f"last heard {now - p.seen_at:.1f} s ago" if p.seen_at else "connection lost"
+                )
                 holders.append(
                     (
                         p.name,
