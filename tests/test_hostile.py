@@ -12,6 +12,10 @@ so in a few lines, not thousands.
 Completion is awaited, not slept for: every connection's storm ends with a message of a
 kind used nowhere else (a reversed PULL range), and messages on one connection are handled
 in order, so once beta logs that refusal it has handled everything before it.
+
+With keys (CURVE), the same storm comes over authenticated, encrypted connections: alpha's
+own key pair (a stolen or buggy primary), and gamma's key pair lent to the strangers, whose
+messages must be dropped as impostors (the key is gamma's, the name is not).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import zmq
 
 from replengine import config as configmod
 from replengine.wire import protocol as proto
+from replengine.wire.security import read_secret_key
 
 pytestmark = pytest.mark.slow
 
@@ -42,11 +47,16 @@ def _srl_sha(r, node: str) -> str:
 class Peer:
     """A DEALER speaking as `name` to beta."""
 
-    def __init__(self, address: str, name: str) -> None:
+    def __init__(
+        self, address: str, name: str, curve: tuple[bytes, bytes, bytes] | None = None
+    ) -> None:
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, 0)
+        if curve is not None:  # (our public key, our secret key, beta's public key)
+            self.sock.curve_publickey, self.sock.curve_secretkey = curve[0], curve[1]
+            self.sock.curve_serverkey = curve[2]
         self.sock.connect(f"tcp://{address}")
         self.name = name.encode()
         self.sent = 0
@@ -137,9 +147,17 @@ def storm(
     return kinds
 
 
-def test_hostile_messages_change_nothing(resource) -> None:
-    r = resource(TWO_PLUS)
+@pytest.mark.parametrize("keys", [False, True], ids=["plain", "curve"])
+def test_hostile_messages_change_nothing(resource, keys: bool) -> None:
+    r = resource(TWO_PLUS, keys=keys)
     r.up("beta")
+
+    def curve(key_of: str) -> tuple[bytes, bytes, bytes] | None:
+        if not keys:
+            return None
+        public, secret = read_secret_key(r.key_path(key_of))
+        return public, secret, read_secret_key(r.key_path("beta"))[0]
+
     cfg = configmod.load(r.config, node="alpha", check_local=False)
     beta_addr = cfg.node("beta").address
     vol_size = cfg.node("beta").volume.stat().st_size
@@ -163,7 +181,7 @@ def test_hostile_messages_change_nothing(resource) -> None:
         )
     ]
     rng = random.Random(16)
-    alpha = Peer(beta_addr, "alpha")
+    alpha = Peer(beta_addr, "alpha", curve("alpha"))
     try:
         alpha.send(hello)
         r.wait_for(lambda: r.status("beta")["following"] == "alpha", 20, "beta to follow alpha")
@@ -184,9 +202,13 @@ def test_hostile_messages_change_nothing(resource) -> None:
         sha_before = _srl_sha(r, "beta")
         log_before = len(r.log("beta").splitlines())
         assert before["end_lsn"] == RECORDS + 1 and before["peers"]["alpha"]["connected"]
+        assert before["security"] == ("curve" if keys else "plain"), before["security"]
 
         kinds = storm(rng, cfg, "alpha", records)
-        others = {name: Peer(beta_addr, name) for name in ("gamma", "mallory", "\u00e9ve-\u2603")}
+        others = {
+            name: Peer(beta_addr, name, curve("gamma"))
+            for name in ("gamma", "mallory", "\u00e9ve-\u2603")
+        }
         for name, p in others.items():
             for msgs in storm(random.Random(name), cfg, name, records).values():
                 for m in msgs[:300]:
@@ -257,7 +279,11 @@ def test_hostile_messages_change_nothing(resource) -> None:
         "does not match its history",  # wrong record epoch
         "lie outside this node's volume",
         "refused UPDATE LSN 21 from gamma: this node follows 'alpha', not it",
-        "message from unknown peer 'mallory' refused",
+        (
+            "claims to be 'mallory' but its CURVE key is gamma's"
+            if keys
+            else "message from unknown peer 'mallory' refused"
+        ),
         "more like it in the last",  # the rate limit's count of lines held back
     ):
         assert reason in text, f"no log line with {reason!r} in:\n{text[-3000:]}"
