@@ -213,7 +213,7 @@ def test_digests_taken_ahead_skip_equal_chunks_unread_and_send_the_rest() -> Non
         read=read, end=lambda: 42, send=lambda p, b: sent.append(b) or True, volume_size=256 * MiB
     )
     ranges = [(0, 4 * MiB)]
-    c.prehash("b", ranges)
+    c.prehash("b", "t", ranges)
     pre = c.prehashes["b"]
     pre.join(10)
     assert pre.count == 4 and reads == [0, MiB, 2 * MiB, 3 * MiB]
@@ -230,15 +230,20 @@ def test_digests_taken_ahead_skip_equal_chunks_unread_and_send_the_rest() -> Non
     assert sent[-1] == BlockDone("t", 42, 0, MiB)
 
 
-def test_digests_taken_for_other_ranges_are_not_used() -> None:
-    c, sent = make()
-    c.prehash("b", [(0, 2 * MiB)])
-    c.prehashes["b"].join(10)
-    other = [(MiB, 2 * MiB)]  # a resync restarted with other regions since
-    theirs = {(MiB, MiB): digest(b"x" * MiB), (2 * MiB, MiB): digest(b"y")}
-    assert c.start("b", "t", other, skip=theirs)
-    scanned(c)
-    assert [b.offset for b in sent if isinstance(b, Block) and len(b.data)] == [2 * MiB]
+def test_digests_taken_for_another_copy_or_other_ranges_are_not_used() -> None:
+    """Only the copy they were taken for may use them: another copy to the same peer (a
+    rewind) has its receiver replay the log from another point."""
+    for tag, ranges in (("rewind-1", [(0, 2 * MiB)]), ("t", [(MiB, 2 * MiB)])):
+        c, sent = make()
+        c.prehash("b", "t", [(0, 2 * MiB)])
+        c.prehashes["b"].join(10)
+        c.prehashes["b"].digests[:] = bytes(32)  # digests no chunk has: must not be used
+        theirs = {(MiB, MiB): digest(b"x" * MiB), (0, MiB): digest(b"x" * MiB)}
+        theirs[2 * MiB, MiB] = digest(b"y")
+        assert c.start("b", tag, ranges, skip=theirs)
+        scanned(c)
+        sent_offsets = [b.offset for b in sent if isinstance(b, Block) and len(b.data)]
+        assert sent_offsets == ([] if tag != "t" else [2 * MiB]), (tag, sent_offsets)
 
 
 def test_cancel_stops_hashing_ahead() -> None:
@@ -250,7 +255,7 @@ def test_cancel_stops_hashing_ahead() -> None:
         return b"x" * n
 
     c = BlockCopier(read=read, end=lambda: 42, send=lambda p, b: True, volume_size=256 * MiB)
-    c.prehash("b", [(0, 200 * MiB)])
+    c.prehash("b", "t", [(0, 200 * MiB)])
     pre = c.prehashes["b"]
     assert entered.wait(10)
     c.cancel("b")

@@ -131,11 +131,17 @@ class PreHash(threading.Thread):
     argument for a chunk it reads later. Stopped when the copy starts: the scan uses the
     digests taken by then and hashes the rest itself. Digests are kept packed, in chunk
     order (16 bytes per MiB), so a large volume costs little memory.
+
+    Bound to its copy's tag: only that copy's receiver replays the log from the point the
+    hashing began after. Another copy to the same peer (a rewind, a restarted resync) may
+    replay from a later point, and a chunk hashed before it would miss the writes between.
     """
 
-    def __init__(self, copier: BlockCopier, peer: str, ranges: list[tuple[int, int]]) -> None:
+    def __init__(
+        self, copier: BlockCopier, peer: str, tag: str, ranges: list[tuple[int, int]]
+    ) -> None:
         super().__init__(name=f"copy-prehash-{peer}", daemon=True)
-        self.copier, self.ranges = copier, list(ranges)
+        self.copier, self.tag, self.ranges = copier, tag, list(ranges)
         self.digests = bytearray()
         self.count = 0  # chunks hashed: raised only after their digest is in
         self.stopped = threading.Event()
@@ -179,10 +185,11 @@ class BlockCopier:
     #: digests being taken ahead of a checksummed copy, by peer (prehash())
     prehashes: dict[str, PreHash] = field(default_factory=dict)
 
-    def prehash(self, peer: str, ranges: list[tuple[int, int]]) -> None:
-        """Start hashing these ranges for the copy to ``peer`` that its digests will start."""
+    def prehash(self, peer: str, tag: str, ranges: list[tuple[int, int]]) -> None:
+        """Start hashing these ranges for the copy ``tag`` to ``peer``, which its digests
+        will start."""
         self._stop_prehash(peer)
-        pre = self.prehashes[peer] = PreHash(self, peer, ranges)
+        pre = self.prehashes[peer] = PreHash(self, peer, tag, ranges)
         pre.start()
 
     def _stop_prehash(self, peer: str) -> PreHash | None:
@@ -221,7 +228,7 @@ class BlockCopier:
             on_done=on_done,
             skip=skip,
             on_chunk=on_chunk,
-            prehash=pre if skip is not None else None,
+            prehash=pre if pre is not None and pre.tag == tag and skip is not None else None,
         )
         if skip is not None:
             job.scan = Scan(self, job)
