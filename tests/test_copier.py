@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 from replengine.node import copier as copier_mod
 from replengine.node.copier import BlockCopier
-from replengine.node.dcm import DcmReceiver
+from replengine.node.dcm_receiver import DcmReceiver
 from replengine.node.rewind import load_marker
 from replengine.storage.chunksums import digest
 from replengine.wire.protocol import Block, BlockDone

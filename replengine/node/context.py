@@ -46,7 +46,7 @@ class SecondaryContext(LogAndVolume, Protocol):
     following: str
     peers: dict[str, Peer]
     rewinder: Rewinder | None
-    dcm_rx: Any  # a dcm resync being received (node.dcm.DcmReceiver), or None
+    dcm_rx: Any  # a dcm resync being received (node.dcm_receiver.DcmReceiver), or None
     ops: Any  # pull_source and pulled_bytes of a running promotion
 
     def warn_once(self, key: str, msg: str, *args: Any) -> None: ...

@@ -56,6 +56,12 @@ class CopyJob:
     prehash: PreHash | None = None
 
 
+def paced(pacer: Pacer | None, n: int, stopped: threading.Event) -> None:
+    """Wait until the pacer lets ``n`` bytes be read (a reading thread's turn), or stopped."""
+    while pacer is not None and not pacer.take(n) and not stopped.is_set():
+        time.sleep(0.01)
+
+
 class Scan(threading.Thread):
     """Reads each chunk of a checksummed copy as of every completed write, hashes it, and
     queues it -- without its data when it equals the receiver's -- for the loop to send.
@@ -90,8 +96,7 @@ class Scan(threading.Thread):
                     if not self._put((off, n, None, copier.end())):
                         return
                     continue
-                while pacer is not None and not pacer.take(n) and not self.stopped.is_set():
-                    time.sleep(0.01)
+                paced(pacer, n, self.stopped)
                 as_of = copier.end()
                 data = copier.read(off, n)
                 if ours is not None:
@@ -150,8 +155,7 @@ class PreHash(threading.Thread):
         pacer = self.copier.pacer
         try:
             for off, n in chunks(self.ranges, CHUNK):
-                while pacer is not None and not pacer.take(n) and not self.stopped.is_set():
-                    time.sleep(0.01)
+                paced(pacer, n, self.stopped)
                 if self.stopped.is_set():
                     return
                 self.digests += digest(self.copier.read(off, n))

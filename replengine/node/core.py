@@ -25,7 +25,8 @@ from replengine.log.srl import SRL
 from replengine.node import handshake, inbox
 from replengine.node.applier import Applier, LocalSync
 from replengine.node.copier import BlockCopier
-from replengine.node.dcm import DcmReceiver, DcmTracker
+from replengine.node.dcm import DcmTracker
+from replengine.node.dcm_receiver import DcmReceiver
 from replengine.node.device_io import DEVICE_CLIENT, DeviceIO
 from replengine.node.events import EventHub
 from replengine.node.metrics import Metrics
