@@ -146,6 +146,9 @@ class FakeNode:
     def hello(self):
         return "HELLO"
 
+    def copy_ended(self, source):
+        self.sent.append(("copy-ended", source))
+
 
 def test_dcm_receiver_does_not_take_a_short_copy_for_complete(tmp_path) -> None:
     node = FakeNode(rewind_marker=tmp_path / "srl.rewind")

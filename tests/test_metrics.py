@@ -88,7 +88,16 @@ def test_live_scrape(resource: Callable[..., LocalResource]) -> None:
 
         return r.wait_for(once, 20, what)
 
-    s0 = fresh(lambda s: value(s, "replengine_role", role="primary", **lab) == 1.0, "role")
+    def settled(s: dict) -> bool:
+        # the gauges are a snapshot taken at most once a second: wait for one taken after
+        # the first promotion's full syncs ended, not one from the middle of them
+        return value(s, "replengine_role", role="primary", **lab) == 1.0 and all(
+            value(s, "replengine_peer_state", state="up-to-date", **lab, peer=p) == 1.0
+            and value(s, "replengine_peer_degraded", **lab, peer=p) == 0.0
+            for p in ("beta", "gamma")
+        )
+
+    s0 = fresh(settled, "a snapshot with alpha primary and both peers up-to-date, synchronous")
     assert value(s0, "replengine_epoch", **lab) == 1.0
     assert value(s0, "replengine_promotions_total", **lab) == 1.0
     assert value(s0, "replengine_srl_capacity_bytes", **lab) > 0

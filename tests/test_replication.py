@@ -204,6 +204,9 @@ def test_replctl_status_json_keys(resource):
     r = resource(THREE_NODES)
     r.up()
     r.promote("alpha")
+    # the first promotion's full syncs end first: a write racing their end is refused by a
+    # secondary still taking blocks and sent again (shipped twice, rightly counted twice)
+    r.wait_synced()
     vol = r.connect("alpha")
     vol.write(0, b"s" * 65536)
     vol.close()

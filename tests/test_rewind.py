@@ -82,6 +82,9 @@ class FakeNode:
     def hello(self):
         return "HELLO"
 
+    def copy_ended(self, source):
+        self.sent.append((source, "copy-ended"))
+
 
 def node_with_tail(tmp_path):
     recs = [Record(lsn, 1, (lsn - 1) * 4096, b"t" * 4096) for lsn in range(1, 11)]

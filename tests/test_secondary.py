@@ -154,6 +154,32 @@ def test_no_record_is_taken_while_a_rewind_waits_for_its_blocks() -> None:
     assert not node.srl.appended
 
 
+def test_records_refused_during_a_dcm_resync_are_asked_for_when_it_ends() -> None:
+    """The primary streams from the resync's resume LSN as soon as its last block is sent;
+    what arrives before the blocks are all written is refused, and asked for again the
+    moment they are, not when the primary finds us stuck two heartbeats later."""
+    rx = SimpleNamespace(done=False)
+    node = FakeNode(dcm_rx=rx)
+    sec = Secondary(node)
+    sec.on_update(hdr(), Update(5, 1, 0, b"x"))
+    assert not node.srl.appended and not node.transport.sent
+    rx.done = True
+    sec.assigned_end = 5  # restart_log_at(resume_lsn=5)
+    sec.copy_ended("alpha")
+    nacks = [(p, b.expected) for p, b in node.transport.sent if type(b).__name__ == "Nack"]
+    assert nacks == [("alpha", 5)]
+    sec.copy_ended("alpha")  # once: nothing refused since
+    assert len(node.transport.sent) == 1
+
+
+def test_a_copy_that_refused_nothing_asks_for_nothing() -> None:
+    node = FakeNode(rewinder=SimpleNamespace(streaming=True))
+    sec = Secondary(node)
+    sec.on_update(hdr(), Update(5, 1, 0, b"x"))
+    sec.copy_ended("alpha")
+    assert not any(type(b).__name__ == "Nack" for _, b in node.transport.sent)
+
+
 def test_a_full_srl_drops_the_update_and_asks_again_after_a_clear() -> None:
     node = FakeNode(srl=FakeSRL(full=True))
     sec = Secondary(node)

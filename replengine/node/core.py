@@ -545,6 +545,9 @@ class Node:
         self.watcher.durable_end = lsn
         self.secondary.assigned_end = lsn
 
+    def copy_ended(self, source: str) -> None:
+        self.secondary.copy_ended(source)
+
     def step_down(self, why: str) -> None:
         log.error("FENCED: stepping down from primary: %s; pending writes fail", why)
         self.device_io.fence()

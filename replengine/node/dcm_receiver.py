@@ -120,6 +120,7 @@ class DcmReceiver:
             done.primary_end,
         )
         node.send(self.source, node.hello())
+        node.copy_ended(self.source)
 
     def progress(self) -> bool:
         """True once consistent again."""

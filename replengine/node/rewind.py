@@ -372,6 +372,7 @@ class Rewinder:
             self.as_of,
         )
         node.send(self.source, node.hello())
+        node.copy_ended(self.source)
 
     @property
     def copying(self) -> bool:

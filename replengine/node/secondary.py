@@ -31,6 +31,8 @@ class Secondary:
         self.acked_sent = (0, 0)
         self._last_nack = (0, 0.0)
         self.srl_full = False
+        #: whose records were refused because a block copy was still coming in
+        self.refused_in_copy: set[str] = set()
 
     def on_update(self, header: Header, u: Update) -> bool:
         """Log one record from the primary (or pulled from a peer); True once it is queued."""
@@ -77,10 +79,13 @@ class Secondary:
                 node.known_epoch,
             )
             return False
-        if node.rewinder is not None and not node.rewinder.streaming:
-            return False  # a rewind's blocks are not all in yet: a record could be overwritten
-        if node.dcm_rx is not None and not node.dcm_rx.done:
-            return False  # nor a dcm resync's: the primary streams again from its resume_lsn
+        if (node.rewinder is not None and not node.rewinder.streaming) or (
+            node.dcm_rx is not None and not node.dcm_rx.done
+        ):
+            # a rewind's or a dcm resync's blocks are not all in yet: a record logged now
+            # could be overwritten by them. Asked for again once they are (copy_ended)
+            self.refused_in_copy.add(header.sender)
+            return False
         if not pulled and header.sender != node.following:
             refusals(
                 f"unfollowed:{header.sender}",
@@ -263,6 +268,16 @@ class Secondary:
         self.node.transport.send(
             sender, encode(self.node.cfg.uuid, self.node.known_epoch, self.node.me, Nack(expected))
         )
+
+    def copy_ended(self, source: str) -> None:
+        """The blocks are in and the log restarts here: records ``source`` sent meanwhile
+        were refused, so ask for them now. The primary began streaming as soon as it had
+        sent the last block, and without this would resend only when it finds us stuck
+        (two heartbeats): a synchronous write would wait that long."""
+        if source in self.refused_in_copy:
+            self._last_nack = (0, 0.0)
+            self._nack(source)
+        self.refused_in_copy.clear()
 
     def ack(self, force: bool = False) -> None:
         """Cumulative ACK to the primary we follow and to a peer we are pulling from."""
