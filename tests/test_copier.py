@@ -196,3 +196,72 @@ def test_chunks_the_receiver_already_holds_are_not_sent() -> None:
     assert offsets == [0, MiB, 3 * MiB, 4 * MiB]
     done = sent[-1]
     assert isinstance(done, BlockDone) and done.total == 4 * MiB
+
+
+def test_digests_taken_ahead_skip_equal_chunks_unread_and_send_the_rest() -> None:
+    """The source hashes its chunks while the receiver hashes its own (PreHash): a chunk
+    equal then is not read again, a chunk that differed then is sent as it is now, and a
+    chunk not hashed ahead is read and compared as before."""
+    from replengine.storage.chunksums import chunks
+
+    volume = {o: bytes([o // MiB + 1]) * MiB for o in range(0, 4 * MiB, MiB)}
+    reads: list[int] = []
+
+    def read(off: int, n: int) -> bytes:
+        reads.append(off)
+        return volume[off][:n]
+
+    sent: list = []
+    c = BlockCopier(
+        read=read, end=lambda: 42, send=lambda p, b: sent.append(b) or True, volume_size=256 * MiB
+    )
+    ranges = [(0, 4 * MiB)]
+    c.prehash("b", "t", ranges)
+    pre = c.prehashes["b"]
+    pre.join(10)
+    assert pre.count == 4 and reads == [0, MiB, 2 * MiB, 3 * MiB]
+    reads.clear()
+    volume[MiB] = b"\xff" * MiB  # written after it was hashed (the log brings it there too)
+    theirs = {p: digest(volume[p[0]]) for p in chunks(ranges, copier_mod.CHUNK)}
+    theirs[MiB, MiB] = digest(bytes([2]) * MiB)  # what chunk 1 held when we hashed it
+    theirs[2 * MiB, MiB] = digest(b"old")  # differs from ours
+    assert c.start("b", "t", ranges, skip=theirs)
+    assert "b" not in c.prehashes and pre.stopped.is_set()
+    scanned(c)
+    assert reads == [2 * MiB]  # only the chunk that differed is read again
+    assert [b.offset for b in sent if isinstance(b, Block) and len(b.data)] == [2 * MiB]
+    assert sent[-1] == BlockDone("t", 42, 0, MiB)
+
+
+def test_digests_taken_for_another_copy_or_other_ranges_are_not_used() -> None:
+    """Only the copy they were taken for may use them: another copy to the same peer (a
+    rewind) has its receiver replay the log from another point."""
+    for tag, ranges in (("rewind-1", [(0, 2 * MiB)]), ("t", [(MiB, 2 * MiB)])):
+        c, sent = make()
+        c.prehash("b", "t", [(0, 2 * MiB)])
+        c.prehashes["b"].join(10)
+        c.prehashes["b"].digests[:] = bytes(32)  # digests no chunk has: must not be used
+        theirs = {(MiB, MiB): digest(b"x" * MiB), (0, MiB): digest(b"x" * MiB)}
+        theirs[2 * MiB, MiB] = digest(b"y")
+        assert c.start("b", tag, ranges, skip=theirs)
+        scanned(c)
+        sent_offsets = [b.offset for b in sent if isinstance(b, Block) and len(b.data)]
+        assert sent_offsets == ([] if tag != "t" else [2 * MiB]), (tag, sent_offsets)
+
+
+def test_cancel_stops_hashing_ahead() -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    def read(off: int, n: int) -> bytes:
+        entered.set()
+        release.wait(10)  # the first read is under way when the copy is cancelled
+        return b"x" * n
+
+    c = BlockCopier(read=read, end=lambda: 42, send=lambda p, b: True, volume_size=256 * MiB)
+    c.prehash("b", "t", [(0, 200 * MiB)])
+    pre = c.prehashes["b"]
+    assert entered.wait(10)
+    c.cancel("b")
+    release.set()
+    pre.join(10)
+    assert not pre.is_alive() and pre.count == 1 and "b" not in c.prehashes

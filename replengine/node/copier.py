@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from replengine.node.pacing import Pacer
-from replengine.storage.chunksums import chunks, digest, is_zero, zero_digest
+from replengine.storage.chunksums import DIGEST_SIZE, chunks, digest, is_zero, zero_digest
 from replengine.wire.protocol import Block, BlockDone
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,14 @@ class CopyJob:
     scan: Scan | None = None
     #: the scan's next chunk, waiting for window or transport: (offset, length, data, as_of)
     pending: tuple | None = None
+    #: our digests of these chunks, taken while the receiver took its own (PreHash)
+    prehash: PreHash | None = None
+
+
+def paced(pacer: Pacer | None, n: int, stopped: threading.Event) -> None:
+    """Wait until the pacer lets ``n`` bytes be read (a reading thread's turn), or stopped."""
+    while pacer is not None and not pacer.take(n) and not stopped.is_set():
+        time.sleep(0.01)
 
 
 class Scan(threading.Thread):
@@ -74,14 +82,26 @@ class Scan(threading.Thread):
     def run(self) -> None:
         copier = self.copier
         pacer = copier.pacer
+        pre = self.job.prehash
+        if pre is not None and pre.ranges != self.ranges:
+            pre = None  # taken for other ranges (a resync restarted since): not these chunks
         try:
-            for off, n in chunks(self.ranges, CHUNK):
-                while pacer is not None and not pacer.take(n) and not self.stopped.is_set():
-                    time.sleep(0.01)
+            for i, (off, n) in enumerate(chunks(self.ranges, CHUNK)):
+                theirs = self.skip.get((off, n))
+                ours = pre.get(i) if pre is not None and theirs is not None else None
+                if ours is not None and ours == theirs:
+                    # equal when we hashed it, after the resync began: the receiver replays
+                    # the log from there, which brings any write since (as for a chunk read
+                    # now). No read, no pacing: nothing is read or sent
+                    if not self._put((off, n, None, copier.end())):
+                        return
+                    continue
+                paced(pacer, n, self.stopped)
                 as_of = copier.end()
                 data = copier.read(off, n)
-                theirs = self.skip.get((off, n))
-                if theirs is not None and theirs == zero_digest(n):
+                if ours is not None:
+                    same = False  # it differed when we hashed it: send it as it is now
+                elif theirs is not None and theirs == zero_digest(n):
                     same = is_zero(data)  # a blank chunk there: a memcmp, not a hash, here
                 else:
                     same = theirs is not None and theirs == digest(data)
@@ -105,6 +125,51 @@ class Scan(threading.Thread):
         return False
 
 
+class PreHash(threading.Thread):
+    """Our digests of a checksummed copy's chunks, taken while the receiver takes its own.
+
+    Without it the two hashing passes run one after the other: the receiver's (before it
+    answers with its digests), then ours (the scan, chunk by chunk). Side by side they take
+    one pass's time, on two machines or two cores. Chunks are read as of every completed
+    write from after the resync began, so a chunk equal here holds on the receiver once it
+    replays the log from the resync's start, whatever was written since -- the scan's own
+    argument for a chunk it reads later. Stopped when the copy starts: the scan uses the
+    digests taken by then and hashes the rest itself. Digests are kept packed, in chunk
+    order (16 bytes per MiB), so a large volume costs little memory.
+
+    Bound to its copy's tag: only that copy's receiver replays the log from the point the
+    hashing began after. Another copy to the same peer (a rewind, a restarted resync) may
+    replay from a later point, and a chunk hashed before it would miss the writes between.
+    """
+
+    def __init__(
+        self, copier: BlockCopier, peer: str, tag: str, ranges: list[tuple[int, int]]
+    ) -> None:
+        super().__init__(name=f"copy-prehash-{peer}", daemon=True)
+        self.copier, self.tag, self.ranges = copier, tag, list(ranges)
+        self.digests = bytearray()
+        self.count = 0  # chunks hashed: raised only after their digest is in
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        pacer = self.copier.pacer
+        try:
+            for off, n in chunks(self.ranges, CHUNK):
+                paced(pacer, n, self.stopped)
+                if self.stopped.is_set():
+                    return
+                self.digests += digest(self.copier.read(off, n))
+                self.count += 1
+        except Exception as exc:  # the scan reads (and reports) the volume itself
+            log.warning("hashing chunks ahead of a copy stopped: %s", exc)
+
+    def get(self, index: int) -> bytes | None:
+        """Our digest of chunk ``index``, or None if not hashed (yet)."""
+        if index >= self.count:
+            return None
+        return bytes(self.digests[index * DIGEST_SIZE : (index + 1) * DIGEST_SIZE])
+
+
 @dataclass
 class BlockCopier:
     """``read(offset, length)`` returns the bytes as of every completed write, ``end()`` the
@@ -121,6 +186,21 @@ class BlockCopier:
     sent_total: dict[str, int] = field(default_factory=dict)
     #: called from a scan thread when it has queued a chunk (the loop's transport.wake)
     wake: Callable[[], None] | None = None
+    #: digests being taken ahead of a checksummed copy, by peer (prehash())
+    prehashes: dict[str, PreHash] = field(default_factory=dict)
+
+    def prehash(self, peer: str, tag: str, ranges: list[tuple[int, int]]) -> None:
+        """Start hashing these ranges for the copy ``tag`` to ``peer``, which its digests
+        will start."""
+        self._stop_prehash(peer)
+        pre = self.prehashes[peer] = PreHash(self, peer, tag, ranges)
+        pre.start()
+
+    def _stop_prehash(self, peer: str) -> PreHash | None:
+        pre = self.prehashes.pop(peer, None)
+        if pre is not None:
+            pre.stopped.set()
+        return pre
 
     def start(
         self,
@@ -142,7 +222,8 @@ class BlockCopier:
                 self.volume_size,
             )
             return False
-        self.cancel(peer)
+        self.cancel(peer, keep_prehash=True)
+        pre = self._stop_prehash(peer)
         job = self.jobs[peer] = CopyJob(
             peer,
             tag,
@@ -151,6 +232,7 @@ class BlockCopier:
             on_done=on_done,
             skip=skip,
             on_chunk=on_chunk,
+            prehash=pre if pre is not None and pre.tag == tag and skip is not None else None,
         )
         if skip is not None:
             job.scan = Scan(self, job)
@@ -177,7 +259,9 @@ class BlockCopier:
             if job.on_chunk is not None:
                 job.on_chunk(off, n)
 
-    def cancel(self, peer: str) -> None:
+    def cancel(self, peer: str, keep_prehash: bool = False) -> None:
+        if not keep_prehash:
+            self._stop_prehash(peer)
         job = self.jobs.pop(peer, None)
         if job is not None and job.scan is not None:
             job.scan.stopped.set()

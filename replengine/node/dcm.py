@@ -324,6 +324,8 @@ class DcmTracker:
             and dmap.dirty_bytes // CHUNK * DIGEST_SIZE < MAX_DATA - (1 << 20)
             and node.send(peer.name, SumReq(job.tag, list(job.ranges), CHUNK))
         ):
+            # our own digests meanwhile: the two hashing passes side by side
+            node.copier.prehash(peer.name, job.tag, list(job.ranges))
             job.sums_asked = time.monotonic()
             job.sums_deadline = job.sums_asked + max(
                 SUMS_MIN_WAIT_S, 2 * dmap.dirty_bytes / SUMS_BYTES_PER_S
