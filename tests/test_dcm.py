@@ -36,6 +36,32 @@ def test_create_is_clean_and_refuses_overwrite(path: Path) -> None:
     assert not path.with_name(path.name + ".tmp").exists()
 
 
+def test_flushes_from_two_threads_never_land_an_older_snapshot_last(path: Path) -> None:
+    """A resync's progress is flushed in a thread while the loop flushes marks: whatever
+    the interleaving, the file ends with the marks of the last flush begun."""
+    import threading
+
+    dm = DirtyMap.create(path, volume_size=1 << 20, region_size=4 * KiB)
+    stop = threading.Event()
+
+    def progress() -> None:
+        while not stop.is_set():
+            dm.flush()
+
+    t = threading.Thread(target=progress)
+    t.start()
+    try:
+        for i in range(200):
+            dm.mark(i * 4 * KiB, 1)
+            dm.flush()
+    finally:
+        stop.set()
+        t.join()
+    dm.flush()
+    again = DirtyMap.open(path, volume_size=1 << 20, region_size=4 * KiB)
+    assert again.count == 200 and again.generation == dm.generation
+
+
 def test_marks_persist_across_reopen_after_flush(path: Path) -> None:
     dm = DirtyMap.create(path, volume_size=1 << 20, region_size=64 * KiB)
     dm.mark(0, 4096)

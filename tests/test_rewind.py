@@ -44,6 +44,9 @@ class FakeVolume:
     data: bytearray = field(default_factory=lambda: bytearray(VOL))
     flushed: int = 0
 
+    def start_writeback(self, off, n):
+        pass
+
     def write(self, off, data):
         self.data[off : off + len(data)] = data
 

@@ -12,6 +12,7 @@ from the first block until it has applied past the primary's end at the end of t
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid as uuidlib
 from collections import deque
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING
 from replengine.node.copier import CHUNK, CopyJob
 from replengine.node.states import IN_DCM, PeerState
 from replengine.storage.chunksums import DIGEST_SIZE, chunks
-from replengine.storage.dirtymap import DirtyMap
+from replengine.storage.dirtymap import DCMError, DirtyMap
 from replengine.wire.protocol import MAX_DATA, SumReq, Sums
 
 if TYPE_CHECKING:
@@ -59,6 +60,35 @@ def dcm_path(node: DcmContext, peer: str) -> Path:
     return base / f"dcm-{peer}"
 
 
+class _ProgressFlusher:
+    """Flushes resync progress in a thread, one flush at a time."""
+
+    def __init__(self) -> None:
+        self.thread: threading.Thread | None = None
+
+    def busy(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def start(self, maps: list[DirtyMap]) -> None:
+        if maps:
+            self.thread = threading.Thread(
+                target=self._run, args=(maps,), name="dcm-progress", daemon=True
+            )
+            self.thread.start()
+
+    def wait(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+
+    @staticmethod
+    def _run(maps: list[DirtyMap]) -> None:
+        for dmap in maps:
+            try:
+                dmap.flush()
+            except DCMError as exc:  # the resync goes on; a restart resumes from further back
+                log.error("resync progress not saved: %s", exc)
+
+
 @dataclass
 class Resync:
     """A running copy of dirty regions to one secondary."""
@@ -92,6 +122,7 @@ class DcmTracker:
         self._dirty: set[str] = set()
         #: peers whose resync cleared regions since the last flush of their map
         self._progress: set[str] = set()
+        self._progress_flusher = _ProgressFlusher()
         self._last_flush = 0.0
         self._last_progress_flush = 0.0
         self.last_resync: dict | None = None
@@ -247,13 +278,19 @@ class DcmTracker:
                 dmap.flush()
                 self.covered_end[name] = end
         self._dirty.clear()
-        if self._progress and now - self._last_progress_flush >= PROGRESS_FLUSH_S:
+        if (
+            self._progress
+            and now - self._last_progress_flush >= PROGRESS_FLUSH_S
+            and not self._progress_flusher.busy()
+        ):
+            # off the loop: a flush is a file write, fsync, rename and directory fsync,
+            # milliseconds every second during a resync that the application's writes,
+            # waiting behind it in the loop, took as their p99. Progress only shortens a
+            # resumed resync; what clearing records needs (the marks above) stays here
             self._last_progress_flush = now
-            for name in list(self._progress):
-                dmap = self.maps.get(name)
-                if dmap is not None and name in self.resyncs:
-                    dmap.flush()
+            maps = [self.maps[n] for n in self._progress if n in self.maps and n in self.resyncs]
             self._progress.clear()
+            self._progress_flusher.start(maps)
 
     def clear_floor(self, peer: Peer) -> int | None:
         """The LSN below which records may go, as far as this peer is concerned."""
@@ -453,6 +490,7 @@ class DcmTracker:
 
     def _finish(self, peer: Peer, job: Resync) -> None:
         self.resyncs.pop(peer.name, None)
+        self._progress_flusher.wait()  # or it could write the map again once removed
         dmap = self.maps.pop(peer.name)
         self.covered_end.pop(peer.name, None)
         dmap.close()

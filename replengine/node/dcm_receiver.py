@@ -71,6 +71,7 @@ class DcmReceiver:
             return  # the source reads chunks we already hold: only a sign of life
         if self._drained():
             self.node.volume.write(block.offset, block.data)
+            self.node.volume.start_writeback(block.offset, len(block.data))
         else:
             self.held.append((block.offset, bytes(block.data)))
         self.received += len(block.data)

@@ -14,10 +14,13 @@ def consistent_read(node: LogAndVolume, offset: int, length: int) -> bytes:
     The overlay is snapshotted before the volume is read: a record missing from the snapshot
     was already applied, so the read sees it either way."""
     snap = node.applier.snapshot_overlay()
-    buf = bytearray(node.volume.read(offset, length))
+    data = node.volume.read(offset, length)
     end = offset + length
-    for rec in snap:
+    over = [r for r in snap if r.offset < end and offset < r.offset + len(r.data)]
+    if not over:
+        return data  # the usual case (a copy's MiB chunks): no two extra copies of it
+    buf = bytearray(data)
+    for rec in over:
         lo, hi = max(offset, rec.offset), min(end, rec.offset + len(rec.data))
-        if lo < hi:
-            buf[lo - offset : hi - offset] = rec.data[lo - rec.offset : hi - rec.offset]
+        buf[lo - offset : hi - offset] = rec.data[lo - rec.offset : hi - rec.offset]
     return bytes(buf)

@@ -323,6 +323,7 @@ class Rewinder:
             if not n:
                 return  # the source is reading chunks we already hold: it is alive
             node.volume.write(body.offset, body.data)
+            node.volume.start_writeback(body.offset, len(body.data))
             self.missing = subtract(self.missing, body.offset, n)
             self.received += n
             if self.received - self.acked >= ACK_EVERY:

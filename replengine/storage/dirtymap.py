@@ -95,6 +95,9 @@ class DirtyMap:
         self._bits = bytearray((self.regions_total + 7) // 8)
         self._generation = 0
         self._lock = threading.Lock()
+        #: one flush at a time, snapshot to rename: a flush from another thread (resync
+        #: progress, node.dcm) never lands an older snapshot over a newer one's marks
+        self._flush_lock = threading.Lock()
 
     # --- files ------------------------------------------------------------------------------
 
@@ -169,6 +172,10 @@ class DirtyMap:
 
     def flush(self) -> None:
         """Make the current marks durable (temp file + fsync + rename + fsync dir)."""
+        with self._flush_lock:
+            self._flush()
+
+    def _flush(self) -> None:
         with self._lock:
             gen = self._generation + 1
             header = bytearray(

@@ -294,6 +294,16 @@ class Volume:
             ) from None
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
+    def start_writeback(self, offset: int, length: int) -> None:
+        """Start writing these bytes to disk now, without waiting (and let their pages go
+        once written): a stream of block writes then reaches the disk as it arrives, not
+        in a burst at each fdatasync, and does not fill the page cache with a volume no
+        one reads here. Advice only: an error is left for flush() to report."""
+        try:
+            os.posix_fadvise(self._live_fd(), offset, length, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            pass
+
     def flush(self) -> None:
         """fdatasync: make every write so far durable (before clearing SRL records, inv. 3)."""
         fd = self._live_fd()
