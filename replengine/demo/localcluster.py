@@ -148,6 +148,18 @@ class LocalResource:
         self.write_config()
         self.replctl(name, "init")
 
+    def replace_disks(self, name: str) -> None:
+        """A stopped node's failed disks replaced: a blank volume, a new SRL, `replctl init`.
+        It has no history in common with the others: started, it is synced in full. Its
+        key stays: the node is the same one, on new disks."""
+        for path, size in (
+            (self.volume_path(name), self.volume_size),
+            (self.srl_path(name), self.srl_size),
+        ):
+            with open(path, "wb") as f:
+                f.truncate(size)
+        self.replctl(name, "init", "--force")
+
     def adjust(self, *nodes: str) -> str:
         return "".join(self.replctl(n, "adjust").stdout for n in nodes or tuple(self.nodes))
 
