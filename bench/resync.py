@@ -56,8 +56,6 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 from replengine.demo.localcluster import LocalResource  # noqa: E402
 
 MIB = 1 << 20
-#: how often wait_consistent asks for status (each question is work in the daemons' loops)
-POLL_S = 0.05
 
 
 def drop_caches() -> bool:
@@ -109,7 +107,7 @@ def wait_consistent(r: LocalResource, node: str, timeout: float) -> float:
         st = r.status("alpha")["peers"][node]
         if r.status(node)["consistent"] and st["state"] == "up-to-date":
             return time.monotonic() - t0
-        time.sleep(POLL_S)
+        time.sleep(0.05)
     raise SystemExit(f"{node} not consistent after {timeout}s: {r.describe()}")
 
 

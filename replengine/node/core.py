@@ -546,6 +546,9 @@ class Node:
         self.secondary.assigned_end = lsn
 
     def copy_ended(self, source: str) -> None:
+        """A block copy from ``source`` is on our volume: say so (our end, in a hello), and
+        ask again for the records refused while it came in."""
+        self.send(source, self.hello())
         self.secondary.copy_ended(source)
 
     def step_down(self, why: str) -> None:

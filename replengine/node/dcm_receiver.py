@@ -60,7 +60,7 @@ class DcmReceiver:
         if self.draining and self._barrier is not None and self._barrier.is_set():
             self.draining = False
             for off, data in self.held:
-                self.node.volume.write(off, data)
+                self.node.volume.write_copied(off, data)
             if self.held:
                 self.held = []
                 self._ack()
@@ -70,8 +70,7 @@ class DcmReceiver:
         if not len(block.data):
             return  # the source reads chunks we already hold: only a sign of life
         if self._drained():
-            self.node.volume.write(block.offset, block.data)
-            self.node.volume.start_writeback(block.offset, len(block.data))
+            self.node.volume.write_copied(block.offset, block.data)
         else:
             self.held.append((block.offset, bytes(block.data)))
         self.received += len(block.data)
@@ -120,7 +119,6 @@ class DcmReceiver:
             done.resume_lsn,
             done.primary_end,
         )
-        node.send(self.source, node.hello())
         node.copy_ended(self.source)
 
     def progress(self) -> bool:

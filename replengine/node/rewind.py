@@ -322,8 +322,7 @@ class Rewinder:
             self.last_progress = time.monotonic()
             if not n:
                 return  # the source is reading chunks we already hold: it is alive
-            node.volume.write(body.offset, body.data)
-            node.volume.start_writeback(body.offset, len(body.data))
+            node.volume.write_copied(body.offset, body.data)
             self.missing = subtract(self.missing, body.offset, n)
             self.received += n
             if self.received - self.acked >= ACK_EVERY:
@@ -372,7 +371,6 @@ class Rewinder:
             node.watcher.durable_end,
             self.as_of,
         )
-        node.send(self.source, node.hello())
         node.copy_ended(self.source)
 
     @property

@@ -294,13 +294,16 @@ class Volume:
             ) from None
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def start_writeback(self, offset: int, length: int) -> None:
-        """Start writing these bytes to disk now, without waiting (and let their pages go
-        once written): a stream of block writes then reaches the disk as it arrives, not
-        in a burst at each fdatasync, and does not fill the page cache with a volume no
-        one reads here. Advice only: an error is left for flush() to report."""
+    def write_copied(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """``write`` for a block copy's stream (full sync, dcm resync, rewind): its
+        writeback starts at once, without waiting (and its pages go once written), so the
+        stream reaches the disk as it arrives, not in a burst at each fdatasync, and does
+        not fill the page cache with a volume no one reads here. The advice is only that:
+        an error is left for flush() to report."""
+        self.write(offset, data)
         try:
-            os.posix_fadvise(self._live_fd(), offset, length, os.POSIX_FADV_DONTNEED)
+            n = memoryview(data).nbytes
+            os.posix_fadvise(self._live_fd(), offset, n, os.POSIX_FADV_DONTNEED)
         except OSError:
             pass
 
