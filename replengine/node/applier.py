@@ -75,6 +75,11 @@ class Applier(threading.Thread):
         self._last_clear = 0.0
         #: verify points waiting for their LSN, in LSN order
         self._verifies: list[VerifyPoint] = []
+        #: wake the loop for every record applied: set while something in the loop waits
+        #: for the applied end (a rewind, a dcm resync); otherwise a wake per write was a
+        #: turn of the loop per write for nothing (clears, barriers and the loop's own
+        #: ticks still wake it)
+        self.notify_applied = True
 
     def replay(self, first: int, end: int) -> None:
         """Re-apply SRL records [first, end) (after a restart) before anything newer."""
@@ -225,7 +230,8 @@ class Applier(threading.Thread):
             self.lazy.pop(rec.lsn, None)
         if self._verifies:
             self._run_verifies()
-        self._on_progress()
+        if self.notify_applied:
+            self._on_progress()
 
     def _run_verifies(self) -> None:
         """Answer the verify points whose LSN the volume stands at now; one it has passed

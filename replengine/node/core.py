@@ -267,6 +267,7 @@ class Node:
                 self.exit_code = 1
                 break
             self.progress()
+            self.applier.notify_applied = self.rewinder is not None or self.dcm_rx is not None
             self.events.turn()
             self.metrics.turn()
             if self.ops.finished():

@@ -288,7 +288,10 @@ class Secondary:
         if not targets:
             return
         state = (node.watcher.durable_end, node.applier.applied_end)
-        if state == self.acked_sent and not force:
+        if state[0] == self.acked_sent[0] and not force:
+            # the durable end is what the primary acts on (completing writes, clearing);
+            # the applied end only rides along: an ACK of its own for each record the
+            # applier wrote was a message and a turn of both loops per write
             return
         frames = encode(node.cfg.uuid, node.known_epoch, node.me, Ack(*state))
         sent = [node.transport.send(t, frames) for t in dict.fromkeys(targets)]
