@@ -293,25 +293,15 @@ class SRL(GroupCommit, LogSurgery):
                     f"{self.path}: record LSN {recs[0].lsn} does not follow the log: expected "
                     f"LSN {self._next_lsn} (end of log)"
                 )
-            item = None
-            n = 0
-            for rec, (mv, crc) in zip(recs, views, strict=True):
-                try:
-                    item = self._reserve(rec.epoch, rec.offset, mv, crc)
-                except SRLFullError:
-                    if not n:
-                        raise
-                    break
-                self._queue.append(item)
-                self._queued_bytes += item.size
-                n += 1
-            self.stats.appends += n
+            items, nbytes = self._reserve_many(recs, views, me)
+            self._queue.extend(items)
+            self._queued_bytes += nbytes
+            self.stats.appends += len(items)
             if self._forming and me in self._awaited:
                 self._awaited.discard(me)
                 if not self._awaited:
                     self._arrival_cv.notify()
-        assert item is not None
-        return PendingAppend(self, item), n
+        return PendingAppend(self, items[-1]), len(items)
 
     def kick(self) -> None:
         """Have the committer thread write what is queued (appends made with kick=False),
@@ -384,6 +374,46 @@ class SRL(GroupCommit, LogSurgery):
         self._next_lsn += 1
         self._next_pos = (pos + size) % self._cap
         return item
+
+    def _reserve_many(
+        self, recs: list[Record], views: list[tuple[memoryview, int]], thread: int
+    ) -> tuple[list[Item], int]:
+        """`_reserve` of consecutive records in one pass (a batch of a catch-up: the
+        per-record calls and the free-space sum were a third of a secondary's append), up to
+        the first that does not fit; SRLFullError if not even the first does."""
+        cap = self._cap
+        free = cap - self._used()
+        lsn, pos = self._next_lsn, self._next_pos
+        items: list[Item] = []
+        nbytes = 0
+        for rec, (mv, crc) in zip(recs, views, strict=True):
+            length = len(mv)
+            size = record_size(length)
+            if size > cap:
+                raise SRLError(
+                    f"{self.path}: a record of {length} bytes needs {size} bytes, more "
+                    f"than the whole SRL ({cap} bytes)"
+                )
+            wrap_pos, need = None, size
+            if pos + size > cap:
+                wrap_pos, need, pos = pos, size + cap - pos, 0
+            if need > free:
+                if items:
+                    break
+                raise SRLFullError(
+                    f"{self.path}: SRL full: LSN {lsn} needs {need} bytes, {free} of "
+                    f"{cap} free (start LSN {self._start_lsn}, end LSN {lsn}); "
+                    "a secondary is lagging or the SRL is too small"
+                )
+            free -= need
+            items.append(
+                Item(lsn, rec.epoch, rec.offset, mv, length, crc, pos, size, wrap_pos, thread)
+            )
+            nbytes += size
+            lsn += 1
+            pos = (pos + size) % cap
+        self._next_lsn, self._next_pos = lsn, pos
+        return items, nbytes
 
     # ------------------------------------------------------------------ reads
 

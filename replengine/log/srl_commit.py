@@ -61,15 +61,16 @@ class GroupCommit:
                     item.signal()  # pass the wakeup on to any other thread waiting on it
                     break
                 item.waiting = True
+                waiter = item.arm()
             left = -1 if deadline is None else max(0.0, deadline - time.monotonic())
-            woken = item.waiter.acquire(timeout=left)
+            woken = waiter.acquire(timeout=left)
             if woken and item.state != PENDING:
-                item.waiter.release()  # final state: stays released for any other waiter
+                waiter.release()  # final state: stays released for any other waiter
                 break
             with lock:
                 item.waiting = False
                 if not woken and item.signalled:  # signalled just after the timeout
-                    woken = item.waiter.acquire(blocking=False)
+                    woken = waiter.acquire(blocking=False)
                 if woken:
                     item.signalled = False
                     if item.state != PENDING:  # finished after the wakeup: pass it on
