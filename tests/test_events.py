@@ -129,6 +129,9 @@ def test_events_through_a_failover(resource: Callable[..., LocalResource]) -> No
         assert dec["chosen"] == "beta", dec
         assert dec["ends"] == {"beta": end, "gamma": end}, dec
         assert dec["best_end"] == end and dec["first_lsn"] == end, dec
+        # alpha's daemon is dead: its port refuses beta's reconnections, so the probe did
+        # not wait out its window for an answer that cannot come
+        assert dec["unreachable"] == ["alpha"] and dec["refused"] == ["alpha"], dec
         role = sub.seen_or_wait(lambda e: e["kind"] == "role", "beta's role change")
         assert (role["old"], role["new"], role["epoch"]) == ("secondary", "primary", dec["epoch"])
         sub.wait(

@@ -27,12 +27,16 @@ class FakeNode:
     full: str | None = None
     pulls: list[tuple[str, int, int]] = field(default_factory=list)
     promoted: list[int] = field(default_factory=list)
+    refused: dict[str, float] = field(default_factory=dict)
 
     def peer_views(self):
         return self.peers
 
     def peer_count(self):
         return self.total_peers
+
+    def refused_since(self):
+        return self.refused
 
     def local_log(self):
         return NodeLog(self.me, self.history, self.start, self.end)
@@ -138,6 +142,20 @@ def test_the_probe_waits_for_every_peer_within_its_window() -> None:
     p = Promotion(node, force=False, min_peers=1)
     assert p.step(now=p.t0) is None  # beta only; alpha might still answer
     assert p.step(now=p.probe_until + 1)["epoch"] == 2
+
+
+def test_the_probe_does_not_wait_for_peers_whose_connection_was_refused_since_it_began() -> None:
+    """alpha (the old primary, killed) and delta refuse our connections: nothing listens
+    there, no answer can come, and the failover goes on without waiting out the window. A
+    refusal from before the probe began says nothing about now: that one is waited for."""
+    node = FakeNode(peers=[peer("beta", 10)])
+    p = Promotion(node, force=False, min_peers=1)
+    node.refused = {"alpha": p.t0 + 0.01, "delta": p.t0 - 0.5}
+    assert p.step(now=p.t0 + 0.02) is None  # delta's refusal is older than the probe
+    node.refused["delta"] = p.t0 + 0.03
+    out = p.step(now=p.t0 + 0.04)
+    assert out is not None and out["epoch"] == 2 and node.promoted == [2]
+    assert p.decision["refused"] == ["alpha", "delta"]
 
 
 SPLIT = ((7, 1),)  # gamma's side of a split: its own epoch 7

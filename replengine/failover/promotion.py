@@ -63,6 +63,11 @@ class PromotionContext(Protocol):
 
     def peer_views(self) -> Sequence[PeerView]: ...
     def peer_count(self) -> int: ...
+    def refused_since(self) -> dict[str, float]:
+        """Peer -> a time before which its latest refused connection attempt did not
+        happen (none since it last connected: absent)."""
+        ...
+
     def local_log(self) -> NodeLog: ...
     def local_consistent(self) -> bool: ...
     def highest_epoch(self) -> int: ...
@@ -97,6 +102,8 @@ class Promotion:
     source: str = ""
     target_end: int = 0
     pulled: int = 0
+    #: peers whose connection was refused since the probe began (not waited for)
+    refused: list[str] = field(default_factory=list)
     deadline: float = 0.0
     #: what decided it, for the event that reports it (node.events): each consistent
     #: reachable node's end LSN, the most up-to-date one, the peers not heard from
@@ -117,11 +124,29 @@ class Promotion:
             if self.phase is Phase.PROBE:
                 views = self.ctx.peer_views()
                 fresh = [p for p in views if p.seen_at > self.t0 and not p.rejected]
-                if len(fresh) < self.ctx.peer_count() and now < self.probe_until:
+                heard = {p.name for p in fresh}
+                # a connection to it refused since the probe began: nothing listens there (a
+                # killed daemon, a stopped node), so no answer can come within the window,
+                # and waiting it out only delays the failover. A busy peer's kernel still
+                # accepts the connection; a cut link drops packets and refuses nothing
+                self.refused = sorted(
+                    {n for n, t in self.ctx.refused_since().items() if t > self.t0} - heard
+                )
+                if (
+                    len(fresh) + len(self.refused) < self.ctx.peer_count()
+                    and now < self.probe_until
+                ):
                     return None
                 # a peer that was alive when the probe began but has not answered yet (a busy
                 # machine) gets up to the liveness window before it is counted as unreachable
-                late = [p for p in views if p.alive and p.seen_at <= self.t0 and not p.rejected]
+                late = [
+                    p
+                    for p in views
+                    if p.alive
+                    and p.seen_at <= self.t0
+                    and not p.rejected
+                    and p.name not in self.refused
+                ]
                 if late and now < self.t0 + 3 * self.ctx.heartbeat_s:
                     return None
                 return self._plan(fresh)
@@ -178,6 +203,7 @@ class Promotion:
             "best": plan.best,
             "best_end": plan.best_end,
             "unreachable": sorted(p.name for p in ctx.peer_views() if p.name not in heard),
+            "refused": self.refused,
         }
         self._check_plan(plan)
         self._check_newer_elsewhere(logs)

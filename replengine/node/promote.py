@@ -97,10 +97,19 @@ class NodePromotionContext:
         self.node.ops.pull_source = ""
         return first
 
+    def refused_since(self) -> dict[str, float]:
+        return dict(self.node.transport.refused)
+
     def announce(self) -> None:
         """A HELLO to every peer that asks each to answer at once: the probe then takes a
-        round trip, not up to a heartbeat of waiting for the peers' next beats."""
-        self.node.beacon(Flag.ANSWER)
+        round trip, not up to a heartbeat of waiting for the peers' next beats. A peer
+        whose connection is down is first tried again at once: a dead one refuses it
+        within a round trip, and the probe need not wait for it."""
+        node = self.node
+        for p in node.peers.values():
+            if not p.alive(node.heartbeat_s):
+                node.transport.reconnect(p.name)
+        node.beacon(Flag.ANSWER)
 
 
 __all__ = ["NodePromotionContext"]

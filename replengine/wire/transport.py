@@ -156,6 +156,12 @@ class Transport:
         self.dealers: dict[str, zmq.Socket] = {}
         self._endpoints: dict[str, str] = {}
         self.monitors: dict[zmq.Socket, str] = {}
+        #: peer -> a monotonic time before which its latest failed connection attempt did
+        #: not happen (refused: nothing listens there), until a connection succeeds
+        self.refused: dict[str, float] = {}
+        self._side_last = time.monotonic()
+        #: peer -> when `reconnect` last began a connection attempt to it
+        self._attempted: dict[str, float] = {}
         self._dealer_names: dict[zmq.Socket, str] = {}
         self.poller = zmq.Poller()
         self._side_due = 0.0
@@ -207,7 +213,10 @@ class Transport:
             sock.curve_publickey = curve.public
             sock.curve_secretkey = curve.secret
         mon = sock.get_monitor_socket(
-            zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | _HANDSHAKE_FAILED
+            zmq.EVENT_DISCONNECTED
+            | zmq.EVENT_HANDSHAKE_SUCCEEDED
+            | _HANDSHAKE_FAILED
+            | zmq.EVENT_CLOSED
         )
         self.monitors[mon] = name
         self._endpoints[name] = tcp_endpoint(addr)
@@ -266,8 +275,10 @@ class Transport:
         now = time.monotonic()
         if now >= self._side_due:
             self._side_due = now + SIDE_EVERY_S
+            # what is read now happened after the previous reading
+            since, self._side_last = self._side_last, now
             for mon, name in self.monitors.items():
-                self._drain_monitor(mon, name)
+                self._drain_monitor(mon, name, since)
             for sock, name in self._dealer_names.items():
                 self._drain_dealer(sock, name)
         woke = self._wake_r in events
@@ -282,7 +293,7 @@ class Transport:
             self._wake_pending = False
         return self.router in events, self.control in events, woke
 
-    def _drain_monitor(self, mon: zmq.Socket, name: str) -> None:
+    def _drain_monitor(self, mon: zmq.Socket, name: str, since: float) -> None:
         while True:
             try:
                 event = recv_monitor_message(mon, zmq.NOBLOCK)
@@ -292,6 +303,13 @@ class Transport:
                 self.disconnected.append(name)
             elif event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.connected.append(name)
+                self.refused.pop(name, None)
+            elif event["event"] == zmq.EVENT_CLOSED:
+                # a connection attempt failed (closed before it was ever connected: an
+                # established one that drops reports DISCONNECTED): refused, or the host
+                # unreachable. A peer behind a cut link drops our packets instead, and its
+                # attempts hang rather than fail
+                self.refused[name] = max(since, self._attempted.get(name, 0.0))
             elif event["event"] & _HANDSHAKE_FAILED and self.curve is None:
                 # no keys: a handshake times out when the peer is stopped (SIGSTOP, a VM
                 # pause) or is not a replengine node; nothing to do with keys
@@ -373,14 +391,24 @@ class Transport:
         ZMTP heartbeat timeout, its peers have dropped its connections; libzmq would notice
         on its own and retry after RECONNECT_IVL plus jitter (100-200 ms), during which
         nothing this node sends gets anywhere. Messages still queued are stale by then."""
-        for name, sock in self.dealers.items():
-            endpoint = self._endpoints[name]
-            try:
-                sock.disconnect(endpoint)
-            except zmq.ZMQError:
-                pass  # not connected: connect below is all it needs
-            sock.connect(endpoint)
-            log.debug("reconnecting to %s (%s)", name, endpoint)
+        for name in self.dealers:
+            self.reconnect(name)
+
+    def reconnect(self, name: str) -> None:
+        """Try the connection to ``name`` again now, not after the reconnect interval
+        (100-200 ms): a promotion learns at once that a dead peer refuses it. What is
+        queued for that peer is dropped."""
+        sock, endpoint = self.dealers[name], self._endpoints[name]
+        for mon, n in self.monitors.items():
+            if n == name:  # what the old connection reported, before the new attempt
+                self._drain_monitor(mon, name, self._side_last)
+        self._attempted[name] = time.monotonic()
+        try:
+            sock.disconnect(endpoint)
+        except zmq.ZMQError:
+            pass  # not connected: connect below is all it needs
+        sock.connect(endpoint)
+        log.debug("reconnecting to %s (%s)", name, endpoint)
 
     def recv_peer(self) -> Incoming | None:
         """The next message from a peer, `identity` being the node name its first frame
