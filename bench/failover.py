@@ -9,17 +9,20 @@ across the whole volume, then crashed while frozen (so nothing still in its sock
 reaches it later) and restarted once the primary a has been SIGKILLed. b, the most
 up-to-date survivor, is promoted; c catches up from b by log-diff sync.
 
-Measured: the `replctl promote` call (wall clock, includes the ~1.5-heartbeat peer probe and
-the CLI's start), the time from the end of the promotion until c's end equals b's end,
+Measured: the `replctl promote` call (wall clock, with the CLI's start, about 0.1-0.2 s of
+Python imports) and the daemon's own promotion time (its status: probe, plan, epoch; the probe
+ends once every peer has answered or refused a connection, so the killed primary costs no
+wait), the time from the end of the promotion until c's end equals b's end,
 shipped_bytes (b -> c) and pulled_bytes (b's promotion) from status, against the lag bytes.
 Prior art: a full copy of the volume to another file on the same disk (read all, write all,
 fdatasync), measured on a DENSE file of the same size (a sparse file would read as holes);
 the source is written first and dropped from the page cache, so the copy really reads it.
 
-Goals: promote time at 64 GiB <= 1.2x at 1 GiB; bytes shipped == lag bytes; >= 20x faster
-than the full copy at 8 GiB, shown two ways: the service failover (promote: the new primary
-takes writes, the laggard catches up behind it and stays crash-consistent) and the stricter
-promote + catch-up of the lagging secondary.
+Goals: the daemon's promote time at 64 GiB <= 1.2x at 1 GiB (the wall clock's share of it is
+now mostly the CLI's start, which has nothing to do with the volume); bytes shipped == lag
+bytes; faster than the full copy at 8 GiB, shown two ways: the service failover (promote: the
+new primary takes writes, the laggard catches up behind it and stays crash-consistent) >= 20x,
+and the stricter promote + catch-up of the lagging secondary >= 40x (issue 13).
 
 Run: ``python3 bench/failover.py [--quick] [--dir DIR]`` (DIR defaults to /var/tmp).
 --quick: 1 and 8 GiB, 5000 records of lag; the 8 GiB full copy is then estimated from the
@@ -295,9 +298,14 @@ def main(argv: list[str] | None = None) -> int:
     by = {row["size"]: row for row in rows}
     goals = []
     big = max(sizes)
-    p_ratio = by[big]["promote_s"] / by[GIB]["promote_s"]
+    p_ratio = by[big]["daemon_promote_s"] / by[GIB]["daemon_promote_s"]
+    w_ratio = by[big]["promote_s"] / by[GIB]["promote_s"]
     goals.append(
-        (f"promote time at {big // GIB} GiB <= 1.2x at 1 GiB ({p_ratio:.2f}x)", p_ratio <= 1.2)
+        (
+            f"daemon's promote time at {big // GIB} GiB <= 1.2x at 1 GiB ({p_ratio:.2f}x; "
+            f"wall clock with the CLI's start {w_ratio:.2f}x)",
+            p_ratio <= 1.2,
+        )
     )
     exact = all(r["shipped_bytes"] == r["lag_bytes"] for r in rows)
     goals.append(
@@ -320,9 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     goals.append(
         (
-            f">= 20x: promote + the lagging secondary's catch-up vs the full copy at "
+            f">= 40x: promote + the lagging secondary's catch-up vs the full copy at "
             f"8 GiB ({cs8 / f8:.1f}x, full copy {how8})",
-            cs8 / f8 >= 20,
+            cs8 / f8 >= 40,
         )
     )
     goals.append(("volumes identical after catch-up", all(r["identical"] for r in rows)))
