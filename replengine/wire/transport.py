@@ -72,7 +72,8 @@ _HANDSHAKE_FAILED = (
 #: chosen by whoever connects; past the cap the table starts over, which only loses the
 #: dropping of an old connection's leftovers for a moment)
 MAX_ROUTES = 1024
-#: how often the DEALERs' monitors and inbound queues are read (see Transport.poll)
+#: how often the DEALERs' inbound queues (and, as a safety net, their monitors) are read
+#: (see Transport.poll)
 SIDE_EVERY_S = 0.02
 
 
@@ -159,7 +160,10 @@ class Transport:
         #: peer -> a monotonic time before which its latest failed connection attempt did
         #: not happen (refused: nothing listens there), until a connection succeeds
         self.refused: dict[str, float] = {}
-        self._side_last = time.monotonic()
+        #: a monitor's file descriptor (in the poller as a plain fd) -> the monitor
+        self._mon_fds: dict[int, zmq.Socket] = {}
+        #: monitor -> when it was last read: what it says next happened after that
+        self._mon_read: dict[zmq.Socket, float] = {}
         #: peer -> when `reconnect` last began a connection attempt to it
         self._attempted: dict[str, float] = {}
         self._dealer_names: dict[zmq.Socket, str] = {}
@@ -219,6 +223,10 @@ class Transport:
             | zmq.EVENT_CLOSED
         )
         self.monitors[mon] = name
+        fd = mon.getsockopt(zmq.FD)
+        self._mon_fds[fd] = mon
+        self._mon_read[mon] = time.monotonic()
+        self.poller.register(fd, zmq.POLLIN)
         self._endpoints[name] = tcp_endpoint(addr)
         sock.connect(self._endpoints[name])
         self.dealers[name] = sock
@@ -235,6 +243,9 @@ class Transport:
         for mon, n in list(self.monitors.items()):
             if n == name:
                 del self.monitors[mon]
+                fd = mon.getsockopt(zmq.FD)
+                self.poller.unregister(fd)
+                del self._mon_fds[fd], self._mon_read[mon]
                 sock.disable_monitor()
                 mon.close(0)
         sock.close(0)
@@ -262,23 +273,25 @@ class Transport:
         return "curve" if self.router.getsockopt(zmq.MECHANISM) == zmq.CURVE else "plain"
 
     def poll(self, timeout_ms: int) -> tuple[bool, bool, bool]:
-        """Wait for the ROUTER, the control socket or a wake-up. The DEALERs and their
-        monitors (connection events, refusals sent back) are read every SIDE_EVERY_S
-        instead of polled: each socket in a zmq_poll costs a poll(2) and a getpid(2) or
-        more per call, twice per call, and the loop polls twice per write (strace of a 4 KiB
-        QD1 run, 2 nodes: 33 poll(2) and 39 getpid(2) per write on the primary). A
-        connection event is seen up to one loop tick later (TICK_S); the heartbeats that
-        judge peers are seconds."""
+        """Wait for the ROUTER, the control socket or a wake-up, and read the DEALERs'
+        monitors (connection events) when their file descriptors say so. Only the ROUTER
+        and the control socket are zmq sockets in the zmq_poll: each costs a poll(2) and a
+        getpid(2) or more, twice per call, and the loop polls twice per write (strace of a
+        4 KiB QD1 run, 2 nodes: 33 poll(2) and 39 getpid(2) per write on the primary). A
+        monitor's ZMQ_FD is polled as a plain descriptor, which costs nothing more; the
+        DEALERs (only refusals come back on them) and, to be safe, every monitor are read
+        every SIDE_EVERY_S."""
         events = dict(self.poller.poll(timeout_ms))
         if self.zap is not None and self.zap in events:
             self._answer_zap()
+        for fd, mon in self._mon_fds.items():
+            if fd in events:
+                self._read_monitor(mon)
         now = time.monotonic()
         if now >= self._side_due:
             self._side_due = now + SIDE_EVERY_S
-            # what is read now happened after the previous reading
-            since, self._side_last = self._side_last, now
-            for mon, name in self.monitors.items():
-                self._drain_monitor(mon, name, since)
+            for mon in self.monitors:
+                self._read_monitor(mon)
             for sock, name in self._dealer_names.items():
                 self._drain_dealer(sock, name)
         woke = self._wake_r in events
@@ -292,6 +305,10 @@ class Transport:
             # for a change made before it, which the loop's turn after this poll sees
             self._wake_pending = False
         return self.router in events, self.control in events, woke
+
+    def _read_monitor(self, mon: zmq.Socket) -> None:
+        since, self._mon_read[mon] = self._mon_read[mon], time.monotonic()
+        self._drain_monitor(mon, self.monitors[mon], since)
 
     def _drain_monitor(self, mon: zmq.Socket, name: str, since: float) -> None:
         while True:
@@ -401,7 +418,7 @@ class Transport:
         sock, endpoint = self.dealers[name], self._endpoints[name]
         for mon, n in self.monitors.items():
             if n == name:  # what the old connection reported, before the new attempt
-                self._drain_monitor(mon, name, self._side_last)
+                self._read_monitor(mon)
         self._attempted[name] = time.monotonic()
         try:
             sock.disconnect(endpoint)
