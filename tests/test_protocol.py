@@ -106,6 +106,8 @@ ALL_BODIES = sorted(protocol._BODY_TYPE, key=lambda c: protocol._BODY_TYPE[c])
 def norm(body: object) -> dict:
     out = {}
     for f in dataclasses.fields(body):  # type: ignore[arg-type]
+        if not f.compare:
+            continue  # a cache of what the other fields say (Update.crc)
         v = getattr(body, f.name)
         if isinstance(v, memoryview | bytearray):
             v = bytes(v)

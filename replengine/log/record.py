@@ -6,7 +6,7 @@ records from a deposed primary can be told apart from the new history (invariant
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,6 +15,9 @@ class Record:
     epoch: int
     offset: int
     data: bytes
+    #: CRC32C of ``data`` when already known (checked against the data by whoever set it:
+    #: the SRL on reading, the wire decoder on receiving), so it is not computed twice
+    crc: int | None = field(default=None, compare=False, repr=False)
 
     @property
     def length(self) -> int:

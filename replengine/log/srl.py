@@ -246,13 +246,15 @@ class SRL(GroupCommit, LogSurgery):
 
     def append_record(self, rec: Record) -> None:
         """Log a record received from the primary (or a peer in log-diff sync), same LSN."""
-        self._wait_item(self._enqueue(rec.lsn, rec.epoch, rec.offset, rec.data, kick=False), None)
+        self._wait_item(
+            self._enqueue(rec.lsn, rec.epoch, rec.offset, rec.data, kick=False, crc=rec.crc), None
+        )
 
     def append_record_nowait(self, rec: Record, *, kick: bool = True) -> PendingAppend:
         """(Addition) append_record without waiting, so a secondary can pipeline UPDATEs;
         `kick` as for append_nowait."""
         return PendingAppend(
-            self, self._enqueue(rec.lsn, rec.epoch, rec.offset, rec.data, kick=kick)
+            self, self._enqueue(rec.lsn, rec.epoch, rec.offset, rec.data, kick=kick, crc=rec.crc)
         )
 
     def append_records_nowait(self, recs: list[Record]) -> tuple[PendingAppend | None, int]:
@@ -282,7 +284,8 @@ class SRL(GroupCommit, LogSurgery):
                     f"{self.path}: record LSN {rec.lsn} out of range (epoch {rec.epoch}, "
                     f"offset {rec.offset}, length {len(mv)})"
                 )
-            views.append((mv, crc32c.crc32c(mv)))  # outside the lock, as _enqueue
+            # outside the lock, as _enqueue; one the wire decoder checked is not redone
+            views.append((mv, crc32c.crc32c(mv) if rec.crc is None else rec.crc))
         me = get_ident()
         with self._lock:
             while self._paused:
@@ -311,7 +314,14 @@ class SRL(GroupCommit, LogSurgery):
                 self._work_cv.notify()
 
     def _enqueue(
-        self, lsn: int | None, epoch: int, offset: int, data: bytes, *, kick: bool
+        self,
+        lsn: int | None,
+        epoch: int,
+        offset: int,
+        data: bytes,
+        *,
+        kick: bool,
+        crc: int | None = None,
     ) -> Item:
         """Reserve LSN + space and queue the record. ``kick`` wakes the committer thread, for
         callers that will not wait (and lead) right away."""
@@ -321,7 +331,8 @@ class SRL(GroupCommit, LogSurgery):
                 f"{self.path}: record out of range (epoch {epoch}, offset {offset}, "
                 f"length {len(mv)})"
             )
-        data_crc = crc32c.crc32c(mv)  # outside the lock: appenders checksum in parallel
+        # outside the lock: appenders checksum in parallel (not again if already checked)
+        data_crc = crc32c.crc32c(mv) if crc is None else crc
         with self._lock:
             while self._paused:
                 self._done_cv.wait()

@@ -320,7 +320,7 @@ def read_records(
                 "checksum (media corruption); resync this node's SRL from a peer"
             )
         data = buf[at + HEADER_SIZE : at + HEADER_SIZE + length]
-        out.append(Record(lsn=lsn, epoch=found[0], offset=found[1], data=data))
+        out.append(Record(lsn, found[0], found[1], data, found[2]))
         at += size
         lsn += 1
     return out

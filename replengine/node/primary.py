@@ -343,10 +343,10 @@ class Primary:
         node = self.node
         if len(batch) == 1:
             r = batch[0]
-            body: Update | Updates = Update(r.lsn, r.epoch, r.offset, r.data, self.clear_end)
+            body: Update | Updates = Update(r.lsn, r.epoch, r.offset, r.data, self.clear_end, r.crc)
         else:
             body = Updates(
-                [Update(r.lsn, r.epoch, r.offset, r.data, self.clear_end) for r in batch]
+                [Update(r.lsn, r.epoch, r.offset, r.data, self.clear_end, r.crc) for r in batch]
             )
         if not node.transport.send(p.name, encode(node.cfg.uuid, node.epoch, node.me, body)):
             return False  # the socket's queue is full: the same records next turn

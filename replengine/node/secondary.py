@@ -136,7 +136,7 @@ class Secondary:
             return False
         if not self._epoch_matches(header.sender, u):
             return False
-        rec = Record(u.lsn, u.rec_epoch, u.offset, u.data)
+        rec = Record(u.lsn, u.rec_epoch, u.offset, u.data, u.crc)
         try:
             pending = node.srl.append_record_nowait(rec, kick=False)
         except SRLFullError:
@@ -182,7 +182,7 @@ class Secondary:
                 epoch = node.srl.epoch
                 fast_from = hist[-1][1] if hist else None
                 continue
-            ready.append(Record(u.lsn, u.rec_epoch, u.offset, u.data))
+            ready.append(Record(u.lsn, u.rec_epoch, u.offset, u.data, u.crc))
         self._append(header, ready, us[-1].clear_end)
 
     def _append(self, header: Header, recs: list[Record], clear_end: int) -> bool:

@@ -84,6 +84,8 @@ class Update:
     offset: int
     data: bytes | memoryview
     clear_end: int = 0
+    #: CRC32C of ``data`` if known (see Record.crc); the encoder computes it otherwise
+    crc: int | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,7 +296,7 @@ def encode(
         raise ProtocolError(f"sender name {sender!r} longer than {MAX_NAME} bytes")
     prefix = _PREFIX.pack(MAGIC, VERSION, mtype, flags, uuid.bytes, epoch, len(name)) + name
     if isinstance(body, Update):
-        crc = crc32c.crc32c(body.data)
+        crc = crc32c.crc32c(body.data) if body.crc is None else body.crc
         return [
             prefix
             + _UPDATE.pack(
@@ -334,9 +336,8 @@ def _encode_updates(prefix: bytes, body: Updates) -> list[bytes | memoryview]:
         raise ProtocolError(f"UPDATES of {len(recs)} records (1..{MAX_BATCH})")
     entries = [_UPDATES.pack(len(recs), recs[-1].clear_end)]
     for u in recs:
-        entries.append(
-            _UPDATES_ENTRY.pack(u.lsn, u.rec_epoch, u.offset, len(u.data), crc32c.crc32c(u.data))
-        )
+        crc = crc32c.crc32c(u.data) if u.crc is None else u.crc
+        entries.append(_UPDATES_ENTRY.pack(u.lsn, u.rec_epoch, u.offset, len(u.data), crc))
     return [prefix + b"".join(entries), b"".join(u.data for u in recs)]
 
 
@@ -367,7 +368,7 @@ def _decode_updates(rest: bytes, data: Any) -> Updates:
         chunk = view[pos : pos + length]
         if crc32c.crc32c(chunk) != crc:
             raise ProtocolError(f"UPDATES record LSN {lsn}: data checksum mismatch")
-        records.append(Update(lsn, rec_epoch, offset, chunk, clear_end))
+        records.append(Update(lsn, rec_epoch, offset, chunk, clear_end, crc))
         pos += length
         prev = lsn
     if pos != len(view):
@@ -445,7 +446,7 @@ def _decode_body(mtype: MsgType, rest: bytes, data: Any) -> Body:
         lsn, rec_epoch, offset, length, crc, clear_end = _fixed(_UPDATE, rest, mtype)
         if lsn == 0:
             raise ProtocolError("UPDATE with LSN 0 (LSNs start at 1)")
-        return Update(lsn, rec_epoch, offset, _need_data(mtype, data, length, crc), clear_end)
+        return Update(lsn, rec_epoch, offset, _need_data(mtype, data, length, crc), clear_end, crc)
     if mtype is MsgType.BLOCK:
         offset, length, crc = _fixed(_BLOCK, rest, mtype)
         return Block(offset, _need_data(mtype, data, length, crc))
