@@ -398,9 +398,11 @@ def test_sync_full_wait_prints_plain_lines_in_a_pipe(resource):
 
 
 def _failover_to_a_laggard(resource) -> LocalResource:
-    """alpha primary; gamma (async) stopped while writes go on; alpha killed; gamma resumed.
+    """alpha primary; gamma (async) stopped while writes go on; alpha frozen (a hung primary:
+    its kernel still accepts connections, so the probe cannot tell it is gone); gamma resumed.
     Promoting gamma now probes (alpha never answers: up to 3 heartbeats of 1 s) and then pulls
-    what it lacks from beta."""
+    what it lacks from beta. A killed alpha would refuse the connection and cost the probe no
+    wait at all (test_events), too short for a progress line to show."""
     r = resource(
         {"alpha": "sync", "beta": "sync", "gamma": "async"}, heartbeat_ms=1000, srl_size=64 * MiB
     )
@@ -412,7 +414,7 @@ def _failover_to_a_laggard(resource) -> LocalResource:
     for i in range(500):  # more than the kernel buffers toward gamma hold
         vol.write((i % 64) * 65536, bytes([i % 251]) * 65536)
     vol.close()
-    r.kill("alpha")
+    r.freeze("alpha")
     r.signal("gamma", signal.SIGCONT)
     return r
 
