@@ -965,3 +965,31 @@ def test_a_batch_that_does_not_fit_logs_what_fits(tmp_path: Path) -> None:
         with pytest.raises(SRLFullError):
             srl.append_records_nowait(recs[n:])
         assert srl.next_lsn == fit + 1
+
+
+def test_a_batch_cut_short_where_its_next_record_would_wrap_leaves_the_tail_where_it_was(
+    tmp_path: Path,
+) -> None:
+    """The record after the last that fits would have to wrap to the front, which is not
+    free: the batch stops before it, and the log goes on from where the last record ended.
+    Sent again once the front is cleared, it wraps as any record does and survives a reopen."""
+    p = tmp_path / "srl"
+    big, small = 100_000, 4096
+    s_big, s_small = fmt.record_size(big), fmt.record_size(small)
+    with make(p, size=SMALL) as srl:
+        lsn = 1
+        while srl._next_pos + s_big + s_small <= srl._cap:  # the tail: room for a small one
+            srl.append(1, lsn, payload(lsn, small))
+            lsn += 1
+        a, b = Record(lsn, 1, 0, payload(lsn, small)), Record(lsn + 1, 1, 1, payload(lsn + 1, big))
+        pending, n = srl.append_records_nowait([a, b])
+        assert n == 1 and pending is not None and pending.lsn == a.lsn
+        pending.wait()
+        srl.advance_start(a.lsn)  # the front is free now
+        pending, n = srl.append_records_nowait([b])
+        assert n == 1 and pending is not None
+        pending.wait()
+        assert srl.end_lsn == b.lsn + 1
+    with SRL.open(p) as srl:
+        got = list(srl.read(a.lsn, b.lsn + 1))
+        assert [(r.lsn, bytes(r.data)) for r in got] == [(a.lsn, a.data), (b.lsn, b.data)]

@@ -266,7 +266,7 @@ class SRL(GroupCommit, LogSurgery):
         is queued."""
         if not recs:
             return None, 0
-        views = []
+        entries = []
         first = recs[0].lsn
         for i, rec in enumerate(recs):
             if rec.lsn != first + i:
@@ -285,7 +285,8 @@ class SRL(GroupCommit, LogSurgery):
                     f"offset {rec.offset}, length {len(mv)})"
                 )
             # outside the lock, as _enqueue; one the wire decoder checked is not redone
-            views.append((mv, crc32c.crc32c(mv) if rec.crc is None else rec.crc))
+            crc = crc32c.crc32c(mv) if rec.crc is None else rec.crc
+            entries.append((rec.epoch, rec.offset, mv, crc))
         me = get_ident()
         with self._lock:
             while self._paused:
@@ -296,7 +297,7 @@ class SRL(GroupCommit, LogSurgery):
                     f"{self.path}: record LSN {recs[0].lsn} does not follow the log: expected "
                     f"LSN {self._next_lsn} (end of log)"
                 )
-            items, nbytes = self._reserve_many(recs, views, me)
+            items, nbytes = self._reserve_many(entries, me)
             self._queue.extend(items)
             self._queued_bytes += nbytes
             self.stats.appends += len(items)
@@ -363,41 +364,21 @@ class SRL(GroupCommit, LogSurgery):
     def _reserve(self, epoch: int, offset: int, mv: memoryview, data_crc: int) -> Item:
         """Assign LSN and position (wrapping if the record does not fit at the tail), or raise
         SRLFullError changing nothing. Free space counts from the durable start."""
-        size = record_size(len(mv))
-        if size > self._cap:
-            raise SRLError(
-                f"{self.path}: a record of {len(mv)} bytes needs {size} bytes, more "
-                f"than the whole SRL ({self._cap} bytes)"
-            )
-        pos, wrap_pos, need = self._next_pos, None, size
-        if pos + size > self._cap:
-            wrap_pos, need, pos = pos, size + self._cap - pos, 0
-        free = self._cap - self._used()
-        if need > free:
-            raise SRLFullError(
-                f"{self.path}: SRL full: LSN {self._next_lsn} needs {need} bytes, {free} of "
-                f"{self._cap} free (start LSN {self._start_lsn}, end LSN {self._next_lsn}); "
-                "a secondary is lagging or the SRL is too small"
-            )
-        item = Item(
-            self._next_lsn, epoch, offset, mv, len(mv), data_crc, pos, size, wrap_pos, get_ident()
-        )
-        self._next_lsn += 1
-        self._next_pos = (pos + size) % self._cap
-        return item
+        return self._reserve_many([(epoch, offset, mv, data_crc)], get_ident())[0][0]
 
     def _reserve_many(
-        self, recs: list[Record], views: list[tuple[memoryview, int]], thread: int
+        self, entries: list[tuple[int, int, memoryview, int]], thread: int
     ) -> tuple[list[Item], int]:
-        """`_reserve` of consecutive records in one pass (a batch of a catch-up: the
-        per-record calls and the free-space sum were a third of a secondary's append), up to
-        the first that does not fit; SRLFullError if not even the first does."""
+        """`_reserve` of consecutive records (epoch, offset, data, data CRC) in one pass (a
+        batch of a catch-up: per-record calls and free-space sums were a third of a
+        secondary's append), up to the first that does not fit, which changes nothing;
+        SRLFullError if not even the first does. Returns the items and their bytes."""
         cap = self._cap
         free = cap - self._used()
         lsn, pos = self._next_lsn, self._next_pos
         items: list[Item] = []
         nbytes = 0
-        for rec, (mv, crc) in zip(recs, views, strict=True):
+        for epoch, offset, mv, crc in entries:
             length = len(mv)
             size = record_size(length)
             if size > cap:
@@ -405,9 +386,9 @@ class SRL(GroupCommit, LogSurgery):
                     f"{self.path}: a record of {length} bytes needs {size} bytes, more "
                     f"than the whole SRL ({cap} bytes)"
                 )
-            wrap_pos, need = None, size
-            if pos + size > cap:
-                wrap_pos, need, pos = pos, size + cap - pos, 0
+            at, wrap_pos, need = pos, None, size
+            if at + size > cap:
+                wrap_pos, need, at = at, size + cap - at, 0
             if need > free:
                 if items:
                     break
@@ -417,12 +398,10 @@ class SRL(GroupCommit, LogSurgery):
                     "a secondary is lagging or the SRL is too small"
                 )
             free -= need
-            items.append(
-                Item(lsn, rec.epoch, rec.offset, mv, length, crc, pos, size, wrap_pos, thread)
-            )
+            items.append(Item(lsn, epoch, offset, mv, length, crc, at, size, wrap_pos, thread))
             nbytes += size
             lsn += 1
-            pos = (pos + size) % cap
+            pos = (at + size) % cap
         self._next_lsn, self._next_pos = lsn, pos
         return items, nbytes
 
