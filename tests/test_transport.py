@@ -55,7 +55,7 @@ def worker(me: str, ports: dict[str, int], control_dir: str, heartbeat_ms: int) 
     next_report = 0.0
     while True:
         t.poll(5)
-        t.take_disconnected()
+        t.watch.take_disconnected()
         for _ in range(20000):
             inc = t.recv_peer()
             if inc is None:

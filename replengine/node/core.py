@@ -243,9 +243,9 @@ class Node:
                 next_beat = now + self.heartbeat_s
             timeout = max(0.0, min(next_beat - now, TICK_S))
             peer_in, ctl_in, _ = self.transport.poll(int(timeout * 1000) + 1)
-            for name in self.transport.take_disconnected():
+            for name in self.transport.watch.take_disconnected():
                 self.on_disconnect(name)
-            for name in self.transport.take_connected():
+            for name in self.transport.watch.take_connected():
                 # a HELLO now, not at the next beat: the peer learns of us (restarted,
                 # back from a stall or a cut link) and resumes streaming at once
                 self.send(name, self.hello())

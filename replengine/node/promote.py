@@ -98,7 +98,7 @@ class NodePromotionContext:
         return first
 
     def refused_since(self) -> dict[str, float]:
-        return dict(self.node.transport.refused)
+        return dict(self.node.transport.watch.refused)
 
     def announce(self) -> None:
         """A HELLO to every peer that asks each to answer at once: the probe then takes a

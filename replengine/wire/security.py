@@ -178,3 +178,28 @@ class RateLog:
             args = (*args, held, now - last)
         self.log.log(level, msg, *args)
         return True
+
+
+#: refusals of outside connections: one line per kind and address per 10 s, with counts
+refusals = RateLog(logging.getLogger("replengined"))
+
+
+def handshake_reason(event: int, value: int) -> str:
+    """A handshake failure as words: the peer speaks no CURVE, has a wrong key, ..."""
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return f"authentication refused, ZAP status {value}"
+    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+            return "it does not speak CURVE (mechanism mismatch): a node without keys?"
+        if value in (
+            zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC,
+            zmq.PROTOCOL_ERROR_ZMTP_INVALID_METADATA,
+        ):
+            return "its CURVE handshake does not decrypt: a wrong public key for this node?"
+        return f"the CURVE handshake failed (protocol error {value:#x})"
+    # the other side gave up first (it saw the mismatch too): libzmq knows only the errno
+    why = os.strerror(value) if 0 < value < 4096 else f"error {value}"
+    return (
+        f"the CURVE handshake failed ({why}): a peer without keys, or with a wrong public "
+        "key for this node?"
+    )

@@ -54,20 +54,13 @@ import zmq
 from zmq.utils import z85
 from zmq.utils.monitor import recv_monitor_message
 
-from replengine.wire.security import CurveKeys, RateLog
+from replengine.wire.peerwatch import HANDSHAKE_FAILED, PeerWatch
+from replengine.wire.security import CurveKeys, handshake_reason, refusals
 
 log = logging.getLogger(__name__)
-#: refusals of outside connections: one line per kind and address per 10 s, with counts
-refusals = RateLog(logging.getLogger("replengined"))
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 ZAP_DOMAIN = b"replengine"
-_HANDSHAKE_FAILED = (
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-)
-
 #: at most this many node names are remembered with their newest connection (names are
 #: chosen by whoever connects; past the cap the table starts over, which only loses the
 #: dropping of an old connection's leftovers for a moment)
@@ -143,7 +136,7 @@ class Transport:
             self.router.zap_domain = ZAP_DOMAIN
             self.router.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)  # no handler: nobody gets in
             self._router_mon = self.router.get_monitor_socket(
-                zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | _HANDSHAKE_FAILED
+                zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILED
             )
             self._router_watch = threading.Thread(
                 target=_watch_handshakes,
@@ -156,16 +149,7 @@ class Transport:
         self.heartbeat_ms = heartbeat_ms
         self.dealers: dict[str, zmq.Socket] = {}
         self._endpoints: dict[str, str] = {}
-        self.monitors: dict[zmq.Socket, str] = {}
-        #: peer -> a monotonic time before which its latest failed connection attempt did
-        #: not happen (refused: nothing listens there), until a connection succeeds
-        self.refused: dict[str, float] = {}
-        #: a monitor's file descriptor (in the poller as a plain fd) -> the monitor
-        self._mon_fds: dict[int, zmq.Socket] = {}
-        #: monitor -> when it was last read: what it says next happened after that
-        self._mon_read: dict[zmq.Socket, float] = {}
-        #: peer -> when `reconnect` last began a connection attempt to it
-        self._attempted: dict[str, float] = {}
+        self.watch = PeerWatch(me, curve is not None)
         self._dealer_names: dict[zmq.Socket, str] = {}
         self.poller = zmq.Poller()
         self._side_due = 0.0
@@ -189,9 +173,6 @@ class Transport:
         self.poller.register(self._wake_r, zmq.POLLIN)
         if self.zap is not None:
             self.poller.register(self.zap, zmq.POLLIN)
-        self.disconnected: list[str] = []
-        #: peers our DEALER (re)connected to since the last take_connected
-        self.connected: list[str] = []
         #: node name -> routing id of its newest connection to our ROUTER
         self._routes: dict[bytes, bytes] = {}
 
@@ -216,17 +197,7 @@ class Transport:
             sock.curve_serverkey = curve.peers[name]
             sock.curve_publickey = curve.public
             sock.curve_secretkey = curve.secret
-        mon = sock.get_monitor_socket(
-            zmq.EVENT_DISCONNECTED
-            | zmq.EVENT_HANDSHAKE_SUCCEEDED
-            | _HANDSHAKE_FAILED
-            | zmq.EVENT_CLOSED
-        )
-        self.monitors[mon] = name
-        fd = mon.getsockopt(zmq.FD)
-        self._mon_fds[fd] = mon
-        self._mon_read[mon] = time.monotonic()
-        self.poller.register(fd, zmq.POLLIN)
+        self.poller.register(self.watch.watch(name, sock), zmq.POLLIN)
         self._endpoints[name] = tcp_endpoint(addr)
         sock.connect(self._endpoints[name])
         self.dealers[name] = sock
@@ -240,14 +211,8 @@ class Transport:
             return
         del self._dealer_names[sock]
         self._endpoints.pop(name, None)
-        for mon, n in list(self.monitors.items()):
-            if n == name:
-                del self.monitors[mon]
-                fd = mon.getsockopt(zmq.FD)
-                self.poller.unregister(fd)
-                del self._mon_fds[fd], self._mon_read[mon]
-                sock.disable_monitor()
-                mon.close(0)
+        for fd in self.watch.unwatch(name, sock):
+            self.poller.unregister(fd)
         sock.close(0)
         self._routes.pop(name.encode(), None)
         if self.curve is not None:
@@ -284,14 +249,11 @@ class Transport:
         events = dict(self.poller.poll(timeout_ms))
         if self.zap is not None and self.zap in events:
             self._answer_zap()
-        for fd, mon in self._mon_fds.items():
-            if fd in events:
-                self._read_monitor(mon)
+        self.watch.read_ready(events)
         now = time.monotonic()
         if now >= self._side_due:
             self._side_due = now + SIDE_EVERY_S
-            for mon in self.monitors:
-                self._read_monitor(mon)
+            self.watch.read_all()
             for sock, name in self._dealer_names.items():
                 self._drain_dealer(sock, name)
         woke = self._wake_r in events
@@ -305,42 +267,6 @@ class Transport:
             # for a change made before it, which the loop's turn after this poll sees
             self._wake_pending = False
         return self.router in events, self.control in events, woke
-
-    def _read_monitor(self, mon: zmq.Socket) -> None:
-        since, self._mon_read[mon] = self._mon_read[mon], time.monotonic()
-        self._drain_monitor(mon, self.monitors[mon], since)
-
-    def _drain_monitor(self, mon: zmq.Socket, name: str, since: float) -> None:
-        while True:
-            try:
-                event = recv_monitor_message(mon, zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if event["event"] == zmq.EVENT_DISCONNECTED:
-                self.disconnected.append(name)
-            elif event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self.connected.append(name)
-                self.refused.pop(name, None)
-            elif event["event"] == zmq.EVENT_CLOSED:
-                # a connection attempt failed (closed before it was ever connected: an
-                # established one that drops reports DISCONNECTED): refused, or the host
-                # unreachable. A peer behind a cut link drops our packets instead, and its
-                # attempts hang rather than fail
-                self.refused[name] = max(since, self._attempted.get(name, 0.0))
-            elif event["event"] & _HANDSHAKE_FAILED and self.curve is None:
-                # no keys: a handshake times out when the peer is stopped (SIGSTOP, a VM
-                # pause) or is not a replengine node; nothing to do with keys
-                log.info("handshake with peer %s did not complete: %s", name, event["value"])
-            elif event["event"] & _HANDSHAKE_FAILED:
-                refusals(
-                    f"dealer:{name}",
-                    logging.WARNING,
-                    "peer %s refused this node's connection in the CURVE handshake (%s): check "
-                    "that both configs list the same public keys and that %s runs with its key",
-                    name,
-                    _reason(event["event"], event["value"]),
-                    self.me,
-                )
 
     def _answer_zap(self) -> None:
         """Answer the ZAP requests of the ROUTER's handshakes: a key of one of the resource's
@@ -392,17 +318,6 @@ class Transport:
         if dropped:
             log.debug("dropped %d replies from %s", dropped, name)
 
-    def take_disconnected(self) -> list[str]:
-        """Peers whose connection dropped since the last call."""
-        out, self.disconnected = self.disconnected, []
-        return out
-
-    def take_connected(self) -> list[str]:
-        """Peers our DEALER completed a (re)connection to since the last call: the
-        moment a HELLO can reach them, rather than at the next heartbeat."""
-        out, self.connected = self.connected, []
-        return out
-
     def reconnect_all(self) -> None:
         """Reconnect every DEALER now. After this process was stopped for longer than the
         ZMTP heartbeat timeout, its peers have dropped its connections; libzmq would notice
@@ -416,10 +331,7 @@ class Transport:
         (100-200 ms): a promotion learns at once that a dead peer refuses it. What is
         queued for that peer is dropped."""
         sock, endpoint = self.dealers[name], self._endpoints[name]
-        for mon, n in self.monitors.items():
-            if n == name:  # what the old connection reported, before the new attempt
-                self._read_monitor(mon)
-        self._attempted[name] = time.monotonic()
+        self.watch.attempting(name)
         try:
             sock.disconnect(endpoint)
         except zmq.ZMQError:
@@ -522,7 +434,7 @@ class Transport:
             self.router.disable_monitor()  # the watcher sees MONITOR_STOPPED and ends
             self._router_watch.join(5)
             watching = self._router_watch.is_alive()
-        for sock in [self.router, self.control, *self.dealers.values(), *self.monitors]:
+        for sock in [self.router, self.control, *self.dealers.values(), *self.watch.monitors]:
             sock.close(0)
         if self.zap is not None:
             self.zap.close(0)
@@ -534,27 +446,6 @@ class Transport:
             os.unlink(self.control_path)
         except FileNotFoundError:
             pass
-
-
-def _reason(event: int, value: int) -> str:
-    """A handshake failure as words: the peer speaks no CURVE, has a wrong key, ..."""
-    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-        return f"authentication refused, ZAP status {value}"
-    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
-        if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
-            return "it does not speak CURVE (mechanism mismatch): a node without keys?"
-        if value in (
-            zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC,
-            zmq.PROTOCOL_ERROR_ZMTP_INVALID_METADATA,
-        ):
-            return "its CURVE handshake does not decrypt: a wrong public key for this node?"
-        return f"the CURVE handshake failed (protocol error {value:#x})"
-    # the other side gave up first (it saw the mismatch too): libzmq knows only the errno
-    why = os.strerror(value) if 0 < value < 4096 else f"error {value}"
-    return (
-        f"the CURVE handshake failed ({why}): a peer without keys, or with a wrong public "
-        "key for this node?"
-    )
 
 
 def _peer_address(fd: int) -> str | None:
@@ -592,7 +483,7 @@ def _watch_handshakes(mon: zmq.Socket, address: str) -> None:
                 if len(addrs) > 4096:
                     addrs.clear()
                 addrs[value] = _peer_address(value)
-            elif kind & _HANDSHAKE_FAILED:
+            elif kind & HANDSHAKE_FAILED:
                 failed = (kind, value)
             elif kind == zmq.EVENT_DISCONNECTED:
                 peer = addrs.pop(value, None)
@@ -604,7 +495,7 @@ def _watch_handshakes(mon: zmq.Socket, address: str) -> None:
                         "refused a connection to %s from %s: %s",
                         address,
                         peer or "an address already gone (libzmq does not report it)",
-                        _reason(*failed),
+                        handshake_reason(*failed),
                     )
                 failed = None
     finally:

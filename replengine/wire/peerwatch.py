@@ -1,0 +1,144 @@
+"""What the node's connections to its peers are doing, from ZeroMQ socket monitors on the
+DEALERs.
+
+The loop needs three things from them: the peers it just (re)connected to (a HELLO goes out
+at once, not at the next beat), those whose connection dropped (judged gone now, not after
+three silent heartbeats), and those that refuse its connection attempts (nothing listens
+there: a promotion need not wait for an answer that cannot come). A monitor is read as soon
+as its file descriptor signals (the transport polls it as a plain descriptor, which costs
+the zmq_poll nothing), and every SIDE_EVERY_S of the transport as a safety net.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from replengine.wire.security import handshake_reason, refusals
+
+log = logging.getLogger(__name__)
+
+HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+
+
+class PeerWatch:
+    """The monitors of one node's DEALERs; owned by the loop thread, as the sockets are."""
+
+    def __init__(self, me: str, curve: bool) -> None:
+        self.me = me
+        self.curve = curve
+        self.monitors: dict[zmq.Socket, str] = {}
+        #: a monitor's file descriptor (polled as a plain fd) -> the monitor
+        self.fds: dict[int, zmq.Socket] = {}
+        #: monitor -> when it was last read: what it says next happened after that
+        self._read_at: dict[zmq.Socket, float] = {}
+        #: peer -> when `attempting` last announced a connection attempt to it
+        self._attempted: dict[str, float] = {}
+        #: peer -> a monotonic time before which its latest failed connection attempt did
+        #: not happen (refused: nothing listens there), until a connection succeeds
+        self.refused: dict[str, float] = {}
+        #: peers whose connection dropped since the last take_disconnected
+        self.disconnected: list[str] = []
+        #: peers our DEALER (re)connected to since the last take_connected
+        self.connected: list[str] = []
+
+    def watch(self, name: str, sock: zmq.Socket) -> int:
+        """Monitor ``sock``, the DEALER to ``name``; returns the descriptor to poll."""
+        mon = sock.get_monitor_socket(
+            zmq.EVENT_DISCONNECTED
+            | zmq.EVENT_HANDSHAKE_SUCCEEDED
+            | HANDSHAKE_FAILED
+            | zmq.EVENT_CLOSED
+        )
+        fd = mon.getsockopt(zmq.FD)
+        self.monitors[mon] = name
+        self.fds[fd] = mon
+        self._read_at[mon] = time.monotonic()
+        return fd
+
+    def unwatch(self, name: str, sock: zmq.Socket) -> list[int]:
+        """Stop monitoring the DEALER to ``name``; returns the descriptors no longer to poll."""
+        gone = []
+        for fd, mon in list(self.fds.items()):
+            if self.monitors[mon] == name:
+                del self.fds[fd], self.monitors[mon], self._read_at[mon]
+                sock.disable_monitor()
+                mon.close(0)
+                gone.append(fd)
+        self.refused.pop(name, None)
+        self._attempted.pop(name, None)
+        return gone
+
+    def read_ready(self, events: dict) -> None:
+        """Read the monitors whose descriptors are among ``events`` (a poll's result)."""
+        for fd, mon in self.fds.items():
+            if fd in events:
+                self._read(mon)
+
+    def read_all(self) -> None:
+        for mon in self.monitors:
+            self._read(mon)
+
+    def attempting(self, name: str) -> None:
+        """A new connection attempt to ``name`` starts now: what its monitor reported
+        before is read first, so a refusal read from now on is this attempt's."""
+        for mon, n in self.monitors.items():
+            if n == name:
+                self._read(mon)
+        self._attempted[name] = time.monotonic()
+
+    def take_disconnected(self) -> list[str]:
+        """Peers whose connection dropped since the last call."""
+        out, self.disconnected = self.disconnected, []
+        return out
+
+    def take_connected(self) -> list[str]:
+        """Peers our DEALER completed a (re)connection to since the last call: the
+        moment a HELLO can reach them, rather than at the next heartbeat."""
+        out, self.connected = self.connected, []
+        return out
+
+    def _read(self, mon: zmq.Socket) -> None:
+        since, self._read_at[mon] = self._read_at[mon], time.monotonic()
+        name = self.monitors[mon]
+        while True:
+            try:
+                event = recv_monitor_message(mon, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            kind = event["event"]
+            if kind == zmq.EVENT_DISCONNECTED:
+                self.disconnected.append(name)
+            elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.connected.append(name)
+                self.refused.pop(name, None)
+            elif kind == zmq.EVENT_CLOSED:
+                # a connection attempt failed (closed before it was ever connected: an
+                # established one that drops reports DISCONNECTED): refused, or the host
+                # unreachable. A peer behind a cut link drops our packets instead, and its
+                # attempts hang rather than fail
+                self.refused[name] = max(since, self._attempted.get(name, 0.0))
+            elif kind & HANDSHAKE_FAILED and not self.curve:
+                # no keys: a handshake times out when the peer is stopped (SIGSTOP, a VM
+                # pause) or is not a replengine node; nothing to do with keys
+                log.info("handshake with peer %s did not complete: %s", name, event["value"])
+            elif kind & HANDSHAKE_FAILED:
+                refusals(
+                    f"dealer:{name}",
+                    logging.WARNING,
+                    "peer %s refused this node's connection in the CURVE handshake (%s): check "
+                    "that both configs list the same public keys and that %s runs with its key",
+                    name,
+                    handshake_reason(kind, event["value"]),
+                    self.me,
+                )
+
+
+__all__ = ["HANDSHAKE_FAILED", "PeerWatch"]
