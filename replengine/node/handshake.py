@@ -51,6 +51,8 @@ def on_hello(node: Node, peer: Peer, epoch: int, h: Hello, flags: int = 0) -> No
         node.step_down(
             f"{peer.name} knows epoch {node.known_epoch}, newer than this primary's {node.epoch}"
         )
+    if restarted or not was_alive:
+        node.transport.hasten(peer.name)
     if restarted or not was_alive or flags & Flag.ANSWER:
         # answer a newcomer, or a promotion probing its peers, now: not at our next beat
         node.send(peer.name, node.hello())

@@ -1,0 +1,114 @@
+"""A peer that comes up is spoken to at once: the first message after our connection to it
+is made gets there, and a peer that speaks to us first is connected to without waiting out
+the reconnect interval.
+
+Two real `Transport`s in this process, over TCP on loopback. Before these were fixed a
+restarted secondary waited for the primary's HELLO until the primary's next heartbeat
+(0.5 s in bench/resync.py, 30 s in a test with a long heartbeat) about one rejoin in three:
+the HELLO sent when the monitor reported the connection was dropped, because libzmq hands a
+new connection to the socket as a command that a send processes only every millisecond or so.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+
+from replengine.wire.transport import Transport
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[Callable[[str], Transport]]:
+    """make("a") / make("b"): the transports of nodes a and b, each knowing the other."""
+    ports = {"a": free_port(), "b": free_port()}
+    made: list[Transport] = []
+
+    def make(me: str) -> Transport:
+        other = "b" if me == "a" else "a"
+        t = Transport(
+            me,
+            f"127.0.0.1:{ports[me]}",
+            {other: f"127.0.0.1:{ports[other]}"},
+            str(tmp_path / f"{me}.sock"),
+            heartbeat_ms=1000,
+        )
+        made.append(t)
+        return t
+
+    yield make
+    for t in made:
+        t.close()
+
+
+def receive(t: Transport, want: bytes, timeout: float = 5.0) -> None:
+    """Poll ``t`` until a peer's message whose first frame is ``want`` arrives."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        t.poll(10)
+        while (inc := t.recv_peer()) is not None:
+            if inc.frames and inc.frames[0].bytes == want:
+                return
+    raise AssertionError(f"{t.me} did not receive {want!r} within {timeout}s")
+
+
+def test_the_first_message_after_the_connection_is_reported_gets_there(pair) -> None:
+    """a sends to b all the time b is down (every send fails, as they must: nothing queues
+    for a peer that is not connected), then b starts. The message a sends the moment its
+    monitor reports the connection is not dropped, and b receives it."""
+    a = pair("a")
+    assert not a.send("b", [b"early"])
+    b = None
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        a.send("b", [b"spin"])  # keeps the socket processing its commands every few µs
+        a.poll(0)
+        if b is None:
+            b = pair("b")
+        if "b" in a.watch.take_connected():
+            break
+    else:
+        raise AssertionError("a's monitor never reported its connection to b")
+    assert a.send("b", [b"hello"]), "the first send after the connection was reported failed"
+    assert b is not None
+    receive(b, b"hello")
+
+
+def test_a_peer_that_speaks_first_is_connected_to_now(pair) -> None:
+    """a's connection to b is between two attempts, the next one a minute away. b starts
+    and sends to a; a, hearing from b, connects at once (`hasten`), so a's answer gets to b
+    within seconds, not after the interval."""
+    a = pair("a")
+    a.dealers["b"].setsockopt(zmq.RECONNECT_IVL, 60_000)
+    a.reconnect("b")  # the new attempt takes the one-minute interval
+    deadline = time.monotonic() + 5
+    while "b" not in a.watch.refused:  # refused: nothing listens yet, next try in 60 s
+        assert time.monotonic() < deadline, "a's attempt to reach b was never refused"
+        a.poll(10)
+    b = pair("b")
+    deadline = time.monotonic() + 5
+    while not b.send("a", [b"hi"]):
+        assert time.monotonic() < deadline, "b never connected to a"
+        b.poll(10)
+    receive(a, b"hi")
+    assert not a.watch.is_linked("b")  # still waiting out the interval
+    a.hasten("b")
+    deadline = time.monotonic() + 5
+    while not a.send("b", [b"answer"]):
+        assert time.monotonic() < deadline, "a did not connect to b after hearing from it"
+        a.poll(10)
+    receive(b, b"answer")
+    assert a.watch.is_linked("b")
+    a.hasten("b")  # connected: nothing to hasten, and nothing dropped
+    assert a.send("b", [b"still"])
+    receive(b, b"still")
