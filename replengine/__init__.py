@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.metadata
-
 
 def _version() -> str:
     """The installed distribution's version (pyproject.toml's, the one version there is);
     from a bare source tree on PYTHONPATH, pyproject.toml itself."""
+    import importlib.metadata
+
     try:
         return importlib.metadata.version("replengine")
     except importlib.metadata.PackageNotFoundError:
@@ -21,4 +21,11 @@ def _version() -> str:
             return "unknown"
 
 
-__version__ = _version()
+def __getattr__(name: str) -> str:
+    # looked up on first use: importlib.metadata costs ~25 ms, paid by every replctl and
+    # daemon start (and every Pacemaker monitor call) that never prints a version
+    if name == "__version__":
+        version = _version()
+        globals()["__version__"] = version
+        return version
+    raise AttributeError(f"module 'replengine' has no attribute {name!r}")

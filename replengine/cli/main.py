@@ -12,12 +12,15 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from replengine import __version__
+import replengine
 from replengine import config as configmod
 from replengine.errors import ReplError
 from replengine.runtime import wait_gone
-from replengine.wire.control import ControlClient
+
+if TYPE_CHECKING:
+    from replengine.wire.control import ControlClient
 
 
 def _cfg_path(args: argparse.Namespace) -> Path:
@@ -28,9 +31,17 @@ def _cfg_path(args: argparse.Namespace) -> Path:
     raise ReplError("give --config FILE or --resource NAME")
 
 
+def _control(socket: Path, timeout_s: float) -> ControlClient:
+    """A client of the daemon's control socket. ZeroMQ is imported here, by the commands
+    that talk to a daemon: `replctl up`, which starts one, is waited for by every rejoin."""
+    from replengine.wire.control import ControlClient
+
+    return ControlClient(socket, timeout_s)
+
+
 def _ctl(args: argparse.Namespace, timeout_s: float = 30.0) -> ControlClient:
     cfg = configmod.load(_cfg_path(args), node=args.node, check_local=False)
-    return ControlClient(cfg.paths().socket, timeout_s)
+    return _control(cfg.paths().socket, timeout_s)
 
 
 def daemon_running(cfg: configmod.ResourceConfig) -> int | None:
@@ -158,7 +169,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     cfg = configmod.load(_cfg_path(args), node=args.node, check_local=False)
 
     def fetch() -> dict:
-        ctl = ControlClient(cfg.paths().socket, 10)
+        ctl = _control(cfg.paths().socket, 10)
         try:
             return ctl.call("status")[0]
         finally:
@@ -209,7 +220,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         print("replctl sync: say --full (a full sync is the only kind asked for)", file=sys.stderr)
         return 2
     cfg = configmod.load(_cfg_path(args), node=args.node, check_local=False)
-    ctl = ControlClient(cfg.paths().socket, 30)
+    ctl = _control(cfg.paths().socket, 30)
     try:
         doc, _ = ctl.call("sync", peer=args.peer, full=True)
     finally:
@@ -294,9 +305,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see '{self.prog} --help')\n")
 
 
+class _Version(argparse.Action):
+    """--version, the version looked up only when asked for (it costs every replctl
+    ~25 ms otherwise)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(f"replctl {replengine.__version__}")
+        parser.exit(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="replctl", description="replengine control")
-    ap.add_argument("--version", action="version", version=f"replctl {__version__}")
+    ap.add_argument("--version", action=_Version, nargs=0, help="show the version and exit")
     common = _Parser(add_help=False)
     common.add_argument("--config", help="resource config (default /etc/replengine/R.toml)")
     common.add_argument("--resource", help="resource name, to find its default config")

@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
-from replengine import __version__
+import replengine
 from replengine.errors import ConfigError
 
 AGENT_NAME = "replengine"
-AGENT_VERSION = __version__  # the package's, from pyproject.toml
 OCF_VERSION = "1.1"
 
 TRUE_WORDS = ("1", "true", "yes", "on", "y")
@@ -184,7 +183,7 @@ def metadata_xml() -> str:
     return (
         '<?xml version="1.0"?>\n'
         '<!DOCTYPE resource-agent SYSTEM "ra-api-1.dtd">\n'
-        f'<resource-agent name="{AGENT_NAME}" version="{AGENT_VERSION}">\n'
+        f'<resource-agent name="{AGENT_NAME}" version="{replengine.__version__}">\n'
         f"<version>{OCF_VERSION}</version>\n"
         f'<longdesc lang="en">\n{escape(LONGDESC)}\n</longdesc>\n'
         f'<shortdesc lang="en">{escape(SHORTDESC)}</shortdesc>\n'
