@@ -116,6 +116,18 @@ def wait_consistent(r: LocalResource, node: str, timeout: float) -> float:
     raise SystemExit(f"{node} not consistent after {timeout}s: {r.describe()}")
 
 
+def rewrite_past_log(r: LocalResource, chunks: list[int], data: bytes, srl_cap: int) -> int:
+    """Rewrite these 1 MiB chunks on alpha until more than its SRL holds was written (a peer
+    away meanwhile goes to dcm); returns the bytes written."""
+    with r.connect("alpha") as v:
+        written = 0
+        while written <= srl_cap + 16 * MIB:
+            for c in chunks:
+                v.write(c * MIB, data)
+            written += len(chunks) * MIB
+    return written
+
+
 def p99(xs: list[float]) -> float:
     s = sorted(xs)
     return s[min(len(s) - 1, int(0.99 * len(s)))]
@@ -228,12 +240,7 @@ def main() -> int:
         r.down("beta")
         srl_cap = r.status("alpha")["srl"]["capacity"]
         data = random.Random(4).randbytes(MIB)
-        with r.connect("alpha") as v:
-            written = 0
-            while written <= srl_cap + 16 * MIB:
-                for c in bad:
-                    v.write(c * MIB, data)
-                written += len(bad) * MIB
+        written = rewrite_past_log(r, bad, data, srl_cap)
         state = r.status("alpha")["peers"]["beta"]["state"]
         before = r.status("alpha")["peers"]["beta"]["blocks_sent_bytes"]
         drop_caches()
@@ -253,12 +260,7 @@ def main() -> int:
         # same to alpha) while the chunks are rewritten past the log, then let go -- the
         # rejoin without the two Python starts `replctl up` costs
         r.freeze("beta")
-        with r.connect("alpha") as v:
-            written = 0
-            while written <= srl_cap + 16 * MIB:
-                for c in bad:
-                    v.write(c * MIB, data)
-                written += len(bad) * MIB
+        rewrite_past_log(r, bad, data, srl_cap)
         paused_state = r.status("alpha")["peers"]["beta"]["state"]
         # let go once the writer has been idle past the pacer's window, as a restart is
         # (copies while the application writes are paced: the p99 figure below measures that)

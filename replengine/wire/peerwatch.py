@@ -92,17 +92,18 @@ class PeerWatch:
     def attempting(self, name: str) -> None:
         """A new connection attempt to ``name`` starts now: what its monitor reported
         before is read first, so a refusal read from now on is this attempt's."""
-        for mon, n in self.monitors.items():
-            if n == name:
-                self._read(mon)
+        self._read_peer(name)
         self._attempted[name] = time.monotonic()
 
     def is_linked(self, name: str) -> bool:
         """Whether our DEALER to ``name`` is connected, its monitor read first."""
+        self._read_peer(name)
+        return name in self.linked
+
+    def _read_peer(self, name: str) -> None:
         for mon, n in self.monitors.items():
             if n == name:
                 self._read(mon)
-        return name in self.linked
 
     def take_disconnected(self) -> list[str]:
         """Peers whose connection dropped since the last call."""
