@@ -17,12 +17,14 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from replengine.errors import ApplyError, SRLError, VolumeError
 from replengine.log.record import Record
+from replengine.node.volume_sync import VolumeSync
 from replengine.storage.chunksums import digest, zero_digest
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,9 @@ GATHER_S = 0.002
 #: catching up logs faster than its volume takes random writes: without a bound its memory
 #: grew with the lag (190 MiB of RSS for a 690 MiB lag, measured; 160 with 64 MiB held)
 HOLD_BYTES = 32 << 20
+#: bytes applied to the volume between two starts of its writeback: the next clear's flush
+#: then has at most about this much to write (storage/writeback.py)
+WRITEBACK_BYTES = 4 << 20
 
 
 @dataclass
@@ -69,10 +74,15 @@ class Applier(threading.Thread):
         #: records waiting without their data (past HOLD_BYTES): LSN -> (offset, length)
         self.lazy: dict[int, tuple[int, int]] = {}
         self.held_bytes = 0
+        #: bytes applied since the volume's writeback was last started
+        self.unwritten = 0
         self.lock = threading.Lock()
         self.error: BaseException | None = None
         self.pending_clear = 0
         self._last_clear = 0.0
+        #: one clear at a time: the volume-sync thread's, or a barrier's here
+        self._clearing = threading.Lock()
+        self.sync = VolumeSync(self._clear_pending, self.volume.start_writeback, self._fail)
         #: verify points waiting for their LSN, in LSN order
         self._verifies: list[VerifyPoint] = []
         #: wake the loop for every record applied: set while something in the loop waits
@@ -110,6 +120,13 @@ class Applier(threading.Thread):
         if clear_end > self.pending_clear:
             self.pending_clear = clear_end
             self._q.put(("clear",))
+
+    @contextmanager
+    def clears_held(self) -> Iterator[None]:
+        """No clear moves the log's start meanwhile (one running is waited for): the
+        caller cuts or resets the log, which a clear computed before it must not follow."""
+        with self._clearing:
+            yield
 
     def forget_from(self, lsn: int) -> None:
         """The log was cut back to ``lsn`` (a divergent tail dropped, or a reset): nothing at
@@ -165,7 +182,12 @@ class Applier(threading.Thread):
                 continue
         return sorted(recs, key=lambda r: r.lsn)
 
+    def _fail(self, exc: BaseException) -> None:
+        self.error = exc
+        self._on_progress()
+
     def run(self) -> None:
+        self.sync.start()
         try:
             while True:
                 wanted = self.pending_clear > self.srl.start_lsn
@@ -178,6 +200,7 @@ class Applier(threading.Thread):
                     # woken for a few records: let more gather before applying (see GATHER_S)
                     time.sleep(GATHER_S)
                 if kind == "stop":
+                    self.sync.stop()
                     self._clear(self.pending_clear)
                     self.volume.flush()
                     return
@@ -187,10 +210,12 @@ class Applier(threading.Thread):
                             self._apply(x)
                         elif x >= self.applied_end:
                             self._apply(self.srl.get(x))
+                    self._writeback()
                 elif kind == "replay":
                     for rec in self.srl.read(item[1], item[2]):
                         if rec.lsn >= self.applied_end:
                             self._apply(rec)
+                    self._writeback()
                     # records older than applied_end were applied before the restart
                 elif kind == "barrier":
                     self.volume.flush()
@@ -208,11 +233,11 @@ class Applier(threading.Thread):
                     self._run_verifies()
                 # a clear waits for the records it covers to be applied, and for its turn
                 if self.pending_clear > self.srl.start_lsn and self._clear_due():
-                    self._clear(self.pending_clear)
+                    self._last_clear = time.monotonic()
+                    self.sync.want_clear()
         except BaseException as exc:  # surfaced by the loop as a failed node
             log.exception("applier stopped: %s", exc)
-            self.error = exc
-            self._on_progress()
+            self._fail(exc)
 
     def _apply(self, rec: Record) -> None:
         if rec.lsn < self.applied_end:
@@ -222,6 +247,7 @@ class Applier(threading.Thread):
                 f"apply out of order: LSN {rec.lsn} while expecting {self.applied_end}"
             )
         self.volume.apply(rec)
+        self.unwritten += rec.length
         with self.lock:
             self.applied_end = rec.lsn + 1
             held = self.overlay.pop(rec.lsn, None)
@@ -232,6 +258,11 @@ class Applier(threading.Thread):
             self._run_verifies()
         if self.notify_applied:
             self._on_progress()
+
+    def _writeback(self) -> None:
+        if self.unwritten >= WRITEBACK_BYTES:
+            self.unwritten = 0
+            self.sync.want_writeback()
 
     def _run_verifies(self) -> None:
         """Answer the verify points whose LSN the volume stands at now; one it has passed
@@ -266,13 +297,19 @@ class Applier(threading.Thread):
             return True
         return time.monotonic() - self._last_clear >= CLEAR_EVERY_S
 
+    def _clear_pending(self) -> None:
+        self._clear(self.pending_clear)
+
     def _clear(self, clear_end: int) -> None:
-        new_start = min(clear_end, self.applied_end, self.srl.end_lsn)
-        if new_start <= self.srl.start_lsn:
-            return
-        self._last_clear = time.monotonic()
-        self.volume.flush()
-        self.srl.advance_start(new_start)
+        """Flush the volume, then clear the log up to what was applied before the flush
+        (and no further than ``clear_end``)."""
+        with self._clearing:
+            new_start = min(clear_end, self.applied_end, self.srl.end_lsn)
+            if new_start <= self.srl.start_lsn:
+                return
+            self._last_clear = time.monotonic()
+            self.volume.flush()
+            self.srl.advance_start(new_start)
         self._on_progress()
 
 

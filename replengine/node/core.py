@@ -527,22 +527,24 @@ class Node:
     def drop_log_from(self, lsn: int) -> None:
         """Cut this node's log back to ``lsn`` (a divergent tail), or make it empty there
         when ``lsn`` is below its start. The applier must be done with what goes."""
-        if lsn >= self.srl.start_lsn:
-            self.srl.truncate(lsn)
-        else:
-            self.srl.reset(lsn)
-        self.applier.forget_from(lsn)
+        with self.applier.clears_held():
+            if lsn >= self.srl.start_lsn:
+                self.srl.truncate(lsn)
+            else:
+                self.srl.reset(lsn)
+            self.applier.forget_from(lsn)
         self.watcher.durable_end = lsn
         self.secondary.assigned_end = lsn
 
     def restart_log_at(self, lsn: int, source: str) -> None:
         """A block copy brought the volume to the primary's state as of ``lsn`` (dcm resync):
         the log restarts empty there, on the primary's line of history."""
-        self.srl.reset(lsn)
+        with self.applier.clears_held():
+            self.srl.reset(lsn)
+            self.applier.restart_at(lsn)
         peer = self.peers.get(source)
         if peer is not None and peer.hello is not None:
             self.srl.set_history(peer.hello.history)
-        self.applier.restart_at(lsn)
         self.watcher.durable_end = lsn
         self.secondary.assigned_end = lsn
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from replengine.errors import VolumeError
 from replengine.log.record import Record
+from replengine.storage.writeback import start_writeback
 
 __all__ = [
     "DEFAULT_CHUNK",
@@ -306,6 +307,12 @@ class Volume:
             os.posix_fadvise(self._live_fd(), offset, n, os.POSIX_FADV_DONTNEED)
         except OSError:
             pass
+
+    def start_writeback(self) -> None:
+        """Start writing what was written so far to disk, without waiting (see
+        storage/writeback.py: it keeps the next flush short). Advice only: flush() is what
+        makes writes durable, and reports an I/O error."""
+        start_writeback(self._live_fd())
 
     def flush(self) -> None:
         """fdatasync: make every write so far durable (before clearing SRL records, inv. 3)."""
