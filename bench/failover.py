@@ -12,7 +12,7 @@ up-to-date survivor, is promoted; c catches up from b by log-diff sync.
 Measured: the `replctl promote` call (wall clock, with the CLI's start, about 0.1-0.2 s of
 Python imports) and the daemon's own promotion time (its status: probe, plan, epoch; the probe
 ends once every peer has answered or refused a connection, so the killed primary costs no
-wait), the time from the end of the promotion until c's end equals b's end,
+wait), the time from the end of the promotion until c's end equals b's end (polled every 10 ms),
 shipped_bytes (b -> c) and pulled_bytes (b's promotion) from status, against the lag bytes.
 Prior art: a full copy of the volume to another file on the same disk (read all, write all,
 fdatasync), measured on a DENSE file of the same size (a sparse file would read as holes);
@@ -57,6 +57,11 @@ REC = 4096
 QUEUE_DEPTH = 32
 #: promote times this close are the same: a loop turn or two on a busy 2-core machine
 SAME_S = 0.05
+
+
+#: how often the catch-up's end is looked for: a tenth of a second-long figure's resolution
+#: should not be the poll's (bench/catchup.py polls as often)
+POLL_S = 0.01
 
 
 def log(msg: str) -> None:
@@ -141,6 +146,7 @@ def failover_case(base: Path, size: int, lag: int, seed: int) -> dict:
             )(r.status("b"), r.status("c")),
             300,
             "c to catch up",
+            every=POLL_S,
         )
         catchup_s = time.monotonic() - t1
         st_b = r.status("b")

@@ -264,8 +264,11 @@ class LocalResource:
         except FileNotFoundError:
             return ""
 
-    def wait_for(self, pred: Callable[[], Any], timeout: float, what: str) -> Any:
-        """Poll `pred` until truthy; on timeout raise with `what` and the nodes' states."""
+    def wait_for(
+        self, pred: Callable[[], Any], timeout: float, what: str, every: float = 0.05
+    ) -> Any:
+        """Poll `pred` every `every` seconds until truthy; on timeout raise with `what` and
+        the nodes' states."""
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -276,7 +279,7 @@ class LocalResource:
                 return val
             if time.monotonic() > deadline:
                 raise ReplError(f"timed out after {timeout}s waiting for {what}; {self.describe()}")
-            time.sleep(0.05)
+            time.sleep(every)
 
     def describe(self) -> str:
         out = []
