@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from replengine.errors import ProtocolError
+from replengine.log.record import Record
 from replengine.wire import protocol
 from replengine.wire.protocol import (
     MAGIC,
@@ -69,10 +70,11 @@ SAMPLES: dict[type, object] = {
     Sums: Sums(tag="dcm-0123456789", digests=bytes(range(48))),
     Updates: Updates(
         [
-            Update(lsn=41, rec_epoch=2, offset=4096, data=b"\x01" * 4096, clear_end=30),
-            Update(lsn=42, rec_epoch=2, offset=0, data=b"", clear_end=30),
-            Update(lsn=43, rec_epoch=3, offset=1 << 30, data=b"\x07" * 100, clear_end=30),
-        ]
+            Record(lsn=41, epoch=2, offset=4096, data=b"\x01" * 4096),
+            Record(lsn=42, epoch=2, offset=0, data=b""),
+            Record(lsn=43, epoch=3, offset=1 << 30, data=b"\x07" * 100),
+        ],
+        clear_end=30,
     ),
     VerifyReq: VerifyReq(tag="verify-1", lsn=77, offset=8 << 20, count=8, chunk=1 << 20),
     VerifySums: VerifySums(tag="verify-1", lsn=77, digests="ab" * 32, error=""),
@@ -343,7 +345,7 @@ def test_fuzz_mutated_valid_messages(cls, pos, val, cut, data):
 def test_updates_decode_refuses_what_is_not_a_run_of_records() -> None:
     """A batch must hold consecutive LSNs whose data frame holds exactly their bytes, each
     with its checksum: anything else is refused whole, naming the record."""
-    recs = [Update(lsn=7 + i, rec_epoch=1, offset=0, data=bytes([i]) * 512) for i in range(3)]
+    recs = [Record(lsn=7 + i, epoch=1, offset=0, data=bytes([i]) * 512) for i in range(3)]
     head, data = encode(U, 1, "alpha", Updates(recs))
     msg = decode([head, data], U)
     assert [bytes(u.data) for u in msg.body.records] == [r.data for r in recs]

@@ -7,6 +7,7 @@ import uuid
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
+from replengine.log.record import Record
 from replengine.node.secondary import Secondary
 from replengine.wire.protocol import Flag, Header, MsgType, Update, Updates, decode
 
@@ -197,7 +198,7 @@ def test_a_pulled_record_from_a_peer_we_do_not_follow_is_taken() -> None:
 
 
 def batch(first: int, n: int, epoch: int = 1, clear_end: int = 0, offset: int = 0) -> Updates:
-    return Updates([Update(first + i, epoch, offset, b"x" * 512, clear_end) for i in range(n)])
+    return Updates([Record(first + i, epoch, offset, b"x" * 512) for i in range(n)], clear_end)
 
 
 def test_a_batch_is_logged_in_order_queued_and_its_clear_taken() -> None:
@@ -226,7 +227,7 @@ def test_a_batch_after_a_gap_asks_for_a_resend_and_logs_nothing() -> None:
 def test_a_batch_stops_at_its_first_record_outside_the_volume() -> None:
     node = FakeNode()
     recs = batch(5, 4).records
-    recs[2] = Update(7, 1, (1 << 20) - 10, b"x" * 512)
+    recs[2] = Record(7, 1, (1 << 20) - 10, b"x" * 512)
     sec = Secondary(node)
     sec.on_updates(hdr(), Updates(recs))
     assert [r.lsn for r in node.srl.appended] == [5, 6] and sec.assigned_end == 7

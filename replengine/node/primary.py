@@ -345,9 +345,7 @@ class Primary:
             r = batch[0]
             body: Update | Updates = Update(r.lsn, r.epoch, r.offset, r.data, self.clear_end, r.crc)
         else:
-            body = Updates(
-                [Update(r.lsn, r.epoch, r.offset, r.data, self.clear_end, r.crc) for r in batch]
-            )
+            body = Updates(batch, self.clear_end)
         if not node.transport.send(p.name, encode(node.cfg.uuid, node.epoch, node.me, body)):
             return False  # the socket's queue is full: the same records next turn
         for r in batch:

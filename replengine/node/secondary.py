@@ -36,7 +36,7 @@ class Secondary:
 
     def on_update(self, header: Header, u: Update) -> bool:
         """Log one record from the primary (or pulled from a peer); True once it is queued."""
-        if not self._accepts(header, u):
+        if not self._accepts(header, u.lsn, u.clear_end):
             return False
         return self._log(header, u)
 
@@ -47,13 +47,14 @@ class Secondary:
         arrived) are passed over; all of them logged already: acknowledged once, as one
         duplicate UPDATE would be."""
         recs = batch.records
-        if not self._accepts(header, recs[0]):
+        if not self._accepts(header, recs[0].lsn, batch.clear_end):
             return
-        new = [u for u in recs if u.lsn >= self.assigned_end]
+        end = self.assigned_end
+        new = recs if recs[0].lsn >= end else [r for r in recs if r.lsn >= end]
         if new:
-            self._log_many(header, new)
-        else:
-            self._log(header, recs[-1])  # all logged already: acknowledged again
+            self._log_many(header, new, batch.clear_end)
+        else:  # all logged already: acknowledged again
+            self._log(header, Update.of(recs[-1], batch.clear_end))
         node = self.node
         # written and synced by the SRL's committer while the loop takes the next message;
         # what an earlier batch made durable meanwhile is acknowledged now, so the
@@ -62,9 +63,9 @@ class Secondary:
         if node.watcher.take_durable():
             self.ack()
 
-    def _accepts(self, header: Header, u: Update) -> bool:
-        """Whether records from this sender may be logged now (``u``, the first, names them
-        in refusals); a clear it carries is taken first."""
+    def _accepts(self, header: Header, lsn: int, clear_end: int) -> bool:
+        """Whether records from this sender may be logged now (``lsn``, the first's, names
+        them in refusals); the clear they carry is taken first."""
         node = self.node
         pulled = bool(header.flags & Flag.PULLED)
         if header.epoch < node.known_epoch:
@@ -73,7 +74,7 @@ class Secondary:
                 logging.WARNING,
                 "refused UPDATE LSN %d from %s: its epoch %d is older than the known "
                 "epoch %d (fenced)",
-                u.lsn,
+                lsn,
                 header.sender,
                 header.epoch,
                 node.known_epoch,
@@ -91,14 +92,14 @@ class Secondary:
                 f"unfollowed:{header.sender}",
                 logging.INFO,
                 "refused UPDATE LSN %d from %s: this node follows %r, not it",
-                u.lsn,
+                lsn,
                 header.sender,
                 node.following or "nobody",
             )
             return False
-        if u.clear_end and not pulled:
+        if clear_end and not pulled:
             # before anything that may drop this UPDATE: a full SRL needs exactly this clear
-            node.applier.clear(u.clear_end)
+            node.applier.clear(clear_end)
         return True
 
     def _log(self, header: Header, u: Update) -> bool:
@@ -155,35 +156,35 @@ class Secondary:
             node.applier.clear(u.clear_end)
         return True
 
-    def _log_many(self, header: Header, us: list[Update]) -> None:
+    def _log_many(self, header: Header, recs: list[Record], clear_end: int) -> None:
         """_log of consecutive records, appended to the SRL together (one lock, one
         reservation pass): the same checks per record, stopping at the first refused."""
         node = self.node
-        if us[0].lsn != self.assigned_end:
+        if recs[0].lsn != self.assigned_end:
             self._nack(header.sender)  # a gap (the batch is consecutive from its first)
             return
         size = node.volume.size
         hist = node.srl.history
         epoch = node.srl.epoch
         fast_from = hist[-1][1] if hist else None
-        ready: list[Record] = []
-        for u in us:
-            if u.offset + len(u.data) > size:
-                if self._append(header, ready, u.clear_end):
-                    self._log(header, u)  # refused, and said why
+        start = 0  # recs[start:i] are checked, not yet appended
+        for i, r in enumerate(recs):
+            if r.offset + len(r.data) > size:
+                if self._append(header, recs[start:i], clear_end):
+                    self._log(header, Update.of(r, clear_end))  # refused, and said why
                 return
-            if not (u.rec_epoch == epoch and fast_from is not None and fast_from <= u.lsn):
+            if not (r.epoch == epoch and fast_from is not None and fast_from <= r.lsn):
                 # not the current epoch's next record: its history is checked (and maybe
                 # joined) with everything before it logged, as one UPDATE at a time would
-                if not self._append(header, ready, u.clear_end) or not self._log(header, u):
+                if not self._append(header, recs[start:i], clear_end) or not self._log(
+                    header, Update.of(r, clear_end)
+                ):
                     return
-                ready = []
+                start = i + 1
                 hist = node.srl.history
                 epoch = node.srl.epoch
                 fast_from = hist[-1][1] if hist else None
-                continue
-            ready.append(Record(u.lsn, u.rec_epoch, u.offset, u.data, u.crc))
-        self._append(header, ready, us[-1].clear_end)
+        self._append(header, recs[start:] if start else recs, clear_end)
 
     def _append(self, header: Header, recs: list[Record], clear_end: int) -> bool:
         """Queue records already checked; False if the SRL took only some (it is full)."""

@@ -32,6 +32,7 @@ from replengine import config as configmod
 from replengine.config.loader import _NODE_KEYS, _RESOURCE_KEYS
 from replengine.errors import ConfigError, ProtocolError, SRLError
 from replengine.log import srl_format as fmt
+from replengine.log.record import Record
 from replengine.log.srl import SRL
 from replengine.wire import protocol as proto
 
@@ -88,7 +89,7 @@ BODIES = st.one_of(
     # a run of consecutive records (UPDATES): first LSN, then each record's epoch/offset/data
     st.builds(
         lambda first, recs, clear: proto.Updates(
-            [proto.Update(first + i, e, o, d, clear) for i, (e, o, d) in enumerate(recs)]
+            [Record(first + i, e, o, d) for i, (e, o, d) in enumerate(recs)], clear
         ),
         st.integers(1, 1 << 62),
         st.lists(st.tuples(U64, U64, st.binary(max_size=48)), min_size=1, max_size=6),
