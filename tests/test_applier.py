@@ -124,11 +124,11 @@ def _put(srl: SRL, ap: Applier, n: int) -> None:
         ap.put(Record(srl.append(1, off, data), 1, off, data))
 
 
-def test_a_clear_waiting_on_the_disk_does_not_hold_up_applying(
+def _clear_in_flight(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The flush a clear needs runs beside the applier: records go on to the volume while
-    it waits, and the log's start moves only once the flush is done."""
+) -> tuple[SRL, _SlowFlushVolume, Applier, _Progress]:
+    """A running applier that applied LSNs 1..10 and is clearing them: its flush waits for
+    ``volume.let_go``."""
     monkeypatch.setattr(applier_mod, "CLEAR_EVERY_S", 0.0)
     srl, volume = _setup(tmp_path)
     progress = _Progress()
@@ -139,6 +139,15 @@ def test_a_clear_waiting_on_the_disk_does_not_hold_up_applying(
     volume.hold = True
     ap.clear(11)
     assert volume.flushing.wait(30)
+    return srl, volume, ap, progress
+
+
+def test_a_clear_waiting_on_the_disk_does_not_hold_up_applying(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flush a clear needs runs beside the applier: records go on to the volume while
+    it waits, and the log's start moves only once the flush is done."""
+    srl, volume, ap, progress = _clear_in_flight(tmp_path, monkeypatch)
     _put(srl, ap, 10)
     assert progress.wait_for(lambda: ap.applied_end == 21), ap.applied_end
     assert srl.start_lsn == 1  # not cleared before its flush returned
@@ -156,16 +165,7 @@ def test_a_log_cut_waits_for_a_clear_in_flight(
 ) -> None:
     """A clear computed before the log is cut back must not move its start after the cut:
     the cut (clears_held) waits for it, and sees the start it set."""
-    monkeypatch.setattr(applier_mod, "CLEAR_EVERY_S", 0.0)
-    srl, volume = _setup(tmp_path)
-    progress = _Progress()
-    ap = Applier(srl, volume, srl.start_lsn, progress)
-    ap.start()
-    _put(srl, ap, 10)
-    assert ap.barrier().wait(30)
-    volume.hold = True
-    ap.clear(11)
-    assert volume.flushing.wait(30)
+    srl, volume, ap, progress = _clear_in_flight(tmp_path, monkeypatch)
     entered = threading.Event()
     seen: list[int] = []
 

@@ -247,7 +247,7 @@ class Applier(threading.Thread):
                 f"apply out of order: LSN {rec.lsn} while expecting {self.applied_end}"
             )
         self.volume.apply(rec)
-        self.unwritten += rec.length
+        self.unwritten += len(rec.data)
         with self.lock:
             self.applied_end = rec.lsn + 1
             held = self.overlay.pop(rec.lsn, None)
