@@ -50,7 +50,7 @@ class FakeVolume:
     def write(self, off, data):
         self.data[off : off + len(data)] = data
 
-    def read(self, off, n):
+    def read(self, off, n, once=False):
         return bytes(self.data[off : off + n])
 
     def is_hole(self, off, n):

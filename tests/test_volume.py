@@ -190,6 +190,63 @@ def test_flush_error_becomes_volume_error(tmp_path: Path, monkeypatch: pytest.Mo
         v.flush()
 
 
+def cached_pages(path: Path) -> int:
+    """Pages of ``path`` in the page cache (fincore(1), util-linux: mincore(2))."""
+    out = subprocess.run(
+        ["fincore", "--raw", "--noheadings", "--output", "PAGES", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(out.stdout)
+
+
+def uncached_file(path: Path, size: int) -> Path:
+    """Random data, on disk and out of the page cache (or the test is skipped)."""
+    path.write_bytes(os.urandom(size))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    if cached_pages(path):
+        pytest.skip(f"the page cache of {path} cannot be dropped on this file system")
+    return path
+
+
+SCAN = 64 * MiB
+
+
+def test_a_scans_reads_leave_the_page_cache(tmp_path: Path) -> None:
+    """A copy's or a checksum's pass over the volume must not leave it cached in large
+    folios: 4 KiB writes into them cost the kernel several times more (Volume.drop_cached)."""
+    p = uncached_file(tmp_path / "v", SCAN)  # long enough for readahead to reach 2 MiB folios
+    with Volume(p) as v:
+        for off in range(0, SCAN, MiB):
+            v.read(off, MiB)
+        assert cached_pages(p) == SCAN // (4 * KiB)  # an ordinary read stays cached
+        v.drop_cached(0, SCAN)
+        assert cached_pages(p) == 0
+        for off in range(0, SCAN, MiB):
+            v.read(off, MiB, once=True)
+        assert cached_pages(p) == 0  # readahead past each read went at the next one
+        v.checksum()
+        assert cached_pages(p) == 0
+
+
+def test_flush_drops_large_records_and_keeps_small_ones(tmp_path: Path) -> None:
+    p = uncached_file(tmp_path / "v", 8 * MiB)
+    with Volume(p) as v:
+        v.apply(Record(1, 1, 0, os.urandom(volmod.LARGE_WRITE)))
+        v.apply(Record(2, 1, 2 * MiB, os.urandom(MiB)))
+        v.apply(Record(3, 1, 5 * MiB, os.urandom(4 * KiB)))
+        assert cached_pages(p) == volmod.LARGE_WRITE // (4 * KiB) + 256 + 1
+        v.flush()
+        assert cached_pages(p) == 1  # the 4 KiB record's page: small writes find it
+        assert v.read(2 * MiB, 4) == p.read_bytes()[2 * MiB : 2 * MiB + 4]
+
+
 def test_closed_volume_refuses_io(tmp_path: Path) -> None:
     v = Volume(make_file(tmp_path / "v", 8 * KiB))
     v.close()

@@ -286,7 +286,7 @@ class Applier(threading.Thread):
     def _digest(self, offset: int, length: int) -> bytes:
         if self.volume.is_hole(offset, length):
             return zero_digest(length)
-        return digest(self.volume.read(offset, length))
+        return digest(self.volume.read(offset, length, once=True))
 
     def cancel_verifies(self, why: str) -> None:
         """Answer every waiting verify point with ``why`` (the role changed)."""

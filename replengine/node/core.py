@@ -107,7 +107,7 @@ class Node:
         self.primary: Primary | None = None
         self.rewinder: Rewinder | None = None
         self.copier = BlockCopier(
-            read=lambda off, n: consistent_read(self, off, n),
+            read=lambda off, n: consistent_read(self, off, n, once=True),
             end=lambda: self.watcher.durable_end,
             send=self.send,
             volume_size=self.volume.size,

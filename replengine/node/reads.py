@@ -8,13 +8,13 @@ if TYPE_CHECKING:
     from replengine.node.context import LogAndVolume
 
 
-def consistent_read(node: LogAndVolume, offset: int, length: int) -> bytes:
+def consistent_read(node: LogAndVolume, offset: int, length: int, *, once: bool = False) -> bytes:
     """Volume content as of every completed write: the volume plus records not yet applied.
 
     The overlay is snapshotted before the volume is read: a record missing from the snapshot
-    was already applied, so the read sees it either way."""
+    was already applied, so the read sees it either way. ``once``: see Volume.read."""
     snap = node.applier.snapshot_overlay()
-    data = node.volume.read(offset, length)
+    data = node.volume.read(offset, length, once=once)
     end = offset + length
     over = [r for r in snap if r.offset < end and offset < r.offset + len(r.data)]
     if not over:

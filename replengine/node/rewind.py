@@ -409,7 +409,7 @@ class _DigestJob:
                 if node.volume.is_hole(off, n):
                     out += zero_digest(n)
                 else:
-                    out += digest(node.volume.read(off, n))
+                    out += digest(node.volume.read(off, n, once=True))
             self.digests = bytes(out)
         except Exception as exc:  # the request then goes without digests: a plain copy
             log.error("rewind: digests of our chunks failed (%s): asking for every block", exc)

@@ -95,7 +95,7 @@ class ChunkSummer:
                 if node.volume.is_hole(off, n):  # a blank sparse volume: nothing to read
                     out += zero_digest(n)
                 else:
-                    out += digest(node.volume.read(off, n))
+                    out += digest(node.volume.read(off, n, once=True))
             job.digests = bytes(out)
         except Exception as exc:  # reported in the log; the primary then copies everything
             job.error = str(exc)

@@ -17,6 +17,7 @@ import functools
 import hashlib
 import os
 import stat
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,11 @@ __all__ = [
 ]
 
 DEFAULT_CHUNK = 1 << 20
+#: the page cache's largest folio here (x86-64: a PMD, 2 MiB), naturally aligned
+LARGEST_FOLIO = 2 << 20
+#: an applied record at least this large leaves the page cache once flushed: its write
+#: made large folios (see Volume.drop_cached)
+LARGE_WRITE = 32 << 10
 _DIGEST_SIZE = 16  # 128-bit blake2b per chunk: ample against accidental collisions, small lists
 _ZEROS_CAP = 1 << 20  # hash zero chunks in pieces of at most this many bytes
 
@@ -182,6 +188,8 @@ class Volume:
                 f"truncate -s SIZE {self.path})"
             )
         self._fd = fd
+        #: ranges of large records applied since the last flush started (drop_cached)
+        self._large: deque[tuple[int, int]] = deque()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -228,6 +236,8 @@ class Volume:
                 f"volume {self.path} of size {self.size}; are all nodes' volumes the same size?"
             )
         self._pwrite(rec.offset, rec.data, what=f"record LSN {rec.lsn}")
+        if len(rec.data) >= LARGE_WRITE:
+            self._large.append((rec.offset, len(rec.data)))
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` at ``offset`` (bounds-checked; nothing is written if out of range)."""
@@ -269,8 +279,11 @@ class Volume:
             return e.errno == errno.ENXIO
         return data >= offset + length
 
-    def read(self, offset: int, length: int) -> bytes:
-        """``length`` bytes at ``offset``; VolumeError if the range leaves the volume."""
+    def read(self, offset: int, length: int, *, once: bool = False) -> bytes:
+        """``length`` bytes at ``offset``; VolumeError if the range leaves the volume.
+
+        ``once``: a read no one repeats soon (a copy's scan, a checksum pass): its pages
+        leave the page cache afterwards (drop_cached)."""
         if offset < 0 or length < 0 or offset + length > self.size:
             raise VolumeError(
                 f"read at offset {offset}, length {length} is outside volume {self.path} "
@@ -293,7 +306,27 @@ class Volume:
             raise VolumeError(
                 f"read failed on volume {self.path} at byte {offset + pos}: {e.strerror or e}"
             ) from None
+        if once:
+            # from the start of the largest folio this read can lie in: a folio is dropped
+            # only once the range covers it whole, so one that ends past this read goes at
+            # the next read of a scan (readahead brings it in before the scan gets there)
+            start = offset - offset % LARGEST_FOLIO
+            self.drop_cached(start, offset + length - start)
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def drop_cached(self, offset: int, length: int) -> None:
+        """Let the kernel drop the clean cached pages of a range (advice; dirty pages stay).
+
+        A read or a write of a MiB fills the page cache with large folios, and later 4 KiB
+        writes into them cost the kernel several times more: 17-30 us of system time per
+        pwrite against 5 on a cold range (Linux 6.18, ext4; a full sync's scan of the
+        primary's volume made its applier spend 1.2 s of system time on 20 000 writes,
+        0.24 s once dropped). The daemon's copy of the volume in the page cache is a cache
+        under the device's own, so there is little to lose."""
+        try:
+            os.posix_fadvise(self._live_fd(), offset, length, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            pass
 
     def write_copied(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """``write`` for a block copy's stream (full sync, dcm resync, rewind): its
@@ -302,11 +335,7 @@ class Volume:
         not fill the page cache with a volume no one reads here. The advice is only that:
         an error is left for flush() to report."""
         self.write(offset, data)
-        try:
-            n = memoryview(data).nbytes
-            os.posix_fadvise(self._live_fd(), offset, n, os.POSIX_FADV_DONTNEED)
-        except OSError:
-            pass
+        self.drop_cached(offset, memoryview(data).nbytes)
 
     def start_writeback(self) -> None:
         """Start writing what was written so far to disk, without waiting (see
@@ -315,14 +344,21 @@ class Volume:
         start_writeback(self._live_fd())
 
     def flush(self) -> None:
-        """fdatasync: make every write so far durable (before clearing SRL records, inv. 3)."""
+        """fdatasync: make every write so far durable (before clearing SRL records, inv. 3).
+
+        Then the large records applied before it leave the page cache (drop_cached): one
+        applied meanwhile stays listed for the next flush (the deque is shared with the
+        applying thread, which only appends)."""
         fd = self._live_fd()
+        large = [self._large.popleft() for _ in range(len(self._large))]
         try:
             os.fdatasync(fd)
         except OSError as e:
             raise VolumeError(
                 f"flush (fdatasync) of volume {self.path} failed: {e.strerror or e}"
             ) from None
+        for offset, length in large:
+            self.drop_cached(offset, length)
 
     # ------------------------------------------------------------------ checksums
 
@@ -351,7 +387,7 @@ class Volume:
 
         def read_chunk(i: int) -> str:
             start = i * chunk
-            return chunk_digest(self.read(start, min(chunk, size - start)))
+            return chunk_digest(self.read(start, min(chunk, size - start), once=True))
 
         def report() -> None:
             if progress is not None:
