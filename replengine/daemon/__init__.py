@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: node.ops.request_down())
     signal.signal(signal.SIGINT, lambda *_: node.ops.request_down())
     # continued after SIGSTOP: the loop's next turn knows this gap was a stop, not a slow turn
-    signal.signal(signal.SIGCONT, lambda *_: setattr(node, "continued", True))
+    signal.signal(signal.SIGCONT, lambda *_: setattr(node.liveness, "continued", True))
     log.info(
         "node %s of %s listening on %s (SRL %s: start %d end %d epoch %d)",
         node.me,

@@ -29,6 +29,7 @@ from replengine.node.dcm import DcmTracker
 from replengine.node.dcm_receiver import DcmReceiver
 from replengine.node.device_io import DEVICE_CLIENT, DeviceIO
 from replengine.node.events import EventHub
+from replengine.node.liveness import Liveness
 from replengine.node.metrics import Metrics
 from replengine.node.ops import Operations
 from replengine.node.pacing import Pacer
@@ -37,7 +38,7 @@ from replengine.node.primary import Primary
 from replengine.node.reads import consistent_read
 from replengine.node.rewind import Rewinder, load_marker, marker_path, write_marker
 from replengine.node.secondary import Secondary
-from replengine.node.states import PeerState, Role
+from replengine.node.states import Role
 from replengine.node.sums import ChunkSummer, offered_skip
 from replengine.node.verifier import Verifier, VerifyAnswers
 from replengine.storage.volume import Volume
@@ -138,9 +139,7 @@ class Node:
         self.exit_code = 0
         self.last_divergent: dict[str, Any] = {}
         self._warned: dict[str, float] = {}
-        self.stall_grace_until = 0.0
-        #: set by the daemon's SIGCONT handler: the next stall seen was a stop (SIGSTOP)
-        self.continued = False
+        self.liveness = Liveness(self)
         #: the primary whose digests request (a resync starting) this node last answered
         self.resync_announced_by = ""
 
@@ -232,10 +231,7 @@ class Node:
         last_turn = time.monotonic()
         while True:
             now = time.monotonic()
-            if now - last_turn > 2 * self.heartbeat_s:
-                self.after_stall(now - last_turn)
-            elif self.continued:
-                self.continued = False  # a stop too short to matter
+            self.liveness.turn(now - last_turn)
             last_turn = now
             if now >= next_beat:
                 self.beacon()
@@ -244,7 +240,7 @@ class Node:
             timeout = max(0.0, min(next_beat - now, TICK_S))
             peer_in, ctl_in, _ = self.transport.poll(int(timeout * 1000) + 1)
             for name in self.transport.watch.take_disconnected():
-                self.on_disconnect(name)
+                self.liveness.on_disconnect(name)
             for name in self.transport.watch.take_connected():
                 # a HELLO now, not at the next beat: the peer learns of us (restarted,
                 # back from a stall or a cut link) and resumes streaming at once
@@ -275,64 +271,10 @@ class Node:
         self.shutdown()
         return self.exit_code
 
-    def after_stall(self, gap: float) -> None:
-        """This process did not run for `gap` seconds (SIGSTOP, a VM pause, swap): its view of
-        who is alive is stale. Judging peers by it would degrade every sync secondary at once
-        and let a primary that others have replaced complete writes alone. Give every peer a
-        fresh liveness window; a deposed primary hears the newer epoch within it."""
-        log.warning("this node did not run for %.1fs: re-checking peers before judging them", gap)
-        now = time.monotonic()
-        # connections the peers dropped while we were frozen report as lost right now: they
-        # say nothing about the peers either
-        self.stall_grace_until = now + 3 * self.heartbeat_s
-        for p in self.peers.values():
-            if p.hello is not None:
-                p.last_seen = now
-        if self.continued and gap > 3 * self.heartbeat_s:
-            # stopped past the ZMTP heartbeat timeout: the peers have dropped our connections
-            # (a turn that was merely slow had its I/O thread running: they are fine)
-            log.info("stopped for %.1fs (SIGSTOP): reconnecting to every peer now", gap)
-            self.transport.reconnect_all()
-        self.continued = False
-
-    def on_disconnect(self, name: str) -> None:
-        """The connection to a peer dropped (its process died, or the link): treat it as
-        gone now rather than after three silent heartbeats; a HELLO brings it back."""
-        peer = self.peers[name]
-        if peer.hello is None or not peer.alive(self.heartbeat_s):
-            return
-        if time.monotonic() < self.stall_grace_until:
-            log.info(
-                "connection to %s dropped while this node was stalled; waiting for its beacon", name
-            )
-            return
-        log.warning("connection to %s lost", name)
-        peer.last_seen = 0.0
-        self.on_tick_peer(peer, time.monotonic())
-        if self.primary:
-            self.primary.check_sync_peers()
-
-    def on_tick_peer(self, p: Peer, now: float) -> None:
-        if p.streaming and not p.alive(self.heartbeat_s, now):
-            log.warning(
-                "peer %s silent for %.1fs: considered gone",
-                p.name,
-                now - p.last_seen if p.last_seen else 0.0,
-            )
-            p.streaming = False
-            p.state = PeerState.DISCONNECTED
-        if (
-            self.role == Role.SECONDARY
-            and p.name == self.following
-            and not p.alive(self.heartbeat_s, now)
-        ):
-            log.warning("primary %s gone; waiting for a primary", p.name)
-            self.following = ""
-
     def on_tick(self) -> None:
         now = time.monotonic()
         for p in self.peers.values():
-            self.on_tick_peer(p, now)
+            self.liveness.check(p, now)
         if self.primary:
             self.primary.check_sync_peers()
             self.primary.send_idle_clears()
