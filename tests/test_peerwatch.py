@@ -108,7 +108,12 @@ def test_a_peer_that_speaks_first_is_connected_to_now(pair) -> None:
         assert time.monotonic() < deadline, "a did not connect to b after hearing from it"
         a.poll(10)
     receive(b, b"answer")
-    assert a.watch.is_linked("b")
+    # the send can go through before a's loop has read its monitor's report of the
+    # connection (it reads it when it polls): wait for that report, as the loop would
+    deadline = time.monotonic() + 5
+    while not a.watch.is_linked("b"):
+        assert time.monotonic() < deadline, "a's monitor never reported its link to b"
+        a.poll(10)
     a.hasten("b")  # connected: nothing to hasten, and nothing dropped
     assert a.send("b", [b"still"])
     receive(b, b"still")
