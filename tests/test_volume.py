@@ -247,6 +247,20 @@ def test_flush_drops_large_records_and_keeps_small_ones(tmp_path: Path) -> None:
         assert v.read(2 * MiB, 4) == p.read_bytes()[2 * MiB : 2 * MiB + 4]
 
 
+def test_large_records_awaiting_a_flush_are_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node whose clears wait long (a lone primary) does not grow a list per record."""
+    monkeypatch.setattr(volmod, "LARGE_KEPT", 4)
+    p = make_file(tmp_path / "v", 8 * MiB)
+    with Volume(p) as v:
+        for i in range(6):
+            v.apply(Record(i + 1, 1, i * MiB, bytes(volmod.LARGE_WRITE)))
+        assert len(v._large) == 4
+        v.flush()
+        assert not v._large
+
+
 def test_closed_volume_refuses_io(tmp_path: Path) -> None:
     v = Volume(make_file(tmp_path / "v", 8 * KiB))
     v.close()

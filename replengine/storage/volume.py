@@ -41,6 +41,7 @@ LARGEST_FOLIO = 2 << 20
 #: an applied record at least this large leaves the page cache once flushed: its write
 #: made large folios (see Volume.drop_cached)
 LARGE_WRITE = 32 << 10
+LARGE_KEPT = 4096
 _DIGEST_SIZE = 16  # 128-bit blake2b per chunk: ample against accidental collisions, small lists
 _ZEROS_CAP = 1 << 20  # hash zero chunks in pieces of at most this many bytes
 
@@ -188,8 +189,9 @@ class Volume:
                 f"truncate -s SIZE {self.path})"
             )
         self._fd = fd
-        #: ranges of large records applied since the last flush started (drop_cached)
-        self._large: deque[tuple[int, int]] = deque()
+        #: ranges of large records applied since the last flush started (drop_cached);
+        #: bounded, for a node whose clears wait long (the oldest then just stay cached)
+        self._large: deque[tuple[int, int]] = deque(maxlen=LARGE_KEPT)
 
     # ------------------------------------------------------------------ lifecycle
 
