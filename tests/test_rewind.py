@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from replengine.log.record import Record
 from replengine.node.rewind import Phase, Rewinder, load_marker, subtract
-from replengine.storage.chunksums import DIGEST_SIZE
+from replengine.storage.chunksums import DIGEST_SIZE, digest
 from replengine.wire.protocol import Block, BlockDone, BlockReq, Sums
 
 VOL = 1 << 20
@@ -53,8 +53,8 @@ class FakeVolume:
     def read(self, off, n, once=False):
         return bytes(self.data[off : off + n])
 
-    def is_hole(self, off, n):
-        return False
+    def digest_of(self, off, n):
+        return digest(self.read(off, n))
 
     def flush(self):
         self.flushed += 1

@@ -25,7 +25,6 @@ from typing import Any
 from replengine.errors import ApplyError, SRLError, VolumeError
 from replengine.log.record import Record
 from replengine.node.volume_sync import VolumeSync
-from replengine.storage.chunksums import digest, zero_digest
 
 log = logging.getLogger(__name__)
 
@@ -277,16 +276,11 @@ class Applier(threading.Thread):
                 )
                 continue
             try:
-                digests = [self._digest(off, n) for off, n in point.chunks]
+                digests = [self.volume.digest_of(off, n) for off, n in point.chunks]
             except (OSError, VolumeError) as exc:
                 point.done(None, f"reading its volume failed: {exc}")
                 continue
             point.done(digests, "")
-
-    def _digest(self, offset: int, length: int) -> bytes:
-        if self.volume.is_hole(offset, length):
-            return zero_digest(length)
-        return digest(self.volume.read(offset, length, once=True))
 
     def cancel_verifies(self, why: str) -> None:
         """Answer every waiting verify point with ``why`` (the role changed)."""

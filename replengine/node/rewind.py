@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from replengine.node.copier import CHUNK
-from replengine.storage.chunksums import DIGEST_SIZE, chunks, digest, zero_digest
+from replengine.storage.chunksums import DIGEST_SIZE, chunks
 from replengine.wire.protocol import MAX_DATA, Block, BlockAck, BlockDone, BlockReq, Sums
 
 if TYPE_CHECKING:
@@ -406,10 +406,7 @@ class _DigestJob:
         try:
             out = bytearray()
             for off, n in chunks(self.ranges, CHUNK):
-                if node.volume.is_hole(off, n):
-                    out += zero_digest(n)
-                else:
-                    out += digest(node.volume.read(off, n, once=True))
+                out += node.volume.digest_of(off, n)
             self.digests = bytes(out)
         except Exception as exc:  # the request then goes without digests: a plain copy
             log.error("rewind: digests of our chunks failed (%s): asking for every block", exc)

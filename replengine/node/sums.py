@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from replengine.node.copier import CHUNK
-from replengine.storage.chunksums import DIGEST_SIZE, chunks, digest, zero_digest
+from replengine.storage.chunksums import DIGEST_SIZE, chunks
 from replengine.wire.protocol import SumReq, Sums
 
 if TYPE_CHECKING:
@@ -92,10 +92,7 @@ class ChunkSummer:
             for off, n in chunks(job.req.ranges, job.req.chunk):
                 if job.cancelled.is_set():
                     return
-                if node.volume.is_hole(off, n):  # a blank sparse volume: nothing to read
-                    out += zero_digest(n)
-                else:
-                    out += digest(node.volume.read(off, n, once=True))
+                out += node.volume.digest_of(off, n)
             job.digests = bytes(out)
         except Exception as exc:  # reported in the log; the primary then copies everything
             job.error = str(exc)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from replengine.errors import VolumeError
 from replengine.log.record import Record
+from replengine.storage.chunksums import digest, zero_digest
 from replengine.storage.writeback import start_writeback
 
 __all__ = [
@@ -280,6 +281,13 @@ class Volume:
             # ENXIO: no data at or after offset (the rest of the file is a hole)
             return e.errno == errno.ENXIO
         return data >= offset + length
+
+    def digest_of(self, offset: int, length: int) -> bytes:
+        """The chunk digest (storage.chunksums) of a range, as a block copy compares them:
+        a hole's without reading it (a blank sparse volume costs nothing), else read once."""
+        if self.is_hole(offset, length):
+            return zero_digest(length)
+        return digest(self.read(offset, length, once=True))
 
     def read(self, offset: int, length: int, *, once: bool = False) -> bytes:
         """``length`` bytes at ``offset``; VolumeError if the range leaves the volume.
