@@ -14,6 +14,9 @@ Configurations (real replengined processes on 127.0.0.1, file volumes, one share
   (c) 2 sync + 1 async secondaries
 Raw baseline: a plain file on the same file system, same pattern and bytes, os.pwrite +
 os.fdatasync per write (16 threads for qd16).
+Floor: a bare pyzmq round trip between two processes, measured in the same run, printed
+with the least a QD1 write with a sync secondary can take here (two round trips and the
+secondary's fdatasync).
 """
 
 from __future__ import annotations
@@ -142,6 +145,52 @@ def run_raw(path: Path, wl: Workload, offsets: list[int]) -> Result:
         os.close(fd)
         path.unlink(missing_ok=True)
     return summarise(lat, wl.size * len(offsets), elapsed)
+
+
+# ---- the transport's own round trip ------------------------------------------------------
+
+ECHO = """
+import sys, zmq
+ctx = zmq.Context(); s = ctx.socket(zmq.ROUTER); port = s.bind_to_random_port("tcp://127.0.0.1")
+print(port, flush=True)
+while True:
+    msg = s.recv_multipart()
+    if msg[1] == b"end":
+        break
+    s.send_multipart(msg)
+"""
+
+
+def zmq_round_trip(count: int) -> float:
+    """p50 ms of a bare pyzmq DEALER -> ROUTER -> DEALER round trip of 4 KiB between two
+    processes over TCP on 127.0.0.1: what every hop of a replicated write costs before any
+    of our code runs (each crosses both processes' ZeroMQ I/O threads)."""
+    import subprocess
+
+    import zmq
+
+    echo = subprocess.Popen(
+        [sys.executable, "-c", ECHO], stdout=subprocess.PIPE, text=True, env=os.environ
+    )
+    try:
+        assert echo.stdout is not None
+        port = int(echo.stdout.readline())
+        ctx = zmq.Context()
+        s = ctx.socket(zmq.DEALER)
+        s.connect(f"tcp://127.0.0.1:{port}")
+        buf, lat = os.urandom(4 * KIB), []
+        for _ in range(count):
+            t0 = time.perf_counter()
+            s.send(buf)
+            s.recv()
+            lat.append(time.perf_counter() - t0)
+        s.send(b"end")
+        s.close(linger=1000)
+        ctx.term()
+        echo.wait(timeout=10)
+    finally:
+        echo.kill()
+    return pct(lat, 0.5)
 
 
 # ---- through the client API -----------------------------------------------------------
@@ -354,6 +403,17 @@ def main(argv: list[str] | None = None) -> int:
         print("\ngoals:")
         for what, ok, detail in goals:
             print(f"  {'PASS' if ok else 'MISS'}  {what:<36} {detail}")
+        rtt = zmq_round_trip(3000 // div)
+        raw_p50 = raw["rand-4K-qd1"].p50_ms
+        floor = 2 * rtt + raw_p50
+        print(
+            f"\n(the floor of a QD1 write with 1 sync secondary here: two ZeroMQ round trips, "
+            f"client to primary and primary to secondary, {rtt:.3f} ms each bare, plus the "
+            f"secondary's fdatasync after the first hop, the raw p50 {raw_p50:.3f} ms (the "
+            f"primary's own overlaps it): {floor:.3f} ms, against the p50 goal's "
+            f"{2 * raw_p50:.3f} ms; what is left for both daemons' own work: "
+            f"{1e3 * (2 * raw_p50 - floor):.0f} us)"
+        )
         print(f"\n(wall time {time.monotonic() - t_start:.1f} s)")
         if args.json:
             dump_json(args.json, raw, results, goals)
