@@ -201,3 +201,40 @@ def test_a_full_sync_cut_by_kill_9_of_the_source_resumes(
     again = sent(r, "beta")  # since alpha restarted
     print(f"64 MiB full sync, source killed half way: {again} bytes sent after its restart")
     assert again <= 0.6 * r.volume_size, again
+
+
+def test_a_full_sync_whose_source_dies_resumes_from_the_new_primary(
+    resource: Callable[..., LocalResource],
+) -> None:
+    """gamma, a new node, is half way through its full sync from alpha when alpha dies
+    (kill -9). gamma holds half a volume: it must not be promotable; beta, consistent, is
+    promoted and takes writes. gamma must end identical to beta, and beta sends it only what
+    it still lacks (its digests say which half it holds), not the volume again."""
+    r = resource(THREE_NODES, volume_size=64 * MiB, extra={"resync_rate": 16})
+    fill(r.volume_path("alpha"), random.Random(11).randbytes(r.volume_size))
+    r.up("alpha", "beta")
+    r.promote("alpha")
+    r.wait_for(lambda: r.status("beta")["consistent"], 60, "beta's first full sync")
+    r.up("gamma")
+
+    def half() -> bool:
+        rs = r.status("alpha")["peers"]["gamma"]["resync"]
+        return rs is not None and rs["bytes_done"] >= r.volume_size // 2
+
+    r.wait_for(half, 60, "gamma's full sync half way")
+    r.kill("alpha")
+    assert not r.status("gamma")["consistent"]
+    refused = r.replctl("gamma", "promote", check=False, timeout=120)
+    assert refused.returncode != 0, refused.stdout
+    assert r.status("gamma")["role"] == "secondary"
+    r.promote("beta")
+    with r.connect("beta") as v:
+        v.write(0, b"n" * 4096)  # a write of the new epoch, into the half gamma has
+        v.write(r.volume_size - 4096, b"m" * 4096)  # and into the half it lacks
+    r.wait_synced(["beta", "gamma"], timeout=120)
+    assert r.status("gamma")["consistent"]
+    sums = r.checksums(["beta", "gamma"])
+    assert sums["beta"] == sums["gamma"], sums
+    again = r.status("beta")["peers"]["gamma"]["blocks_sent_bytes"]
+    print(f"64 MiB full sync, source killed half way, new primary sent {again} bytes")
+    assert again <= 0.6 * r.volume_size, again

@@ -401,14 +401,24 @@ class Node:
 
     def on_sum_req(self, peer: Peer, sender: str, req: SumReq) -> None:
         """The primary is about to copy blocks to us: our chunk digests first. Not while a
-        rewind owns the volume (it asks for its own blocks); the primary then copies all."""
+        rewind's blocks still arrive (it asked for them itself); the primary then copies
+        all. A rewind whose blocks are all in hands the volume over to this resync: it
+        covers what the rewind still waited for (the log restarts where it ends), and
+        chunks equal to the primary's, the rewind's own among them, cost a digest."""
         if self.role != Role.SECONDARY or sender != self.following:
             return  # not (yet) following it: the primary asks again
         if self.rewinder is not None:
             if not self.rewinder.requested(sender):
                 return  # our own request (with our digests) is on its way and replaces it
-            self.send(peer.name, Sums(req.tag, b""))  # declined: copy it all, now
-            return
+            if self.rewinder.copying:
+                self.send(peer.name, Sums(req.tag, b""))  # declined: copy it all, now
+                return
+            log.info(
+                "rewind from %s has every block; the resync %s asks digests for takes over",
+                sender,
+                req.tag,
+            )
+            self.rewinder = None
         bad = [(o, n) for o, n in req.ranges if n <= 0 or o + n > self.volume.size]
         if bad:
             log.error("%s asked for digests of ranges outside the volume: %s", sender, bad[:3])
