@@ -10,7 +10,9 @@ A round, on the resource as the previous round left it (converged, a primary):
    reachable node; the primary frozen (SIGSTOP) and replaced, later continued (a zombie) or
    killed; two failovers in a row (the first new primary possibly killed before it wrote
    anything); a restart of a killed node, possibly killed again while it rejoins or rewinds;
-   a SIGCONT of a frozen node; a write burst;
+   a SIGCONT of a frozen node; a write burst; a killed secondary's disks replaced (blank
+   volume, new SRL) and the node started again, so that it is synced in full while the
+   next faults strike (possibly killed again during its full sync);
 3. heal: continue every frozen node, restart every killed one, make sure there is one
    primary (promote one if needed), let the writer go on a moment beside the rejoining
    nodes, stop it;
@@ -74,6 +76,7 @@ KINDS = {
     "double_failover": 1,
     "restart": 3,
     "kill_while_rejoining": 2,
+    "replace_disks": 1,
     "thaw": 2,
     "burst": 1,
 }
@@ -555,6 +558,20 @@ class Harness:
             return
         self.kill_when_rejoining(n)
 
+    def replace_disks(self, n: str) -> None:
+        """n's failed disks replaced (a blank volume, a new SRL, `replctl init --force`) and
+        n started: with no history in common it gets a full sync from the primary, which
+        the next faults may cut (n killed during it here at random, the primary killed
+        next). Its acknowledgements from before count as evidence only while it is
+        reachable at every later promotion: inconsistent until the sync ends, it is not."""
+        assert self.r is not None
+        self.r.replace_disks(n)
+        self.note(f"disks of {n} replaced: blank volume, new SRL")
+        if not self.restart(n):
+            return
+        if self.rng.random() < 0.3:
+            self.kill_when_rejoining(n)
+
     def kill_when_rejoining(self, n: str) -> None:
         """SIGKILL n (just restarted or continued) when it is seen rewinding, or following
         (by chance), or after a random delay of up to 0.6 s."""
@@ -607,6 +624,8 @@ class Harness:
             ks.append("double_failover")
         if self.dead:
             ks += ["restart", "kill_while_rejoining"]
+            if self.dead - {self.disk_node}:
+                ks.append("replace_disks")
         if self.frozen:
             ks.append("thaw")
         ks.append("burst")
@@ -689,6 +708,10 @@ class Harness:
             pool = sorted(self.dead & self.ex_primaries) or sorted(self.dead)
             n = rng.choice(pool)
             self.kill_while_rejoining(n)
+            return f"{kind}({n})"
+        if kind == "replace_disks":
+            n = rng.choice(sorted(self.dead - {self.disk_node}))
+            self.replace_disks(n)
             return f"{kind}({n})"
         if kind == "thaw":
             pool = sorted(self.frozen)
