@@ -21,7 +21,8 @@ Three figures, each printed beside its reference, measured in this one run:
   1 %       beta then differs from alpha in 1 % of its 1 MiB chunks: ``replctl sync --full
             beta --wait``; vs the same copy (goal: >= 20x faster than the copy); printed
             beside it, the floor of any checksummed sync on this disk: both volume files
-            read at once (cache dropped), and the best ratio to the copy that floor allows
+            read at once by 8 threads each (cache dropped; the disk's best read rate), and
+            the best ratio to the copy that floor allows
   known     beta away while the application rewrites the same 1 % of chunks, past what the
             SRL holds (srl_full = "dcm"): the primary's dirty-region bitmap names them, so
             nothing is read to find them; time from ``replctl up beta`` (starting its daemon
@@ -113,18 +114,31 @@ def timed_dd(src: Path, dst: Path) -> float:
     return dt
 
 
+#: readers per file for the floor below: this disk reads a file about twice as fast with two
+#: or more 1 MiB readers as with one (measured: one 4.6 s, two 2.2 s, eight 2.1 s for 2 x 2 GiB)
+FLOOR_READERS = 8
+
+
 def timed_read_both(a: Path, b: Path) -> float:
-    """Both files read end to end at once, 1 MiB at a time, cache dropped first: the least
-    a checksummed sync must do on one disk (each side reads its whole volume to hash it)."""
+    """Both files read end to end at once, cache dropped first, each by FLOOR_READERS
+    threads over its parts: the least a checksummed sync must do on one disk (each side
+    reads its whole volume to hash it), at the disk's best read rate."""
     drop_caches()
 
-    def read(path: Path) -> None:
-        with open(path, "rb", buffering=0) as f:
-            while f.read(MIB):
-                pass
+    def read(path: Path, start: int, end: int) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            while start < end and (n := len(os.pread(fd, min(MIB, end - start), start))):
+                start += n
+        finally:
+            os.close(fd)
 
+    size = a.stat().st_size
+    parts = [
+        (size * i // FLOOR_READERS, size * (i + 1) // FLOOR_READERS) for i in range(FLOOR_READERS)
+    ]
     t0 = time.monotonic()
-    threads = [threading.Thread(target=read, args=(p,)) for p in (a, b)]
+    threads = [threading.Thread(target=read, args=(p, s, e)) for p in (a, b) for s, e in parts]
     for t in threads:
         t.start()
     for t in threads:
