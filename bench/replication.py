@@ -26,6 +26,7 @@ import json
 import os
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -165,8 +166,6 @@ def zmq_round_trip(count: int) -> float:
     """p50 ms of a bare pyzmq DEALER -> ROUTER -> DEALER round trip of 4 KiB between two
     processes over TCP on 127.0.0.1: what every hop of a replicated write costs before any
     of our code runs (each crosses both processes' ZeroMQ I/O threads)."""
-    import subprocess
-
     import zmq
 
     echo = subprocess.Popen(

@@ -115,11 +115,11 @@ def timed_dd(src: Path, dst: Path) -> float:
 
 #: readers per file below: this disk read two fresh files about twice as fast with two or more
 #: 1 MiB readers each as with one (one 4.6 s, two 2.2 s, eight 2.1 s for 2 x 2 GiB)
-FLOOR_READERS = 8
+READERS_PER_FILE = 8
 
 
 def timed_read_both(a: Path, b: Path) -> float:
-    """Both files read end to end at once, cache dropped first, each by FLOOR_READERS
+    """Both files read end to end at once, cache dropped first, each by READERS_PER_FILE
     threads over its parts: what a checksummed sync must read on one disk (each side reads
     its whole volume to hash it). A reference, not a bound: this virtual disk's read rate
     varies with the files' history and the host's cache (our sync has read both faster)."""
@@ -135,7 +135,8 @@ def timed_read_both(a: Path, b: Path) -> float:
 
     size = a.stat().st_size
     parts = [
-        (size * i // FLOOR_READERS, size * (i + 1) // FLOOR_READERS) for i in range(FLOOR_READERS)
+        (size * i // READERS_PER_FILE, size * (i + 1) // READERS_PER_FILE)
+        for i in range(READERS_PER_FILE)
     ]
     t0 = time.monotonic()
     threads = [threading.Thread(target=read, args=(p, s, e)) for p in (a, b) for s, e in parts]

@@ -147,6 +147,12 @@ def test_a_reinitialised_srl_over_a_volume_one_percent_off_ships_one_percent(
     assert sent(r, "beta") - before == MiB, sent(r, "beta") - before  # 1 % of the volume
 
 
+def half_synced(r: LocalResource, node: str) -> bool:
+    """Whether the primary alpha's full sync of ``node`` is at least half done."""
+    rs = r.status("alpha")["peers"][node]["resync"]
+    return rs is not None and rs["bytes_done"] >= r.volume_size // 2
+
+
 def half_way_through_a_full_sync(
     resource: Callable[..., LocalResource], seed: int
 ) -> LocalResource:
@@ -156,12 +162,7 @@ def half_way_through_a_full_sync(
     fill(r.volume_path("alpha"), random.Random(seed).randbytes(r.volume_size))
     r.up()
     r.promote("alpha")
-
-    def half() -> bool:
-        rs = r.status("alpha")["peers"]["beta"]["resync"]
-        return rs is not None and rs["bytes_done"] >= r.volume_size // 2
-
-    r.wait_for(half, 60, "beta's full sync half way")
+    r.wait_for(lambda: half_synced(r, "beta"), 60, "beta's full sync half way")
     return r
 
 
@@ -216,12 +217,7 @@ def test_a_full_sync_whose_source_dies_resumes_from_the_new_primary(
     r.promote("alpha")
     r.wait_for(lambda: r.status("beta")["consistent"], 60, "beta's first full sync")
     r.up("gamma")
-
-    def half() -> bool:
-        rs = r.status("alpha")["peers"]["gamma"]["resync"]
-        return rs is not None and rs["bytes_done"] >= r.volume_size // 2
-
-    r.wait_for(half, 60, "gamma's full sync half way")
+    r.wait_for(lambda: half_synced(r, "gamma"), 60, "gamma's full sync half way")
     r.kill("alpha")
     assert not r.status("gamma")["consistent"]
     refused = r.replctl("gamma", "promote", check=False, timeout=120)

@@ -36,7 +36,7 @@ from replengine.node.pacing import Pacer
 from replengine.node.peers import Peer
 from replengine.node.primary import Primary
 from replengine.node.reads import consistent_read
-from replengine.node.rewind import Rewinder, load_marker, marker_path, write_marker
+from replengine.node.rewind import Rewinder, load_marker, marker_path
 from replengine.node.secondary import Secondary
 from replengine.node.states import Role
 from replengine.node.sums import ChunkSummer, offered_skip
@@ -383,7 +383,7 @@ class Node:
         elif isinstance(body, BlockAck):
             self.copier.on_ack(peer.name, body.received)
         elif isinstance(body, SumReq):
-            self.on_sum_req(peer, header.sender, body)
+            self.summer.on_request(peer.name, header.sender, body)
         elif isinstance(body, Sums):
             if not (self.primary and self.dcm.on_sums(peer, body)):
                 # offered with a rewinder's request for blocks, which follows it
@@ -398,39 +398,6 @@ class Node:
                 self.rewinder.on_message(peer.name, body)
             elif self.role == Role.SECONDARY and header.sender == self.following:
                 self.on_dcm_message(peer, body)
-
-    def on_sum_req(self, peer: Peer, sender: str, req: SumReq) -> None:
-        """The primary is about to copy blocks to us: our chunk digests first. Not while a
-        rewind's blocks still arrive (it asked for them itself); the primary then copies
-        all. A rewind whose blocks are all in hands the volume over to this resync: it
-        covers what the rewind still waited for (the log restarts where it ends), and
-        chunks equal to the primary's, the rewind's own among them, cost a digest."""
-        if self.role != Role.SECONDARY or sender != self.following:
-            return  # not (yet) following it: the primary asks again
-        if self.rewinder is not None:
-            if not self.rewinder.requested(sender):
-                return  # our own request (with our digests) is on its way and replaces it
-            if self.rewinder.copying:
-                self.send(peer.name, Sums(req.tag, b""))  # declined: copy it all, now
-                return
-            log.info(
-                "rewind from %s has every block; the resync %s asks digests for takes over",
-                sender,
-                req.tag,
-            )
-            self.rewinder = None
-        bad = [(o, n) for o, n in req.ranges if n <= 0 or o + n > self.volume.size]
-        if bad:
-            log.error("%s asked for digests of ranges outside the volume: %s", sender, bad[:3])
-            return
-        if self.summer.ask(peer.name, req):
-            # a (full) resync starts: from now on this volume is not a prefix state of the
-            # history until it ends; durable first, so a restart knows it too. Its
-            # acknowledgements count from here (blocks of a copy cut short came before)
-            self.consistent = False
-            write_marker(self.rewind_marker, [(0, self.volume.size)], 0)
-            self.dcm_rx = None
-            self.resync_announced_by = peer.name
 
     def follow(self, peer: Peer, h: Hello) -> None:
         end = self.watcher.durable_end

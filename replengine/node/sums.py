@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from replengine.node.copier import CHUNK
+from replengine.node.rewind import write_marker
+from replengine.node.states import Role
 from replengine.storage.chunksums import DIGEST_SIZE, chunks
 from replengine.wire.protocol import SumReq, Sums
 
@@ -40,6 +42,40 @@ class ChunkSummer:
         self.running: SumJob | None = None
         self.finished: list[SumJob] = []
         self.answered: SumJob | None = None
+
+    def on_request(self, peer: str, sender: str, req: SumReq) -> None:
+        """The primary is about to copy blocks to us: our chunk digests first. Not while a
+        rewind's blocks still arrive (it asked for them itself); the primary then copies
+        all. A rewind whose blocks are all in hands the volume over to this resync: it
+        covers what the rewind still waited for (the log restarts where it ends), and
+        chunks equal to the primary's, the rewind's own among them, cost a digest."""
+        node = self.node
+        if node.role != Role.SECONDARY or sender != node.following:
+            return  # not (yet) following it: the primary asks again
+        if node.rewinder is not None:
+            if not node.rewinder.requested(sender):
+                return  # our own request (with our digests) is on its way and replaces it
+            if node.rewinder.copying:
+                node.send(peer, Sums(req.tag, b""))  # declined: copy it all, now
+                return
+            log.info(
+                "rewind from %s has every block; the resync %s asks digests for takes over",
+                sender,
+                req.tag,
+            )
+            node.rewinder = None
+        bad = [(o, n) for o, n in req.ranges if n <= 0 or o + n > node.volume.size]
+        if bad:
+            log.error("%s asked for digests of ranges outside the volume: %s", sender, bad[:3])
+            return
+        if self.ask(peer, req):
+            # a (full) resync starts: from now on this volume is not a prefix state of the
+            # history until it ends; durable first, so a restart knows it too. Its
+            # acknowledgements count from here (blocks of a copy cut short came before)
+            node.consistent = False
+            write_marker(node.rewind_marker, [(0, node.volume.size)], 0)
+            node.dcm_rx = None
+            node.resync_announced_by = peer
 
     def ask(self, peer: str, req: SumReq) -> bool:
         """A newer request replaces an older one (a resync restarted); the same one again (the
