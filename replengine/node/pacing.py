@@ -8,9 +8,15 @@ hours. Two knobs, as DRBD has (c-max-rate, and its c-plan-ahead controller):
 * ``resync_rate`` (MiB/s, 0 = none): a hard cap on the bytes a copy reads, always obeyed;
 * ``resync_adaptive`` (default on): while the application writes, keep its write latency
   p99 within ``TARGET_RATIO`` of its steady state (measured while no copy runs), by halving
-  the copy's rate when it is over, and raising it by a step when under (AIMD). Chunks the
-  receiver already holds are read under the same budget: reading competes for the disk too.
-  With no application writes, the copy runs at the cap (or unpaced).
+  the copy's rate when a window's p99 is over, and raising it by a step when under (AIMD).
+  Chunks the receiver already holds are read under the same budget: reading competes for
+  the disk too. With no application writes, the copy runs at the cap (or unpaced).
+
+What the application sees is the p99 over the whole copy, not per window: every probe up
+that overshoots costs a window of slow writes, and a controller that probes again as soon as
+one window is good spends a third of its windows over the line. So the slow writes (over
+``TARGET_RATIO`` x steady) are counted over the copy, and the rate is raised only while they
+are within ``SLOW_BUDGET`` of its writes; once over, it holds until good windows pay it back.
 
 A copy never stops: ``MIN_RATE`` is always allowed, so a busy primary still ends its syncs.
 """
@@ -33,6 +39,13 @@ STEP = 8 * MiB
 BURST = 4 * MiB
 #: windows with fewer writes than this say nothing about the application's latency
 MIN_SAMPLES = 8
+#: the share of the application's writes during a copy that may be slower than TARGET_RATIO
+#: x the steady p99 before the rate stops rising: half of what a p99 leaves, as a margin
+SLOW_BUDGET = 0.005
+#: steady windows kept for the baseline (ten seconds' worth), and at most how many of each
+#: window's latencies (an even sample of them past that)
+STEADY_WINDOWS = 40
+STEADY_PER_WINDOW = 512
 
 
 def p99(samples: list[float]) -> float:
@@ -48,18 +61,24 @@ class Pacer:
     adaptive: bool = True
     rate: float = START_RATE
     tokens: float = BURST
-    #: the application's write p99 with no copy running (None until measured)
-    baseline: float | None = None
     #: a copy (or a catch-up read from the log) ran within the last second
     _copying_until: float = 0.0
     _last: float = field(default_factory=time.monotonic)
     _last_write: float = 0.0
     _window: list[float] = field(default_factory=list)
     _window_t0: float = -1.0  # set by the first write
-    _steady: deque = field(default_factory=lambda: deque(maxlen=40))
+    #: the latencies of the latest windows with no copy running (see baseline)
+    _steady: deque = field(default_factory=lambda: deque(maxlen=STEADY_WINDOWS))
+    #: the baseline in force for the current copy, taken when it started
+    _ref: float | None = None
+    #: the baseline as of the last steady window (None: to be worked out again)
+    _baseline: float | None = None
     #: the lowest p99 of a window seen during copies: the best guess at the steady state
     #: when the copy started before any was measured
     _floor: float | None = None
+    #: the application's writes since the copy started, and how many were slow
+    _writes: int = 0
+    _slow: int = 0
 
     @classmethod
     def from_config(cls, rate_mib: float, adaptive: bool) -> Pacer:
@@ -91,17 +110,36 @@ class Pacer:
         samples, self._window, self._window_t0 = self._window, [], now
         if len(samples) < MIN_SAMPLES:
             return
-        q = p99(samples)
         if not self.copying:
-            self._steady.append(q)
-            self.baseline = sorted(self._steady)[len(self._steady) // 2]
+            step = -(-len(samples) // STEADY_PER_WINDOW)
+            self._steady.append(samples[::step])
+            self._baseline = None
             return
+        q = p99(samples)
         self._floor = q if self._floor is None else min(self._floor, q)
-        ref = self.baseline if self.baseline is not None else self._floor
-        if q > TARGET_RATIO * ref:
+        ref = self._ref if self._ref is not None else self._floor
+        line = TARGET_RATIO * ref
+        self._writes += len(samples)
+        self._slow += sum(1 for s in samples if s > line)
+        if q > line:
             self.rate = max(MIN_RATE, self.rate / 2)
-        else:
+        elif self._slow <= SLOW_BUDGET * self._writes:
             self.rate = min(self.rate + STEP, self.cap) if self.cap else self.rate + STEP
+
+    @property
+    def baseline(self) -> float | None:
+        """The application's write p99 with no copy running (None until measured).
+
+        The lower of two estimates: the median of the windows' p99s, which a burst of slow
+        writes in a few windows does not move, and the p99 of all their writes pooled, which
+        is what the application measures but which a transient (a writer starting, a
+        neighbour's flush) inflates. A baseline too high lets the copy slow every write; one
+        too low only slows the copy."""
+        if self._baseline is None and self._steady:
+            windows = sorted(p99(w) for w in self._steady)
+            pooled = p99([x for w in self._steady for x in w])
+            self._baseline = min(windows[len(windows) // 2], pooled)
+        return self._baseline
 
     @property
     def copying(self) -> bool:
@@ -111,6 +149,8 @@ class Pacer:
         """A copy or a catch-up runs (called each turn it does): windows judge its effect."""
         if not self.copying:
             self._floor = None
+            self._ref = self.baseline
+            self._writes = self._slow = 0
             self.rate = min(START_RATE, self.cap) if self.cap else START_RATE
         self._copying_until = time.monotonic() + 1.0
 
@@ -143,11 +183,13 @@ class Pacer:
 
     def summary(self) -> dict:
         lim = self.limit()
+        ref = self._ref if self.copying else self.baseline
         return {
             "cap_bytes_per_s": int(self.cap) or None,
             "adaptive": self.adaptive,
             "rate_bytes_per_s": None if lim == float("inf") else int(lim),
-            "baseline_write_p99_ms": None if self.baseline is None else self.baseline * 1e3,
+            "baseline_write_p99_ms": None if ref is None else ref * 1e3,
+            "slow_write_share": self._slow / self._writes if self._writes else None,
         }
 
 
