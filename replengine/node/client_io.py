@@ -53,7 +53,6 @@ class ClientIO:
             raise ValueError("write without data")
         if self._writable(req):
             self.node.primary.submit(req.client, req.req_id, int(doc["offset"]), data)
-            self.node.primary.pump()
 
     def op_read(self, req: Request, doc: dict, data: Any) -> None:
         node = self.node
