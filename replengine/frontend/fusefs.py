@@ -17,6 +17,7 @@ import os
 import stat
 import subprocess
 import threading
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,6 +44,9 @@ class VolumeFS(pyfuse3.Operations):
         self.name = name.encode()
         self.target = target
         self.token: trio.lowlevel.TrioToken | None = None
+        #: requests the node has answered, to be woken in the trio thread (see _wait)
+        self._answered: deque[trio.Event] = deque()
+        self._waking = False
 
     # ---- metadata -------------------------------------------------------------------------
 
@@ -144,7 +148,12 @@ class VolumeFS(pyfuse3.Operations):
         pass
 
     async def _wait(self, submit) -> str | None:  # type: ignore[no-untyped-def]
-        """Hand a request to the node and sleep until the node's loop answers it."""
+        """Hand a request to the node and sleep until the node's loop answers it.
+
+        The loop answers a queue's worth of requests in one turn (one group commit); each
+        answer crossing into trio on its own was a write to trio's wake-up socket and a
+        pass of its run loop per request. The answers are queued, and only the first since
+        trio last looked schedules a wake-up, which sets them all."""
         token = self.token
         assert token is not None
         event = trio.Event()
@@ -152,14 +161,26 @@ class VolumeFS(pyfuse3.Operations):
 
         def done(err: str | None) -> None:
             box.append(err)
+            self._answered.append(event)
+            if self._waking:
+                return  # trio has yet to run the wake-up scheduled before: it sees this one
+            self._waking = True
             try:
-                token.run_sync_soon(event.set)
+                token.run_sync_soon(self._wake_answered)
             except trio.RunFinishedError:
                 pass  # the server is gone; nobody waits any more
 
         submit(done)
         await event.wait()
         return box[0]
+
+    def _wake_answered(self) -> None:
+        """In trio: wake every request answered so far. The flag is lowered before the
+        queue is read, so an answer queued after the read schedules a wake-up of its own."""
+        self._waking = False
+        answered = self._answered
+        while answered:
+            answered.popleft().set()
 
 
 class FuseServer:
