@@ -9,14 +9,22 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import psutil
+from types import ModuleType
 
 from replengine.errors import ReplError
 
 CONTROL_SOCKET = "control.sock"
 PID_FILE = "replengined.pid"
 LOG_FILE = "replengined.log"
+
+
+def _psutil() -> ModuleType:
+    """psutil, imported when a pid is to be looked at: every config load imports this
+    module (RuntimePaths), and `replctl up` of a stopped node, which every rejoin waits
+    for, looks at no pid (its pid file is gone)."""
+    import psutil
+
+    return psutil
 
 
 @dataclass(frozen=True)
@@ -69,12 +77,13 @@ def is_daemon(pid: int, node: str) -> bool:
     """True only if `pid` is a live replengined of `node`: after a crash or a reboot a pid
     file may name a recycled pid, and acting on it (status, or a kill in the agent's stop)
     would hit an unrelated process."""
+    ps = _psutil()
     try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
+        proc = ps.Process(pid)
+        if proc.status() == ps.STATUS_ZOMBIE:
             return False
         cmd = proc.cmdline()
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
+    except (ps.NoSuchProcess, ps.AccessDenied):
         return False
     if "replengine.daemon" not in cmd and not any(c.endswith("replengined") for c in cmd):
         return False
@@ -82,7 +91,8 @@ def is_daemon(pid: int, node: str) -> bool:
 
 
 def is_alive(pid: int) -> bool:
+    ps = _psutil()
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
+        return ps.Process(pid).status() != ps.STATUS_ZOMBIE
+    except ps.NoSuchProcess:
         return False
