@@ -12,14 +12,20 @@ from replengine.node.pacing import MIN_RATE, SLOW_BUDGET, START_RATE, STEP, WIND
 MiB = 1 << 20
 
 
-def feed(p: Pacer, t: float, latency: float, n: int = 20, slow: float | None = None) -> float:
-    """One window of n writes of the given latency, ending after WINDOW_S; with ``slow``,
-    its first write takes that long instead."""
-    for i in range(n):
-        p.note_write(slow if slow is not None and i == 0 else latency, t + i * WINDOW_S / n)
+def window(p: Pacer, t: float, latencies: list[float]) -> float:
+    """One window holding these latencies, ending after WINDOW_S with a write as fast as
+    the last."""
+    for i, lat in enumerate(latencies):
+        p.note_write(lat, t + i * WINDOW_S / len(latencies))
     t += WINDOW_S
-    p.note_write(latency, t)  # closes the window
+    p.note_write(latencies[-1], t)  # closes the window
     return t
+
+
+def feed(p: Pacer, t: float, latency: float, n: int = 20, slow: float | None = None) -> float:
+    """One window of n writes of the given latency; with ``slow``, its first write takes
+    that long instead."""
+    return window(p, t, [latency if slow is None else slow] + [latency] * (n - 1))
 
 
 def copying(p: Pacer, clock: list[float], when: float) -> None:
@@ -101,14 +107,6 @@ def test_a_copy_whose_slow_writes_are_over_budget_stops_rising(monkeypatch) -> N
     assert rates[1000] == START_RATE + 99 * STEP
 
 
-def window(p: Pacer, t: float, latencies: list[float]) -> float:
-    """One window holding these latencies, closed by a write as fast as the first."""
-    for i, lat in enumerate(latencies):
-        p.note_write(lat, t + i * WINDOW_S / len(latencies))
-    p.note_write(latencies[0], t + WINDOW_S)
-    return t + WINDOW_S
-
-
 def test_the_baseline_is_the_lower_of_the_windows_median_p99_and_the_pooled_p99() -> None:
     """Two estimates of the application's steady p99, each wrong in its own way: a burst of
     slow writes (a neighbour's flush) in one window out of five inflates the pooled p99 of
@@ -119,17 +117,17 @@ def test_the_baseline_is_the_lower_of_the_windows_median_p99_and_the_pooled_p99(
     bursty = Pacer.from_config(0, adaptive=True)
     t = 0.0
     for w in range(20):
-        t = window(bursty, t, [fast] * 90 + [slow if w % 5 == 0 else fast] * 10)
+        t = window(bursty, t, [slow if w % 5 == 0 else fast] * 10 + [fast] * 90)
     assert bursty.baseline == pytest.approx(fast)  # pooled: 2 % slow, so its p99 was slow
 
     sparse = Pacer.from_config(0, adaptive=True)
     for w in range(20):
-        t = window(sparse, t, [fast] * 9 + [slow] if w % 2 == 0 else [fast] * 1000)
+        t = window(sparse, t, [slow] + [fast] * 9 if w % 2 == 0 else [fast] * 1000)
     assert sparse.baseline == pytest.approx(fast)  # windows: half slow, so their median was
 
     both = Pacer.from_config(0, adaptive=True)
     for _ in range(20):
-        t = window(both, t, [fast] * 95 + [slow] * 5)
+        t = window(both, t, [slow] * 5 + [fast] * 95)
     assert both.baseline == pytest.approx(slow)  # 5 % slow everywhere: no estimate hides it
 
 

@@ -69,9 +69,8 @@ class Pacer:
     _window_t0: float = -1.0  # set by the first write
     #: the latencies of the latest windows with no copy running (see baseline)
     _steady: deque = field(default_factory=lambda: deque(maxlen=STEADY_WINDOWS))
-    #: the baseline in force for the current copy, taken when it started
-    _ref: float | None = None
-    #: the baseline as of the last steady window (None: to be worked out again)
+    #: the baseline as of the last steady window (None: to be worked out again); no steady
+    #: window closes during a copy, so it is the same from the copy's start to its end
     _baseline: float | None = None
     #: the lowest p99 of a window seen during copies: the best guess at the steady state
     #: when the copy started before any was measured
@@ -117,7 +116,7 @@ class Pacer:
             return
         q = p99(samples)
         self._floor = q if self._floor is None else min(self._floor, q)
-        ref = self._ref if self._ref is not None else self._floor
+        ref = self.baseline if self._steady else self._floor
         line = TARGET_RATIO * ref
         self._writes += len(samples)
         self._slow += sum(1 for s in samples if s > line)
@@ -149,7 +148,6 @@ class Pacer:
         """A copy or a catch-up runs (called each turn it does): windows judge its effect."""
         if not self.copying:
             self._floor = None
-            self._ref = self.baseline
             self._writes = self._slow = 0
             self.rate = min(START_RATE, self.cap) if self.cap else START_RATE
         self._copying_until = time.monotonic() + 1.0
@@ -183,7 +181,7 @@ class Pacer:
 
     def summary(self) -> dict:
         lim = self.limit()
-        ref = self._ref if self.copying else self.baseline
+        ref = self.baseline
         return {
             "cap_bytes_per_s": int(self.cap) or None,
             "adaptive": self.adaptive,
