@@ -71,6 +71,7 @@ class FakeNode:
     primary_history: list = field(default_factory=lambda: [(1, 1)])
     cleared: list = field(default_factory=list)
     queued: list = field(default_factory=list)
+    followed: list = field(default_factory=list)
 
     def __post_init__(self):
         self.cfg = SimpleNamespace(uuid=UUID)
@@ -89,6 +90,9 @@ class FakeNode:
 
     def warn_once(self, key, msg, *args):
         pass
+
+    def follow(self, peer, h):
+        self.followed.append(h.history)
 
 
 def hdr(epoch=1, sender="alpha", flags=0):
@@ -265,3 +269,25 @@ def test_a_batch_whose_record_epoch_its_primary_does_not_name_stops_there() -> N
     sec = Secondary(node)
     sec.on_updates(hdr(), Updates(recs))
     assert [r.lsn for r in node.srl.appended] == [5, 6] and sec.assigned_end == 7
+
+
+def test_a_resend_of_another_epochs_record_at_a_logged_lsn_is_not_acknowledged() -> None:
+    """We logged LSNs 3 and 4 in epoch 2 (a primary since replaced); the primary we follow
+    now sends LSN 4 of its epoch 3. It is not ours: acknowledging it would have the primary
+    count this node as holding a write it does not hold. The handshake runs again instead
+    (it finds the divergent tail and rewinds it)."""
+    node = FakeNode(
+        srl=FakeSRL(history=[(1, 1), (2, 3)]), known_epoch=3, primary_history=[(1, 1), (3, 3)]
+    )
+    sec = Secondary(node)
+    sec.on_update(hdr(epoch=3), Update(4, 3, 0, b"x"))
+    assert not node.srl.appended and not node.transport.sent
+    assert node.followed == [[(1, 1), (3, 3)]]
+    node.followed.clear()
+    sec.on_updates(hdr(epoch=3), batch(3, 4, epoch=3))  # LSNs 3..6: two of them ours
+    assert not node.srl.appended and not node.transport.sent and not node.queued
+    assert node.followed == [[(1, 1), (3, 3)]]
+    # the same LSNs of our own epoch are resends: acknowledged, not logged twice
+    sec.on_updates(hdr(epoch=3), batch(3, 2, epoch=2))
+    assert not node.srl.appended
+    assert [type(b).__name__ for _, b in node.transport.sent] == ["Ack"]

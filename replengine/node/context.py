@@ -50,6 +50,7 @@ class SecondaryContext(LogAndVolume, Protocol):
     ops: Any  # pull_source and pulled_bytes of a running promotion
 
     def warn_once(self, key: str, msg: str, *args: Any) -> None: ...
+    def follow(self, peer: Peer, h: Hello) -> None: ...
 
 
 class RewindContext(LogAndVolume, Protocol):

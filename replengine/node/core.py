@@ -400,6 +400,11 @@ class Node:
                 self.on_dcm_message(peer, body)
 
     def follow(self, peer: Peer, h: Hello) -> None:
+        # records still on their way to the SRL (the primary followed until now sent them
+        # this very turn) are part of this log: durable first, so the divergence check
+        # below sees them. Left out, a tail of the old primary's line escaped it, and the
+        # new one's records at those LSNs were taken for resends of ours and acknowledged
+        self.watcher.sync()
         end = self.watcher.durable_end
         d = divergence_point(self.srl.history, h.history, end)
         cut_short = self.dcm_rx is not None and (

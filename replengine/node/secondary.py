@@ -50,6 +50,10 @@ class Secondary:
         if not self._accepts(header, recs[0].lsn, batch.clear_end):
             return
         end = self.assigned_end
+        if recs[0].lsn < end and self._diverged(
+            header.sender, [(r.lsn, r.epoch) for r in recs if r.lsn < end]
+        ):
+            return
         new = recs if recs[0].lsn >= end else [r for r in recs if r.lsn >= end]
         if new:
             self._log_many(header, new, batch.clear_end)
@@ -108,6 +112,8 @@ class Secondary:
         the wrong epoch."""
         node = self.node
         if u.lsn < self.assigned_end:
+            if self._diverged(header.sender, [(u.lsn, u.rec_epoch)]):
+                return False
             refusals(
                 f"duplicate:{header.sender}",
                 logging.INFO,
@@ -211,6 +217,36 @@ class Secondary:
                 self.srl_full = True
             return False
         self.srl_full = False
+        return True
+
+    def _diverged(self, sender: str, logged: list[tuple[int, int]]) -> bool:
+        """Whether records resent at LSNs this node has logged, as (LSN, record epoch), are
+        of another line of history than the records logged there: never acknowledged as
+        ours (the primary would count this node as holding writes it does not hold). The
+        handshake with the primary we follow runs again, and finds the divergent tail to
+        rewind."""
+        node = self.node
+        hist = node.srl.history
+        for lsn, epoch in logged:
+            mine = epoch_at(hist, lsn)
+            if mine is not None and mine != epoch:
+                break
+        else:
+            return False
+        refusals(
+            f"diverged:{sender}",
+            logging.ERROR,
+            "UPDATE LSN %d from %s is of epoch %d, but the record logged here at that LSN is "
+            "of epoch %d: not acknowledged; this node holds a divergent tail (history %s)",
+            lsn,
+            sender,
+            epoch,
+            mine,
+            hist,
+        )
+        peer = node.peers.get(sender)
+        if sender == node.following and peer is not None and peer.hello is not None:
+            node.follow(peer, peer.hello)
         return True
 
     def _epoch_matches(self, sender: str, u: Update) -> bool:
