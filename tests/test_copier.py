@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+import tracemalloc
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,7 +15,7 @@ from replengine.node import copier as copier_mod
 from replengine.node.copier import BlockCopier
 from replengine.node.dcm_receiver import DcmReceiver
 from replengine.node.rewind import load_marker
-from replengine.storage.chunksums import digest
+from replengine.storage.chunksums import ChunkDigests, chunks, digest
 from replengine.wire.protocol import Block, BlockDone
 
 MiB = 1 << 20
@@ -64,13 +65,19 @@ def scanned(c: BlockCopier, peer: str = "b") -> None:
     assert not job.ranges, "the scan did not finish"
 
 
+def offered(theirs: dict[tuple[int, int], bytes]) -> ChunkDigests:
+    """A receiver's digests as the copier gets them, from a dict keyed by (offset, length)."""
+    keys = list(theirs)
+    return ChunkDigests(keys, b"".join(theirs[k] for k in keys), copier_mod.CHUNK)
+
+
 def test_progress_reports_acknowledged_and_equal_chunks_only() -> None:
     """A resync resumes after the chunks reported here, so only chunks the receiver holds
     durably count: acknowledged ones, and ones whose digest equals ours."""
     c, sent = make()
     held = []
     same = {(MiB, MiB): digest(b"x" * MiB)}
-    c.start("b", "t", [(0, 4 * MiB)], skip=same, on_chunk=lambda o, n: held.append(o))
+    c.start("b", "t", [(0, 4 * MiB)], skip=offered(same), on_chunk=lambda o, n: held.append(o))
     scanned(c)
     assert held == [MiB]  # equal: reported at once, never sent
     c.on_ack("b", MiB)
@@ -192,7 +199,7 @@ def test_chunks_the_receiver_already_holds_are_not_sent() -> None:
     theirs = {p: digest(bytes(p[1])) for p in chunks(ranges, copier_mod.CHUNK)}
     same = (2 * MiB, MiB)
     theirs[same] = digest(c.read(*same))  # this one chunk they hold already
-    assert c.start("b", "t", ranges, skip=theirs)
+    assert c.start("b", "t", ranges, skip=offered(theirs))
     scanned(c)
     # (a block without data says the source is alive while it reads equal chunks)
     offsets = [b.offset for b in sent if isinstance(b, Block) and len(b.data)]
@@ -228,7 +235,7 @@ def test_digests_taken_ahead_skip_equal_chunks_unread_and_send_the_rest() -> Non
     theirs = {p: digest(volume[p[0]]) for p in chunks(ranges, copier_mod.CHUNK)}
     theirs[MiB, MiB] = digest(bytes([2]) * MiB)  # what chunk 1 held when we hashed it
     theirs[2 * MiB, MiB] = digest(b"old")  # differs from ours
-    assert c.start("b", "t", ranges, skip=theirs)
+    assert c.start("b", "t", ranges, skip=offered(theirs))
     assert "b" not in c.prehashes and pre.stopped.is_set()
     scanned(c)
     assert reads == [2 * MiB]  # only the chunk that differed is read again
@@ -246,7 +253,7 @@ def test_digests_taken_for_another_copy_or_other_ranges_are_not_used() -> None:
         c.prehashes["b"].digests[:] = bytes(32)  # digests no chunk has: must not be used
         theirs = {(MiB, MiB): digest(b"x" * MiB), (0, MiB): digest(b"x" * MiB)}
         theirs[2 * MiB, MiB] = digest(b"y")
-        assert c.start("b", tag, ranges, skip=theirs)
+        assert c.start("b", tag, ranges, skip=offered(theirs))
         scanned(c)
         sent_offsets = [b.offset for b in sent if isinstance(b, Block) and len(b.data)]
         assert sent_offsets == ([] if tag != "t" else [2 * MiB]), (tag, sent_offsets)
@@ -268,3 +275,80 @@ def test_cancel_stops_hashing_ahead() -> None:
     release.set()
     pre.join(10)
     assert not pre.is_alive() and pre.count == 1 and "b" not in c.prehashes
+
+
+def test_a_receivers_digests_are_found_by_their_exact_chunk_and_nothing_else() -> None:
+    """What the copier skips rests on this lookup: a digest only for the very chunk the
+    receiver hashed (any other offset or length is copied), whatever order the ranges
+    came in."""
+    ranges = [(10 * MiB, MiB), (0, 2 * MiB + MiB // 2)]
+    pieces = list(chunks(ranges, MiB))
+    packed = b"".join(i.to_bytes(16, "big") for i in range(len(pieces)))
+    d = ChunkDigests(ranges, packed, MiB)
+    assert len(d) == 4
+    for i, (off, n) in enumerate(pieces):
+        assert d.get(off, n) == i.to_bytes(16, "big")
+    for off, n in ((0, 2 * MiB), (4096, MiB), (2 * MiB, MiB), (5 * MiB, MiB), (11 * MiB, MiB)):
+        assert d.get(off, n) is None, (off, n)
+    try:
+        ChunkDigests(ranges, packed[:-16], MiB)
+    except ValueError as e:
+        assert "48 bytes of digests for 4 chunks" in str(e)
+    else:
+        raise AssertionError("digests that do not fit the ranges were taken")
+
+
+def test_a_full_sync_of_a_large_volume_holds_its_digests_packed() -> None:
+    """The source of a checksummed sync of a 1 TiB volume keeps the receiver's 1 Mi
+    digests (16 MiB as they arrive) in about that, not in a dict of 1 Mi entries
+    (~216 MiB here, and the scan copied it): the daemon stays within its memory."""
+    ranges = [(0, 1 << 40)]
+    packed = bytes(16 << 20)
+    tracemalloc.start()
+    try:
+        d = ChunkDigests(ranges, packed, MiB)
+        chunk = bytes(MiB)  # every read returns it: the scan's reads allocate nothing
+        c = BlockCopier(
+            read=lambda off, n: chunk, end=lambda: 1, send=lambda p, b: True, volume_size=1 << 40
+        )
+        c.start("b", "t", ranges, skip=d)
+        c.cancel("b")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 40 << 20, f"{peak >> 20} MiB"
+
+
+def test_digests_of_larger_chunks_are_compared_whole_and_sent_in_pieces() -> None:
+    """A volume whose 1 MiB digests would not fit one SUMS message is compared in larger
+    chunks (dcm.sum_chunk): a chunk that differs goes as 1 MiB blocks, one that is equal
+    costs nothing and counts as held whole."""
+    volume = bytes(range(256)) * (6 * MiB // 256)
+    sent: list = []
+    held: list = []
+    c = BlockCopier(
+        read=lambda off, n: volume[off : off + n],
+        end=lambda: 7,
+        send=lambda p, b: sent.append(b) or True,
+        volume_size=6 * MiB,
+    )
+    ranges = [(0, 6 * MiB)]
+    theirs = {p: digest(volume[p[0] : p[0] + p[1]]) for p in chunks(ranges, 2 * MiB)}
+    theirs[2 * MiB, 2 * MiB] = digest(b"older")  # the middle 2 MiB differ there
+    keys = list(theirs)
+    skip = ChunkDigests(keys, b"".join(theirs[k] for k in keys), 2 * MiB)
+    assert c.start(
+        "b", "t", ranges, skip=skip, on_chunk=lambda o, n: held.append((o, n)), chunk=2 * MiB
+    )
+    scanned(c)
+    blocks = [(b.offset, len(b.data)) for b in sent if isinstance(b, Block) and len(b.data)]
+    assert blocks == [(2 * MiB, MiB), (3 * MiB, MiB)]
+    assert all(
+        bytes(b.data) == volume[b.offset : b.offset + MiB]
+        for b in sent
+        if isinstance(b, Block) and len(b.data)
+    )
+    assert held == [(0, 2 * MiB), (4 * MiB, 2 * MiB)]
+    c.on_ack("b", 2 * MiB)
+    assert held[2:] == [(2 * MiB, MiB), (3 * MiB, MiB)]
+    assert sent[-1] == BlockDone("t", 7, 0, 2 * MiB)

@@ -218,3 +218,17 @@ def test_property_matches_a_set_of_regions(
     assert dm.count == len(model) and dm.dirty_bytes == sum(x for _, x in expect)
     dm.flush()
     assert list(DirtyMap.open(path).regions()) == merged
+
+
+def test_a_large_volumes_digests_are_taken_over_larger_chunks_so_they_fit_one_message() -> None:
+    """16 bytes per 1 MiB chunk fill one SUMS message at about 1 TiB: a larger volume is
+    compared in 2, 4 or 8 MiB chunks rather than copied whole; past 8 TiB it is copied."""
+    from replengine.node.dcm import sum_chunk
+
+    TiB = 1 << 40
+    assert sum_chunk([(0, 4 << 30)]) == 1 << 20
+    assert sum_chunk([(0, TiB - (128 << 30))]) == 1 << 20
+    assert sum_chunk([(0, TiB)]) == 2 << 20
+    assert sum_chunk([(0, 3 * TiB)]) == 4 << 20
+    assert sum_chunk([(0, 7 * TiB)]) == 8 << 20
+    assert sum_chunk([(0, 9 * TiB)]) is None

@@ -250,6 +250,14 @@ REJECTIONS = {
         [head(MsgType.BLOCK_REQ) + b'{"ranges": [5], "tag": "t"}'],
         "BLOCK_REQ.ranges",
     ),
+    "SUM_REQ chunk too large": (
+        [head(MsgType.SUM_REQ) + b'{"tag": "t", "ranges": [[0, 4096]], "chunk": 16777216}'],
+        "SUM_REQ.chunk 16777216 is not a multiple of 4096 from 4096 to 8388608",
+    ),
+    "SUM_REQ chunk unaligned": (
+        [head(MsgType.SUM_REQ) + b'{"tag": "t", "ranges": [[0, 4096]], "chunk": 1000}'],
+        "SUM_REQ.chunk 1000",
+    ),
     "HELLO too large": ([head(MsgType.HELLO) + b" " * (protocol.MAX_JSON + 1)], "too large"),
     "HELLO deep nesting": ([head(MsgType.HELLO) + b"[" * 100_000], "HELLO"),
     "HELLO 5000-digit int": ([head(MsgType.HELLO) + b'{"end_lsn": ' + b"9" * 5000 + b"}"], "HELLO"),

@@ -17,7 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from replengine.node.pacing import Pacer
-from replengine.storage.chunksums import DIGEST_SIZE, chunks, digest, is_zero, zero_digest
+from replengine.storage.chunksums import (
+    DIGEST_SIZE,
+    ChunkDigests,
+    chunks,
+    digest,
+    is_zero,
+    zero_digest,
+)
 from replengine.wire.protocol import Block, BlockDone
 
 log = logging.getLogger(__name__)
@@ -41,7 +48,7 @@ class CopyJob:
     resume_lsn: int = 0  # dcm resync: where the receiver's log restarts
     on_done: Callable[[CopyJob], None] | None = None
     #: the receiver's digests of its chunks (offset, length): a chunk equal to ours is not sent
-    skip: dict[tuple[int, int], bytes] | None = None
+    skip: ChunkDigests | None = None
     skipped: int = 0
     #: told of every chunk the receiver holds durably (acknowledged, or equal to ours):
     #: a resync's progress, so an interrupted one resumes from there
@@ -54,6 +61,9 @@ class CopyJob:
     pending: tuple | None = None
     #: our digests of these chunks, taken while the receiver took its own (PreHash)
     prehash: PreHash | None = None
+    #: bytes per digest of a checksummed copy (skip's): a chunk that differs is read
+    #: whole and sent in pieces of at most CHUNK
+    chunk: int = CHUNK
 
 
 def paced(pacer: Pacer | None, n: int, stopped: threading.Event) -> None:
@@ -75,7 +85,7 @@ class Scan(threading.Thread):
         super().__init__(name=f"copy-scan-{job.peer}", daemon=True)
         self.copier, self.job = copier, job
         self.ranges = list(job.ranges)
-        self.skip = dict(job.skip or {})
+        self.skip = job.skip  # read-only: shared with the job, not copied
         self.queue: queue.Queue = queue.Queue(maxsize=max(1, WINDOW // CHUNK))
         self.stopped = threading.Event()
 
@@ -83,11 +93,11 @@ class Scan(threading.Thread):
         copier = self.copier
         pacer = copier.pacer
         pre = self.job.prehash
-        if pre is not None and pre.ranges != self.ranges:
+        if pre is not None and (pre.ranges, pre.chunk) != (self.ranges, self.job.chunk):
             pre = None  # taken for other ranges (a resync restarted since): not these chunks
         try:
-            for i, (off, n) in enumerate(chunks(self.ranges, CHUNK)):
-                theirs = self.skip.get((off, n))
+            for i, (off, n) in enumerate(chunks(self.ranges, self.job.chunk)):
+                theirs = self.skip.get(off, n) if self.skip is not None else None
                 ours = pre.get(i) if pre is not None and theirs is not None else None
                 if ours is not None and ours == theirs:
                     # equal when we hashed it, after the resync began: the receiver replays
@@ -105,9 +115,15 @@ class Scan(threading.Thread):
                     same = is_zero(data)  # a blank chunk there: a memcmp, not a hash, here
                 else:
                     same = theirs is not None and theirs == digest(data)
-                item = (off, n, None if same else data, as_of)
-                if not self._put(item):
-                    return
+                if same:
+                    if not self._put((off, n, None, as_of)):
+                        return
+                    continue
+                with memoryview(data) as view:
+                    for pos in range(0, n, CHUNK):  # at most a window's worth queued
+                        piece = bytes(view[pos : pos + CHUNK]) if n > CHUNK else data
+                        if not self._put((off + pos, len(piece), piece, as_of)):
+                            return
             self._put(None)
         except Exception as exc:  # e.g. the volume failed to read: the job stops, logged
             log.error("copy to %s: reading the volume failed: %s", self.job.peer, exc)
@@ -143,10 +159,15 @@ class PreHash(threading.Thread):
     """
 
     def __init__(
-        self, copier: BlockCopier, peer: str, tag: str, ranges: list[tuple[int, int]]
+        self,
+        copier: BlockCopier,
+        peer: str,
+        tag: str,
+        ranges: list[tuple[int, int]],
+        chunk: int = CHUNK,
     ) -> None:
         super().__init__(name=f"copy-prehash-{peer}", daemon=True)
-        self.copier, self.tag, self.ranges = copier, tag, list(ranges)
+        self.copier, self.tag, self.ranges, self.chunk = copier, tag, list(ranges), chunk
         self.digests = bytearray()
         self.count = 0  # chunks hashed: raised only after their digest is in
         self.stopped = threading.Event()
@@ -154,7 +175,7 @@ class PreHash(threading.Thread):
     def run(self) -> None:
         pacer = self.copier.pacer
         try:
-            for off, n in chunks(self.ranges, CHUNK):
+            for off, n in chunks(self.ranges, self.chunk):
                 paced(pacer, n, self.stopped)
                 if self.stopped.is_set():
                     return
@@ -189,11 +210,13 @@ class BlockCopier:
     #: digests being taken ahead of a checksummed copy, by peer (prehash())
     prehashes: dict[str, PreHash] = field(default_factory=dict)
 
-    def prehash(self, peer: str, tag: str, ranges: list[tuple[int, int]]) -> None:
+    def prehash(
+        self, peer: str, tag: str, ranges: list[tuple[int, int]], chunk: int = CHUNK
+    ) -> None:
         """Start hashing these ranges for the copy ``tag`` to ``peer``, which its digests
         will start."""
         self._stop_prehash(peer)
-        pre = self.prehashes[peer] = PreHash(self, peer, tag, ranges)
+        pre = self.prehashes[peer] = PreHash(self, peer, tag, ranges, chunk)
         pre.start()
 
     def _stop_prehash(self, peer: str) -> PreHash | None:
@@ -210,8 +233,9 @@ class BlockCopier:
         *,
         resume_lsn: int = 0,
         on_done: Callable[[CopyJob], None] | None = None,
-        skip: dict[tuple[int, int], bytes] | None = None,
+        skip: ChunkDigests | None = None,
         on_chunk: Callable[[int, int], None] | None = None,
+        chunk: int = CHUNK,
     ) -> bool:
         bad = [(o, n) for o, n in ranges if o < 0 or n <= 0 or o + n > self.volume_size]
         if bad:
@@ -233,6 +257,7 @@ class BlockCopier:
             skip=skip,
             on_chunk=on_chunk,
             prehash=pre if pre is not None and pre.tag == tag and skip is not None else None,
+            chunk=chunk if skip is not None else CHUNK,
         )
         if skip is not None:
             job.scan = Scan(self, job)
@@ -282,7 +307,7 @@ class BlockCopier:
                     break  # over the rate: the loop comes back within a tick
                 as_of = self.end()
                 data = self.read(off, n)
-                theirs = job.skip.get((off, n)) if job.skip else None
+                theirs = job.skip.get(off, n) if job.skip is not None else None
                 if theirs is not None and theirs == digest(data):
                     job.skipped += n  # the receiver holds these very bytes
                     budget -= n

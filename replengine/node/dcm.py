@@ -16,13 +16,14 @@ import threading
 import time
 import uuid as uuidlib
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from replengine.node.copier import CHUNK, CopyJob
 from replengine.node.states import IN_DCM, PeerState
-from replengine.storage.chunksums import DIGEST_SIZE, chunks
+from replengine.storage.chunksums import DIGEST_SIZE, MAX_CHUNK, ChunkDigests, count
 from replengine.storage.dirtymap import DCMError, DirtyMap
 from replengine.wire.protocol import MAX_DATA, SumReq, Sums
 
@@ -45,6 +46,21 @@ CHECKSUM_MAX_RANGES = 10_000
 #: time the receiver gets to read its volume for the digests: a slow disk still gets there
 SUMS_MIN_WAIT_S = 30.0
 SUMS_BYTES_PER_S = 20 << 20
+
+
+def sum_chunk(ranges: Iterable[tuple[int, int]]) -> int | None:
+    """Bytes per digest for a checksummed copy of these ranges: 1 MiB, or the next power of
+    two whose digests fit one SUMS message (16 bytes each: 1 TiB of volume per MAX_DATA at
+    1 MiB, 8 TiB at MAX_CHUNK). None beyond that: the copy then sends every chunk."""
+    ranges = list(ranges)
+    chunk = CHUNK
+    while count(ranges, chunk) * DIGEST_SIZE >= MAX_DATA - (1 << 20):
+        if chunk >= MAX_CHUNK:
+            return None
+        chunk *= 2
+    return chunk
+
+
 #: the request is repeated this often until answered: a node that has just (re)started may
 #: not follow us yet when the first one arrives, and ignores it
 SUMS_ASK_EVERY_S = 1.0
@@ -109,6 +125,8 @@ class Resync:
     skipped: int = 0
     #: owes most of the volume (status: full-sync)
     full: bool = False
+    #: bytes per digest the receiver is asked for (sum_chunk())
+    chunk: int = CHUNK
 
 
 class DcmTracker:
@@ -307,7 +325,7 @@ class DcmTracker:
         peer: Peer,
         ranges: list[tuple[int, int]],
         tag: str,
-        skip: dict[tuple[int, int], bytes] | None = None,
+        skip: ChunkDigests | None = None,
     ) -> None:
         """A peer in dcm asks for the blocks of its divergent tail: add them to its dirty
         regions and copy everything, answering with the tag of its request."""
@@ -323,7 +341,7 @@ class DcmTracker:
         self,
         peer: Peer,
         tag: str | None = None,
-        skip: dict[tuple[int, int], bytes] | None = None,
+        skip: ChunkDigests | None = None,
     ) -> None:
         node = self.node
         dmap = self.maps[peer.name]
@@ -353,16 +371,16 @@ class DcmTracker:
             job.resume_lsn,
         )
         size = node.volume.size
+        chunk = sum_chunk(job.ranges) if len(job.ranges) <= CHECKSUM_MAX_RANGES else None
         if (
             not tag  # a rewind's copy: the rewinder owns that volume and asks for its blocks
             and dmap.dirty_bytes >= CHECKSUM_SHARE * size
-            and len(job.ranges) <= CHECKSUM_MAX_RANGES
-            # one SUMS message carries them: 16 bytes per 1 MiB chunk, 1 TiB per MAX_DATA
-            and dmap.dirty_bytes // CHUNK * DIGEST_SIZE < MAX_DATA - (1 << 20)
-            and node.send(peer.name, SumReq(job.tag, list(job.ranges), CHUNK))
+            and chunk is not None
+            and node.send(peer.name, SumReq(job.tag, list(job.ranges), chunk))
         ):
+            job.chunk = chunk
             # our own digests meanwhile: the two hashing passes side by side
-            node.copier.prehash(peer.name, job.tag, list(job.ranges))
+            node.copier.prehash(peer.name, job.tag, list(job.ranges), chunk)
             job.sums_asked = time.monotonic()
             job.sums_deadline = job.sums_asked + max(
                 SUMS_MIN_WAIT_S, 2 * dmap.dirty_bytes / SUMS_BYTES_PER_S
@@ -375,7 +393,7 @@ class DcmTracker:
         self,
         peer: Peer,
         job: Resync,
-        skip: dict[tuple[int, int], bytes] | None,
+        skip: ChunkDigests | None,
         progress: bool = False,
     ) -> None:
         job.copying = True
@@ -398,6 +416,7 @@ class DcmTracker:
             on_done=lambda copy: self._copied(peer, job, copy),
             skip=skip,
             on_chunk=done_there if progress else None,
+            chunk=job.chunk,
         )
 
     def on_sums(self, peer: Peer, sums: Sums) -> bool:
@@ -406,24 +425,23 @@ class DcmTracker:
         job = self.resyncs.get(peer.name)
         if job is None or job.copying or sums.tag != job.tag:
             return False
-        pieces = list(chunks(job.ranges, CHUNK))
+        pieces = count(job.ranges, job.chunk)
         if not sums.digests:
             log.info(
                 "%s declined to send digests (it is rewinding): copying every chunk", peer.name
             )
             self._start_copy(peer, job, None)
             return True
-        if len(sums.digests) != len(pieces) * DIGEST_SIZE:
+        if len(sums.digests) != pieces * DIGEST_SIZE:
             log.error(
                 "%s sent %d bytes of digests for %d chunks: copying every chunk",
                 peer.name,
                 len(sums.digests),
-                len(pieces),
+                pieces,
             )
             self._start_copy(peer, job, None)
             return True
-        d = bytes(sums.digests)
-        skip = {p: d[i * DIGEST_SIZE : (i + 1) * DIGEST_SIZE] for i, p in enumerate(pieces)}
+        skip = ChunkDigests(job.ranges, bytes(sums.digests), job.chunk)
         self._start_copy(peer, job, skip, progress=True)
         return True
 

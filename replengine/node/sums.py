@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from replengine.node.copier import CHUNK
 from replengine.node.rewind import write_marker
 from replengine.node.states import Role
-from replengine.storage.chunksums import DIGEST_SIZE, chunks
+from replengine.storage.chunksums import DIGEST_SIZE, ChunkDigests, chunks, count
 from replengine.wire.protocol import SumReq, Sums
 
 if TYPE_CHECKING:
@@ -138,22 +138,21 @@ class ChunkSummer:
 
 def offered_skip(
     sums: Sums | None, tag: str, ranges: list[tuple[int, int]], chunk: int = CHUNK
-) -> dict[tuple[int, int], bytes] | None:
-    """The chunks a requester says it holds, by (offset, length), for the copier to skip;
-    None when it offered none for this request, or digests that do not fit it."""
+) -> ChunkDigests | None:
+    """The chunks a requester says it holds, for the copier to skip; None when it offered
+    none for this request, or digests that do not fit it."""
     if sums is None or sums.tag != tag or not sums.digests:
         return None
-    pieces = list(chunks(ranges, chunk))
-    d = bytes(sums.digests)
-    if len(d) != len(pieces) * DIGEST_SIZE:
+    n = count(ranges, chunk)
+    if len(sums.digests) != n * DIGEST_SIZE:
         log.error(
             "digests offered with request %s do not fit it (%d bytes for %d chunks): ignored",
             tag,
-            len(d),
-            len(pieces),
+            len(sums.digests),
+            n,
         )
         return None
-    return {p: d[i * DIGEST_SIZE : (i + 1) * DIGEST_SIZE] for i, p in enumerate(pieces)}
+    return ChunkDigests(ranges, bytes(sums.digests), chunk)
 
 
 __all__ = ["ChunkSummer", "offered_skip"]

@@ -21,7 +21,7 @@ import crc32c
 
 from replengine.errors import ForeignResourceError, ProtocolError
 from replengine.log.record import Record
-from replengine.storage.chunksums import DIGEST_SIZE
+from replengine.storage.chunksums import DIGEST_SIZE, MAX_CHUNK
 
 MAGIC = b"RPLE"
 VERSION = 1
@@ -513,8 +513,10 @@ def _decode_json(mtype: MsgType, rest: bytes) -> Body:
     if mtype is MsgType.BLOCK_REQ:
         return BlockReq(_pairs(doc["ranges"], "BLOCK_REQ.ranges"), doc["tag"])
     if mtype is MsgType.SUM_REQ:
-        if doc["chunk"] <= 0 or doc["chunk"] % 4096:
-            raise ProtocolError(f"SUM_REQ.chunk {doc['chunk']} is not a positive multiple of 4096")
+        if doc["chunk"] <= 0 or doc["chunk"] % 4096 or doc["chunk"] > MAX_CHUNK:
+            raise ProtocolError(
+                f"SUM_REQ.chunk {doc['chunk']} is not a multiple of 4096 from 4096 to {MAX_CHUNK}"
+            )
         return SumReq(doc["tag"], _pairs(doc["ranges"], "SUM_REQ.ranges"), doc["chunk"])
     if mtype is MsgType.VERIFY_REQ:
         if doc["chunk"] <= 0 or doc["chunk"] % 4096:
