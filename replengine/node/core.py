@@ -514,6 +514,10 @@ class Node:
             p.streaming = False
 
     def become_primary(self, new_epoch: int) -> None:
+        # records taken this turn (from a primary that can still reach us though we no
+        # longer reach it) are durable first: the new epoch starts after them, not under
+        # them (as in follow)
+        self.watcher.sync()
         first = self.watcher.durable_end
         self.srl.add_epoch(new_epoch, first)
         self.known_epoch = new_epoch

@@ -92,10 +92,9 @@ class NodePromotionContext:
         return self.node.ops.pulled_bytes
 
     def become_primary(self, epoch: int) -> int:
-        first = self.node.watcher.durable_end
         self.node.become_primary(epoch)
         self.node.ops.pull_source = ""
-        return first
+        return self.node.watcher.durable_end  # where the new epoch starts
 
     def refused_since(self) -> dict[str, float]:
         return dict(self.node.transport.watch.refused)
