@@ -27,6 +27,7 @@ class FakeApplier:
 @dataclass
 class FakeWatcher:
     durable_end: int = 0
+    idle: bool = True
 
 
 @dataclass
@@ -113,6 +114,19 @@ def test_marker_is_durable_before_the_tail_is_dropped_and_restart_resumes(tmp_pa
     # a restart now: the volume still holds the dropped writes, so it must stay inconsistent
     again = Rewinder.resume(node, rw.marker, load_marker(rw.marker))
     assert again.owed == [(7 * 4096, 3 * 4096)] and node.consistent is False
+
+
+def test_the_tail_is_not_cut_while_records_are_on_their_way_to_the_srl(tmp_path) -> None:
+    """Records queued for the SRL settle at the end of the loop's turn and would land past
+    a cut made now (the durable end then jumping back over it): the cut waits for them."""
+    node, rw = node_with_tail(tmp_path)
+    node.watcher.idle = False
+    rw.progress()
+    assert node.watcher.durable_end == 11 and len(node.srl.records) == 10
+    assert not requests(node)
+    node.watcher.idle = True
+    rw.progress()
+    assert node.watcher.durable_end == 8 and requests(node)
 
 
 def test_an_unanswered_request_is_asked_again_for_what_is_missing(tmp_path) -> None:

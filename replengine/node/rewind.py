@@ -184,8 +184,10 @@ class Rewinder:
         if not self.source or node.following != self.source:
             return  # waiting for a primary to follow (follow() retargets the rewind)
         if self.phase is Phase.DRAIN:
-            if node.applier.applied_end < node.watcher.durable_end:
-                return  # the applier still works on records we are about to drop
+            if not node.watcher.idle or node.applier.applied_end < node.watcher.durable_end:
+                # records still on their way to the SRL (settled at the end of the turn)
+                # would land after the cut, or the applier works on records about to go
+                return
             self._drop_tail()
             self._request(list(self.owed))
         elif self.phase is Phase.SUMS:
