@@ -21,7 +21,9 @@ Three figures, each printed beside its reference, measured in this one run:
   1 %       beta then differs from alpha in 1 % of its 1 MiB chunks: ``replctl sync --full
             beta --wait``; vs the same copy (goal: >= 20x faster than the copy); printed
             beside it, both volume files read at once by 8 threads each (cache dropped):
-            what any checksummed sync must read, against the copy's read and write
+            what any checksummed sync must read, against the copy's read and write; and
+            one node's digest pass over its volume in 1 thread and in 2 (what a node with 4
+            cores or more does; the two daemons here already take both cores of this one)
   known     beta away while the application rewrites the same 1 % of chunks, past what the
             SRL holds (srl_full = "dcm"): the primary's dirty-region bitmap names them, so
             nothing is read to find them; time from ``replctl up beta`` (starting its daemon
@@ -66,6 +68,9 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 
 from replengine.demo.localcluster import LocalResource  # noqa: E402
 from replengine.node.pacing import WINDOW_S  # noqa: E402
+from replengine.storage.chunksums import chunks  # noqa: E402
+from replengine.storage.hashpool import hash_workers, map_ordered  # noqa: E402
+from replengine.storage.volume import Volume  # noqa: E402
 
 MIB = 1 << 20
 
@@ -145,6 +150,18 @@ def timed_read_both(a: Path, b: Path) -> float:
     for t in threads:
         t.join()
     return time.monotonic() - t0
+
+
+def timed_digest_pass(path: Path, workers: int) -> float:
+    """One node's side of a checksummed sync: every 1 MiB chunk of its volume read and
+    hashed, as ChunkSummer does it, by ``workers`` threads (storage.hashpool); cache
+    dropped first."""
+    drop_caches()
+    with Volume(path, readonly=True) as v:
+        t0 = time.monotonic()
+        for _ in map_ordered(lambda p: v.digest_of(*p), chunks([(0, v.size)], MIB), workers):
+            pass
+        return time.monotonic() - t0
 
 
 def wait_consistent(r: LocalResource, node: str, timeout: float, every: float = 0.05) -> float:
@@ -280,6 +297,14 @@ def main() -> int:
         print(
             f"reading both volumes at once   {both_s:8.2f} s  (8 readers per file: what a "
             f"checksummed sync must read, beside the copy's {copy_s:.2f} s)"
+        )
+        one_t = timed_digest_pass(r.volume_path("alpha"), 1)
+        two_t = timed_digest_pass(r.volume_path("alpha"), 2)
+        print(
+            f"one node's digest pass         {one_t:8.2f} s  {size / one_t / MIB:.0f} MiB/s in 1 "
+            f"thread, {two_t:.2f} s {size / two_t / MIB:.0f} MiB/s in 2: {one_t / two_t:.2f}x "
+            f"(a node hashes in half its cores, at most 4; this one has {os.cpu_count()}: "
+            f"{hash_workers()})"
         )
 
         # 1 % known: beta away past what the log holds, while the application rewrites

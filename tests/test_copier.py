@@ -352,3 +352,54 @@ def test_digests_of_larger_chunks_are_compared_whole_and_sent_in_pieces() -> Non
     c.on_ack("b", 2 * MiB)
     assert held[2:] == [(2 * MiB, MiB), (3 * MiB, MiB)]
     assert sent[-1] == BlockDone("t", 7, 0, 2 * MiB)
+
+
+def test_digests_taken_ahead_by_several_threads_are_the_same_in_the_same_order(
+    monkeypatch,
+) -> None:
+    """A node with cores to spare hashes ahead of a copy in several threads: each chunk's
+    digest must land at its own index, or a chunk would be skipped on another's digest."""
+    volume = {o: bytes([o // MiB + 1]) * MiB for o in range(0, 16 * MiB, MiB)}
+    c = BlockCopier(
+        read=lambda off, n: volume[off][:n],
+        end=lambda: 1,
+        send=lambda p, b: True,
+        volume_size=16 * MiB,
+    )
+    ranges = [(0, 16 * MiB)]
+    monkeypatch.setattr(copier_mod, "hash_workers", lambda: 3)
+    c.prehash("b", "t", ranges)
+    pre = c.prehashes["b"]
+    pre.join(10)
+    assert pre.count == 16
+    for i in range(16):
+        assert pre.get(i) == digest(volume[i * MiB]), i
+
+
+def test_a_receivers_digests_taken_by_several_threads_are_in_chunk_order(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The receiver's answer lists one digest per chunk in the order SUM_REQ cut them:
+    taken by several threads, each must still land in its place."""
+    import os
+
+    from replengine.node import sums as sums_mod
+    from replengine.node.sums import ChunkSummer, SumJob
+    from replengine.storage.volume import Volume
+    from replengine.wire.protocol import SumReq
+
+    data = os.urandom(6 * MiB) + bytes(2 * MiB)  # the last two chunks blank
+    path = tmp_path / "v"
+    path.write_bytes(data)
+    monkeypatch.setattr(sums_mod, "hash_workers", lambda: 3)
+    ranges = [(MiB // 2, 7 * MiB), (0, MiB // 2)]
+    with Volume(path) as v:
+        summer = ChunkSummer(
+            SimpleNamespace(volume=v, transport=SimpleNamespace(wake=lambda: None))
+        )
+        job = SumJob("alpha", SumReq("t", ranges, MiB))
+        ready = threading.Event()
+        ready.set()
+        summer._work(job, ready)
+    want = b"".join(digest(data[o : o + n]) for o, n in chunks(ranges, MiB))
+    assert job.digests == want and not job.error

@@ -13,7 +13,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from replengine.node.pacing import Pacer
@@ -25,6 +25,7 @@ from replengine.storage.chunksums import (
     is_zero,
     zero_digest,
 )
+from replengine.storage.hashpool import hash_workers, map_ordered
 from replengine.wire.protocol import Block, BlockDone
 
 log = logging.getLogger(__name__)
@@ -174,15 +175,28 @@ class PreHash(threading.Thread):
 
     def run(self) -> None:
         pacer = self.copier.pacer
-        try:
+        read = self.copier.read
+
+        def pieces() -> Iterator[tuple[int, int]]:
             for off, n in chunks(self.ranges, self.chunk):
                 paced(pacer, n, self.stopped)
                 if self.stopped.is_set():
                     return
-                self.digests += digest(self.copier.read(off, n))
+                yield off, n
+
+        digests = map_ordered(
+            lambda piece: digest(read(*piece)), pieces(), hash_workers(), "copy-prehash"
+        )
+        try:
+            for d in digests:
+                self.digests += d
                 self.count += 1
+                if self.stopped.is_set():
+                    break
         except Exception as exc:  # the scan reads (and reports) the volume itself
             log.warning("hashing chunks ahead of a copy stopped: %s", exc)
+        finally:
+            digests.close()
 
     def get(self, index: int) -> bytes | None:
         """Our digest of chunk ``index``, or None if not hashed (yet)."""

@@ -18,6 +18,7 @@ from replengine.node.copier import CHUNK
 from replengine.node.rewind import write_marker
 from replengine.node.states import Role
 from replengine.storage.chunksums import DIGEST_SIZE, ChunkDigests, chunks, count
+from replengine.storage.hashpool import hash_workers, map_ordered
 from replengine.wire.protocol import SumReq, Sums
 
 if TYPE_CHECKING:
@@ -125,10 +126,17 @@ class ChunkSummer:
         barrier.wait()  # also flushes the volume: what the digests cover is durable
         try:
             out = bytearray()
-            for off, n in chunks(job.req.ranges, job.req.chunk):
+            digests = map_ordered(
+                lambda piece: node.volume.digest_of(*piece),
+                chunks(job.req.ranges, job.req.chunk),
+                hash_workers(),
+                "chunk-sums",
+            )
+            for d in digests:
                 if job.cancelled.is_set():
+                    digests.close()  # waits only for the chunks being hashed
                     return
-                out += node.volume.digest_of(off, n)
+                out += d
             job.digests = bytes(out)
         except Exception as exc:  # reported in the log; the primary then copies everything
             job.error = str(exc)
