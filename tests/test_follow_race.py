@@ -9,8 +9,8 @@ records then became durable, and delta's epoch-12 records 1677-1679 were taken f
 of beta's and acknowledged. delta counted beta as holding writes it did not hold, and beta
 never rewound.
 
-beta runs as a real replengined; the test plays both primaries over one raw DEALER (as
-tests/test_hostile.py does), so beta handles their messages in the order sent. beta is
+beta runs as a real replengined; the test plays both primaries over one raw DEALER
+(tests/wire_peer.py), so beta handles their messages in the order sent. beta is
 paused (SIGSTOP) while they are sent, so it takes them all in one turn of its loop.
 """
 
@@ -24,7 +24,7 @@ import pytest
 
 from replengine import config as configmod
 from replengine.wire import protocol as proto
-from tests.test_hostile import Peer, _prefix
+from tests.wire_peer import Peer, prefix
 
 pytestmark = pytest.mark.slow
 
@@ -80,7 +80,7 @@ def test_records_of_the_old_primary_in_flight_are_not_acknowledged_to_the_new_on
         for lsn in range(11, 14):
             peer.send(update(3, "gamma", lsn))
         marker = frames(3, "gamma", proto.Pull(1, 2))
-        marker[0] = _prefix(7, 3, b"gamma", cfg.uuid) + struct.pack("!QQ", 9, 3)
+        marker[0] = prefix(7, 3, b"gamma", cfg.uuid) + struct.pack("!QQ", 9, 3)
         peer.send(marker)  # handled last: beta logs it, so everything before was handled
         r.signal("beta", signal.SIGCONT)
         r.wait_for(

@@ -27,11 +27,11 @@ import struct
 import uuid as uuidlib
 
 import pytest
-import zmq
 
 from replengine import config as configmod
 from replengine.wire import protocol as proto
 from replengine.wire.security import read_secret_key
+from tests.wire_peer import Peer, prefix
 
 pytestmark = pytest.mark.slow
 
@@ -42,39 +42,6 @@ RECORD = 4096
 
 def _srl_sha(r, node: str) -> str:
     return hashlib.sha256(r.srl_path(node).read_bytes()).hexdigest()
-
-
-class Peer:
-    """A DEALER speaking as `name` to beta."""
-
-    def __init__(
-        self, address: str, name: str, curve: tuple[bytes, bytes, bytes] | None = None
-    ) -> None:
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.SNDHWM, 0)
-        if curve is not None:  # (our public key, our secret key, beta's public key)
-            self.sock.curve_publickey, self.sock.curve_secretkey = curve[0], curve[1]
-            self.sock.curve_serverkey = curve[2]
-        self.sock.connect(f"tcp://{address}")
-        self.name = name.encode()
-        self.sent = 0
-
-    def send(self, frames: list) -> None:
-        self.sock.send_multipart([self.name, *frames])
-        self.sent += 1
-
-    def close(self) -> None:
-        self.sock.close(0)
-        self.ctx.term()
-
-
-def _prefix(mtype: int, epoch: int, sender: bytes, u: uuidlib.UUID, version: int = 1) -> bytes:
-    return (
-        struct.pack("!4sBBH16sQB", proto.MAGIC, version, mtype, 0, u.bytes, epoch, len(sender))
-        + sender
-    )
 
 
 def storm(
@@ -93,18 +60,18 @@ def storm(
         t, size = rng.randrange(1, 20), rng.randrange(0, 60)
         if t in (4, 5, 6, 7, 11) and size in (8, 16):
             size += 1  # random bytes of a fixed-size body would be a valid ACK, CLEAR, ...
-        malformed.append([_prefix(t, 1, me, u) + rng.randbytes(size)])
+        malformed.append([prefix(t, 1, me, u) + rng.randbytes(size)])
     for t in range(256):  # every type byte, body of the wrong size
-        malformed.append([_prefix(t, 1, me, u) + bytes(t % 17)])
+        malformed.append([prefix(t, 1, me, u) + bytes(t % 17)])
     malformed += [
-        [b"XXXX" + _prefix(4, 1, me, u)[4:] + bytes(16)],  # bad magic
-        [_prefix(4, 1, me, u, version=9) + bytes(16)],  # another protocol version
-        [_prefix(4, 1, me, uuidlib.uuid4()) + bytes(16)],  # another resource
-        [_prefix(4, 1, b"\xff\xfe", u) + bytes(16)],  # sender not UTF-8
-        [_prefix(4, 1, b"gamma", u) + bytes(16)],  # sender field is not the connection's
-        [_prefix(1, 1, me, u) + b'{"role": "primary"}'],  # HELLO with keys missing
-        [_prefix(1, 1, me, u) + b"[" * 100000],  # deep JSON
-        [_prefix(8, 1, me, u) + json.dumps({"ranges": [[-1, 5]], "tag": "t"}).encode()],
+        [b"XXXX" + prefix(4, 1, me, u)[4:] + bytes(16)],  # bad magic
+        [prefix(4, 1, me, u, version=9) + bytes(16)],  # another protocol version
+        [prefix(4, 1, me, uuidlib.uuid4()) + bytes(16)],  # another resource
+        [prefix(4, 1, b"\xff\xfe", u) + bytes(16)],  # sender not UTF-8
+        [prefix(4, 1, b"gamma", u) + bytes(16)],  # sender field is not the connection's
+        [prefix(1, 1, me, u) + b'{"role": "primary"}'],  # HELLO with keys missing
+        [prefix(1, 1, me, u) + b"[" * 100000],  # deep JSON
+        [prefix(8, 1, me, u) + json.dumps({"ranges": [[-1, 5]], "tag": "t"}).encode()],
     ]
     for rec in valid[:5]:  # CRC mismatch, data frame gone, data on a type without
         head, data = rec
@@ -123,11 +90,11 @@ def storm(
     kinds["truncated"] = truncated
     big = bytes(proto.MAX_DATA + 1)
     kinds["oversized"] = [
-        [_prefix(3, 1, me, u) + struct.pack("!QQQIIQ", end, 1, 0, len(big), 0, 0), big],
-        [_prefix(9, 1, me, u) + struct.pack("!QII", 0, len(big), 0), big],
-        [_prefix(2, 1, me, u) + b'{"reason": "' + b"x" * (proto.MAX_JSON + 10) + b'"}'],
-        [_prefix(3, 1, me, u) + struct.pack("!QQQIIQ", end, 1, 0, 0xFFFFFFFF, 0, 0), b"x"],
-        [_prefix(4, 1, me, u) + bytes(1 << 20)],
+        [prefix(3, 1, me, u) + struct.pack("!QQQIIQ", end, 1, 0, len(big), 0, 0), big],
+        [prefix(9, 1, me, u) + struct.pack("!QII", 0, len(big), 0), big],
+        [prefix(2, 1, me, u) + b'{"reason": "' + b"x" * (proto.MAX_JSON + 10) + b'"}'],
+        [prefix(3, 1, me, u) + struct.pack("!QQQIIQ", end, 1, 0, 0xFFFFFFFF, 0, 0), b"x"],
+        [prefix(4, 1, me, u) + bytes(1 << 20)],
     ]
     # replays: each record beta holds, again, a few times over
     kinds["replayed"] = [m for m in valid for _ in range(40)]
@@ -226,7 +193,7 @@ def test_hostile_messages_change_nothing(resource, keys: bool) -> None:
         alpha.send(hello)
         alpha.send(marker)
         gamma_marker = list(marker)
-        gamma_marker[0] = _prefix(7, 1, b"gamma", cfg.uuid) + struct.pack("!QQ", 9, 3)
+        gamma_marker[0] = prefix(7, 1, b"gamma", cfg.uuid) + struct.pack("!QQ", 9, 3)
         others["gamma"].send(gamma_marker)
         for name in ("alpha", "gamma"):
             r.wait_for(
