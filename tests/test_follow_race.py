@@ -31,19 +31,19 @@ pytestmark = pytest.mark.slow
 RECORD = 4096
 
 
-def test_records_of_the_old_primary_in_flight_are_not_acknowledged_to_the_new_one(
-    resource,
-) -> None:
-    r = resource({"alpha": "sync", "beta": "sync", "gamma": "sync"})
-    r.up("beta")
-    cfg = configmod.load(r.config, node="alpha", check_local=False)
-    size = cfg.node("beta").volume.stat().st_size
-    rng = random.Random(1700)
+class Primaries:
+    """Frames of the fake primaries, for beta of resource ``r``."""
 
-    def frames(epoch: int, sender: str, body: object) -> list[bytes]:
-        return [bytes(f) for f in proto.encode(cfg.uuid, epoch, sender, body)]
+    def __init__(self, r) -> None:
+        self.r = r
+        self.cfg = configmod.load(r.config, node="alpha", check_local=False)
+        self.size = self.cfg.node("beta").volume.stat().st_size
+        self.rng = random.Random(1700)
 
-    def hello(epoch: int, sender: str, history: list[list[int]], end: int) -> list[bytes]:
+    def frames(self, epoch: int, sender: str, body: object) -> list[bytes]:
+        return [bytes(f) for f in proto.encode(self.cfg.uuid, epoch, sender, body)]
+
+    def hello(self, epoch: int, sender: str, history: list[list[int]], end: int) -> list[bytes]:
         h = proto.Hello(
             role="primary",
             session=f"fake-{sender}-{epoch}",
@@ -51,23 +51,43 @@ def test_records_of_the_old_primary_in_flight_are_not_acknowledged_to_the_new_on
             start_lsn=1,
             end_lsn=end,
             applied_end=end,
-            digest=cfg.digest,
-            volume_size=size,
+            digest=self.cfg.digest,
+            volume_size=self.size,
             primary=sender,
         )
-        return frames(epoch, sender, h)
+        return self.frames(epoch, sender, h)
 
-    def update(epoch: int, sender: str, lsn: int) -> list[bytes]:
-        return frames(epoch, sender, proto.Update(lsn, epoch, lsn * RECORD, rng.randbytes(RECORD)))
+    def update(self, epoch: int, sender: str, lsn: int) -> list[bytes]:
+        data = self.rng.randbytes(RECORD)
+        return self.frames(epoch, sender, proto.Update(lsn, epoch, lsn * RECORD, data))
 
-    peer = Peer(cfg.node("beta").address, "alpha")
-    try:
-        # alpha, primary in epoch 1: LSNs 1..10, applied on beta
-        peer.send(hello(1, "alpha", [[1, 1]], 11))
+    def marker(self, epoch: int, sender: str) -> list[bytes]:
+        """A reversed PULL, refused with a line of its own in beta's log: once it is there,
+        beta has handled every message sent before it on the connection."""
+        m = self.frames(epoch, sender, proto.Pull(1, 2))
+        m[0] = prefix(7, epoch, sender.encode(), self.cfg.uuid) + struct.pack("!QQ", 9, 3)
+        return m
+
+    def follow_alpha(self, peer: Peer) -> None:
+        """alpha, primary in epoch 1: LSNs 1..10, applied on beta."""
+        r = self.r
+        peer.send(self.hello(1, "alpha", [[1, 1]], 11))
         r.wait_for(lambda: r.status("beta")["following"] == "alpha", 20, "beta to follow alpha")
         for lsn in range(1, 11):
-            peer.send(update(1, "alpha", lsn))
+            peer.send(self.update(1, "alpha", lsn))
         r.wait_for(lambda: r.status("beta")["applied_end"] == 11, 30, "beta to apply them")
+
+
+def test_records_of_the_old_primary_in_flight_are_not_acknowledged_to_the_new_one(
+    resource,
+) -> None:
+    r = resource({"alpha": "sync", "beta": "sync", "gamma": "sync"})
+    r.up("beta")
+    p = Primaries(r)
+    hello, update = p.hello, p.update
+    peer = Peer(p.cfg.node("beta").address, "alpha")
+    try:
+        p.follow_alpha(peer)
 
         # in one turn of beta's loop: alpha's epoch 2 writes LSNs 11..13, then gamma, promoted
         # in epoch 3 from LSN 11 without them, takes over and sends its own 11..13
@@ -79,9 +99,7 @@ def test_records_of_the_old_primary_in_flight_are_not_acknowledged_to_the_new_on
         peer.send(hello(3, "gamma", [[1, 1], [3, 11]], 14))
         for lsn in range(11, 14):
             peer.send(update(3, "gamma", lsn))
-        marker = frames(3, "gamma", proto.Pull(1, 2))
-        marker[0] = prefix(7, 3, b"gamma", cfg.uuid) + struct.pack("!QQ", 9, 3)
-        peer.send(marker)  # handled last: beta logs it, so everything before was handled
+        peer.send(p.marker(3, "gamma"))
         r.signal("beta", signal.SIGCONT)
         r.wait_for(
             lambda: "malformed message from gamma dropped: PULL range [9, 3)" in r.log("beta"),
@@ -91,10 +109,39 @@ def test_records_of_the_old_primary_in_flight_are_not_acknowledged_to_the_new_on
     finally:
         peer.close()
 
-    log = r.log("beta")
-    st = r.status("beta")
-    assert "from gamma is already logged" not in log, log[-3000:]
+    assert "from gamma is already logged" not in r.log("beta"), r.log("beta")[-3000:]
     # beta holds alpha's epoch-2 records at 11..13, gamma's line has others there: it must
     # rewind that tail from gamma (which this test does not serve), not take gamma's as its
-    assert st["following"] == "gamma" and st["rewinding"], st
-    assert st["end_lsn"] == 11, st
+    # own. (gamma, played here, goes silent after its messages: beta may call it gone since,
+    # so what it follows is not asserted; the rewind waits for a primary either way)
+    r.wait_for(lambda: r.status("beta")["end_lsn"] == 11, 10, "beta to cut its tail")
+    assert r.status("beta")["rewinding"]
+    log = r.log("beta")
+    assert "divergent tail discarded: 3 records" in log and "block ranges from gamma" in log
+
+
+def test_a_primary_whose_history_changed_below_our_end_gets_the_tail_rewound(resource) -> None:
+    """The primary followed comes back in a new epoch that starts below this node's end (it
+    lost records 8-10 and was promoted again, forced, while beta was away for less than the
+    time it takes to call a primary gone): beta never saw it step down, so Node.follow did
+    not run again. Its next record cannot be joined to beta's history; beta must rewind
+    the tail rather than refuse every record from then on."""
+    r = resource({"alpha": "sync", "beta": "sync", "gamma": "sync"})
+    r.up("beta")
+    p = Primaries(r)
+    peer = Peer(p.cfg.node("beta").address, "alpha")
+    try:
+        p.follow_alpha(peer)
+        peer.send(p.hello(2, "alpha", [[1, 1], [2, 8]], 12))
+        peer.send(p.update(2, "alpha", 11))
+        peer.send(p.marker(2, "alpha"))
+        r.wait_for(
+            lambda: "malformed message from alpha dropped: PULL range [9, 3)" in r.log("beta"),
+            30,
+            "beta to handle every message",
+        )
+    finally:
+        peer.close()
+    r.wait_for(lambda: r.status("beta")["end_lsn"] == 8, 10, "beta to cut its tail")
+    assert r.status("beta")["rewinding"]
+    assert "divergent tail discarded: 3 records" in r.log("beta")

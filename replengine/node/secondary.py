@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING
 
 from replengine.errors import ReplError, SRLFullError
-from replengine.log.history import epoch_at, join
+from replengine.log.history import divergence_point, epoch_at, join
 from replengine.log.record import Record
 from replengine.node.inbox import refusals
 from replengine.wire.protocol import Ack, Flag, Header, Nack, Update, Updates, encode
@@ -244,10 +244,17 @@ class Secondary:
             mine,
             hist,
         )
+        self._handshake_again(sender)
+        return True
+
+    def _handshake_again(self, sender: str) -> None:
+        """The primary we follow names another epoch than ours below records it sends: we
+        hold a divergent tail it did not see when we began to follow it (the check in
+        Node.follow runs once per primary followed). Run it again: it starts the rewind."""
+        node = self.node
         peer = node.peers.get(sender)
         if sender == node.following and peer is not None and peer.hello is not None:
             node.follow(peer, peer.hello)
-        return True
 
     def _epoch_matches(self, sender: str, u: Update) -> bool:
         """The record's epoch must be the one its sender's history names for its LSN; when
@@ -285,6 +292,8 @@ class Secondary:
                 sender,
                 exc,
             )
+            if divergence_point(hist, theirs, u.lsn) < u.lsn:
+                self._handshake_again(sender)
             return False
         log.warning(
             "epoch history %s replaced by %s from LSN %d on (as %s's)",
