@@ -225,6 +225,11 @@ def test_replctl_status_json_keys(resource):
     assert prim["peers"]["beta"]["state"] == "up-to-date"
     assert prim["peers"]["beta"]["shipped_records"] == 1
     assert prim["peers"]["beta"]["shipped_bytes"] == 65536
+    # its stream: on, and nothing left to send
+    assert prim["peers"]["beta"]["streaming"] is True
+    assert prim["peers"]["beta"]["next_lsn"] == prim["end_lsn"] == 2
+    sec = json.loads(r.replctl("beta", "status", "--json").stdout)
+    assert sec["peers"]["alpha"]["streaming"] is None and sec["peers"]["alpha"]["next_lsn"] is None
 
 
 def _one_line_error(proc: subprocess.CompletedProcess, what: str) -> str:

@@ -102,6 +102,9 @@ def status(node: Node) -> dict:
             "rejected": p.rejected or None,
             "shipped_records": p.shipped_records,
             "shipped_bytes": p.shipped_bytes,
+            # a primary's stream to it: whether records flow, and the next LSN to send
+            "streaming": p.streaming if node.primary else None,
+            "next_lsn": p.next_lsn if node.primary else None,
             "end_lsn": p.hello.end_lsn if p.hello else None,
             "consistent": p.hello.consistent if p.hello else None,
             "resync": resync_progress(node, p.name),

@@ -1166,6 +1166,13 @@ def describe(n: str, s: dict | None) -> str:
     peers = ", ".join(
         f"{p}:{ps['state']}{'/deg' if ps['degraded'] else ''}"
         f"{'' if ps['connected'] else '/disc'} acked {ps['acked_lsn']}"
+        + (
+            f" stream {'on' if ps.get('streaming') else 'off'} next {ps.get('next_lsn')}"
+            f" shipped {ps.get('shipped_records')} its end {ps.get('end_lsn')}"
+            f"{'' if ps.get('consistent') else ' inconsistent'}"
+            if s["role"] == "primary"
+            else ""
+        )
         for p, ps in s["peers"].items()
     )
     return (
