@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -232,3 +233,39 @@ def test_a_large_volumes_digests_are_taken_over_larger_chunks_so_they_fit_one_me
     assert sum_chunk([(0, 3 * TiB)]) == 4 << 20
     assert sum_chunk([(0, 7 * TiB)]) == 8 << 20
     assert sum_chunk([(0, 9 * TiB)]) is None
+
+
+def test_a_peer_stuck_after_its_resync_gets_the_stream_again_from_its_end() -> None:
+    """The copy is over (its log restarted at the resume LSN) and the peer catches up from
+    the primary's log. If its HELLO shows it behind what was sent, or nothing is being sent,
+    with nothing acknowledged for two beats, the stream starts again from its end; a HELLO
+    from before its log restarted, or a peer that acknowledged lately, changes nothing."""
+    from types import SimpleNamespace
+
+    from replengine.node.dcm import DcmTracker, Resync
+    from replengine.node.peers import Peer
+    from replengine.wire.protocol import Hello
+
+    tracker = DcmTracker(SimpleNamespace(heartbeat_s=0.1))
+    job = Resync("delta", resume_lsn=7515, done=True)
+
+    def peer(end: int, streaming: bool, next_lsn: int, idle_s: float) -> Peer:
+        p = Peer("delta", "async", streaming=streaming, next_lsn=next_lsn)
+        p.hello = Hello("secondary", "s", [(1, 1)], end, end, end, "d", 1 << 22, consistent=False)
+        p.last_progress = time.monotonic() - idle_s
+        return p
+
+    off = peer(7515, False, 7515, 1.0)  # the stream never (re)started after the copy
+    tracker._unstick(off, job)
+    assert off.streaming and off.next_lsn == 7515
+    lost = peer(7515, True, 7520, 1.0)  # 7515..7519 sent, none arrived
+    tracker._unstick(lost, job)
+    assert lost.streaming and lost.next_lsn == 7515
+    for unchanged in (
+        peer(5347, False, 7515, 1.0),  # its HELLO is from before the copy ended
+        peer(7515, True, 7520, 0.05),  # acknowledged lately: records are on their way
+        peer(7520, True, 7520, 1.0),  # has everything sent
+    ):
+        before = (unchanged.streaming, unchanged.next_lsn)
+        tracker._unstick(unchanged, job)
+        assert (unchanged.streaming, unchanged.next_lsn) == before

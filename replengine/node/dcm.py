@@ -491,6 +491,34 @@ class DcmTracker:
                     self._finish(peer, job)
                     if node.primary is not None:
                         node.primary.check_sync_peers()  # synchronous again if caught up
+                else:
+                    self._unstick(peer, job)
+
+    def _unstick(self, peer: Peer, job: Resync) -> None:
+        """The copy is over and the peer, its log restarted at the resume LSN, catches up from
+        ours: a peer in a resync is left out of the handshake's check for a stuck stream, so
+        the check is here. Its HELLO says where its log ends; when that is behind what was
+        sent (or nothing is being sent) and nothing was acknowledged for two beats, the
+        stream starts again from there. (A campaign round ended with a rewound node waiting
+        30 s for records its primary never sent after such a copy: docs/reliability.md.)"""
+        h = peer.hello
+        assert h is not None
+        if h.end_lsn < job.resume_lsn:
+            return  # a HELLO from before its log restarted: says nothing of the stream
+        if peer.streaming and h.end_lsn >= peer.next_lsn:
+            return  # everything sent is there: it is applying, or nothing more was written
+        if time.monotonic() - peer.last_progress <= 2 * self.node.heartbeat_s:
+            return
+        log.warning(
+            "secondary %s stuck at LSN %d after its resync (stream %s, next LSN %d): "
+            "sending again from there",
+            peer.name,
+            h.end_lsn,
+            "on" if peer.streaming else "off",
+            peer.next_lsn,
+        )
+        peer.restart_stream(h.end_lsn)
+        peer.streaming = True
 
     def _abort(self, peer: Peer, job: Resync) -> None:
         """The peer went away mid-resync: back to dcm, owing everything since resume_lsn."""
