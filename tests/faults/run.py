@@ -68,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     def interrupted(signum: int, frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
+    deferred: list[int] = []
+
+    def defer(signum: int, frame: object) -> None:
+        deferred.append(signum)
+
     # a run started in the background (nohup … &) ignores SIGINT: SIGINT and SIGTERM both
     # end it cleanly (the resource torn down, namespaces and mounts removed, summary printed)
     signal.signal(signal.SIGINT, interrupted)
@@ -123,7 +128,17 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             stop = True
         finally:
-            h.teardown(remove=True)
+            # a signal must not cut the teardown short (daemons and namespaces would outlive
+            # the run): it is held until the teardown is done, then ends the run
+            deferred.clear()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, defer)
+            try:
+                h.teardown(remove=True)
+            finally:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    signal.signal(sig, interrupted)
+            stop = stop or bool(deferred)
         if stop:
             break
     wall = time.monotonic() - t0
