@@ -383,15 +383,15 @@ def test_a_receivers_digests_taken_by_several_threads_are_in_chunk_order(
     taken by several threads, each must still land in its place."""
     import os
 
-    from replengine.node import sums as sums_mod
     from replengine.node.sums import ChunkSummer, SumJob
+    from replengine.storage import hashpool
     from replengine.storage.volume import Volume
     from replengine.wire.protocol import SumReq
 
     data = os.urandom(6 * MiB) + bytes(2 * MiB)  # the last two chunks blank
     path = tmp_path / "v"
     path.write_bytes(data)
-    monkeypatch.setattr(sums_mod, "hash_workers", lambda: 3)
+    monkeypatch.setattr(hashpool, "hash_workers", lambda: 3)
     ranges = [(MiB // 2, 7 * MiB), (0, MiB // 2)]
     with Volume(path) as v:
         summer = ChunkSummer(

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from replengine.node.copier import CHUNK, CopyJob
 from replengine.node.states import IN_DCM, PeerState
+from replengine.node.sums import offered_skip
 from replengine.storage.chunksums import DIGEST_SIZE, MAX_CHUNK, ChunkDigests, count
 from replengine.storage.dirtymap import DCMError, DirtyMap
 from replengine.wire.protocol import MAX_DATA, SumReq, Sums
@@ -425,24 +426,14 @@ class DcmTracker:
         job = self.resyncs.get(peer.name)
         if job is None or job.copying or sums.tag != job.tag:
             return False
-        pieces = count(job.ranges, job.chunk)
         if not sums.digests:
             log.info(
                 "%s declined to send digests (it is rewinding): copying every chunk", peer.name
             )
             self._start_copy(peer, job, None)
             return True
-        if len(sums.digests) != pieces * DIGEST_SIZE:
-            log.error(
-                "%s sent %d bytes of digests for %d chunks: copying every chunk",
-                peer.name,
-                len(sums.digests),
-                pieces,
-            )
-            self._start_copy(peer, job, None)
-            return True
-        skip = ChunkDigests(job.ranges, bytes(sums.digests), job.chunk)
-        self._start_copy(peer, job, skip, progress=True)
+        skip = offered_skip(sums, job.tag, list(job.ranges), job.chunk)  # logs a misfit
+        self._start_copy(peer, job, skip, progress=skip is not None)
         return True
 
     def summary(self) -> dict:

@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from replengine.node.copier import CHUNK
-from replengine.storage.chunksums import DIGEST_SIZE, chunks
+from replengine.storage.chunksums import DIGEST_SIZE
+from replengine.storage.hashpool import volume_digests
 from replengine.wire.protocol import MAX_DATA, Block, BlockAck, BlockDone, BlockReq, Sums
 
 if TYPE_CHECKING:
@@ -406,10 +407,7 @@ class _DigestJob:
     def _work(self, node: RewindContext, barrier: threading.Event, wake: object) -> None:
         barrier.wait()
         try:
-            out = bytearray()
-            for off, n in chunks(self.ranges, CHUNK):
-                out += node.volume.digest_of(off, n)
-            self.digests = bytes(out)
+            self.digests = volume_digests(node.volume, self.ranges, CHUNK)
         except Exception as exc:  # the request then goes without digests: a plain copy
             log.error("rewind: digests of our chunks failed (%s): asking for every block", exc)
         self.done.set()

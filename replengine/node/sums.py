@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 from replengine.node.copier import CHUNK
 from replengine.node.rewind import write_marker
 from replengine.node.states import Role
-from replengine.storage.chunksums import DIGEST_SIZE, ChunkDigests, chunks, count
-from replengine.storage.hashpool import hash_workers, map_ordered
+from replengine.storage.chunksums import DIGEST_SIZE, ChunkDigests, count
+from replengine.storage.hashpool import volume_digests
 from replengine.wire.protocol import SumReq, Sums
 
 if TYPE_CHECKING:
@@ -125,19 +125,11 @@ class ChunkSummer:
         node = self.node
         barrier.wait()  # also flushes the volume: what the digests cover is durable
         try:
-            out = bytearray()
-            digests = map_ordered(
-                lambda piece: node.volume.digest_of(*piece),
-                chunks(job.req.ranges, job.req.chunk),
-                hash_workers(),
-                "chunk-sums",
+            job.digests = volume_digests(
+                node.volume, job.req.ranges, job.req.chunk, job.cancelled.is_set
             )
-            for d in digests:
-                if job.cancelled.is_set():
-                    digests.close()  # waits only for the chunks being hashed
-                    return
-                out += d
-            job.digests = bytes(out)
+            if job.digests is None:
+                return
         except Exception as exc:  # reported in the log; the primary then copies everything
             job.error = str(exc)
         self.finished.append(job)

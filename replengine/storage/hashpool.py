@@ -14,9 +14,11 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
-__all__ = ["hash_workers", "map_ordered"]
+from replengine.storage.chunksums import chunks
+
+__all__ = ["hash_workers", "map_ordered", "volume_digests"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -54,3 +56,28 @@ def map_ordered(
         finally:
             for f in pending:
                 f.cancel()
+
+
+class _Digestible(Protocol):
+    def digest_of(self, offset: int, length: int) -> bytes: ...
+
+
+def volume_digests(
+    volume: _Digestible,
+    ranges: list[tuple[int, int]],
+    chunk: int,
+    stopped: Callable[[], bool] = lambda: False,
+) -> bytes | None:
+    """A volume's digests of the chunks of ``ranges`` (chunks() cuts them), packed in that
+    order, taken in hash_workers() threads; None once ``stopped()`` says so (a request
+    replaced by a newer one)."""
+    out = bytearray()
+    digests = map_ordered(
+        lambda piece: volume.digest_of(*piece), chunks(ranges, chunk), hash_workers(), "digests"
+    )
+    for d in digests:
+        if stopped():
+            digests.close()  # waits only for the chunks being hashed
+            return None
+        out += d
+    return bytes(out)
