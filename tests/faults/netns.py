@@ -14,6 +14,10 @@ The faults, each undone by `heal` (and all of them by `clear`):
 - ``cut(node)``: the node's bridge port goes down — a partition of that node from all;
 - ``split(side_a, side_b)``: nftables rules in every node drop what comes from, or goes to,
   the other side's addresses — a partition of the cluster in two, each side connected;
+- ``one_way(node, direction, others)``: the link between a node and ``others`` works in one
+  direction only, as with a firewall rule or a duplex fault on one side: ``deaf`` drops at
+  the node what comes from them (the node's messages still arrive, for as long as TCP keeps
+  sending without its ACKs), ``mute`` drops at them what comes from the node;
 - ``lossy(node, pct)``: nftables drops pct % of the packets leaving and entering eth0
   (``numgen random``);
 - ``slow(node, ...)``: netem delay on eth0 where the kernel has it; otherwise (this kernel
@@ -114,6 +118,8 @@ class Network:
         self.sides: tuple[frozenset[str], frozenset[str]] | None = None
         self.loss: dict[str, int] = {}
         self.shaped: dict[str, str] = {}
+        #: node -> ("deaf" | "mute", the nodes on the other end of its one-way links)
+        self.oneway: dict[str, tuple[str, frozenset[str]]] = {}
 
     def ns(self, node: str) -> str:
         return f"{self.prefix}-{node}"
@@ -161,6 +167,9 @@ class Network:
             return True
         if a in self.cuts or b in self.cuts:
             return False
+        for n, (_, others) in self.oneway.items():
+            if (a == n and b in others) or (b == n and a in others):
+                return False  # one way only: no request gets its answer
         if self.sides is not None:
             return any(a in s and b in s for s in self.sides)
         return True
@@ -181,6 +190,31 @@ class Network:
         self.sides = None
         self._filters()
 
+    def isolated(self) -> set[str]:
+        """Nodes cut off, or on one-way links: none can take part in a promotion."""
+        return self.cuts | set(self.oneway)
+
+    def one_way(self, node: str, direction: str, others: set[str]) -> None:
+        assert direction in ("deaf", "mute") and node not in others
+        self.oneway[node] = (direction, frozenset(others))
+        self._filters()
+
+    def two_way(self, node: str) -> None:
+        self.oneway.pop(node, None)
+        self._filters()
+
+    def _deaf_to(self, n: str) -> list[str]:
+        """The nodes whose packets n drops (split and one-way links, not cut nodes)."""
+        out = set()
+        if self.sides is not None:
+            out |= {m for m in self.nodes if not any(n in s and m in s for s in self.sides)}
+        for m, (direction, others) in self.oneway.items():
+            if direction == "deaf" and m == n:
+                out |= others
+            if direction == "mute" and n in others:
+                out.add(m)
+        return [m for m in self.nodes if m in out and m not in self.cuts]
+
     def lossy(self, node: str, pct: int) -> None:
         if pct:
             self.loss[node] = pct
@@ -193,11 +227,18 @@ class Network:
         for n in nodes or self.nodes:
             rules_in, rules_out = [], []
             if self.sides is not None:
-                other = [m for m in self.nodes if not self.connected(n, m) and m not in self.cuts]
+                other = [
+                    m
+                    for m in self.nodes
+                    if not any(n in s and m in s for s in self.sides) and m not in self.cuts
+                ]
                 if other:
                     addrs = ", ".join(self.addr(m) for m in other)
-                    rules_in.append(f'iifname "eth0" ip saddr {{ {addrs} }} drop')
                     rules_out.append(f'oifname "eth0" ip daddr {{ {addrs} }} drop')
+            deaf = self._deaf_to(n)
+            if deaf:
+                addrs = ", ".join(self.addr(m) for m in deaf)
+                rules_in.append(f'iifname "eth0" ip saddr {{ {addrs} }} drop')
             pct = self.loss.get(n, 0)
             if pct:
                 rules_in.append(f'iifname "eth0" numgen random mod 100 < {pct} drop')
@@ -235,6 +276,7 @@ class Network:
         out = [f"cut({n})" for n in sorted(self.cuts)]
         if self.sides is not None:
             out.append("split(" + " | ".join(",".join(sorted(s)) for s in self.sides) + ")")
+        out += [f"oneway({n},{d})" for n, (d, _) in sorted(self.oneway.items())]
         out += [f"loss({n},{p}%)" for n, p in sorted(self.loss.items())]
         out += [f"slow({n})" for n in sorted(self.shaped)]
         return out
@@ -244,9 +286,10 @@ class Network:
             self.uncut(n)
         for n in sorted(self.shaped):
             self.unslow(n)
-        if self.sides is not None or self.loss:
+        if self.sides is not None or self.loss or self.oneway:
             self.sides = None
             self.loss = {}
+            self.oneway = {}
             self._filters()
 
 

@@ -86,6 +86,8 @@ NET_KINDS = {
     "partition_primary": 4,
     "partition_secondary": 3,
     "split": 3,
+    "oneway_primary": 3,
+    "oneway_secondary": 2,
     "loss": 2,
     "delay": 2,
     "srl_fill": 2,
@@ -333,7 +335,7 @@ class Harness:
 
     def away(self) -> set[str]:
         """Nodes killed, frozen or cut off."""
-        cut = self.network.cuts if self.network is not None else set()
+        cut = self.network.isolated() if self.network is not None else set()
         return self.dead | set(self.frozen) | cut
 
     def status(self, n: str, timeout: float = 2.0) -> dict | None:
@@ -492,7 +494,7 @@ class Harness:
                 for n in NODES
                 if self.reachable(n)
                 and n != self.primary
-                and (self.network is None or n not in self.network.cuts)
+                and (self.network is None or n not in self.network.isolated())
                 and not self.serving_beside(n)
             ]
             self.rng.shuffle(candidates)
@@ -631,11 +633,11 @@ class Harness:
         ks.append("burst")
         if net is not None:
             p = self.primary
-            cut_secs = [n for n in secs if n not in net.cuts]
-            if away < MAX_AWAY and self.reachable(p) and p not in net.cuts and cut_secs:
-                ks.append("partition_primary")
+            cut_secs = [n for n in secs if n not in net.isolated()]
+            if away < MAX_AWAY and self.reachable(p) and p not in net.isolated() and cut_secs:
+                ks += ["partition_primary", "oneway_primary"]
             if away < MAX_AWAY and cut_secs:
-                ks.append("partition_secondary")
+                ks += ["partition_secondary", "oneway_secondary"]
             if away == 0:
                 ks.append("split")
             if len(net.loss) + len(net.shaped) < 2:
@@ -752,7 +754,7 @@ class Harness:
         rng = self.rng
         p = self.primary
         assert net is not None and p is not None
-        secs = sorted(n for n in NODES if self.reachable(n) and n != p and n not in net.cuts)
+        secs = sorted(n for n in NODES if self.reachable(n) and n != p and n not in net.isolated())
         self.observe()
         if kind == "partition_primary":
             net.cut(p)
@@ -765,6 +767,29 @@ class Harness:
                 if self.failover() and self.primary != p:
                     self.late_writes(p, old)
             return f"{kind}({p}->{self.primary})"
+        if kind == "oneway_primary":
+            # one direction of every link of the primary: deaf, it still sends its records
+            # (until TCP gives up without ACKs) to nodes that may promote one of themselves;
+            # mute, it hears the new primary's epoch but nobody hears its answers
+            direction = rng.choice(["deaf", "mute"])
+            net.one_way(p, direction, set(NODES) - {p})
+            self.isolations.append(Isolation(p, self.epoch, self.now(), "one-way"))
+            self.faults[f"{kind}({direction})"] += 1
+            self.note(f"{p} (primary, epoch {self.epoch}) {direction} on every link")
+            self.wait_observing(rng.uniform(0.2, 1.5))
+            if rng.random() < 0.8:
+                old = self.epoch
+                if self.failover() and self.primary != p:
+                    self.late_writes(p, old)
+            return f"{kind}({p},{direction}->{self.primary})"
+        if kind == "oneway_secondary":
+            n = rng.choice(secs)
+            direction = rng.choice(["deaf", "mute"])
+            others = {p} if rng.random() < 0.7 else set(NODES) - {n}
+            net.one_way(n, direction, others)
+            self.faults[f"{kind}({NODES[n]},{direction})"] += 1
+            self.note(f"{n} ({NODES[n]} secondary) {direction} to {sorted(others)}")
+            return f"{kind}({n},{direction})"
         if kind == "partition_secondary":
             n = rng.choice(secs)
             net.cut(n)
@@ -840,6 +865,9 @@ class Harness:
             elif name == "split":
                 net.unsplit()
                 self.healed(None, "split")
+            elif name == "oneway":
+                net.two_way(arg)
+                self.healed(arg, "one-way")
             elif name == "loss":
                 net.lossy(arg, 0)
             else:

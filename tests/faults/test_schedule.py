@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -299,6 +301,8 @@ def _netns_tools() -> str | None:
         # the primary cut off and replaced, a slowed link; then a split with loss
         ("degrade", 301, [["partition_primary", "delay"], ["split", "loss", "disk_error"]]),
         ("block", 302, [["split", "delay"], ["partition_primary", "srl_fill"]]),
+        # the primary on one-way links and replaced, a secondary on one too
+        ("degrade", 303, [["oneway_primary", "oneway_secondary"]]),
     ],
 )
 def test_fault_schedule_netns_smoke(mode, seed, script):
@@ -317,7 +321,8 @@ def test_fault_schedule_netns_smoke(mode, seed, script):
     print("\n".join(lines))
     assert not reports, "\n\n".join(reports)
     played = " ".join(lines)
-    assert "partition_primary(" in played and "split(" in played, played
+    for kind in {k for faults in script for k in faults} - {"loss", "delay", "disk_error"}:
+        assert f"{kind}(" in played, played
 
 
 @pytest.mark.skipif(_netns_tools() is not None, reason=str(_netns_tools()))
@@ -335,6 +340,57 @@ def test_network_namespaces_are_made_and_removed():
         net.down()
     assert not {net.hub, net.ns("a"), net.ns("b")} & set(netns_list())
     sweep_stale()
+
+
+UDP_RECV = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 7999)); s.settimeout(float(sys.argv[1]))
+print("ready", flush=True)
+try:
+    print(s.recv(100).decode(), flush=True)
+except socket.timeout:
+    print("nothing", flush=True)
+"""
+
+
+def udp_arrives(net: Network, src: str, dst: str, timeout: float) -> bool:
+    """Whether a datagram sent from src's namespace reaches a listener in dst's."""
+    rx = subprocess.Popen(
+        [*net.prefix_cmd(dst), sys.executable, "-c", UDP_RECV, str(timeout)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert rx.stdout is not None and rx.stdout.readline().strip() == "ready"
+    send = f"import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'hi', ('{net.addr(dst)}', 7999))"
+    for _ in range(3):  # the first may wait for ARP
+        subprocess.run([*net.prefix_cmd(src), sys.executable, "-c", send], check=True)
+    got = rx.stdout.readline().strip()
+    rx.wait(timeout=timeout + 10)
+    return got == "hi"
+
+
+@pytest.mark.skipif(_netns_tools() is not None, reason=str(_netns_tools()))
+def test_one_way_links_drop_one_direction_only():
+    """A deaf node still reaches the others and hears none of them; a mute one the reverse;
+    neither counts as connected (no request of theirs gets its answer); healing restores
+    both directions."""
+    net = Network(["a", "b", "c"])
+    try:
+        net.up()
+        net.one_way("a", "deaf", {"b", "c"})
+        assert net.faults() == ["oneway(a,deaf)"] and net.isolated() == {"a"}
+        assert not net.connected("a", "b") and net.connected("b", "c")
+        assert udp_arrives(net, "a", "b", 5)
+        assert not udp_arrives(net, "b", "a", 1)
+        net.one_way("a", "mute", {"b"})
+        assert not udp_arrives(net, "a", "b", 1)
+        assert udp_arrives(net, "b", "a", 5) and udp_arrives(net, "a", "c", 5)
+        net.two_way("a")
+        assert net.connected("a", "b") and not net.isolated()
+        assert udp_arrives(net, "a", "b", 5) and udp_arrives(net, "b", "a", 5)
+    finally:
+        net.down()
 
 
 def netns_list() -> list[str]:
