@@ -90,6 +90,16 @@ class Secondary:
             # a rewind's or a dcm resync's blocks are not all in yet: a record logged now
             # could be overwritten by them. Asked for again once they are (copy_ended)
             self.refused_in_copy.add(header.sender)
+            refusals(
+                f"in-copy:{header.sender}",
+                logging.INFO,
+                "refused UPDATE LSN %d from %s until the blocks of the %s are all in",
+                lsn,
+                header.sender,
+                "rewind"
+                if node.rewinder is not None and not node.rewinder.streaming
+                else "dcm resync",
+            )
             return False
         if not pulled and header.sender != node.following:
             refusals(
