@@ -5,8 +5,7 @@
 # (--quick for a short run, --only NAME...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup-venv.sh
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,bench]'
+bash scripts/setup-venv.sh test,bench
 if ! command -v fio >/dev/null; then
     cand=$(apt-cache policy fio 2>/dev/null | awk '/Candidate:/{print $2}')
     if [ -z "$cand" ] || [ "$cand" = "(none)" ]; then apt-get update -qq; fi

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create ./.venv with replengine installed (editable) and its test tools.
+# Create ./.venv with replengine installed (editable) and its test tools; an argument names
+# the extras instead (bench-report.sh: test,bench).
 # Uses Debian's own python3 (/usr/bin/python3), as the packaged agent does, so that Pacemaker
 # and ocf-tester (which runs meta-data as 'nobody') can execute the agent; installs
 # python3-venv from Debian when missing.
@@ -27,7 +28,7 @@ fi
 # compat: the tree goes on sys.path through a plain .pth line. The default (strict) mode
 # installs an import finder that every Python start imports: ~10-15 ms of each `replctl`
 # and daemon start here, which an installed package (the .deb) does not pay
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' \
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[${1:-test}]" \
     --config-settings editable_mode=compat
 # Bytecode for the tree, as an installed package has it (py3compile at install): with
 # PYTHONDONTWRITEBYTECODE set (this machine kind sets it), every replctl and daemon start would
