@@ -203,11 +203,15 @@ class Network:
         self.oneway.pop(node, None)
         self._filters()
 
+    def _split_from(self, n: str) -> set[str]:
+        """The nodes on the other side of the split from n (none if no split)."""
+        if self.sides is None:
+            return set()
+        return {m for m in self.nodes if not any(n in s and m in s for s in self.sides)}
+
     def _deaf_to(self, n: str) -> list[str]:
         """The nodes whose packets n drops (split and one-way links, not cut nodes)."""
-        out = set()
-        if self.sides is not None:
-            out |= {m for m in self.nodes if not any(n in s and m in s for s in self.sides)}
+        out = self._split_from(n)
         for m, (direction, others) in self.oneway.items():
             if direction == "deaf" and m == n:
                 out |= others
@@ -226,15 +230,10 @@ class Network:
         """Write each node's nftables table from the split and loss state."""
         for n in nodes or self.nodes:
             rules_in, rules_out = [], []
-            if self.sides is not None:
-                other = [
-                    m
-                    for m in self.nodes
-                    if not any(n in s and m in s for s in self.sides) and m not in self.cuts
-                ]
-                if other:
-                    addrs = ", ".join(self.addr(m) for m in other)
-                    rules_out.append(f'oifname "eth0" ip daddr {{ {addrs} }} drop')
+            other = [m for m in self.nodes if m in self._split_from(n) and m not in self.cuts]
+            if other:
+                addrs = ", ".join(self.addr(m) for m in other)
+                rules_out.append(f'oifname "eth0" ip daddr {{ {addrs} }} drop')
             deaf = self._deaf_to(n)
             if deaf:
                 addrs = ", ".join(self.addr(m) for m in deaf)
