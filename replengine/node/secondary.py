@@ -84,9 +84,8 @@ class Secondary:
                 node.known_epoch,
             )
             return False
-        if (node.rewinder is not None and not node.rewinder.streaming) or (
-            node.dcm_rx is not None and not node.dcm_rx.done
-        ):
+        in_rewind = node.rewinder is not None and not node.rewinder.streaming
+        if in_rewind or (node.dcm_rx is not None and not node.dcm_rx.done):
             # a rewind's or a dcm resync's blocks are not all in yet: a record logged now
             # could be overwritten by them. Asked for again once they are (copy_ended)
             self.refused_in_copy.add(header.sender)
@@ -96,9 +95,7 @@ class Secondary:
                 "refused UPDATE LSN %d from %s until the blocks of the %s are all in",
                 lsn,
                 header.sender,
-                "rewind"
-                if node.rewinder is not None and not node.rewinder.streaming
-                else "dcm resync",
+                "rewind" if in_rewind else "dcm resync",
             )
             return False
         if not pulled and header.sender != node.following:

@@ -761,11 +761,7 @@ class Harness:
             self.isolations.append(Isolation(p, self.epoch, self.now(), "its link down"))
             self.faults[kind] += 1
             self.note(f"link of {p} down (primary, epoch {self.epoch}); faults {net.faults()}")
-            self.wait_observing(rng.uniform(0.2, 1.5))
-            if rng.random() < 0.8:
-                old = self.epoch
-                if self.failover() and self.primary != p:
-                    self.late_writes(p, old)
+            self.replace_cut_off(p, 0.8)
             return f"{kind}({p}->{self.primary})"
         if kind == "oneway_primary":
             # one direction of every link of the primary: deaf, it still sends its records
@@ -776,11 +772,7 @@ class Harness:
             self.isolations.append(Isolation(p, self.epoch, self.now(), "one-way"))
             self.faults[f"{kind}({direction})"] += 1
             self.note(f"{p} (primary, epoch {self.epoch}) {direction} on every link")
-            self.wait_observing(rng.uniform(0.2, 1.5))
-            if rng.random() < 0.8:
-                old = self.epoch
-                if self.failover() and self.primary != p:
-                    self.late_writes(p, old)
+            self.replace_cut_off(p, 0.8)
             return f"{kind}({p},{direction}->{self.primary})"
         if kind == "oneway_secondary":
             n = rng.choice(secs)
@@ -806,11 +798,7 @@ class Harness:
                 self.isolations.append(Isolation(p, self.epoch, self.now(), "split"))
             self.faults[kind] += 1
             self.note(f"split {sorted(side)} | {sorted(rest)} (primary {p} epoch {self.epoch})")
-            self.wait_observing(rng.uniform(0.2, 1.5))
-            if rng.random() < 0.85:
-                old = self.epoch
-                if self.failover() and self.primary != p:
-                    self.late_writes(p, old)
+            self.replace_cut_off(p, 0.85)
             return f"{kind}({','.join(sorted(side))}|{','.join(sorted(rest))}->{self.primary})"
         if kind == "loss":
             n = rng.choice(sorted(NODES))
@@ -895,6 +883,16 @@ class Harness:
                 self.notes["disk error: daemon kept running"] += 1
             return f"disk_error({n},{what},{files})"
         raise AssertionError(kind)
+
+    def replace_cut_off(self, p: str, chance: float) -> None:
+        """After a fault that cut the primary off: a moment observed, then (with ``chance``)
+        a node on the other side promoted, and the application on the old primary sends it
+        a few late writes."""
+        self.wait_observing(self.rng.uniform(0.2, 1.5))
+        if self.rng.random() < chance:
+            old = self.epoch
+            if self.failover() and self.primary != p:
+                self.late_writes(p, old)
 
     def healed(self, node: str | None, how: str) -> None:
         for iso in self.isolations:
