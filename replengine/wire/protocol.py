@@ -52,6 +52,10 @@ class MsgType(IntEnum):
     UPDATES = 16  # consecutive records in one message (binary + one data frame): catch-up
 
 
+#: the types by number: MsgType(n) costs an enum lookup per message (cProfile)
+_MSG_TYPES: dict[int, MsgType] = {int(t): t for t in MsgType}
+
+
 class Flag:
     PULLED = 1  # UPDATE is a reply to PULL, not the primary's live stream
     ANSWER = 2  # HELLO that asks for a HELLO back at once (a promotion probing its peers)
@@ -405,14 +409,18 @@ def decode(
         raise ProtocolError(
             f"protocol version {version} not supported (this node speaks {VERSION})"
         )
-    try:
-        mtype = MsgType(mtype)
-    except ValueError:
-        raise ProtocolError(f"unknown message type {mtype}") from None
-    uuid = uuidlib.UUID(bytes=ubytes)
-    if expect_uuid is not None and uuid != expect_uuid:
+    known = _MSG_TYPES.get(mtype)
+    if known is None:
+        raise ProtocolError(f"unknown message type {mtype}")
+    mtype = known
+    if expect_uuid is None:
+        uuid = uuidlib.UUID(bytes=ubytes)
+    elif ubytes == expect_uuid.bytes:
+        uuid = expect_uuid  # (a UUID made per message was a tenth of a secondary's decode)
+    else:
         raise ForeignResourceError(
-            f"message for foreign resource {uuid} (this resource is {expect_uuid})"
+            f"message for foreign resource {uuidlib.UUID(bytes=ubytes)} "
+            f"(this resource is {expect_uuid})"
         )
     off = _PREFIX.size
     if nlen == 0 or nlen > MAX_NAME or len(head) < off + nlen:

@@ -55,6 +55,7 @@ from zmq.utils import z85
 
 from replengine.wire.peerwatch import HANDSHAKE_FAILED, PeerWatch, monitor_event
 from replengine.wire.security import CurveKeys, handshake_reason, refusals
+from replengine.wire.zmqio import recv_frames, send_frames
 
 log = logging.getLogger(__name__)
 
@@ -356,9 +357,8 @@ class Transport:
         frame; two connections with the same such id are not handed over (the ROUTER ignores
         the second one until the first is gone)."""
         while True:
-            try:
-                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            frames = recv_frames(self.router)
+            if frames is None:
                 return None
             route = frames[0].bytes
             if not _numbered(route):
@@ -402,9 +402,8 @@ class Transport:
         return False
 
     def recv_control(self) -> Incoming | None:
-        try:
-            frames = self.control.recv_multipart(zmq.NOBLOCK, copy=False)
-        except zmq.Again:
+        frames = recv_frames(self.control)
+        if frames is None:
             return None
         return Incoming(frames[0].bytes, frames[1:])
 
@@ -412,7 +411,7 @@ class Transport:
         """Queue frames to a peer; False when not connected or its pipe is full."""
         sock = self.dealers[peer]
         try:
-            sock.send_multipart([self._me_frame, *frames], zmq.NOBLOCK, copy=False)
+            send_frames(sock, [self._me_frame, *frames])
             return True
         except zmq.Again:
             pass
@@ -423,7 +422,7 @@ class Transport:
         if not sock.getsockopt(zmq.EVENTS) & zmq.POLLOUT:
             return False
         try:
-            sock.send_multipart([self._me_frame, *frames], zmq.NOBLOCK, copy=False)
+            send_frames(sock, [self._me_frame, *frames])
             return True
         except zmq.Again:
             return False
@@ -441,7 +440,7 @@ class Transport:
 
     def reply_control(self, identity: bytes, frames: list) -> None:
         try:
-            self.control.send_multipart([identity, *frames], zmq.NOBLOCK, copy=False)
+            send_frames(self.control, [identity, *frames])
         except (zmq.Again, zmq.ZMQError) as exc:
             log.warning("control reply dropped: %s", exc)
 
