@@ -11,6 +11,9 @@ import zmq
 
 from replengine.errors import ReplError
 from replengine.runtime import RuntimePaths
+from replengine.wire.zmqio import COPY_THRESHOLD
+
+_SNDMORE = int(zmq.SNDMORE)
 
 
 class ControlClient:
@@ -28,23 +31,43 @@ class ControlClient:
         self.timeout_ms = int(timeout_s * 1000)
         self._ids = itertools.count(1)
         self._done: dict[int, tuple[dict, bytes | None]] = {}
+        self._rcvtimeo = -1
 
     def send(self, op: str, data: Any = None, **fields: Any) -> int:
         req_id = next(self._ids)
-        frames: list = [json.dumps({"op": op, "id": req_id, **fields}).encode()]
-        if data is not None:
-            frames.append(data)
-        self.sock.send_multipart(frames, copy=len(frames) == 1 or len(data) < 65536)
+        head = json.dumps({"op": op, "id": req_id, **fields}).encode()
+        if data is None:
+            self.sock.send(head)
+        else:
+            self.sock.send(head, _SNDMORE)
+            self.sock.send(data, copy=len(data) < COPY_THRESHOLD)
         return req_id
+
+    def _recv(self, timeout_ms: int) -> list[bytes] | None:
+        """The next reply's frames, or None after ``timeout_ms`` (-1: no limit). A receive
+        with a timeout set on the socket, not a poll and then a receive: a writer at queue
+        depth 1 waits for every reply, and pyzmq's poll builds a Poller per call."""
+        if timeout_ms != self._rcvtimeo:
+            self.sock.setsockopt(zmq.RCVTIMEO, timeout_ms)
+            self._rcvtimeo = timeout_ms
+        try:
+            frame = self.sock.recv(copy=False)
+        except zmq.Again:
+            return None
+        frames = [frame.bytes]
+        while frame.more:
+            frame = self.sock.recv(copy=False)
+            frames.append(frame.bytes)
+        return frames
 
     def wait(self, req_id: int, timeout_s: float | None = None) -> tuple[dict, bytes | None]:
         timeout = self.timeout_ms if timeout_s is None else int(timeout_s * 1000)
         while req_id not in self._done:
-            if not self.sock.poll(timeout):
+            frames = self._recv(timeout)
+            if frames is None:
                 raise ReplError(
                     f"daemon at {self.sock_path} did not answer within {timeout / 1000:.0f}s"
                 )
-            frames = self.sock.recv_multipart()
             doc = json.loads(frames[0])
             self._done[doc.get("id")] = (doc, frames[1] if len(frames) > 1 else None)
         return self._done.pop(req_id)
@@ -63,9 +86,8 @@ class ControlClient:
 
     def next_reply(self, timeout_s: float) -> dict | None:
         """The next reply of any id within ``timeout_s`` (streams: `events`), else None."""
-        if not self.sock.poll(max(0, int(timeout_s * 1000))):
-            return None
-        return json.loads(self.sock.recv_multipart()[0])
+        frames = self._recv(max(0, int(timeout_s * 1000)))
+        return None if frames is None else json.loads(frames[0])
 
     def close(self) -> None:
         self.sock.close(0)
