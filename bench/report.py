@@ -146,7 +146,19 @@ def commit() -> str:
             check=True,
         )
         dirty = subprocess.run(
-            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            # the report's own outputs, rewritten by this very run, do not count
+            [
+                "git",
+                "-C",
+                str(ROOT),
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":!docs/benchmarks.md",
+                ":!docs/bench-*.png",
+            ],
             capture_output=True,
             text=True,
             check=True,
