@@ -9,10 +9,12 @@ that takes nothing must say so without blocking.
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 import zmq
 
+from replengine.errors import ReplError
 from replengine.wire.zmqio import COPY_THRESHOLD, recv_frames, send_frames
 
 
@@ -69,3 +71,35 @@ def test_a_pipe_that_takes_nothing_raises_again_and_sends_no_part(pair) -> None:
     assert router.poll(5000)
     frames = recv_frames(router)
     assert frames is not None and [f.bytes for f in frames[1:]] == [b"alpha", b"after"]
+
+
+def test_a_client_of_a_stopped_daemon_gets_a_timeout_then_only_its_own_replies(
+    resource,
+) -> None:
+    """The client library waits with a receive timeout on its socket: a daemon that stops
+    answering (SIGSTOP, as a hung node) costs a caller its timeout and a clear error, never
+    a hang; once the daemon runs again, the late answer to the timed-out request is not
+    taken for the next request's."""
+    r = resource({"alpha": "sync", "beta": "sync"})
+    r.up("alpha")
+    r.promote("alpha", "--force")
+    vol = r.connect("alpha")
+    ctl = r.control("alpha", timeout_s=0.5)
+    try:
+        vol.write(0, b"a" * 4096)
+        r.freeze("alpha")
+        try:
+            late = ctl.send("read", offset=0, length=4096)
+            with pytest.raises(ReplError, match=r"did not answer within"):
+                ctl.wait(late)
+        finally:
+            r.signal("alpha", signal.SIGCONT)
+        doc, data = ctl.call("read", offset=0, length=4096, timeout_s=10)
+        assert doc["ok"] and data == b"a" * 4096
+        vol.write(4096, b"b" * 4096)
+        doc, data = ctl.call("read", offset=4096, length=4096, timeout_s=10)
+        assert data == b"b" * 4096  # the late reply (to offset 0) was not taken for this one
+        assert ctl.next_reply(0) is None  # nothing left over, and a zero wait returns at once
+    finally:
+        ctl.close()
+        vol.close()
