@@ -11,9 +11,7 @@ import zmq
 
 from replengine.errors import ReplError
 from replengine.runtime import RuntimePaths
-from replengine.wire.zmqio import COPY_THRESHOLD
-
-_SNDMORE = int(zmq.SNDMORE)
+from replengine.wire.zmqio import recv_frames, send_frames
 
 
 class ControlClient:
@@ -36,29 +34,18 @@ class ControlClient:
     def send(self, op: str, data: Any = None, **fields: Any) -> int:
         req_id = next(self._ids)
         head = json.dumps({"op": op, "id": req_id, **fields}).encode()
-        if data is None:
-            self.sock.send(head)
-        else:
-            self.sock.send(head, _SNDMORE)
-            self.sock.send(data, copy=len(data) < COPY_THRESHOLD)
+        send_frames(self.sock, [head] if data is None else [head, data], wait=True)
         return req_id
 
     def _recv(self, timeout_ms: int) -> list[bytes] | None:
-        """The next reply's frames, or None after ``timeout_ms`` (-1: no limit). A receive
-        with a timeout set on the socket, not a poll and then a receive: a writer at queue
-        depth 1 waits for every reply, and pyzmq's poll builds a Poller per call."""
+        """The next reply's frames, or None after ``timeout_ms``. A receive with a timeout
+        set on the socket, not a poll and then a receive: a writer at queue depth 1 waits
+        for every reply, and pyzmq's poll builds a Poller per call."""
         if timeout_ms != self._rcvtimeo:
             self.sock.setsockopt(zmq.RCVTIMEO, timeout_ms)
             self._rcvtimeo = timeout_ms
-        try:
-            frame = self.sock.recv(copy=False)
-        except zmq.Again:
-            return None
-        frames = [frame.bytes]
-        while frame.more:
-            frame = self.sock.recv(copy=False)
-            frames.append(frame.bytes)
-        return frames
+        frames = recv_frames(self.sock, wait=True)
+        return None if frames is None else [f.bytes for f in frames]
 
     def wait(self, req_id: int, timeout_s: float | None = None) -> tuple[dict, bytes | None]:
         timeout = self.timeout_ms if timeout_s is None else int(timeout_s * 1000)

@@ -26,6 +26,7 @@ from typing import Any
 import zmq
 
 _NOBLOCK = int(zmq.NOBLOCK)
+_MORE = int(zmq.SNDMORE)
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
@@ -34,25 +35,27 @@ _POLLIN = int(zmq.POLLIN)
 COPY_THRESHOLD = 65536
 
 
-def recv_frames(sock: zmq.Socket) -> list[zmq.Frame] | None:
-    """The next whole message on ``sock`` as Frames, or None when none is waiting."""
-    if not sock.get(_EVENTS) & _POLLIN:
+def recv_frames(sock: zmq.Socket, wait: bool = False) -> list[zmq.Frame] | None:
+    """The next whole message on ``sock`` as Frames, or None when none is waiting; with
+    ``wait``, None only once the socket's RCVTIMEO has passed (a client awaiting a reply)."""
+    if not wait and not sock.get(_EVENTS) & _POLLIN:
         return None
-    frame = sock.recv(_NOBLOCK, copy=False)
+    flags = 0 if wait else _NOBLOCK
+    try:
+        frame = sock.recv(flags, copy=False)
+    except zmq.Again:
+        return None
     frames = [frame]
     while frame.more:
-        frame = sock.recv(_NOBLOCK, copy=False)
+        frame = sock.recv(flags, copy=False)
         frames.append(frame)
     return frames
 
 
-def send_frames(sock: zmq.Socket, frames: list[Any]) -> None:
-    """Queue one message without blocking; ``zmq.Again`` when the pipe takes none of it."""
+def send_frames(sock: zmq.Socket, frames: list[Any], wait: bool = False) -> None:
+    """Queue one message; without ``wait``, ``zmq.Again`` when the pipe takes none of it."""
     send = sock.send
+    more, end = (_MORE, 0) if wait else (_MORE_NOBLOCK, _NOBLOCK)
     last = len(frames) - 1
     for i, frame in enumerate(frames):
-        send(
-            frame,
-            _MORE_NOBLOCK if i < last else _NOBLOCK,
-            copy=len(frame) < COPY_THRESHOLD,
-        )
+        send(frame, more if i < last else end, copy=len(frame) < COPY_THRESHOLD)
