@@ -382,6 +382,8 @@ class Node:
                 self.copier.start(peer.name, body.tag, ranges, skip=skip)
         elif isinstance(body, BlockAck):
             self.copier.on_ack(peer.name, body.received)
+            if self.primary:
+                self.dcm.on_block_ack(peer)
         elif isinstance(body, SumReq):
             self.summer.on_request(peer.name, header.sender, body)
         elif isinstance(body, Sums):

@@ -62,6 +62,11 @@ def sum_chunk(ranges: Iterable[tuple[int, int]]) -> int | None:
     return chunk
 
 
+#: a resync whose receiver's BLOCK_ACK after BLOCK_DONE never came (lost with a replaced
+#: connection) ends on its HELLOs alone once this many have come since BLOCK_DONE, over at
+#: least as many heartbeats, the last saying it is consistent
+LATE_HELLOS = 4
+
 #: the request is repeated this often until answered: a node that has just (re)started may
 #: not follow us yet when the first one arrives, and ignores it
 SUMS_ASK_EVERY_S = 1.0
@@ -128,6 +133,11 @@ class Resync:
     full: bool = False
     #: bytes per digest the receiver is asked for (sum_chunk())
     chunk: int = CHUNK
+    #: the peer's HELLO count (Peer.hellos) when BLOCK_DONE went out, and when its first
+    #: BLOCK_ACK after that came in (-1: not yet): see DcmTracker.ended_there
+    hellos_at_done: int = -1
+    hellos_at_ack: int = -1
+    done_at: float = 0.0
 
 
 class DcmTracker:
@@ -453,6 +463,8 @@ class DcmTracker:
         job.done = True
         job.sent = copy.sent
         job.skipped = copy.skipped
+        job.hellos_at_done = peer.hellos
+        job.done_at = time.monotonic()
         peer.restart_stream(job.resume_lsn)
         peer.acked_end = job.resume_lsn
         peer.streaming = True
@@ -478,12 +490,38 @@ class DcmTracker:
                 job.sent = copy.sent
                 job.skipped = copy.skipped
             if job.done and peer.acked_end >= job.resume_lsn and peer.hello:
-                if peer.hello.consistent:
+                if not peer.hello.consistent:
+                    self._unstick(peer, job)
+                elif self.ended_there(peer, job):
                     self._finish(peer, job)
                     if node.primary is not None:
                         node.primary.check_sync_peers()  # synchronous again if caught up
-                else:
-                    self._unstick(peer, job)
+
+    def on_block_ack(self, peer: Peer) -> None:
+        """The receiver acknowledged blocks: once BLOCK_DONE is out, every HELLO it sends
+        after this one says whether the copy ended there."""
+        job = self.resyncs.get(peer.name)
+        if job is not None and job.done and job.hellos_at_ack < 0:
+            job.hellos_at_ack = peer.hellos
+
+    def ended_there(self, peer: Peer, job: Resync) -> bool:
+        """Whether the peer's last HELLO, which says it is consistent, was sent after the
+        copy reached it. The receiver turns inconsistent at the copy's first message and says
+        so until it has applied past the copy's end, so a HELLO sent after any of its
+        BLOCK_ACKs tells. One sent before (a heartbeat on its way as the copy began, or the
+        HELLO that started it) would end the resync while the blocks are still unwritten
+        there, and with it the dirty-region map that a lost link then needs.
+
+        A receiver whose BLOCK_ACK was lost (a replaced connection) says consistent on
+        every beat; after LATE_HELLOS HELLOs since BLOCK_DONE, the last consistent, that is
+        taken as the end: a HELLO that old would have needed that many beats on the way."""
+        if 0 <= job.hellos_at_ack < peer.hellos:
+            return True
+        return (
+            job.hellos_at_done >= 0
+            and peer.hellos - job.hellos_at_done >= LATE_HELLOS
+            and time.monotonic() - job.done_at >= LATE_HELLOS * self.node.heartbeat_s
+        )
 
     def _unstick(self, peer: Peer, job: Resync) -> None:
         """The copy is over and the peer, its log restarted at the resume LSN, catches up from

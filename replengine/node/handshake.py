@@ -44,6 +44,7 @@ def on_hello(node: Node, peer: Peer, epoch: int, h: Hello, flags: int = 0) -> No
         log.warning("peer %s accepted again", peer.name)
     peer.rejected = ""
     peer.hello, peer.session, peer.epoch = h, h.session, epoch
+    peer.hellos += 1
     peer.last_seen = time.monotonic()
     if epoch > node.known_epoch:
         node.known_epoch = epoch

@@ -19,6 +19,9 @@ class Peer:
     mode: str  # "sync" | "async": how a primary replicates to it
     last_seen: float = 0.0
     hello: Hello | None = None
+    #: HELLOs taken from it so far: tells a HELLO sent after some other message from one
+    #: that was already on its way (node.dcm: the end of a resync)
+    hellos: int = 0
     epoch: int = 0
     session: str = ""
     rejected: str = ""  # why we refused it (handshake), "" when fine

@@ -1,0 +1,174 @@
+"""A resync ends on the receiver's word about the copy, not on a HELLO sent before it.
+
+The primary ends a resync (dirty-region map deleted, the peer counted as catching up) once
+BLOCK_DONE is out and the peer's HELLO says it is consistent. The receiver turns
+inconsistent at the copy's first message and consistent again only once it has applied past
+the copy's end, so its HELLOs tell -- except one sent before the copy reached it: the HELLO
+that started the resync, or a heartbeat on its way. A copy smaller than the window is sent
+whole in one turn, BLOCK_DONE with it, and before this test the primary ended the resync on
+that stale HELLO in the same turn: status said up to date, the "full-sync-finished" event
+went out and the map was gone while the blocks had not even reached the peer.
+
+alpha runs as a real replengined; beta is played by the test over raw sockets (a ROUTER at
+beta's address for what alpha sends, tests/wire_peer.py for what beta says), so the order
+of beta's messages is the test's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+import zmq
+
+from replengine import config as configmod
+from replengine.demo.localcluster import LocalResource
+from replengine.node.dcm import LATE_HELLOS
+from replengine.wire import protocol as proto
+from tests.wire_peer import Peer
+
+pytestmark = pytest.mark.slow
+
+HEARTBEAT_S = 1.0
+
+
+class FakeSecondary:
+    """beta, following alpha, as the test says it."""
+
+    def __init__(self, r: LocalResource) -> None:
+        self.r = r
+        self.cfg = configmod.load(r.config, node="alpha", check_local=False)
+        self.size = self.cfg.node("beta").volume.stat().st_size
+        self.ctx = zmq.Context()
+        self.inbox = self.ctx.socket(zmq.ROUTER)
+        self.inbox.setsockopt(zmq.LINGER, 0)
+        self.inbox.bind(f"tcp://{self.cfg.node('beta').address}")
+        self.out = Peer(self.cfg.node("alpha").address, "beta")
+        st = r.status("alpha")
+        self.epoch, self.history, self.end = st["epoch"], st["history"], st["end_lsn"]
+        self.markers = 0
+
+    def close(self) -> None:
+        self.out.close()
+        self.inbox.close(0)
+        self.ctx.term()
+
+    def say(self, body: object) -> None:
+        self.out.send([bytes(f) for f in proto.encode(self.cfg.uuid, self.epoch, "beta", body)])
+
+    def hello(self, consistent: bool) -> None:
+        self.say(
+            proto.Hello(
+                role="secondary",
+                session="fake-beta",
+                history=self.history,
+                start_lsn=self.end,
+                end_lsn=self.end,
+                applied_end=self.end,
+                digest=self.cfg.digest,
+                volume_size=self.size,
+                primary="alpha",
+                consistent=consistent,
+                following="alpha",
+            )
+        )
+
+    def expect(self, kind: type, timeout: float = 30) -> tuple[object, list[object]]:
+        """The next message of this kind from alpha, and the Blocks that came before it."""
+        deadline = time.monotonic() + timeout
+        blocks: list[object] = []
+        while time.monotonic() < deadline:
+            if not self.inbox.poll(100):
+                continue
+            frames = self.inbox.recv_multipart()
+            body = proto.decode(frames[2:], self.cfg.uuid).body  # [routing id, sender, ...]
+            if isinstance(body, kind):
+                return body, blocks
+            if isinstance(body, proto.Block):
+                blocks.append(body)
+        raise AssertionError(f"alpha sent no {kind.__name__} within {timeout} s")
+
+    def handled(self) -> None:
+        """Return once alpha has handled every message beta sent before, and has been
+        through the rest of its loop's turn since: an empty PULL, which alpha logs a line
+        for, then two status calls (the second is answered a turn after the first at the
+        earliest, so the turn that took the marker has ended)."""
+        self.markers += 1
+        self.say(proto.Pull(1, 1))
+        line = "serving pull of LSNs [1, 1) to beta"
+        self.r.wait_for(
+            lambda: self.r.log("alpha").count(line) >= self.markers, 30, "alpha to take it"
+        )
+        self.r.status("alpha")
+
+    def state(self) -> str:
+        return self.r.status("alpha")["peers"]["beta"]["state"]
+
+
+@pytest.fixture
+def fake_beta(resource: Callable[..., LocalResource]):
+    r = resource({"alpha": "sync", "beta": "sync"}, heartbeat_ms=int(HEARTBEAT_S * 1000))
+    r.up("alpha")
+    r.promote("alpha", "--force")
+    beta = FakeSecondary(r)
+    try:
+        beta.hello(consistent=True)
+        r.wait_for(lambda: beta.state() == "up-to-date", 20, "alpha to take beta as up to date")
+        yield beta
+    finally:
+        beta.close()
+
+
+def start_full_sync(beta: FakeSecondary) -> proto.BlockDone:
+    """`replctl sync --full beta`, beta declining to send digests: alpha copies every chunk
+    (the volume is smaller than the copy's window, so all of it at once) and ends with
+    BLOCK_DONE. Returns it, checked against the blocks that came."""
+    beta.r.replctl("alpha", "sync", "--full", "beta")
+    req, _ = beta.expect(proto.SumReq)
+    beta.say(proto.Sums(req.tag, b""))
+    done, blocks = beta.expect(proto.BlockDone)
+    assert sum(len(b.data) for b in blocks) == done.total == beta.size
+    return done
+
+
+def test_a_full_sync_ends_only_on_a_hello_sent_after_the_copy_reached_the_peer(fake_beta):
+    beta = fake_beta
+    done = start_full_sync(beta)
+
+    # beta's last HELLO (consistent, sent before the copy) must not end it
+    beta.handled()
+    assert beta.state() == "full-sync"
+    assert beta.r.status("alpha")["dcm"]["peers"]["beta"]["dirty_bytes"] > 0
+
+    # beta writing the blocks: its heartbeat says inconsistent, then it acknowledges them
+    beta.hello(consistent=False)
+    beta.say(proto.BlockAck(done.total))
+    beta.handled()
+    assert beta.state() == "full-sync"
+
+    # consistent again, said after that: the resync is over
+    beta.hello(consistent=True)
+    beta.r.wait_for(lambda: beta.state() == "up-to-date", 10, "alpha to end the full sync")
+    st = beta.r.status("alpha")
+    assert "beta" not in st["dcm"]["peers"]
+    assert st["dcm"]["last_resync"]["peer"] == "beta"
+    assert st["dcm"]["last_resync"]["bytes"] == beta.size
+
+
+def test_a_full_sync_whose_last_ack_was_lost_ends_on_the_hellos_that_follow(fake_beta):
+    """beta finished the copy but its BLOCK_ACK never arrived (a replaced connection drops
+    what the old one still held): its consistent HELLOs end the resync after LATE_HELLOS
+    beats, not never."""
+    beta = fake_beta
+    start_full_sync(beta)
+    t_done = time.monotonic()
+    for n in range(1, LATE_HELLOS + 1):
+        # beta's heartbeats, one a beat, as its daemon sends them
+        time.sleep(max(0.0, t_done + n * HEARTBEAT_S + 0.05 - time.monotonic()))
+        beta.hello(consistent=True)
+        if n < LATE_HELLOS:
+            beta.handled()
+            assert beta.state() == "full-sync", f"ended after {n} HELLOs"
+    beta.r.wait_for(lambda: beta.state() == "up-to-date", 10, "alpha to end the full sync")
+    assert "beta" not in beta.r.status("alpha")["dcm"]["peers"]
