@@ -39,6 +39,8 @@ class DcmReceiver:
         self._barrier: threading.Event | None = None
         self._acked = 0
         self.finish: BlockDone | None = None
+        #: consistent again, said once (progress() runs from on_done and from the loop)
+        self.complete = False
         node.consistent = False
         # durable before the first block lands: a restart, or a new primary before this copy
         # ends, must find this volume mixed and fetch every block again (node.rewind)
@@ -123,6 +125,8 @@ class DcmReceiver:
 
     def progress(self) -> bool:
         """True once consistent again."""
+        if self.complete:
+            return True
         drained = self._drained()
         if self.finish is not None and drained:
             done, self.finish = self.finish, None
@@ -133,5 +137,6 @@ class DcmReceiver:
                 self.node.consistent = True
                 self.node.send(self.source, self.node.hello())  # it ends our resync there
             log.warning("dcm resync complete: consistent at LSN %d", self.node.applier.applied_end)
+            self.complete = True
             return True
         return False
