@@ -16,66 +16,13 @@ paused (SIGSTOP) while they are sent, so it takes them all in one turn of its lo
 
 from __future__ import annotations
 
-import random
 import signal
-import struct
 
 import pytest
 
-from replengine import config as configmod
-from replengine.wire import protocol as proto
-from tests.wire_peer import Peer, prefix
+from tests.wire_peer import Peer, Primaries
 
 pytestmark = pytest.mark.slow
-
-RECORD = 4096
-
-
-class Primaries:
-    """Frames of the fake primaries, for beta of resource ``r``."""
-
-    def __init__(self, r) -> None:
-        self.r = r
-        self.cfg = configmod.load(r.config, node="alpha", check_local=False)
-        self.size = self.cfg.node("beta").volume.stat().st_size
-        self.rng = random.Random(1700)
-
-    def frames(self, epoch: int, sender: str, body: object) -> list[bytes]:
-        return [bytes(f) for f in proto.encode(self.cfg.uuid, epoch, sender, body)]
-
-    def hello(self, epoch: int, sender: str, history: list[list[int]], end: int) -> list[bytes]:
-        h = proto.Hello(
-            role="primary",
-            session=f"fake-{sender}-{epoch}",
-            history=history,  # type: ignore[arg-type]
-            start_lsn=1,
-            end_lsn=end,
-            applied_end=end,
-            digest=self.cfg.digest,
-            volume_size=self.size,
-            primary=sender,
-        )
-        return self.frames(epoch, sender, h)
-
-    def update(self, epoch: int, sender: str, lsn: int) -> list[bytes]:
-        data = self.rng.randbytes(RECORD)
-        return self.frames(epoch, sender, proto.Update(lsn, epoch, lsn * RECORD, data))
-
-    def marker(self, epoch: int, sender: str) -> list[bytes]:
-        """A reversed PULL, refused with a line of its own in beta's log: once it is there,
-        beta has handled every message sent before it on the connection."""
-        m = self.frames(epoch, sender, proto.Pull(1, 2))
-        m[0] = prefix(7, epoch, sender.encode(), self.cfg.uuid) + struct.pack("!QQ", 9, 3)
-        return m
-
-    def follow_alpha(self, peer: Peer) -> None:
-        """alpha, primary in epoch 1: LSNs 1..10, applied on beta."""
-        r = self.r
-        peer.send(self.hello(1, "alpha", [[1, 1]], 11))
-        r.wait_for(lambda: r.status("beta")["following"] == "alpha", 20, "beta to follow alpha")
-        for lsn in range(1, 11):
-            peer.send(self.update(1, "alpha", lsn))
-        r.wait_for(lambda: r.status("beta")["applied_end"] == 11, 30, "beta to apply them")
 
 
 def test_records_of_the_old_primary_in_flight_are_not_acknowledged_to_the_new_one(

@@ -398,6 +398,17 @@ class Node:
         elif isinstance(body, (Block, BlockDone)):
             if self.rewinder and self.rewinder.copying:
                 self.rewinder.on_message(peer.name, body)
+            elif self.rewinder and self.rewinder.preparing:
+                # the rest of a copy cut short (its primary was called gone, it came back),
+                # still on its way: the rewind asks for everything it owes. Taken as a dcm
+                # resync they began a receive that no one ever finished, which held every
+                # record back (a campaign round: docs/reliability.md)
+                self.warn_once(
+                    "late-blocks",
+                    "blocks of a copy from %s cut short arrive late: dropped (the rewind "
+                    "fetches what is owed)",
+                    peer.name,
+                )
             elif self.role == Role.SECONDARY and header.sender == self.following:
                 self.on_dcm_message(peer, body)
 

@@ -382,6 +382,12 @@ class Rewinder:
         return self.phase is Phase.BLOCKS
 
     @property
+    def preparing(self) -> bool:
+        """Whether its request for blocks is not out yet (its log draining, its digests
+        being taken): BLOCKs now are what is left of a copy cut short, not an answer."""
+        return self.phase in (Phase.DRAIN, Phase.SUMS)
+
+    @property
     def streaming(self) -> bool:
         """Whether records may flow to this node (only once the blocks are in)."""
         return self.phase is Phase.CATCHUP
