@@ -399,10 +399,8 @@ class Node:
             if self.rewinder and self.rewinder.copying:
                 self.rewinder.on_message(peer.name, body)
             elif self.rewinder and self.rewinder.preparing:
-                # the rest of a copy cut short (its primary was called gone, it came back),
-                # still on its way: the rewind asks for everything it owes. Taken as a dcm
-                # resync they began a receive that no one ever finished, which held every
-                # record back (a campaign round: docs/reliability.md)
+                # the rest of a copy cut short, late: the rewind asks for all it owes (taken
+                # as a dcm resync, a receive no one finishes: docs/reliability.md, seed 3104)
                 self.warn_once(
                     "late-blocks",
                     "blocks of a copy from %s cut short arrive late: dropped (the rewind "
