@@ -17,39 +17,22 @@ alpha sends (tests/wire_peer.py) and a ROUTER at alpha's address for what beta a
 from __future__ import annotations
 
 import signal
-import time
 
 import pytest
-import zmq
 
 from replengine.wire import protocol as proto
-from tests.wire_peer import Peer, Primaries
+from tests.wire_peer import Listener, Peer, Primaries
 
 pytestmark = pytest.mark.slow
 
 MIB = 1 << 20
 
 
-def expect(inbox: zmq.Socket, p: Primaries, kind: type, timeout: float = 30) -> object:
-    """The next message of this kind beta sends alpha."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if inbox.poll(100):
-            frames = inbox.recv_multipart()
-            body = proto.decode(frames[2:], p.cfg.uuid).body  # [routing id, sender, ...]
-            if isinstance(body, kind):
-                return body
-    raise AssertionError(f"beta sent alpha no {kind.__name__} within {timeout} s")
-
-
 def test_the_rest_of_a_copy_cut_short_does_not_hold_the_rewind_back(resource) -> None:
     r = resource({"alpha": "sync", "beta": "sync"}, heartbeat_ms=1000)
     r.up("beta")
     p = Primaries(r)
-    ctx = zmq.Context()
-    inbox = ctx.socket(zmq.ROUTER)
-    inbox.setsockopt(zmq.LINGER, 0)
-    inbox.bind(f"tcp://{p.cfg.node('alpha').address}")
+    inbox = Listener(p.cfg.node("alpha").address, p.cfg.uuid)
     peer = Peer(p.cfg.node("beta").address, "alpha")
     hello = p.hello(1, "alpha", [[1, 1]], 1)
     try:
@@ -70,7 +53,7 @@ def test_the_rest_of_a_copy_cut_short_does_not_hold_the_rewind_back(resource) ->
         r.signal("beta", signal.SIGCONT)
 
         # the rewind asks for everything with its digests; alpha finds every chunk equal
-        req = expect(inbox, p, proto.BlockReq)
+        req, _ = inbox.expect(proto.BlockReq)
         assert req.ranges == [(0, p.size)]
         peer.send(p.frames(1, "alpha", proto.BlockDone(req.tag, 1, 0, 0)))
         r.wait_for(
@@ -85,8 +68,7 @@ def test_the_rest_of_a_copy_cut_short_does_not_hold_the_rewind_back(resource) ->
         r.wait_for(lambda: r.status("beta")["applied_end"] == 2, 20, "beta to apply LSN 1")
     finally:
         peer.close()
-        inbox.close(0)
-        ctx.term()
+        inbox.close()
     log = r.log("beta")
     assert "blocks of a copy from alpha cut short arrive late: dropped" in log
     assert "incomplete" not in log, log[-3000:]

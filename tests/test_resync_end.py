@@ -20,13 +20,12 @@ import time
 from collections.abc import Callable
 
 import pytest
-import zmq
 
 from replengine import config as configmod
 from replengine.demo.localcluster import LocalResource
 from replengine.node.dcm import LATE_HELLOS
 from replengine.wire import protocol as proto
-from tests.wire_peer import Peer
+from tests.wire_peer import Listener, Peer
 
 pytestmark = pytest.mark.slow
 
@@ -40,10 +39,7 @@ class FakeSecondary:
         self.r = r
         self.cfg = configmod.load(r.config, node="alpha", check_local=False)
         self.size = self.cfg.node("beta").volume.stat().st_size
-        self.ctx = zmq.Context()
-        self.inbox = self.ctx.socket(zmq.ROUTER)
-        self.inbox.setsockopt(zmq.LINGER, 0)
-        self.inbox.bind(f"tcp://{self.cfg.node('beta').address}")
+        self.inbox = Listener(self.cfg.node("beta").address, self.cfg.uuid)
         self.out = Peer(self.cfg.node("alpha").address, "beta")
         st = r.status("alpha")
         self.epoch, self.history, self.end = st["epoch"], st["history"], st["end_lsn"]
@@ -51,8 +47,7 @@ class FakeSecondary:
 
     def close(self) -> None:
         self.out.close()
-        self.inbox.close(0)
-        self.ctx.term()
+        self.inbox.close()
 
     def say(self, body: object) -> None:
         self.out.send([bytes(f) for f in proto.encode(self.cfg.uuid, self.epoch, "beta", body)])
@@ -73,21 +68,6 @@ class FakeSecondary:
                 following="alpha",
             )
         )
-
-    def expect(self, kind: type, timeout: float = 30) -> tuple[object, list[object]]:
-        """The next message of this kind from alpha, and the Blocks that came before it."""
-        deadline = time.monotonic() + timeout
-        blocks: list[object] = []
-        while time.monotonic() < deadline:
-            if not self.inbox.poll(100):
-                continue
-            frames = self.inbox.recv_multipart()
-            body = proto.decode(frames[2:], self.cfg.uuid).body  # [routing id, sender, ...]
-            if isinstance(body, kind):
-                return body, blocks
-            if isinstance(body, proto.Block):
-                blocks.append(body)
-        raise AssertionError(f"alpha sent no {kind.__name__} within {timeout} s")
 
     def handled(self) -> None:
         """Return once alpha has handled every message beta sent before, and has been
@@ -125,9 +105,9 @@ def start_full_sync(beta: FakeSecondary) -> proto.BlockDone:
     (the volume is smaller than the copy's window, so all of it at once) and ends with
     BLOCK_DONE. Returns it, checked against the blocks that came."""
     beta.r.replctl("alpha", "sync", "--full", "beta")
-    req, _ = beta.expect(proto.SumReq)
+    req, _ = beta.inbox.expect(proto.SumReq)
     beta.say(proto.Sums(req.tag, b""))
-    done, blocks = beta.expect(proto.BlockDone)
+    done, blocks = beta.inbox.expect(proto.BlockDone)
     assert sum(len(b.data) for b in blocks) == done.total == beta.size
     return done
 

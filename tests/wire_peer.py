@@ -1,6 +1,7 @@
 """A node's peer played by a test: a raw DEALER speaking the wire format to a real daemon
-(tests/test_hostile.py, tests/test_follow_race.py, tests/test_late_blocks.py), and the
-frames of fake primaries for a real secondary (Primaries). Messages on one connection are
+(tests/test_hostile.py, tests/test_follow_race.py, tests/test_late_blocks.py,
+tests/test_resync_end.py), a ROUTER in a node's place for what the daemon sends (Listener),
+and the frames of fake primaries for a real secondary (Primaries). Messages on one connection are
 handled in the order sent; the node name each one claims is its first frame, so one
 connection can speak as several nodes when no keys are configured."""
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import random
 import struct
+import time
 import uuid as uuidlib
 
 import zmq
@@ -38,6 +40,38 @@ class Peer:
     def send(self, frames: list) -> None:
         self.sock.send_multipart([self.name, *frames])
         self.sent += 1
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.ctx.term()
+
+
+class Listener:
+    """A ROUTER bound at a node's address, standing in for that node: what a real daemon
+    sends it (the daemon's DEALERs connect to the addresses in the config)."""
+
+    def __init__(self, address: str, uuid: uuidlib.UUID) -> None:
+        self.uuid = uuid
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.bind(f"tcp://{address}")
+
+    def expect(self, kind: type, timeout: float = 30) -> tuple[object, list[object]]:
+        """The next message of this kind, and the Blocks that came before it (every other
+        message is skipped)."""
+        deadline = time.monotonic() + timeout
+        blocks: list[object] = []
+        while time.monotonic() < deadline:
+            if not self.sock.poll(100):
+                continue
+            frames = self.sock.recv_multipart()
+            body = proto.decode(frames[2:], self.uuid).body  # [routing id, sender, ...]
+            if isinstance(body, kind):
+                return body, blocks
+            if isinstance(body, proto.Block):
+                blocks.append(body)
+        raise AssertionError(f"no {kind.__name__} within {timeout} s")
 
     def close(self) -> None:
         self.sock.close(0)

@@ -133,9 +133,9 @@ class Resync:
     full: bool = False
     #: bytes per digest the receiver is asked for (sum_chunk())
     chunk: int = CHUNK
-    #: the peer's HELLO count (Peer.hellos) when BLOCK_DONE went out, and when its first
-    #: BLOCK_ACK after that came in (-1: not yet): see DcmTracker.ended_there
-    hellos_at_done: int = -1
+    #: the peer's HELLO count (Peer.hellos) when BLOCK_DONE went out (set with done), and
+    #: when its first BLOCK_ACK after that came in (-1: not yet): see DcmTracker.ended_there
+    hellos_at_done: int = 0
     hellos_at_ack: int = -1
     done_at: float = 0.0
 
@@ -518,8 +518,7 @@ class DcmTracker:
         if 0 <= job.hellos_at_ack < peer.hellos:
             return True
         return (
-            job.hellos_at_done >= 0
-            and peer.hellos - job.hellos_at_done >= LATE_HELLOS
+            peer.hellos - job.hellos_at_done >= LATE_HELLOS
             and time.monotonic() - job.done_at >= LATE_HELLOS * self.node.heartbeat_s
         )
 
