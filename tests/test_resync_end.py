@@ -24,6 +24,7 @@ import pytest
 from replengine import config as configmod
 from replengine.demo.localcluster import LocalResource
 from replengine.node.dcm import LATE_HELLOS
+from replengine.storage.chunksums import DIGEST_SIZE, digest
 from replengine.wire import protocol as proto
 from tests.wire_peer import Listener, Peer
 
@@ -100,21 +101,21 @@ def fake_beta(resource: Callable[..., LocalResource]):
         beta.close()
 
 
-def start_full_sync(beta: FakeSecondary) -> proto.BlockDone:
+def start_full_sync(beta: FakeSecondary) -> tuple[proto.BlockDone, list]:
     """`replctl sync --full beta`, beta declining to send digests: alpha copies every chunk
     (the volume is smaller than the copy's window, so all of it at once) and ends with
-    BLOCK_DONE. Returns it, checked against the blocks that came."""
+    BLOCK_DONE. Returns it, checked against the blocks that came, and those blocks."""
     beta.r.replctl("alpha", "sync", "--full", "beta")
     req, _ = beta.inbox.expect(proto.SumReq)
     beta.say(proto.Sums(req.tag, b""))
     done, blocks = beta.inbox.expect(proto.BlockDone)
     assert sum(len(b.data) for b in blocks) == done.total == beta.size
-    return done
+    return done, blocks
 
 
 def test_a_full_sync_ends_only_on_a_hello_sent_after_the_copy_reached_the_peer(fake_beta):
     beta = fake_beta
-    done = start_full_sync(beta)
+    done, _ = start_full_sync(beta)
 
     # beta's last HELLO (consistent, sent before the copy) must not end it
     beta.handled()
@@ -152,3 +153,30 @@ def test_a_full_sync_whose_last_ack_was_lost_ends_on_the_hellos_that_follow(fake
             assert beta.state() == "full-sync", f"ended after {n} HELLOs"
     beta.r.wait_for(lambda: beta.state() == "up-to-date", 10, "alpha to end the full sync")
     assert "beta" not in beta.r.status("alpha")["dcm"]["peers"]
+
+
+def test_a_full_sync_that_came_short_is_copied_again_as_the_peer_asks(fake_beta):
+    """beta found a block missing at BLOCK_DONE (tests/test_short_copy.py has that side): it
+    asks for the whole volume as a rewind, the digests of what it holds first. alpha, its
+    resync still open, copies exactly the chunk whose digest differs, and the full sync ends
+    on beta's word about that copy."""
+    beta = fake_beta
+    _, blocks = start_full_sync(beta)
+    beta.hello(consistent=False)
+
+    # every chunk arrived but the first
+    sums = b"".join(b"\xff" * DIGEST_SIZE if b.offset == 0 else digest(b.data) for b in blocks)
+    beta.say(proto.Sums("fetch-1", sums))
+    beta.say(proto.BlockReq([(0, beta.size)], "fetch-1"))
+    done, again = beta.inbox.expect(proto.BlockDone)
+    assert done.tag == "fetch-1"
+    sent = [(b.offset, bytes(b.data)) for b in again if len(b.data)]  # not signs of life
+    assert sent == [(0, bytes(blocks[0].data))]
+    assert done.total == len(blocks[0].data)
+    assert beta.state() == "full-sync"
+
+    beta.say(proto.BlockAck(done.total))
+    beta.hello(consistent=True)
+    beta.r.wait_for(lambda: beta.state() == "up-to-date", 10, "alpha to end the full sync")
+    last = beta.r.status("alpha")["dcm"]["last_resync"]
+    assert (last["bytes"], last["skipped_bytes"]) == (done.total, beta.size - done.total)
