@@ -240,13 +240,12 @@ def test_a_peer_stuck_after_its_resync_gets_the_stream_again_from_its_end() -> N
     the primary's log. If its HELLO shows it behind what was sent, or nothing is being sent,
     with nothing acknowledged for two beats, the stream starts again from its end; a HELLO
     from before its log restarted, or a peer that acknowledged lately, changes nothing."""
-    from types import SimpleNamespace
 
-    from replengine.node.dcm import DcmTracker, Resync
+    from replengine.node.dcm import Resync
     from replengine.node.peers import Peer
+    from replengine.node.resync_end import unstick
     from replengine.wire.protocol import Hello
 
-    tracker = DcmTracker(SimpleNamespace(heartbeat_s=0.1))
     job = Resync("delta", resume_lsn=7515, done=True)
 
     def peer(end: int, streaming: bool, next_lsn: int, idle_s: float) -> Peer:
@@ -256,10 +255,10 @@ def test_a_peer_stuck_after_its_resync_gets_the_stream_again_from_its_end() -> N
         return p
 
     off = peer(7515, False, 7515, 1.0)  # the stream never (re)started after the copy
-    tracker._unstick(off, job)
+    unstick(off, job, 0.1)
     assert off.streaming and off.next_lsn == 7515
     lost = peer(7515, True, 7520, 1.0)  # 7515..7519 sent, none arrived
-    tracker._unstick(lost, job)
+    unstick(lost, job, 0.1)
     assert lost.streaming and lost.next_lsn == 7515
     for unchanged in (
         peer(5347, False, 7515, 1.0),  # its HELLO is from before the copy ended
@@ -267,5 +266,5 @@ def test_a_peer_stuck_after_its_resync_gets_the_stream_again_from_its_end() -> N
         peer(7520, True, 7520, 1.0),  # has everything sent
     ):
         before = (unchanged.streaming, unchanged.next_lsn)
-        tracker._unstick(unchanged, job)
+        unstick(unchanged, job, 0.1)
         assert (unchanged.streaming, unchanged.next_lsn) == before

@@ -23,7 +23,7 @@ import pytest
 
 from replengine import config as configmod
 from replengine.demo.localcluster import LocalResource
-from replengine.node.dcm import LATE_HELLOS
+from replengine.node.resync_end import LATE_HELLOS
 from replengine.storage.chunksums import DIGEST_SIZE, digest
 from replengine.wire import protocol as proto
 from tests.wire_peer import Listener, Peer

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from replengine.node.copier import CHUNK, CopyJob
+from replengine.node.resync_end import ended_there, unstick
 from replengine.node.states import IN_DCM, PeerState
 from replengine.node.sums import offered_skip
 from replengine.storage.chunksums import DIGEST_SIZE, MAX_CHUNK, ChunkDigests, count
@@ -61,11 +62,6 @@ def sum_chunk(ranges: Iterable[tuple[int, int]]) -> int | None:
         chunk *= 2
     return chunk
 
-
-#: a resync whose receiver's BLOCK_ACK after BLOCK_DONE never came (lost with a replaced
-#: connection) ends on its HELLOs alone once this many have come since BLOCK_DONE, over at
-#: least as many heartbeats, the last saying it is consistent
-LATE_HELLOS = 4
 
 #: the request is repeated this often until answered: a node that has just (re)started may
 #: not follow us yet when the first one arrives, and ignores it
@@ -134,7 +130,7 @@ class Resync:
     #: bytes per digest the receiver is asked for (sum_chunk())
     chunk: int = CHUNK
     #: the peer's HELLO count (Peer.hellos) when BLOCK_DONE went out (set with done), and
-    #: when its first BLOCK_ACK after that came in (-1: not yet): see DcmTracker.ended_there
+    #: when its first BLOCK_ACK after that came in (-1: not yet): see node.resync_end
     hellos_at_done: int = 0
     hellos_at_ack: int = -1
     done_at: float = 0.0
@@ -491,8 +487,8 @@ class DcmTracker:
                 job.skipped = copy.skipped
             if job.done and peer.acked_end >= job.resume_lsn and peer.hello:
                 if not peer.hello.consistent:
-                    self._unstick(peer, job)
-                elif self.ended_there(peer, job):
+                    unstick(peer, job, node.heartbeat_s)
+                elif ended_there(peer, job, node.heartbeat_s):
                     self._finish(peer, job)
                     if node.primary is not None:
                         node.primary.check_sync_peers()  # synchronous again if caught up
@@ -503,50 +499,6 @@ class DcmTracker:
         job = self.resyncs.get(peer.name)
         if job is not None and job.done and job.hellos_at_ack < 0:
             job.hellos_at_ack = peer.hellos
-
-    def ended_there(self, peer: Peer, job: Resync) -> bool:
-        """Whether the peer's last HELLO, which says it is consistent, was sent after the
-        copy reached it. The receiver turns inconsistent at the copy's first message and says
-        so until it has applied past the copy's end, so a HELLO sent after any of its
-        BLOCK_ACKs tells. One sent before (a heartbeat on its way as the copy began, or the
-        HELLO that started it) would end the resync while the blocks are still unwritten
-        there, and with it the dirty-region map that a lost link then needs.
-
-        A receiver whose BLOCK_ACK was lost (a replaced connection) says consistent on
-        every beat; after LATE_HELLOS HELLOs since BLOCK_DONE, the last consistent, that is
-        taken as the end: a HELLO that old would have needed that many beats on the way."""
-        if 0 <= job.hellos_at_ack < peer.hellos:
-            return True
-        return (
-            peer.hellos - job.hellos_at_done >= LATE_HELLOS
-            and time.monotonic() - job.done_at >= LATE_HELLOS * self.node.heartbeat_s
-        )
-
-    def _unstick(self, peer: Peer, job: Resync) -> None:
-        """The copy is over and the peer, its log restarted at the resume LSN, catches up from
-        ours: a peer in a resync is left out of the handshake's check for a stuck stream, so
-        the check is here. Its HELLO says where its log ends; when that is behind what was
-        sent (or nothing is being sent) and nothing was acknowledged for two beats, the
-        stream starts again from there. (A campaign round ended with a rewound node waiting
-        30 s for records its primary never sent after such a copy: docs/reliability.md.)"""
-        h = peer.hello
-        assert h is not None
-        if h.end_lsn < job.resume_lsn:
-            return  # a HELLO from before its log restarted: says nothing of the stream
-        if peer.streaming and h.end_lsn >= peer.next_lsn:
-            return  # everything sent is there: it is applying, or nothing more was written
-        if time.monotonic() - peer.last_progress <= 2 * self.node.heartbeat_s:
-            return
-        log.warning(
-            "secondary %s stuck at LSN %d after its resync (stream %s, next LSN %d): "
-            "sending again from there",
-            peer.name,
-            h.end_lsn,
-            "on" if peer.streaming else "off",
-            peer.next_lsn,
-        )
-        peer.restart_stream(h.end_lsn)
-        peer.streaming = True
 
     def _abort(self, peer: Peer, job: Resync) -> None:
         """The peer went away mid-resync: back to dcm, owing everything since resume_lsn."""
