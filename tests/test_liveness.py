@@ -26,6 +26,17 @@ class FakePrimary:
 
 
 @dataclass
+class FakeDcm:
+    """The primary's resyncs: which peers' copies were started over."""
+
+    resyncs: dict[str, object] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)
+
+    def connection_dropped(self, peer: Peer) -> None:
+        self.dropped.append(peer.name)
+
+
+@dataclass
 class FakeTransport:
     reconnects: int = 0
 
@@ -41,6 +52,7 @@ class FakeNode:
     heartbeat_s: float = HB
     primary: Any = field(default_factory=FakePrimary)
     transport: FakeTransport = field(default_factory=FakeTransport)
+    dcm: FakeDcm = field(default_factory=FakeDcm)
 
 
 def streaming_peer(name: str, seen: float) -> Peer:
@@ -79,14 +91,18 @@ def test_after_a_stall_every_peer_gets_a_fresh_window() -> None:
     live.on_disconnect("beta")
     assert node.peers["beta"].streaming
     assert node.transport.reconnects == 0  # a slow turn, not a stop: the links are fine
+    assert node.dcm.dropped == ["beta"]  # but a copy to it starts over: blocks were lost
 
 
 def test_a_stop_past_the_zmtp_timeout_reconnects_every_peer() -> None:
-    node = FakeNode({"beta": streaming_peer("beta", time.monotonic())})
+    now = time.monotonic()
+    node = FakeNode({p: streaming_peer(p, now) for p in ("beta", "gamma")})
+    node.dcm.resyncs["gamma"] = object()
     live = Liveness(node)  # type: ignore[arg-type]
     live.continued = True  # the daemon's SIGCONT handler
     live.turn(4 * HB)
     assert node.transport.reconnects == 1
+    assert node.dcm.dropped == ["gamma"]  # its copy starts over: the old links held blocks
     assert not live.continued
     live.continued = True
     live.turn(0.01)  # a stop too short to matter is forgotten

@@ -16,6 +16,7 @@ of beta's messages is the test's.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
 
@@ -23,6 +24,7 @@ import pytest
 
 from replengine import config as configmod
 from replengine.demo.localcluster import LocalResource
+from replengine.node.copier import WINDOW
 from replengine.node.resync_end import LATE_HELLOS
 from replengine.storage.chunksums import DIGEST_SIZE, digest
 from replengine.wire import protocol as proto
@@ -180,3 +182,44 @@ def test_a_full_sync_that_came_short_is_copied_again_as_the_peer_asks(fake_beta)
     beta.r.wait_for(lambda: beta.state() == "up-to-date", 10, "alpha to end the full sync")
     last = beta.r.status("alpha")["dcm"]["last_resync"]
     assert (last["bytes"], last["skipped_bytes"]) == (done.total, beta.size - done.total)
+
+
+def test_a_copy_starts_over_when_the_primary_wakes_with_its_connections_replaced(resource):
+    """alpha stopped (SIGSTOP) longer than the ZMTP heartbeat timeout in the middle of a
+    copy: beta's side has dropped the connection, and alpha, waking, replaces every one of
+    its own; what they held is lost. beta is not taken for gone (it did not go anywhere),
+    but the copy cannot go on: its acknowledgements count bytes in order, and after a gap
+    they would take lost blocks for copied. alpha starts it over, asking for digests."""
+    r = resource({"alpha": "sync", "beta": "sync"}, heartbeat_ms=1000, volume_size=2 * WINDOW)
+    r.up("alpha")
+    r.promote("alpha", "--force")
+    beta = FakeSecondary(r)
+    try:
+        beta.hello(consistent=True)
+        r.wait_for(lambda: beta.state() == "up-to-date", 20, "alpha to take beta as up to date")
+        r.replctl("alpha", "sync", "--full", "beta")
+        first, _ = beta.inbox.expect(proto.SumReq)
+        beta.say(proto.Sums(first.tag, b""))  # declined: every chunk is copied
+        got = 0
+        while got < WINDOW:  # alpha sends a window's worth, then waits for acknowledgements
+            block, _ = beta.inbox.expect(proto.Block)
+            got += len(block.data)
+
+        r.freeze("alpha")
+        time.sleep(3.5 * HEARTBEAT_S)  # the fault: stopped past the heartbeat timeout
+        r.signal("alpha", signal.SIGCONT)
+
+        beta.say(proto.BlockAck(got))
+        again = None
+        for _ in range(5):  # beta's heartbeats; alpha starts the copy over on one of them
+            beta.hello(consistent=False)
+            try:
+                again, _ = beta.inbox.expect(proto.SumReq, timeout=HEARTBEAT_S)
+                break
+            except AssertionError:
+                continue
+        assert again is not None and again.tag != first.tag, "the copy went on"
+        assert "event: full-sync-aborted" in r.log("alpha")
+        assert beta.state() == "full-sync"
+    finally:
+        beta.close()

@@ -500,14 +500,24 @@ class DcmTracker:
         if job is not None and job.done and job.hellos_at_ack < 0:
             job.hellos_at_ack = peer.hellos
 
-    def _abort(self, peer: Peer, job: Resync) -> None:
+    def connection_dropped(self, peer: Peer) -> None:
+        """What the connection to this peer held was lost, the peer not taken for gone (the
+        drop came while this node was stalled, or its connections were replaced on waking:
+        node.liveness). A copy running to it must start over from the map: its BLOCK_ACKs
+        count bytes in order, so after a gap they would take lost blocks for copied and
+        clear their regions (tests/test_resync_end.py). The chunks it holds cost a digest."""
+        job = self.resyncs.get(peer.name)
+        if job is not None:
+            self._abort(peer, job, "its connection dropped while this node was stalled")
+
+    def _abort(self, peer: Peer, job: Resync, why: str = "lost") -> None:
         """The peer went away mid-resync: back to dcm, owing everything since resume_lsn."""
         self.resyncs.pop(peer.name, None)
         self.node.copier.cancel(peer.name)
         primary = self.node.primary
         assert primary is not None
         self._enter(peer, self.maps[peer.name], job.resume_lsn, primary)
-        log.warning("secondary %s lost during its dcm resync: back in dcm", peer.name)
+        log.warning("secondary %s %s during its dcm resync: back in dcm", peer.name, why)
         self.node.events.emit(
             "full-sync-aborted" if job.full else "resync-aborted",
             peer=peer.name,

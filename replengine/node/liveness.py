@@ -55,6 +55,9 @@ class Liveness:
             # (a turn that was merely slow had its I/O thread running: they are fine)
             log.info("stopped for %.1fs (SIGSTOP): reconnecting to every peer now", gap)
             node.transport.reconnect_all()
+            if node.primary is not None:  # what the old connections held is gone
+                for name in list(node.dcm.resyncs):
+                    node.dcm.connection_dropped(node.peers[name])
         self.continued = False
 
     def on_disconnect(self, name: str) -> None:
@@ -68,6 +71,8 @@ class Liveness:
             log.info(
                 "connection to %s dropped while this node was stalled; waiting for its beacon", name
             )
+            if node.primary is not None:
+                node.dcm.connection_dropped(peer)
             return
         log.warning("connection to %s lost", name)
         peer.last_seen = 0.0
