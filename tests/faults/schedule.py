@@ -79,7 +79,12 @@ KINDS = {
     "replace_disks": 1,
     "thaw": 2,
     "burst": 1,
+    "mode_switch": 1,
 }
+
+#: the nodes whose mode the schedule switches (one of them async at a time, so every primary
+#: keeps a sync secondary); delta stays async: the SRL-filling fault cuts an async node
+SWITCHABLE = ("alpha", "beta", "gamma")
 
 #: the faults of --net netns (nodes in their own network namespaces), and their weights
 NET_KINDS = {
@@ -200,6 +205,8 @@ class Harness:
         self.dead: set[str] = set()
         self.frozen: dict[str, Freeze] = {}
         self.ex_primaries: set[str] = set()
+        #: each node's mode in the config file now (mode_switch changes them)
+        self.modes = dict(NODES)
 
     # ---- resource lifecycle ------------------------------------------------------------------
 
@@ -236,6 +243,7 @@ class Harness:
         assert doc is not None and "epoch" in doc, f"initial promotion failed: {doc}"
         self.primary, self.epoch = first, int(doc["epoch"])
         self.dead, self.frozen, self.ex_primaries = set(), {}, set()
+        self.modes = dict(NODES)
         self.base = bytes(VOLUME_SIZE)
         self.rounds_on_build = 0
         problems: list[str] = []
@@ -407,7 +415,11 @@ class Harness:
             self.note(f"{p} is no longer primary: {s['role']} following {s['following']}")
             self.primary = None
             return
-        acked = {peer: ps["acked_lsn"] for peer, ps in s["peers"].items() if NODES[peer] == "sync"}
+        acked = {
+            peer: ps["acked_lsn"]
+            for peer, ps in s["peers"].items()
+            if self.modes.get(peer) == "sync"
+        }
         self.observations.append(Observation(self.now(), p, s["epoch"], acked))
 
     def wait_observing(self, seconds: float) -> None:
@@ -630,6 +642,8 @@ class Harness:
                 ks.append("replace_disks")
         if self.frozen:
             ks.append("thaw")
+        else:
+            ks.append("mode_switch")  # a frozen daemon could not take the new file
         ks.append("burst")
         if net is not None:
             p = self.primary
@@ -642,7 +656,7 @@ class Harness:
                 ks.append("split")
             if len(net.loss) + len(net.shaped) < 2:
                 ks += ["loss", "delay"]
-            asyncs = [n for n in cut_secs if NODES[n] == "async"]
+            asyncs = [n for n in cut_secs if self.modes[n] == "async"]
             if away < MAX_AWAY and asyncs:
                 ks.append("srl_fill")
             if net.faults():
@@ -726,11 +740,41 @@ class Harness:
                 self.faults["kill_while_rewinding"] += 1
                 return f"{kind}+kill_while_rewinding({n})"
             return f"{kind}({n})"
+        if kind == "mode_switch":
+            return self.switch_mode()
         if kind == "burst":
             self.writer.burst = not self.writer.burst
             self.note(f"writer burst {'on' if self.writer.burst else 'off'}")
             return f"burst({'on' if self.writer.burst else 'off'})"
         raise AssertionError(kind)
+
+    def switch_mode(self) -> str:
+        """The operator's rollout of a mode change (README, "Changing the nodes of a running
+        resource"): the new file in place, then `replctl adjust` on every running node, one
+        at a time, while the application writes. A node that is down reads the file when it
+        comes back. Switches a node to async, or the one that is async back to sync."""
+        assert self.r is not None
+        self.check_alive()  # a daemon stopped by its disk error takes the file at its restart
+        back = [n for n in SWITCHABLE if self.modes[n] == "async"]
+        n = back[0] if back else self.rng.choice(SWITCHABLE)
+        old = self.modes[n]
+        new = self.modes[n] = "sync" if old == "async" else "async"
+        self.r.nodes[n] = new
+        self.r.write_config()
+        for m in NODES:
+            if m in self.dead:
+                continue
+            proc = self.r.replctl(m, "adjust", check=False, timeout=60)
+            if proc.returncode != 0:
+                self.violate(
+                    "adjust-failed",
+                    f"replctl adjust on {m} ({n} {old} -> {new}): "
+                    f"{(proc.stderr or proc.stdout).strip()}",
+                    [m],
+                )
+        self.note(f"{n} switched {old} -> {new}: the file on every node, adjust on the running")
+        self.observe()
+        return f"mode_switch({n},{old}->{new})"
 
     def late_writes(self, n: str, epoch: int) -> int:
         """An application on a replaced primary goes on writing: these must fail (fenced,
@@ -779,22 +823,22 @@ class Harness:
             direction = rng.choice(["deaf", "mute"])
             others = {p} if rng.random() < 0.7 else set(NODES) - {n}
             net.one_way(n, direction, others)
-            self.faults[f"{kind}({NODES[n]},{direction})"] += 1
-            self.note(f"{n} ({NODES[n]} secondary) {direction} to {sorted(others)}")
+            self.faults[f"{kind}({self.modes[n]},{direction})"] += 1
+            self.note(f"{n} ({self.modes[n]} secondary) {direction} to {sorted(others)}")
             return f"{kind}({n},{direction})"
         if kind == "partition_secondary":
             n = rng.choice(secs)
             net.cut(n)
-            self.faults[f"{kind}({NODES[n]})"] += 1
-            self.note(f"link of {n} down ({NODES[n]} secondary); faults {net.faults()}")
+            self.faults[f"{kind}({self.modes[n]})"] += 1
+            self.note(f"link of {n} down ({self.modes[n]} secondary); faults {net.faults()}")
             return f"{kind}({n})"
         if kind == "split":
-            side = {p} | {n for n in NODES if NODES[n] == "async" and n != p}
+            side = {p} | {n for n in NODES if self.modes[n] == "async" and n != p}
             if side == {p}:  # the primary is the async node: one sync node stays with it
                 side.add(rng.choice(sorted(n for n in NODES if n != p)))
             rest = set(NODES) - side
             net.split(side, rest)
-            if not any(NODES[n] == "sync" for n in side - {p}):
+            if not any(self.modes[n] == "sync" for n in side - {p}):
                 self.isolations.append(Isolation(p, self.epoch, self.now(), "split"))
             self.faults[kind] += 1
             self.note(f"split {sorted(side)} | {sorted(rest)} (primary {p} epoch {self.epoch})")
@@ -816,7 +860,7 @@ class Harness:
             self.note(f"{n}'s link slowed: {what}")
             return f"delay({n})"
         if kind == "srl_fill":
-            n = rng.choice([x for x in secs if NODES[x] == "async"])
+            n = rng.choice([x for x in secs if self.modes[x] == "async"])
             net.cut(n)
             self.writer.burst = True
             self.faults[f"srl_fill({self.srl_full})"] += 1

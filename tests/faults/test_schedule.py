@@ -298,8 +298,13 @@ def _netns_tools() -> str | None:
 @pytest.mark.parametrize(
     "mode,seed,script",
     [
-        # the primary cut off and replaced, a slowed link; then a split with loss
-        ("degrade", 301, [["partition_primary", "delay"], ["split", "loss", "disk_error"]]),
+        # a node's mode switched by `adjust` under writes, the primary cut off and replaced,
+        # a slowed link; then a split with loss
+        (
+            "degrade",
+            301,
+            [["mode_switch", "partition_primary", "delay"], ["split", "loss", "disk_error"]],
+        ),
         ("block", 302, [["split", "delay"], ["partition_primary", "srl_fill"]]),
         # the primary on one-way links and replaced, a secondary on one too
         ("degrade", 303, [["oneway_primary", "oneway_secondary"]]),
