@@ -51,6 +51,13 @@ def main(argv: list[str] | None = None) -> int:
         default="none",
         help="the block device frontend of the nodes (mixed: fuse-loop for odd seeds)",
     )
+    ap.add_argument(
+        "--keys",
+        choices=["off", "on", "mixed"],
+        default="off",
+        help="CURVE between the nodes (a key pair each; mixed: for seeds 2 and 3 mod 4, so "
+        "that --device mixed crosses it)",
+    )
     ap.add_argument("--converge-s", type=float, default=30.0, help="bound on convergence")
     ap.add_argument("--rebuild-every", type=int, default=20)
     ap.add_argument("--workdir", help="default: a new directory under /tmp")
@@ -103,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         device = args.device
         if device == "mixed":
             device = "fuse-loop" if seed % 2 else "none"
+        keys = args.keys == "on" or (args.keys == "mixed" and seed % 4 >= 2)
         h = Harness(
             workroot,
             seed,
@@ -114,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             net=net,
             disk=not args.no_disk,
             device=device,
+            keys=keys,
         )
         try:
             for _ in range(args.rounds):

@@ -175,12 +175,15 @@ class Harness:
         disk: bool = True,
         device: str = "none",
         script: list[list[str]] | None = None,
+        keys: bool = False,
     ) -> None:
         #: per round, fault kinds played first (when allowed), before the random ones
         self.script = [list(x) for x in script or []]
         self.net = net
         self.disk = disk and net == "netns"
         self.device = device
+        #: CURVE between the nodes (LocalResource.keys)
+        self.keys = keys
         self.network: Network | None = None
         self.fuse: subprocess.Popen | None = None
         self.disk_node: str | None = None
@@ -224,6 +227,7 @@ class Harness:
             heartbeat_ms=self.heartbeat_ms,
             extra={"sync_timeout": 2, "promote_min_peers": 1},
             device=self.device,
+            keys=self.keys,
         )
         if self.net == "netns":
             faultfs.sweep_stale()
@@ -254,6 +258,9 @@ class Harness:
 
         self.wait_statuses(converged, 30, "a new resource to converge")
         assert not problems, f"a new resource did not converge: {problems}"
+        security = {n: (self.status(n) or {}).get("security") for n in NODES}
+        want = "curve" if self.keys else "plain"
+        assert set(security.values()) == {want}, f"security {security}, wanted {want}"
 
     def mount_faultfs(self, work: Path, node: str) -> None:
         """The node's directory (volume, SRL, their marker files) becomes a FUSE mount of
@@ -963,6 +970,8 @@ class Harness:
         self.isolations: list[Isolation] = []
         self.disk_hit: set[str] = set()
         self.notes: Counter = Counter()
+        if self.keys:
+            self.notes["rounds with CURVE between the nodes"] += 1
         self.bytes_verified = 0
         assert self.r is not None
         self.log_offsets = {n: len(self.r.log(n)) for n in NODES}
