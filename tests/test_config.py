@@ -104,6 +104,7 @@ on_sync_loss = "block"
 sync_timeout = 12.5
 promote_min_peers = 2
 dcm_region_size = 65536
+resync_chunk_size = 65536
 run_dir = "/tmp/replengine-run"
 heartbeat_ms = 250
 device = "none"
@@ -162,6 +163,7 @@ mode = "async"
         dcm_region_size=65536,
         run_dir=Path("/tmp/replengine-run"),
         heartbeat_ms=250,
+        resync_chunk_size=65536,
         nodes={"alpha": alpha, "beta": beta, "gamma.example-1": gamma},
         local=alpha,
         digest=cfg.digest,
@@ -188,6 +190,7 @@ def test_defaults_for_optional_keys(tmp_path: Path, base: str) -> None:
     assert cfg.sync_timeout == 30.0
     assert cfg.promote_min_peers == 1  # majority of the one other node
     assert cfg.dcm_region_size == 1 << 20
+    assert cfg.resync_chunk_size == 1 << 20
     assert cfg.run_dir == Path("/run/replengine")
     assert cfg.heartbeat_ms == 1000
     assert all(n.device == "fuse-loop" for n in cfg.nodes.values())
@@ -452,6 +455,22 @@ BAD_CASES = [
         "resource.dcm_region_size",
         "dcm_region_size",
         ["power of two >= 4096"],
+    ),
+    (
+        "resync-chunk-not-power-of-two",
+        'on_sync_loss = "degrade"',
+        'on_sync_loss = "degrade"\nresync_chunk_size = 100000',
+        "resource.resync_chunk_size",
+        "resync_chunk_size",
+        ["power of two from 4096 to 8388608", "got 100000"],
+    ),
+    (
+        "resync-chunk-too-large",
+        'on_sync_loss = "degrade"',
+        'on_sync_loss = "degrade"\nresync_chunk_size = 16777216',
+        "resource.resync_chunk_size",
+        "resync_chunk_size",
+        ["power of two from 4096 to 8388608"],
     ),
     (
         "bad-uuid",

@@ -17,6 +17,7 @@ from replengine.storage.dirtymap import (
     DCMError,
     DCMRangeError,
     DirtyMap,
+    RegionTally,
 )
 
 KiB = 1024
@@ -128,6 +129,25 @@ def test_last_short_region(path: Path) -> None:
         dm.mark(-1, 1)
 
 
+def test_a_region_is_cleared_once_every_chunk_of_it_is_done_in_any_order(path: Path) -> None:
+    """A resync's chunks smaller than the map's regions: each region goes once all of its
+    chunks are done (sent and acknowledged, or found equal), whatever their order; one chunk
+    short keeps it, and chunks of whole regions or of the short last one clear at once."""
+    size = 4 * 64 * KiB + 8 * KiB  # 4 regions of 64 KiB and a short one of 8 KiB
+    dm = DirtyMap.create(path, volume_size=size, region_size=64 * KiB)
+    dm.mark_all()
+    tally = RegionTally(dm)
+    for off in (48, 0, 16):  # region 0 less the chunk at 32 KiB
+        tally.done(off * KiB, 16 * KiB)
+    for off in (112, 96, 80, 64):  # region 1, backwards
+        tally.done(off * KiB, 16 * KiB)
+    tally.done(128 * KiB, 128 * KiB)  # regions 2 and 3 in one piece
+    assert list(dm.regions()) == [(0, 64 * KiB), (256 * KiB, 8 * KiB)]
+    tally.done(32 * KiB, 16 * KiB)
+    tally.done(256 * KiB, 8 * KiB)  # the short last region
+    assert dm.is_empty and tally.partial == {}
+
+
 def test_mark_all_and_many_regions(path: Path) -> None:
     dm = DirtyMap.create(path, volume_size=(1 << 30) + 3, region_size=64 * KiB)
     dm.mark_all()
@@ -233,6 +253,16 @@ def test_a_large_volumes_digests_are_taken_over_larger_chunks_so_they_fit_one_me
     assert sum_chunk([(0, 3 * TiB)]) == 4 << 20
     assert sum_chunk([(0, 7 * TiB)]) == 8 << 20
     assert sum_chunk([(0, 9 * TiB)]) is None
+    # the resource's resync_chunk_size is where it starts
+    assert sum_chunk([(0, 4 << 30)], 64 << 10) == 64 << 10
+    assert sum_chunk([(0, 4 << 30)], 4096) == 8192  # 1 Mi digests of 4 KiB: one too many
+
+
+def test_the_configs_chunk_bounds_are_the_wires() -> None:
+    from replengine.config.defaults import MAX_RESYNC_CHUNK_SIZE
+    from replengine.storage.chunksums import MAX_CHUNK
+
+    assert MAX_RESYNC_CHUNK_SIZE == MAX_CHUNK
 
 
 def test_a_peer_stuck_after_its_resync_gets_the_stream_again_from_its_end() -> None:

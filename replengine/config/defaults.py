@@ -14,6 +14,11 @@ DEFAULT_RUN_DIR = Path("/run/replengine")
 DEFAULT_SYNC_TIMEOUT = 30.0
 DEFAULT_HEARTBEAT_MS = 1000
 DEFAULT_DCM_REGION_SIZE = 1 << 20
+#: bytes per chunk digest of a checksummed resync, and its bounds: a digest covers at most
+#: what either end reads at once (storage.chunksums.MAX_CHUNK, checked equal in the tests)
+DEFAULT_RESYNC_CHUNK_SIZE = 1 << 20
+MIN_RESYNC_CHUNK_SIZE = 4096
+MAX_RESYNC_CHUNK_SIZE = 8 << 20
 MIN_NODES = 2
 MAX_NODES = 16
 MIN_VOLUME_SIZE = 4096

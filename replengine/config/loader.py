@@ -41,11 +41,14 @@ from replengine.config.defaults import (
     DEFAULT_DCM_REGION_SIZE,
     DEFAULT_DEVICE,
     DEFAULT_HEARTBEAT_MS,
+    DEFAULT_RESYNC_CHUNK_SIZE,
     DEFAULT_RUN_DIR,
     DEFAULT_SYNC_TIMEOUT,
     DEVICES,
     MAX_NODES,
+    MAX_RESYNC_CHUNK_SIZE,
     MIN_NODES,
+    MIN_RESYNC_CHUNK_SIZE,
     MIN_SRL_SIZE,
     MIN_VOLUME_SIZE,
     MODES,
@@ -70,6 +73,7 @@ _RESOURCE_KEYS = (
     "secret_key_file",
     "resync_rate",
     "resync_adaptive",
+    "resync_chunk_size",
 )
 _RESOURCE_REQUIRED = ("name", "srl_full", "on_sync_loss")
 _NODE_KEYS = (
@@ -188,6 +192,18 @@ def _build(ctx: _Ctx, doc: dict[str, Any], node: str | None) -> ResourceConfig:
             )
         else:
             resync_rate = float(v)
+    chunk = _get_int(
+        ctx, res, R + ("resync_chunk_size",), DEFAULT_RESYNC_CHUNK_SIZE, "a size in bytes"
+    )
+    if chunk is not None and (
+        not MIN_RESYNC_CHUNK_SIZE <= chunk <= MAX_RESYNC_CHUNK_SIZE or chunk & (chunk - 1)
+    ):
+        ctx.error(
+            R + ("resync_chunk_size",),
+            f"expected a power of two from {MIN_RESYNC_CHUNK_SIZE} to {MAX_RESYNC_CHUNK_SIZE} "
+            f"(bytes per chunk digest of a checksummed resync, e.g. 1048576), got {chunk}",
+        )
+        chunk = None
     resync_adaptive = res.get("resync_adaptive", True)
     if not isinstance(resync_adaptive, bool):
         ctx.error(R + ("resync_adaptive",), f"expected true or false, got {_got(resync_adaptive)}")
@@ -396,6 +412,7 @@ def _build(ctx: _Ctx, doc: dict[str, Any], node: str | None) -> ResourceConfig:
         heartbeat_ms=hb,
         resync_rate=resync_rate,
         resync_adaptive=resync_adaptive,
+        resync_chunk_size=chunk,
         nodes=nodes,
         local=nodes[local_name],
         digest=compute_digest(name, res_uuid, srl_full, on_sync_loss, dcm, nodes),

@@ -77,6 +77,9 @@ class ResourceConfig:
     #: yield to the application's writes (node.pacing)
     resync_rate: float = 0.0
     resync_adaptive: bool = True
+    #: bytes per chunk digest of a checksummed resync (a chunk equal on both ends is not
+    #: sent): smaller chunks send less of a volume with scattered differences, and hash more
+    resync_chunk_size: int = 1 << 20
 
     @property
     def curve(self) -> bool:

@@ -11,7 +11,8 @@ checks that the change is one it can make live, and applies it:
 * a mode changed: on a primary a node made sync is waited for once it has caught up (until
   then it is degraded, as a sync node that reconnects behind is), a node made async at once
   no longer is;
-* tunables (`resync_rate`, `resync_adaptive`, `sync_timeout`, `promote_min_peers`) take effect.
+* tunables (`resync_rate`, `resync_adaptive`, `resync_chunk_size`, `sync_timeout`,
+  `promote_min_peers`) take effect (a chunk size at the next resync).
 
 During the rollout some nodes run the old file and some the new: HELLO carries the digest of
 the config a node ran before its last adjust, and two nodes accept each other when one's

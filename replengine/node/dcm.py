@@ -26,7 +26,7 @@ from replengine.node.resync_end import ended_there, unstick
 from replengine.node.states import IN_DCM, PeerState
 from replengine.node.sums import offered_skip
 from replengine.storage.chunksums import DIGEST_SIZE, MAX_CHUNK, ChunkDigests, count
-from replengine.storage.dirtymap import DCMError, DirtyMap
+from replengine.storage.dirtymap import DCMError, DirtyMap, RegionTally
 from replengine.wire.protocol import MAX_DATA, SumReq, Sums
 
 if TYPE_CHECKING:
@@ -50,12 +50,13 @@ SUMS_MIN_WAIT_S = 30.0
 SUMS_BYTES_PER_S = 20 << 20
 
 
-def sum_chunk(ranges: Iterable[tuple[int, int]]) -> int | None:
-    """Bytes per digest for a checksummed copy of these ranges: 1 MiB, or the next power of
-    two whose digests fit one SUMS message (16 bytes each: 1 TiB of volume per MAX_DATA at
-    1 MiB, 8 TiB at MAX_CHUNK). None beyond that: the copy then sends every chunk."""
+def sum_chunk(ranges: Iterable[tuple[int, int]], base: int = CHUNK) -> int | None:
+    """Bytes per digest for a checksummed copy of these ranges: ``base`` (the resource's
+    resync_chunk_size), or the next power of two whose digests fit one SUMS message (16 bytes
+    each: 1 TiB of volume per MAX_DATA at 1 MiB, 8 TiB at MAX_CHUNK). None beyond that: the
+    copy then sends every chunk."""
     ranges = list(ranges)
-    chunk = CHUNK
+    chunk = base
     while count(ranges, chunk) * DIGEST_SIZE >= MAX_DATA - (1 << 20):
         if chunk >= MAX_CHUNK:
             return None
@@ -378,7 +379,11 @@ class DcmTracker:
             job.resume_lsn,
         )
         size = node.volume.size
-        chunk = sum_chunk(job.ranges) if len(job.ranges) <= CHECKSUM_MAX_RANGES else None
+        chunk = (
+            sum_chunk(job.ranges, node.cfg.resync_chunk_size)
+            if len(job.ranges) <= CHECKSUM_MAX_RANGES
+            else None
+        )
         if (
             not tag  # a rewind's copy: the rewinder owns that volume and asks for its blocks
             and dmap.dirty_bytes >= CHECKSUM_SHARE * size
@@ -405,14 +410,14 @@ class DcmTracker:
     ) -> None:
         job.copying = True
         job.sums_deadline = 0.0
-        dmap = self.maps[peer.name]
+        tally = RegionTally(self.maps[peer.name])
 
         def done_there(off: int, length: int) -> None:
             # the receiver holds this chunk durably: a resync cut short (either end killed,
             # the link) resumes after it. Only for a copy that began with our digest request:
             # the receiver counted its acknowledgements from there, and had cleared its log
             # (nothing replays over the blocks)
-            dmap.clear(off, length)
+            tally.done(off, length)
             self._progress.add(peer.name)
 
         self.node.copier.start(
@@ -479,7 +484,7 @@ class DcmTracker:
                     self._start_copy(peer, job, None)
                 elif job.sums_deadline and now - job.sums_asked >= SUMS_ASK_EVERY_S:
                     job.sums_asked = now
-                    node.send(job.peer, SumReq(job.tag, list(job.ranges), CHUNK))
+                    node.send(job.peer, SumReq(job.tag, list(job.ranges), job.chunk))
                 continue
             copy = node.copier.jobs.get(job.peer)
             if copy is not None and copy.tag == job.tag:

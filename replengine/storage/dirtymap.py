@@ -355,3 +355,31 @@ class DirtyMap:
             f"DirtyMap({str(self.path)!r}, volume_size={self.volume_size}, "
             f"region_size={self.region_size}, dirty={self.count}/{self.regions_total})"
         )
+
+
+class RegionTally:
+    """Clears a region of ``dmap`` once every piece of it is done, the pieces done in any
+    order: a resync's chunks smaller than the map's regions (resync_chunk_size below
+    dcm_region_size) each cover no whole region, so clearing them one by one (clear() keeps
+    a region only partly covered) would record no progress at all, and a resync cut short
+    would start over from nothing. Pieces are chunks of whole-region ranges (what the map's
+    regions() gives a copy), so a piece lies in one region or covers whole regions."""
+
+    def __init__(self, dmap: DirtyMap) -> None:
+        self.dmap = dmap
+        #: bytes done of each region partly done
+        self.partial: dict[int, int] = {}
+
+    def done(self, offset: int, length: int) -> None:
+        dmap, rs = self.dmap, self.dmap.region_size
+        if length >= rs or offset + length == dmap.volume_size and offset % rs == 0:
+            dmap.clear(offset, length)
+            return
+        region = offset // rs
+        size = min(rs, dmap.volume_size - region * rs)
+        got = self.partial.get(region, 0) + length
+        if got < size:
+            self.partial[region] = got
+            return
+        self.partial.pop(region, None)
+        dmap.clear(region * rs, size)
