@@ -172,6 +172,7 @@ def call_with_progress(
         while not ctl.sock.poll(int(POLL_S * 1000)):
             if time.monotonic() >= deadline:
                 raise ReplError(f"daemon at {socket_path} did not answer within {timeout_s:.0f}s")
+            ctl.check_alive()
             st = poll_status(socket_path)
             if st is not None:
                 show(st)

@@ -12,7 +12,7 @@ import sys
 import time
 
 from replengine.errors import ReplError
-from replengine.wire.control import ControlClient
+from replengine.wire.control import ControlClient, NoAnswer
 
 #: how often the progress is shown while the verify runs
 PROGRESS_EVERY_S = 1.0
@@ -31,7 +31,7 @@ def run(ctl: ControlClient, nodes: list[str], as_json: bool, timeout_s: float) -
         try:
             doc, _ = ctl.wait(req_id, timeout_s=PROGRESS_EVERY_S)
             break
-        except ReplError:
+        except NoAnswer:
             if time.monotonic() > deadline:
                 raise ReplError(f"verify did not finish within {timeout_s:.0f}s") from None
         shown = _progress(ctl, tty) or shown

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,17 @@ import zmq
 from replengine.errors import ReplError
 from replengine.runtime import RuntimePaths
 from replengine.wire.zmqio import recv_frames, send_frames
+
+#: how long a wait for a reply goes without checking that the daemon is still there
+LIVENESS_CHECK_MS = 1000
+
+
+class NoAnswer(ReplError):
+    """No reply within the timeout; the daemon is still running (busy, or stopped)."""
+
+
+class DaemonGone(ReplError):
+    """The daemon exited (or was killed) while a request waited for its reply."""
 
 
 class ControlClient:
@@ -48,16 +60,31 @@ class ControlClient:
         return None if frames is None else [f.bytes for f in frames]
 
     def wait(self, req_id: int, timeout_s: float | None = None) -> tuple[dict, bytes | None]:
+        """The reply to ``req_id``. Received in slices of at most LIVENESS_CHECK_MS: a
+        daemon that dies (or stops on a failed disk) before answering is noticed within one,
+        not at the end of a timeout that may be a Pacemaker operation's whole budget."""
         timeout = self.timeout_ms if timeout_s is None else int(timeout_s * 1000)
+        deadline = time.monotonic() + timeout / 1000
         while req_id not in self._done:
-            frames = self._recv(timeout)
+            left = int((deadline - time.monotonic()) * 1000)
+            frames = self._recv(min(LIVENESS_CHECK_MS, max(0, left)))
             if frames is None:
-                raise ReplError(
-                    f"daemon at {self.sock_path} did not answer within {timeout / 1000:.0f}s"
-                )
+                if left <= LIVENESS_CHECK_MS:
+                    raise NoAnswer(
+                        f"daemon at {self.sock_path} did not answer within {timeout / 1000:.0f}s"
+                    )
+                self.check_alive()
+                continue
             doc = json.loads(frames[0])
             self._done[doc.get("id")] = (doc, frames[1] if len(frames) > 1 else None)
         return self._done.pop(req_id)
+
+    def check_alive(self) -> None:
+        """DaemonGone if the daemon behind this socket is no longer running."""
+        if RuntimePaths(self.sock_path.parent).daemon_pid() is None:
+            raise DaemonGone(
+                f"the daemon at {self.sock_path} stopped before answering (its log says why)"
+            )
 
     def call(
         self, op: str, data: Any = None, timeout_s: float | None = None, **fields: Any
