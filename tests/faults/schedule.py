@@ -1103,6 +1103,11 @@ class Harness:
                     list(NODES),
                 )
                 raise RoundStop("no primary")
+        # a daemon that stopped on its disk error only meanwhile (its shutdown takes seconds,
+        # so it was still running at the restarts above: seed 3702 round 4) is restarted too
+        self.check_alive()
+        for n in sorted(self.dead):
+            self.restart(n)
         self.wait_observing(self.rng.uniform(0.2, 1.0))  # writes beside the rejoining nodes
         self.writer.stop(3)
         self.observe()
