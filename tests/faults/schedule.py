@@ -50,7 +50,7 @@ from replengine.cli.progress import poll_status
 from replengine.demo.localcluster import LocalResource
 from replengine.errors import ReplError
 from replengine.runtime import is_alive, wait_gone
-from replengine.wire.control import ControlClient
+from replengine.wire.control import ControlClient, DaemonGone
 
 from . import checks, faultfs
 from .checks import Freeze, Isolation, Observation, Promotion, Violation
@@ -369,6 +369,8 @@ class Harness:
             return {"error": str(exc)}
         try:
             doc, _ = ctl.wait(ctl.send("promote"), 60)
+        except DaemonGone as exc:  # it stopped meanwhile (on its disk error): a refusal
+            return {"error": str(exc)}
         except ReplError:
             return None
         finally:
