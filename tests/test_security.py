@@ -209,6 +209,11 @@ def test_transports_with_keys_talk_curve(tmp_path: Path) -> None:
     finally:
         a.close()
         b.close()
+    # closed, the thread watching the ROUTER's handshakes has ended: it waited for a
+    # MONITOR_STOPPED its monitor was not asked for, and close() gave up on it after 5 s,
+    # so every keyed daemon took 5 s more to stop (found by the keyed fault campaign)
+    for t in (a, b):
+        assert t._router_watch is not None and not t._router_watch.is_alive()
 
 
 # ---- real daemons -----------------------------------------------------------------------------

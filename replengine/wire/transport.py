@@ -135,8 +135,13 @@ class Transport:
             self.router.curve_secretkey = curve.secret
             self.router.zap_domain = ZAP_DOMAIN
             self.router.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)  # no handler: nobody gets in
+            # MONITOR_STOPPED too: libzmq sends it at disable_monitor() only when asked for,
+            # and the watcher ends on it (close() waited 5 s for it, every keyed stop)
             self._router_mon = self.router.get_monitor_socket(
-                zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILED
+                zmq.EVENT_ACCEPTED
+                | zmq.EVENT_DISCONNECTED
+                | HANDSHAKE_FAILED
+                | zmq.EVENT_MONITOR_STOPPED
             )
             self._router_watch = threading.Thread(
                 target=_watch_handshakes,
