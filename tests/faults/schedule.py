@@ -1052,6 +1052,7 @@ class Harness:
             self.set_disk_fault("none")
         for n in sorted(self.frozen):
             self.thaw(n)
+        self.wait_failed_daemons()
         for n in sorted(self.dead):
             self.restart(n)
         self.writer.burst = False
@@ -1105,8 +1106,8 @@ class Harness:
                     list(NODES),
                 )
                 raise RoundStop("no primary")
-        # a daemon that stopped on its disk error only meanwhile (its shutdown takes seconds,
-        # so it was still running at the restarts above: seed 3702 round 4) is restarted too
+        # a daemon that stopped on its disk error only meanwhile (seed 3702 round 4) is
+        # restarted too
         self.check_alive()
         for n in sorted(self.dead):
             self.restart(n)
@@ -1115,6 +1116,23 @@ class Harness:
         self.observe()
         self.note(f"writer stopped: {self.ledger.counts()}")
         self.quiesce_and_check()
+
+    def wait_failed_daemons(self, timeout: float = 30.0) -> None:
+        """A daemon whose disk failed under it says "node failed" and stops, which takes a
+        moment (its threads end, its files close): wait for that before restarting the nodes
+        that are down, or one still stopping is missed and the round never converges."""
+        assert self.r is not None
+        stopping = [
+            n
+            for n in sorted(self.disk_hit - self.dead)
+            if "node failed" in self.r.log(n)[self.log_offsets.get(n, 0) :]
+        ]
+        deadline = time.monotonic() + timeout
+        for n in stopping:
+            pid = self.r.pid(n)
+            while pid is not None and is_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        self.check_alive()
 
     def statuses(self) -> dict[str, dict | None]:
         return {n: self.status(n) for n in NODES}
