@@ -1127,11 +1127,15 @@ class Harness:
             for n in sorted(self.disk_hit - self.dead)
             if "node failed" in self.r.log(n)[self.log_offsets.get(n, 0) :]
         ]
-        deadline = time.monotonic() + timeout
         for n in stopping:
             pid = self.r.pid(n)
-            while pid is not None and is_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
+            if pid is not None:
+                try:
+                    wait_gone(pid, timeout)
+                except ReplError:
+                    self.violate(
+                        "stop-hung", f"{n} said node failed but runs {timeout:.0f} s on", [n]
+                    )
         self.check_alive()
 
     def statuses(self) -> dict[str, dict | None]:
