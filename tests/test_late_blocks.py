@@ -21,7 +21,7 @@ import signal
 import pytest
 
 from replengine.wire import protocol as proto
-from tests.wire_peer import Listener, Peer, Primaries
+from tests.wire_peer import Primaries
 
 pytestmark = pytest.mark.slow
 
@@ -32,13 +32,8 @@ def test_the_rest_of_a_copy_cut_short_does_not_hold_the_rewind_back(resource) ->
     r = resource({"alpha": "sync", "beta": "sync"}, heartbeat_ms=1000)
     r.up("beta")
     p = Primaries(r)
-    inbox = Listener(p.cfg.node("alpha").address, p.cfg.uuid)
-    peer = Peer(p.cfg.node("beta").address, "alpha")
-    hello = p.hello(1, "alpha", [[1, 1]], 1)
+    inbox, peer, hello = p.play_alpha()
     try:
-        peer.send(hello)
-        r.wait_for(lambda: r.status("beta")["following"] == "alpha", 20, "beta to follow alpha")
-
         # a copy of two blocks begins; alpha goes silent after the first
         peer.send(p.frames(1, "alpha", proto.Block(0, p.rng.randbytes(MIB))))
         r.wait_for(lambda: "dcm resync from alpha started" in r.log("beta"), 20, "the copy")

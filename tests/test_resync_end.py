@@ -16,9 +16,10 @@ of beta's messages is the test's.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -89,9 +90,10 @@ class FakeSecondary:
         return self.r.status("alpha")["peers"]["beta"]["state"]
 
 
-@pytest.fixture
-def fake_beta(resource: Callable[..., LocalResource]):
-    r = resource({"alpha": "sync", "beta": "sync"}, heartbeat_ms=int(HEARTBEAT_S * 1000))
+@contextlib.contextmanager
+def beta_up_to_date(resource: Callable[..., LocalResource], **kw) -> Iterator[FakeSecondary]:
+    """alpha primary (a real daemon), beta played by the test and up to date on it."""
+    r = resource({"alpha": "sync", "beta": "sync"}, heartbeat_ms=int(HEARTBEAT_S * 1000), **kw)
     r.up("alpha")
     r.promote("alpha", "--force")
     beta = FakeSecondary(r)
@@ -101,6 +103,12 @@ def fake_beta(resource: Callable[..., LocalResource]):
         yield beta
     finally:
         beta.close()
+
+
+@pytest.fixture
+def fake_beta(resource: Callable[..., LocalResource]):
+    with beta_up_to_date(resource) as beta:
+        yield beta
 
 
 def start_full_sync(beta: FakeSecondary) -> tuple[proto.BlockDone, list]:
@@ -190,13 +198,8 @@ def test_a_copy_starts_over_when_the_primary_wakes_with_its_connections_replaced
     its own; what they held is lost. beta is not taken for gone (it did not go anywhere),
     but the copy cannot go on: its acknowledgements count bytes in order, and after a gap
     they would take lost blocks for copied. alpha starts it over, asking for digests."""
-    r = resource({"alpha": "sync", "beta": "sync"}, heartbeat_ms=1000, volume_size=2 * WINDOW)
-    r.up("alpha")
-    r.promote("alpha", "--force")
-    beta = FakeSecondary(r)
-    try:
-        beta.hello(consistent=True)
-        r.wait_for(lambda: beta.state() == "up-to-date", 20, "alpha to take beta as up to date")
+    with beta_up_to_date(resource, volume_size=2 * WINDOW) as beta:
+        r = beta.r
         r.replctl("alpha", "sync", "--full", "beta")
         first, _ = beta.inbox.expect(proto.SumReq)
         beta.say(proto.Sums(first.tag, b""))  # declined: every chunk is copied
@@ -221,5 +224,3 @@ def test_a_copy_starts_over_when_the_primary_wakes_with_its_connections_replaced
         assert again is not None and again.tag != first.tag, "the copy went on"
         assert "event: full-sync-aborted" in r.log("alpha")
         assert beta.state() == "full-sync"
-    finally:
-        beta.close()

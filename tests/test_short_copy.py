@@ -19,7 +19,7 @@ import pytest
 
 from replengine.storage.chunksums import DIGEST_SIZE, digest
 from replengine.wire import protocol as proto
-from tests.wire_peer import Listener, Peer, Primaries
+from tests.wire_peer import Primaries
 
 pytestmark = pytest.mark.slow
 
@@ -30,14 +30,9 @@ def test_a_short_copy_is_fetched_again_whole_with_digests(resource) -> None:
     r = resource({"alpha": "sync", "beta": "sync"}, heartbeat_ms=1000)
     r.up("beta")
     p = Primaries(r)
-    inbox = Listener(p.cfg.node("alpha").address, p.cfg.uuid)
-    peer = Peer(p.cfg.node("beta").address, "alpha")
     a, b, c = (p.rng.randbytes(MIB) for _ in range(3))
-    hello = p.hello(1, "alpha", [[1, 1]], 1)
+    inbox, peer, hello = p.play_alpha()
     try:
-        peer.send(hello)
-        r.wait_for(lambda: r.status("beta")["following"] == "alpha", 20, "beta to follow alpha")
-
         # a copy of three blocks whose middle one was lost with a connection
         peer.send(p.frames(1, "alpha", proto.Block(0, a)))
         peer.send(p.frames(1, "alpha", proto.Block(2 * MIB, c)))

@@ -123,6 +123,22 @@ class Primaries:
         m[0] = prefix(7, epoch, sender.encode(), self.cfg.uuid) + struct.pack("!QQ", 9, 3)
         return m
 
+    def play_alpha(self) -> tuple[Listener, Peer, list[bytes]]:
+        """alpha, primary in epoch 1 with an empty log, followed by beta: a ROUTER at alpha's
+        address for what beta sends, a DEALER speaking as alpha, and alpha's HELLO."""
+        r = self.r
+        inbox = Listener(self.cfg.node("alpha").address, self.cfg.uuid)
+        peer = Peer(self.cfg.node("beta").address, "alpha")
+        hello = self.hello(1, "alpha", [[1, 1]], 1)
+        try:
+            peer.send(hello)
+            r.wait_for(lambda: r.status("beta")["following"] == "alpha", 20, "beta to follow alpha")
+        except BaseException:
+            peer.close()
+            inbox.close()
+            raise
+        return inbox, peer, hello
+
     def follow_alpha(self, peer: Peer) -> None:
         """alpha, primary in epoch 1: LSNs 1..10, applied on beta."""
         r = self.r
