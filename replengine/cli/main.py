@@ -235,6 +235,52 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_invalidate(args: argparse.Namespace) -> int:
+    """This node's volume cannot be trusted (drbdadm invalidate): the whole volume is owed,
+    durably, and fetched (digests first: only what differs travels) from the primary it
+    follows, whichever that is by then. Online through the daemon, else written beside the
+    SRL for the daemon's next start."""
+    cfg = configmod.load(_cfg_path(args), node=args.node)
+    node = cfg.local
+    if daemon_running(cfg):
+        ctl = _control(cfg.paths().socket, 30)
+        try:
+            doc, _ = ctl.call("invalidate")
+        finally:
+            ctl.close()
+        src = f"from {doc['source']}, now" if doc["source"] else "once it follows a primary"
+        print(
+            f"{cfg.name}/{node.name} invalidated: {doc['bytes']} bytes owed, fetched {src} "
+            f"(chunks that differ only); inconsistent until then",
+            flush=True,
+        )
+        return 0
+    from replengine.log.srl import SRL
+    from replengine.log.srl_io import open_locked
+    from replengine.node.rewind import marker_path, write_marker
+    from replengine.storage.volume import Volume
+
+    if not SRL.is_initialised(node.srl):
+        raise ReplError(
+            f"SRL {node.srl} of {cfg.name}/{node.name} is not initialised: after `replctl "
+            f"init` the node has no history in common with the primary and gets a full sync "
+            f"by itself; invalidate is not needed"
+        )
+    lock = open_locked(Path(node.srl))  # a daemon starting meanwhile reads the marker after
+    try:
+        with Volume(node.volume, readonly=True) as vol:
+            size = vol.size
+        write_marker(marker_path(node.srl, cfg.name, node.name), [(0, size)], 0)
+    finally:
+        os.close(lock)
+    print(
+        f"{cfg.name}/{node.name} invalidated (offline): {size} bytes owed; at `replctl up` it "
+        f"stays inconsistent until the primary it follows has sent every chunk that differs",
+        flush=True,
+    )
+    return 0
+
+
 def cmd_adjust(args: argparse.Namespace) -> int:
     """Apply the edited config file to this node's running daemon (drbdadm adjust)."""
     path = Path(_cfg_path(args)).resolve()
@@ -374,6 +420,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="wait until it is up to date")
     p.add_argument("--timeout", type=float, default=3600)
     p.set_defaults(fn=cmd_sync)
+    p = sub.add_parser(
+        "invalidate",
+        parents=[common],
+        help="on a secondary: its volume is damaged; fetch every chunk that differs "
+        "(drbdadm invalidate)",
+    )
+    p.set_defaults(fn=cmd_invalidate)
     p = sub.add_parser(
         "adjust",
         parents=[common],

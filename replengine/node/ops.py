@@ -20,6 +20,7 @@ from replengine.node import adjust
 from replengine.node.client_io import ClientIO, Request
 from replengine.node.promote import NodePromotionContext
 from replengine.node.pulls import PullServer
+from replengine.node.rewind import Rewinder, write_marker
 from replengine.node.states import Role
 from replengine.node.status import status
 
@@ -199,6 +200,56 @@ class Operations(ClientIO):
                 "copying now" if started else "copied when it connects",
             )
             node.reply_ok(req.client, req.req_id, {"peer": name, "bytes": owed, "started": started})
+
+    # ---- invalidate: this secondary's volume cannot be trusted ------------------------------
+
+    def op_invalidate(self, req: Request, doc: dict, data: Any) -> None:
+        """`replctl invalidate` on a secondary (drbdadm invalidate): its volume was damaged
+        or restored behind the log's back. The whole volume is owed, durably, before the
+        reply: the node stays inconsistent (no promotion score) and fetches, digests first,
+        every chunk that differs from the primary it follows, now or from whichever primary
+        it follows next (a failover, a restart). Unlike `sync --full` on the primary, nothing
+        is forgotten when that primary is replaced before the copy starts."""
+        node = self.node
+
+        def refuse(why: str) -> None:
+            node.reply_error(req.client, req.req_id, f"invalidate {node.me}: {why}")
+
+        rx = node.dcm_rx
+        if node.primary is not None:
+            refuse(
+                f"{node.me} is the primary of {node.cfg.name}: its volume is every other "
+                f"node's source; demote it and promote a node whose volume is sound first"
+            )
+        elif self.promotion is not None:
+            refuse("a promotion is running on this node")
+        elif self.down:
+            refuse("the node is stopping; invalidate it once it is down (offline)")
+        elif rx is not None and not rx.done and not rx.handed_over:
+            refuse(
+                f"a block resync from {rx.source} is running; invalidate once it has ended "
+                f"(replctl status shows it)"
+            )
+        else:
+            whole = [(0, node.volume.size)]
+            write_marker(node.rewind_marker, whole, node.watcher.durable_end)
+            if node.rewinder is None:
+                node.rewinder = Rewinder.resume(node, node.rewind_marker, whole)
+            else:
+                node.rewinder.owed = whole
+            if node.following:
+                node.rewinder.retarget(node.following, node.watcher.durable_end)
+            node.consistent = False
+            log.warning(
+                "INVALIDATED: the whole volume (%d bytes) is owed; inconsistent until %s "
+                "has sent every chunk that differs",
+                node.volume.size,
+                node.following or "the next primary followed",
+            )
+            node.events.emit("invalidated", bytes=node.volume.size, source=node.following)
+            node.reply_ok(
+                req.client, req.req_id, {"bytes": node.volume.size, "source": node.following}
+            )
 
     def op_verify(self, req: Request, doc: dict, data: Any) -> None:
         """`replctl verify [NODE...]` on the primary: online, exact (node.verifier); the

@@ -1,0 +1,114 @@
+"""`replctl invalidate` on a secondary whose volume was damaged behind the log's back
+(drbdadm invalidate): it owes itself the whole volume, durably, and fetches every chunk that
+differs from whichever primary it follows. Unlike `sync --full` on the primary, a failover
+before the copy starts forgets nothing."""
+
+from __future__ import annotations
+
+import random
+import signal
+from collections.abc import Callable
+
+import pytest
+
+from replengine.demo.localcluster import LocalResource
+from replengine.log.srl_format import SB_SIZE
+from tests.conftest import THREE_NODES, Ledger, Writer
+from tests.test_full_sync import damage, wait_cleared
+
+MiB = 1 << 20
+
+
+def damaged_beta(r: LocalResource, ledger: Ledger) -> None:
+    """alpha primary, 300 writes everywhere, then beta's volume damaged while it is down."""
+    r.up()
+    r.promote("alpha")
+    Writer(r, "alpha", ledger, seed=3, limit=300).run()
+    r.wait_synced()
+    wait_cleared(r, "beta")
+    r.down("beta")
+    damage(r.volume_path("beta"), random.Random(5), r.volume_size)
+
+
+def test_an_invalidated_node_is_rebuilt_by_the_next_primary_after_a_failover(
+    resource: Callable[..., LocalResource], writers: list[Writer]
+) -> None:
+    r = resource(THREE_NODES, volume_size=64 * MiB)
+    ledger = Ledger(r.volume_size)
+    damaged_beta(r, ledger)
+    out = r.replctl("beta", "invalidate")  # offline: the daemon is down
+    assert f"invalidated (offline): {r.volume_size} bytes owed" in out.stdout, out.stdout
+
+    # the primary is replaced before beta is back: only beta's own marker remembers
+    r.replctl("alpha", "demote")
+    r.promote("gamma")
+    w = Writer(r, "gamma", ledger, seed=4, span=4 * MiB)  # beta lacks these too
+    writers.append(w)
+    w.start()
+    r.wait_for(lambda: len(ledger) > 350, 60, "writes on gamma")
+    sent0 = r.status("gamma")["peers"]["beta"]["blocks_sent_bytes"]
+    r.up("beta")
+    r.wait_for(lambda: len(ledger) > 450, 60, "writes while beta is rebuilt")
+    w.stop_ev.set()
+    w.join(30)
+    assert not w.errors, w.errors
+    r.wait_synced()
+    sums = r.checksums()
+    assert len(set(sums.values())) == 1, sums
+    st = r.status("beta")
+    assert st["consistent"] and st["following"] == "gamma" and not st["rewinding"]
+    # the chunks that differ: 8 damaged stretches of 64 KiB (16 chunks of 1 MiB at most)
+    # and the first 4 MiB, written while beta was away; not the volume's 64 MiB
+    sent = r.status("gamma")["peers"]["beta"]["blocks_sent_bytes"] - sent0
+    assert 0 < sent <= 20 * MiB, sent
+    r.down()
+    for n in r.nodes:
+        ledger.check_file(r.volume_path(n), n)
+
+
+def test_an_online_invalidate_waits_for_its_primary_and_refuses_promotion_until_then(
+    resource: Callable[..., LocalResource],
+) -> None:
+    r = resource(THREE_NODES)
+    ledger = Ledger(r.volume_size)
+    damaged_beta(r, ledger)
+    r.up("beta")
+    r.wait_synced()
+    sums = r.checksums(["alpha", "beta"])
+    assert sums["beta"] != sums["alpha"]  # the log knows nothing of the damage
+
+    r.freeze("alpha")  # the source cannot answer: beta stays owing
+    try:
+        out = r.replctl("beta", "invalidate")
+        assert f"invalidated: {r.volume_size} bytes owed" in out.stdout, out.stdout
+        st = r.status("beta")
+        assert not st["consistent"] and st["rewinding"], st
+        refused = r.replctl("beta", "promote", check=False)
+        assert refused.returncode != 0 and "inconsistent" in refused.stderr, refused
+    finally:
+        r.signal("alpha", signal.SIGCONT)
+    r.wait_synced()
+    sums = r.checksums()
+    assert len(set(sums.values())) == 1, sums
+    assert "INVALIDATED" in r.log("beta") and "event: invalidated" in r.log("beta")
+
+
+@pytest.mark.parametrize("where", ["primary", "uninitialised"])
+def test_invalidate_refusals_change_nothing(
+    resource: Callable[..., LocalResource], where: str
+) -> None:
+    r = resource(THREE_NODES)
+    if where == "primary":
+        r.up()
+        r.promote("alpha")
+        res = r.replctl("alpha", "invalidate", check=False)
+        assert res.returncode != 0
+        assert "alpha is the primary" in res.stderr and "demote it" in res.stderr, res.stderr
+        st = r.status("alpha")
+        assert st["role"] == "primary" and st["consistent"] and not st["rewinding"]
+        return
+    with open(r.srl_path("beta"), "r+b") as f:  # both superblocks wiped: no SRL there
+        f.write(bytes(2 * SB_SIZE))
+    res = r.replctl("beta", "invalidate", check=False)
+    assert res.returncode != 0 and "is not initialised" in res.stderr, res.stderr
+    assert not list(r.srl_path("beta").parent.glob("*.rewind"))
