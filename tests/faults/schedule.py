@@ -66,6 +66,8 @@ NODES = {"alpha": "sync", "beta": "sync", "gamma": "sync", "delta": "async"}
 VOLUME_SIZE = 4 << 20
 SRL_SIZE = (1 << 20) + (256 << 10)  # fills after ~1.2 MiB of lag: a second or two away
 MAX_AWAY = 2  # nodes killed or frozen at once
+#: the pid in a daemon's "node failed" log line (FILE_FORMAT of replengine.daemon)
+FAILED_PID = re.compile(r"\[(\d+)\] ERROR node failed")
 
 #: fault kinds and their weights
 KINDS = {
@@ -80,6 +82,8 @@ KINDS = {
     "thaw": 2,
     "burst": 1,
     "mode_switch": 1,
+    "sync_full": 1,
+    "invalidate": 1,
 }
 
 #: the nodes whose mode the schedule switches (one of them async at a time, so every primary
@@ -595,6 +599,35 @@ class Harness:
         if self.rng.random() < 0.3:
             self.kill_when_rejoining(n)
 
+    def invalidate(self, n: str) -> str:
+        """n's volume damaged while it is down (a few 4 KiB blocks of garbage: a failing
+        disk, a restore from an old backup) and `replctl invalidate` run on it, offline. It
+        stays down for now, so a failover may come before it returns: whichever primary it
+        follows then must rebuild what differs (the final comparison finds a block left)."""
+        assert self.r is not None
+        rng = self.rng
+        blocks = sorted(rng.sample(range(VOLUME_SIZE // 4096), rng.randint(1, 4)))
+        with open(self.r.volume_path(n), "r+b") as f:
+            for b in blocks:
+                f.seek(b * 4096)
+                f.write(rng.randbytes(4096))
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            proc = self.r.replctl(n, "invalidate", check=False, timeout=60)
+        except subprocess.TimeoutExpired:
+            self.violate("invalidate-failed", f"replctl invalidate on {n}: no answer in 60 s", [n])
+            return f"invalidate({n} hung)"
+        if proc.returncode != 0:
+            self.violate(
+                "invalidate-failed",
+                f"replctl invalidate on {n} (down): {(proc.stderr or proc.stdout).strip()}",
+                [n],
+            )
+        self.notes["volumes damaged and invalidated"] += 1
+        self.note(f"volume of {n} damaged (4 KiB blocks {blocks}); invalidated while down")
+        return f"invalidate({n})"
+
     def kill_when_rejoining(self, n: str) -> None:
         """SIGKILL n (just restarted or continued) when it is seen rewinding, or following
         (by chance), or after a random delay of up to 0.6 s."""
@@ -648,11 +681,13 @@ class Harness:
         if self.dead:
             ks += ["restart", "kill_while_rejoining"]
             if self.dead - {self.disk_node}:
-                ks.append("replace_disks")
+                ks += ["replace_disks", "invalidate"]
         if self.frozen:
             ks.append("thaw")
         else:
             ks.append("mode_switch")  # a frozen daemon could not take the new file
+        if self.reachable(self.primary):
+            ks.append("sync_full")
         ks.append("burst")
         if net is not None:
             p = self.primary
@@ -738,6 +773,9 @@ class Harness:
             n = rng.choice(sorted(self.dead - {self.disk_node}))
             self.replace_disks(n)
             return f"{kind}({n})"
+        if kind == "invalidate":
+            n = rng.choice(sorted(self.dead - {self.disk_node}))
+            return self.invalidate(n)
         if kind == "thaw":
             pool = sorted(self.frozen)
             n = rng.choice(pool)
@@ -751,6 +789,8 @@ class Harness:
             return f"{kind}({n})"
         if kind == "mode_switch":
             return self.switch_mode()
+        if kind == "sync_full":
+            return self.sync_full()
         if kind == "burst":
             self.writer.burst = not self.writer.burst
             self.note(f"writer burst {'on' if self.writer.burst else 'off'}")
@@ -784,6 +824,31 @@ class Harness:
         self.note(f"{n} switched {old} -> {new}: the file on every node, adjust on the running")
         self.observe()
         return f"mode_switch({n},{old}->{new})"
+
+    def sync_full(self) -> str:
+        """The operator rebuilds a secondary from the primary (`replctl sync --full`, as after
+        a disk repair) while the application writes and the faults go on: the node is
+        inconsistent, so unpromotable, until its copy ends, and a copy cut short by a kill, a
+        freeze, a partition or a failover must still end with every volume identical. Asked
+        of a node that is down, the copy waits for it. A refusal (a copy already running, a
+        primary that was replaced meanwhile) is noted; no answer is a violation."""
+        assert self.r is not None and self.primary is not None
+        p = self.primary
+        n = self.rng.choice(sorted(m for m in NODES if m != p))
+        try:
+            proc = self.r.replctl(p, "sync", "--full", n, check=False, timeout=60)
+        except subprocess.TimeoutExpired:
+            self.violate("sync-hung", f"replctl sync --full {n} on {p}: no answer in 60 s", [p])
+            return f"sync_full({p}->{n} hung)"
+        if proc.returncode == 0:
+            self.notes["full syncs asked for"] += 1
+            self.note(f"sync --full {n} on {p}: {proc.stdout.strip()}")
+            self.observe()
+            return f"sync_full({p}->{n})"
+        self.notes["full syncs refused"] += 1
+        self.note(f"sync --full {n} on {p} refused: {(proc.stderr or proc.stdout).strip()}")
+        self.observe()
+        return f"sync_full({p}->{n} refused)"
 
     def late_writes(self, n: str, epoch: int) -> int:
         """An application on a replaced primary goes on writing: these must fail (fenced,
@@ -1122,14 +1187,11 @@ class Harness:
         moment (its threads end, its files close): wait for that before restarting the nodes
         that are down, or one still stopping is missed and the round never converges."""
         assert self.r is not None
-        stopping = [
-            n
-            for n in sorted(self.disk_hit - self.dead)
-            if "node failed" in self.r.log(n)[self.log_offsets.get(n, 0) :]
-        ]
-        for n in stopping:
+        for n in sorted(self.disk_hit - self.dead):
+            # the daemon that failed, not one restarted since (its pid is in the line)
+            failed = FAILED_PID.findall(self.r.log(n)[self.log_offsets.get(n, 0) :])
             pid = self.r.pid(n)
-            if pid is not None:
+            if pid is not None and str(pid) in failed:
                 try:
                     wait_gone(pid, timeout)
                 except ReplError:

@@ -22,7 +22,7 @@ from . import checks
 from .checks import Freeze, Isolation, Observation, Promotion
 from .ledger import SECTOR, Ledger, Write, make_data, read_tag
 from .netns import Network, sweep_stale
-from .schedule import Harness, stale_primaries
+from .schedule import FAILED_PID, Harness, stale_primaries
 
 SIZE = 64 * SECTOR
 
@@ -252,6 +252,22 @@ def test_convergence_problems():
     assert checks.convergence_problems({"a": p, "b": dict(b, role="primary"), "c": None})
 
 
+def test_the_failed_daemons_pid_is_read_from_its_log_line() -> None:
+    """The heal waits for the daemon that said "node failed" to exit, by the pid in that
+    line: a daemon restarted since must not be taken for it (the 30 s `stop-hung` of seeds
+    4205, 4206, 4300 and 4301 was that mistake). The line as the daemon writes it."""
+    import logging
+
+    from replengine.daemon import FILE_FORMAT
+
+    rec = logging.LogRecord("replengined", logging.ERROR, "x", 1, "node failed: %s", ("EIO",), None)
+    rec.resource = "r0/beta"
+    rec.process = 2520
+    line = logging.Formatter(FILE_FORMAT).format(rec)
+    later = line.replace("2520", "2647").replace("node failed: EIO", "listening")
+    assert FAILED_PID.findall(f"{line}\n{later}\n") == ["2520"]
+
+
 # ---- the small always-on part ------------------------------------------------------------------
 
 ROUNDS = int(os.environ.get("REPLENGINE_FAULTS_ROUNDS", "2"))
@@ -305,7 +321,8 @@ def _netns_tools() -> str | None:
             301,
             [["mode_switch", "partition_primary", "delay"], ["split", "loss", "disk_error"]],
         ),
-        ("block", 302, [["split", "delay"], ["partition_primary", "srl_fill"]]),
+        # then the operator's full sync of a secondary, the primary cut off during it
+        ("block", 302, [["split", "delay"], ["sync_full", "partition_primary", "srl_fill"]]),
         # the primary on one-way links and replaced, a secondary on one too
         ("degrade", 303, [["oneway_primary", "oneway_secondary"]]),
     ],
