@@ -84,6 +84,7 @@ KINDS = {
     "mode_switch": 1,
     "sync_full": 1,
     "invalidate": 1,
+    "invalidate_online": 1,
 }
 
 #: the nodes whose mode the schedule switches (one of them async at a time, so every primary
@@ -600,12 +601,15 @@ class Harness:
             self.kill_when_rejoining(n)
 
     def invalidate(self, n: str) -> str:
-        """n's volume damaged while it is down (a few 4 KiB blocks of garbage: a failing
-        disk, a restore from an old backup) and `replctl invalidate` run on it, offline. It
-        stays down for now, so a failover may come before it returns: whichever primary it
-        follows then must rebuild what differs (the final comparison finds a block left)."""
+        """n's volume damaged (a few 4 KiB blocks of garbage: a failing disk, a restore from
+        an old backup) and `replctl invalidate` run on it. Down, it stays down for now, so a
+        failover may come before it returns; running, the primary it follows rebuilds it
+        while the faults go on. Either way the final comparison finds any block left. A
+        running node may refuse (a resync to it is running): asked again for a few seconds,
+        then stopped and invalidated offline, which it cannot refuse."""
         assert self.r is not None
         rng = self.rng
+        online = n not in self.dead
         blocks = sorted(rng.sample(range(VOLUME_SIZE // 4096), rng.randint(1, 4)))
         with open(self.r.volume_path(n), "r+b") as f:
             for b in blocks:
@@ -613,20 +617,28 @@ class Harness:
                 f.write(rng.randbytes(4096))
             f.flush()
             os.fsync(f.fileno())
-        try:
-            proc = self.r.replctl(n, "invalidate", check=False, timeout=60)
-        except subprocess.TimeoutExpired:
-            self.violate("invalidate-failed", f"replctl invalidate on {n}: no answer in 60 s", [n])
-            return f"invalidate({n} hung)"
+        self.note(f"volume of {n} damaged (4 KiB blocks {blocks}){'' if online else ' while down'}")
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                proc = self.r.replctl(n, "invalidate", check=False, timeout=60)
+            except subprocess.TimeoutExpired:
+                self.violate(
+                    "invalidate-hung", f"replctl invalidate on {n}: no answer in 60 s", [n]
+                )
+                return f"invalidate({n} hung)"
+            why = (proc.stderr or proc.stdout).strip()
+            if proc.returncode == 0 or n in self.dead:
+                break
+            self.note(f"invalidate {n} refused: {why}")
+            if time.monotonic() > deadline or not self.r.pid(n):
+                self.kill(n)  # offline, where nothing refuses it
+            self.wait_observing(0.3)
         if proc.returncode != 0:
-            self.violate(
-                "invalidate-failed",
-                f"replctl invalidate on {n} (down): {(proc.stderr or proc.stdout).strip()}",
-                [n],
-            )
-        self.notes["volumes damaged and invalidated"] += 1
-        self.note(f"volume of {n} damaged (4 KiB blocks {blocks}); invalidated while down")
-        return f"invalidate({n})"
+            self.violate("invalidate-failed", f"replctl invalidate on {n} (down): {why}", [n])
+        self.notes["volumes damaged and invalidated" + (" online" if online else "")] += 1
+        self.note(f"{n} invalidated: {proc.stdout.strip()}")
+        return f"{'invalidate_online' if online else 'invalidate'}({n})"
 
     def kill_when_rejoining(self, n: str) -> None:
         """SIGKILL n (just restarted or continued) when it is seen rewinding, or following
@@ -688,6 +700,8 @@ class Harness:
             ks.append("mode_switch")  # a frozen daemon could not take the new file
         if self.reachable(self.primary):
             ks.append("sync_full")
+        if [n for n in secs if n != self.disk_node]:
+            ks.append("invalidate_online")
         ks.append("burst")
         if net is not None:
             p = self.primary
@@ -775,6 +789,9 @@ class Harness:
             return f"{kind}({n})"
         if kind == "invalidate":
             n = rng.choice(sorted(self.dead - {self.disk_node}))
+            return self.invalidate(n)
+        if kind == "invalidate_online":
+            n = rng.choice([m for m in secs if m != self.disk_node])
             return self.invalidate(n)
         if kind == "thaw":
             pool = sorted(self.frozen)
