@@ -112,3 +112,37 @@ def test_invalidate_refusals_change_nothing(
     res = r.replctl("beta", "invalidate", check=False)
     assert res.returncode != 0 and "is not initialised" in res.stderr, res.stderr
     assert not list(r.srl_path("beta").parent.glob("*.rewind"))
+
+
+def test_a_promotion_pulls_acknowledged_records_from_an_invalidated_nodes_log(
+    resource: Callable[..., LocalResource],
+) -> None:
+    """gamma was down, so alpha's last writes were acknowledged by alpha and beta alone; beta
+    is then invalidated (its copy cannot start: alpha is frozen) and alpha dies. Promoted,
+    gamma must pull those records from beta: beta's volume is being rebuilt, its log is
+    sound. Before, a promotion ignored an inconsistent node's log and they were lost."""
+    r = resource(THREE_NODES)
+    r.up()
+    r.promote("alpha")
+    ledger = Ledger(r.volume_size)
+    Writer(r, "alpha", ledger, seed=3, limit=50, hi=64 * 1024).run()
+    r.wait_synced()
+    r.down("gamma")
+    before = r.status("alpha")["end_lsn"]
+    Writer(r, "alpha", ledger, seed=4, limit=50, hi=64 * 1024).run()  # acked by alpha, beta
+    r.wait_synced(["alpha", "beta"])
+    end = r.status("beta")["end_lsn"]
+    assert end > before
+    r.freeze("alpha")
+    r.replctl("beta", "invalidate")
+    r.kill("alpha")
+    r.up("gamma")
+    assert r.status("gamma")["end_lsn"] < end  # only beta's log holds them
+    r.promote("gamma")
+    assert f"inconsistent, holds LSNs up to {end} that no consistent node has" in r.log("gamma")
+    r.wait_synced(["beta", "gamma"])
+    sums = r.checksums(["beta", "gamma"])
+    assert sums["beta"] == sums["gamma"], sums
+    r.down("beta", "gamma")
+    for n in ("beta", "gamma"):  # every acknowledged write, alpha's last ones too
+        ledger.check_file(r.volume_path(n), n)

@@ -131,6 +131,29 @@ def test_a_divergent_tail_is_refused_naming_the_best() -> None:
         run(Promotion(node, force=False, min_peers=1))
 
 
+def test_records_only_an_inconsistent_peer_logged_are_pulled_from_it() -> None:
+    """beta is being rebuilt from blocks (invalidated, sync --full): not promotable, but its
+    log may hold acknowledged records no consistent node has (tests/test_invalidate.py)."""
+    node = FakeNode(end=6, peers=[peer("alpha", 6), peer("beta", 10, consistent=False)])
+    p = Promotion(node, force=False, min_peers=1)
+    assert run(p) is None and node.pulls == [("beta", 6, 10)]
+    assert p.decision["best"] == "beta" and p.decision["ends"]["beta"] == 10
+
+
+@pytest.mark.parametrize(
+    "beta",
+    [
+        peer("beta", 40, start=30, consistent=False),  # our gap no longer in its log
+        peer("beta", 15, history=((1, 1), (6, 5)), consistent=False),  # our tail diverges
+    ],
+)
+def test_an_inconsistent_peers_log_that_would_refuse_the_promotion_is_left_out(beta) -> None:
+    """As before it was used: the promotion goes on with the consistent nodes' logs."""
+    node = FakeNode(end=6, peers=[peer("alpha", 6), beta])
+    assert run(Promotion(node, force=False, min_peers=1)) is not None
+    assert node.promoted and not node.pulls
+
+
 def test_an_inconsistent_node_is_refused_up_front() -> None:
     node = FakeNode(consistent=False, peers=[peer("beta", 10)])
     with pytest.raises(PromotionRefused, match="inconsistent"):

@@ -197,6 +197,7 @@ class Promotion:
         logs = [ctx.local_log()]
         logs += [NodeLog(p.name, p.history, p.start_lsn, p.end_lsn) for p in fresh if p.consistent]
         plan = plan_sync(logs, ctx.me)
+        logs, plan = self._with_inconsistent_logs(logs, plan, fresh)
         heard = {p.name for p in fresh}
         self.decision = {
             "ends": {lg.name: lg.end for lg in logs},
@@ -220,6 +221,32 @@ class Promotion:
         )
         ctx.start_pull(self.source, plan.pull.first_lsn, plan.pull.end_lsn)
         return self._pulling(time.monotonic())
+
+    def _with_inconsistent_logs(
+        self, logs: list[NodeLog], plan: SyncPlan, fresh: list[PeerView]
+    ) -> tuple[list[NodeLog], SyncPlan]:
+        """A peer being rebuilt from blocks (`invalidate`, `sync --full`, a rewind) cannot be
+        promoted, but its log is as sound as any: records it logged and acknowledged before
+        it turned inconsistent may be held nowhere else (the primary died meanwhile, the
+        other sync secondaries were behind). Pull them from it when its log reaches further
+        and the plan that uses it still lets this node be promoted; else the plan without it
+        stands, as before (tests/test_invalidate.py)."""
+        extra = [
+            NodeLog(p.name, p.history, p.start_lsn, p.end_lsn) for p in fresh if not p.consistent
+        ]
+        if not extra:
+            return logs, plan
+        wider = plan_sync(logs + extra, self.ctx.me)
+        me = self.ctx.me
+        if wider.best_end <= plan.best_end or me in wider.divergent or me in wider.needs_full:
+            return logs, plan
+        log.warning(
+            "promotion: %s, inconsistent, holds LSNs up to %d that no consistent node has: "
+            "its log is used",
+            wider.best,
+            wider.best_end,
+        )
+        return logs + extra, wider
 
     def _check_plan(self, plan: SyncPlan) -> None:
         """Invariant 8: never promote a node whose volume is not the newest history's prefix
