@@ -50,6 +50,11 @@ class Liveness:
         for p in node.peers.values():
             if p.hello is not None:
                 p.last_seen = now
+        if node.primary is not None:
+            # the peers may have taken this silence for a death and promoted another node:
+            # a write only this node would hold (no sync secondary to wait for, under
+            # degrade) is not acknowledged until their HELLOs had the time to say so
+            node.primary.alone_hold_until = now + 3 * node.heartbeat_s
         if self.continued and gap > 3 * node.heartbeat_s:
             # stopped past the ZMTP heartbeat timeout: the peers have dropped our connections
             # (a turn that was merely slow had its I/O thread running: they are fine)

@@ -67,6 +67,9 @@ class Primary:
         self.clear_end = node.srl.start_lsn
         self.accepting = True
         self._stall_logged = False
+        #: after a stall (node.liveness) writes no sync secondary has to acknowledge wait
+        #: until then: another node may have been promoted meanwhile, whose HELLO comes first
+        self.alone_hold_until = 0.0
 
     # ---- writes ---------------------------------------------------------------------------
 
@@ -166,6 +169,8 @@ class Primary:
         durable = node.watcher.durable_end
         required = self.required_sync()
         now = time.monotonic()
+        if not required and now < self.alone_hold_until:
+            return  # completed alone, they would be the divergent tail of a replaced primary
         while self.pending:
             w = self.pending[0]
             if w.lsn >= durable:
