@@ -353,6 +353,10 @@ class Harness:
             and self.network.connected(n, p)
         )
 
+    def sync_peers(self, p: str) -> tuple[str, ...]:
+        """The sync secondaries of primary p, as the schedule's modes say now."""
+        return tuple(sorted(n for n in NODES if n != p and self.modes[n] == "sync"))
+
     def away(self) -> set[str]:
         """Nodes killed, frozen or cut off."""
         cut = self.network.isolated() if self.network is not None else set()
@@ -893,7 +897,9 @@ class Harness:
         self.observe()
         if kind == "partition_primary":
             net.cut(p)
-            self.isolations.append(Isolation(p, self.epoch, self.now(), "its link down"))
+            self.isolations.append(
+                Isolation(p, self.epoch, self.now(), "its link down", sync_peers=self.sync_peers(p))
+            )
             self.faults[kind] += 1
             self.note(f"link of {p} down (primary, epoch {self.epoch}); faults {net.faults()}")
             self.replace_cut_off(p, 0.8)
@@ -904,7 +910,9 @@ class Harness:
             # mute, it hears the new primary's epoch but nobody hears its answers
             direction = rng.choice(["deaf", "mute"])
             net.one_way(p, direction, set(NODES) - {p})
-            self.isolations.append(Isolation(p, self.epoch, self.now(), "one-way"))
+            self.isolations.append(
+                Isolation(p, self.epoch, self.now(), "one-way", sync_peers=self.sync_peers(p))
+            )
             self.faults[f"{kind}({direction})"] += 1
             self.note(f"{p} (primary, epoch {self.epoch}) {direction} on every link")
             self.replace_cut_off(p, 0.8)
@@ -930,7 +938,9 @@ class Harness:
             rest = set(NODES) - side
             net.split(side, rest)
             if not any(self.modes[n] == "sync" for n in side - {p}):
-                self.isolations.append(Isolation(p, self.epoch, self.now(), "split"))
+                self.isolations.append(
+                    Isolation(p, self.epoch, self.now(), "split", sync_peers=self.sync_peers(p))
+                )
             self.faults[kind] += 1
             self.note(f"split {sorted(side)} | {sorted(rest)} (primary {p} epoch {self.epoch})")
             self.replace_cut_off(p, 0.85)

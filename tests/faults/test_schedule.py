@@ -191,6 +191,13 @@ def test_cut_off_primary_acks_are_violations_only_under_block():
     # no promotion while it was cut off (healed first): nothing to judge here
     late = [Promotion(4.5, "beta", 2, 2, {"beta", "gamma"})]
     assert checks.check_isolated_acks(led, hist, 4, [iso], late, "block") == ([], 0)
+    # its sync secondaries beta and gamma, gamma not on beta's side at the promotion (seed
+    # 5002 round 1): gamma may follow alpha after the heal and acknowledge: allowed, counted
+    iso = Isolation("alpha", 1, 1.5, "one-way", t_heal=4.0, sync_peers=("beta", "gamma"))
+    lone = [Promotion(1.8, "beta", 2, 2, {"beta", "delta"})]
+    assert checks.check_isolated_acks(led, hist, 4, [iso], lone, "block") == ([], 2)
+    v, n = checks.check_isolated_acks(led, hist, 4, [iso], prom, "block")
+    assert len(v) == 1 and n == 0  # both were: a violation, as before
 
 
 def test_only_srl_full_fail_fails_writes_with_srl_full():
