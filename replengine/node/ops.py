@@ -233,6 +233,7 @@ class Operations(ClientIO):
         else:
             whole = [(0, node.volume.size)]
             write_marker(node.rewind_marker, whole, node.watcher.durable_end)
+            node.summer.cancel()  # a resync announced by the primary: the rewind covers it
             if node.rewinder is None:
                 node.rewinder = Rewinder.resume(node, node.rewind_marker, whole)
             else:

@@ -92,6 +92,14 @@ class ChunkSummer:
         self.asked, self.running = SumJob(peer, req), None
         return True
 
+    def cancel(self) -> None:
+        """Digests asked for are no longer wanted (`replctl invalidate`: this node's own
+        rewind asks for the volume with its own digests, taken after the damage)."""
+        for job in (self.asked, self.running):
+            if job is not None:
+                job.cancelled.set()
+        self.asked = self.running = None
+
     def pump(self) -> None:
         """Run after the loop made what it received durable (so every record before the
         request is in the applier's queue, ahead of the barrier)."""
