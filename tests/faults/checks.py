@@ -11,8 +11,10 @@ secondary surviving") is decided from evidence, never assumed:
   epoch with no promotion since: nothing may discard it;
 - a completed write with LSN L in epoch E for which some observation of E's primary (taken
   while E was the newest epoch) showed a *sync* secondary S with acked_lsn >= L, and S was
-  reachable (running, not frozen, consistent, not rewinding) at every promotion after that
-  observation: every promotion saw a node holding L, so L must be in the history that won.
+  reachable (running, not frozen, on the promoted node's side; consistent or not, since a
+  node being rebuilt from blocks keeps its log and a promotion pulls from it, but not one
+  whose disks were replaced) at every promotion after that observation: every promotion
+  saw a node holding L, so L must be in the history that won.
 
 A completed write with no such evidence (acknowledged by a primary degraded to alone, or
 only by a secondary that was then frozen or killed through a promotion) may legitimately be
@@ -47,7 +49,7 @@ class Promotion:
     node: str
     epoch: int
     first_lsn: int
-    reachable: set[str]  # nodes running, not frozen, consistent, not rewinding (incl. node)
+    reachable: set[str]  # nodes running, not frozen, on its side, logs not replaced (incl. node)
     ends: dict[str, str] = field(default_factory=dict)  # end LSN of each node, as a note
 
 

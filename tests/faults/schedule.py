@@ -529,9 +529,14 @@ class Harness:
             ]
             self.rng.shuffle(candidates)
         sts = {n: self.status(n) for n in NODES if self.reachable(n)}
-        reach = {n for n, s in sts.items() if s and s["consistent"] and not s["rewinding"]}
+        sound = {n for n, s in sts.items() if s and s["consistent"] and not s["rewinding"]}
+        # a node being rebuilt from blocks (invalidated, in a full sync, rewinding) keeps its
+        # log, and a promotion pulls from it what no consistent node holds: its
+        # acknowledgements are evidence too. Not a node whose disks were replaced this
+        # round (its log is new) until it is consistent again
+        reach = {n for n, s in sts.items() if s and (n not in self.replaced or n in sound)}
         ends = {
-            n: f"{s['end_lsn']}{'' if n in reach else ' (inconsistent/rewinding)'}"
+            n: f"{s['end_lsn']}{'' if n in sound else ' (inconsistent/rewinding)'}"
             for n, s in sts.items()
             if s
         }
@@ -598,6 +603,7 @@ class Harness:
         reachable at every later promotion: inconsistent until the sync ends, it is not."""
         assert self.r is not None
         self.r.replace_disks(n)
+        self.replaced.add(n)
         self.note(f"disks of {n} replaced: blank volume, new SRL")
         if not self.restart(n):
             return
@@ -1062,6 +1068,7 @@ class Harness:
         self.observations: list[Observation] = []
         self.freezes: list[Freeze] = []
         self.isolations: list[Isolation] = []
+        self.replaced: set[str] = set()  # nodes whose disks were replaced this round
         self.disk_hit: set[str] = set()
         self.notes: Counter = Counter()
         if self.keys:
