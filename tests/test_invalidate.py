@@ -15,6 +15,7 @@ from replengine.demo.localcluster import LocalResource
 from replengine.log.srl_format import SB_SIZE
 from tests.conftest import THREE_NODES, Ledger, Writer
 from tests.test_full_sync import damage, wait_cleared
+from tests.test_status_cli import documented, schema_problems
 
 MiB = 1 << 20
 
@@ -83,6 +84,9 @@ def test_an_online_invalidate_waits_for_its_primary_and_refuses_promotion_until_
         assert f"invalidated: {r.volume_size} bytes owed" in out.stdout, out.stdout
         st = r.status("beta")
         assert not st["consistent"] and st["rewinding"], st
+        assert st["rewind"]["source"] == "alpha" and st["rewind"]["owed_bytes"] == r.volume_size
+        doc = {k: v for k, v in st.items() if k not in ("id", "ok")}  # the reply's envelope
+        assert not schema_problems(doc, documented())  # the status schema's rewind object
         refused = r.replctl("beta", "promote", check=False)
         assert refused.returncode != 0 and "inconsistent" in refused.stderr, refused
     finally:

@@ -562,6 +562,19 @@ def test_table_cells_and_notes():
     assert "PROMOTING: pulling 3/10 records from gamma (12.0 KiB)" in text
     assert "divergent tail discarded: 2 records, 8192 bytes, LSNs [7, 9)" in text
     assert "PEER" not in text  # no peers, no peer table
+    # why an inconsistent node is: the block copy it waits for (replctl invalidate)
+    rw = {"phase": "waiting", "source": None, "owed_bytes": 64 << 20}
+    rw |= {"missing_bytes": None, "received_bytes": None, "as_of_lsn": None}
+    text = render(doc | {"rewind": rw})
+    assert "INCONSISTENT: 64.0 MiB of blocks owed; fetched from the next primary" in text
+    rw |= {"phase": "blocks", "source": "alpha", "missing_bytes": 3 << 20}
+    text = render(doc | {"rewind": rw | {"received_bytes": 1 << 20}})
+    assert (
+        "INCONSISTENT: fetching blocks from alpha: 1.0 MiB received, at most 3.0 MiB to come "
+        "(only chunks that differ are sent), 64.0 MiB owed"
+    ) in text
+    text = render(doc | {"rewind": rw | {"phase": "catchup", "as_of_lsn": 42}})
+    assert "INCONSISTENT: blocks from alpha in; replaying its records up to LSN 42" in text
 
 
 def test_plain_progress_lines_are_paced_and_name_each_phase(monkeypatch):

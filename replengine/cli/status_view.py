@@ -148,6 +148,9 @@ def _notes(doc: dict[str, Any]) -> list[str]:
         notes.append(f"  device: {doc['device_error']}")
     if doc.get("device_lost"):
         notes.append("  device LOST: every I/O on it fails")
+    rw = doc.get("rewind")
+    if rw:
+        notes.append(f"  INCONSISTENT: {_rewind_cell(rw)}")
     t = doc.get("divergent_tail")
     if t:
         notes.append(
@@ -155,6 +158,23 @@ def _notes(doc: dict[str, Any]) -> list[str]:
             f"[{t['first_lsn']}, {t['end_lsn']})"
         )
     return notes
+
+
+def _rewind_cell(rw: dict[str, Any]) -> str:
+    """A block copy this node waits for (`invalidate`, a divergent tail, a copy cut short)."""
+    owed = size(rw["owed_bytes"])
+    if rw["phase"] == "waiting":
+        return f"{owed} of blocks owed; fetched from the next primary this node follows"
+    src = rw["source"]
+    if rw["phase"] == "blocks":
+        return (
+            f"fetching blocks from {src}: {size(rw['received_bytes'])} received, at most "
+            f"{size(rw['missing_bytes'])} to come (only chunks that differ are sent), "
+            f"{owed} owed"
+        )
+    if rw["phase"] == "catchup":
+        return f"blocks from {src} in; replaying its records up to LSN {rw['as_of_lsn']}"
+    return f"{owed} of blocks owed by {src}; preparing the request ({rw['phase']})"
 
 
 __all__ = ["duration", "render", "resync_cell", "size", "table"]

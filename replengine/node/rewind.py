@@ -305,6 +305,19 @@ class Rewinder:
             )
         node.send(self.source, BlockReq(self.missing, self.tag))
 
+    def summary(self) -> dict:
+        """For `replctl status`: what an operator waits for on an inconsistent node (after
+        `invalidate`, a divergent tail, a copy cut short)."""
+        copying = self.phase is Phase.BLOCKS
+        return {
+            "phase": self.phase.value if self.source else "waiting",
+            "source": self.source or None,
+            "owed_bytes": sum(n for _, n in self.owed),
+            "missing_bytes": sum(n for _, n in self.missing) if copying else None,
+            "received_bytes": self.received if copying else None,
+            "as_of_lsn": self.as_of if self.phase is Phase.CATCHUP else None,
+        }
+
     def requested(self, source: str) -> bool:
         """Whether our request to ``source`` is out (else one is on its way to it)."""
         return self.source == source and self.phase in (Phase.BLOCKS, Phase.CATCHUP)

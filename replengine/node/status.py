@@ -133,6 +133,7 @@ def status(node: Node) -> dict:
         "volume": {"path": str(node.cfg.local.volume), "size": node.volume.size},
         "divergent_tail": node.last_divergent or None,
         "rewinding": node.rewinder is not None,
+        "rewind": node.rewinder.summary() if node.rewinder is not None else None,
         "writes_pending": len(node.primary.pending) if node.primary else 0,
         "writes_stalled": len(node.primary.stalled) if node.primary else 0,
         "pid": os.getpid(),
