@@ -36,7 +36,7 @@ from replengine.node.pacing import Pacer
 from replengine.node.peers import Peer
 from replengine.node.primary import Primary
 from replengine.node.reads import consistent_read
-from replengine.node.rewind import Rewinder, load_marker, marker_path
+from replengine.node.rewind import Rewinder, load_marker, marker_path, owe_whole_volume
 from replengine.node.secondary import Secondary
 from replengine.node.states import Role
 from replengine.node.sums import ChunkSummer, offered_skip
@@ -442,10 +442,7 @@ class Node:
                 peer.name,
             )
             self.dcm_rx = None
-            if self.rewinder is None:
-                self.rewinder = Rewinder.resume(self, self.rewind_marker, [(0, self.volume.size)])
-            else:
-                self.rewinder.owed = [(0, self.volume.size)]
+            owe_whole_volume(self)
         if d < end or self.rewinder is not None:
             if self.rewinder is None:
                 self.rewinder = Rewinder(self, peer.name, d, self.rewind_marker)

@@ -10,7 +10,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
-from replengine.node.rewind import ACK_EVERY, Rewinder, write_marker
+from replengine.node.rewind import ACK_EVERY, owe_whole_volume, write_marker
 from replengine.wire.protocol import Block, BlockAck, BlockDone
 
 if TYPE_CHECKING:
@@ -113,12 +113,7 @@ class DcmReceiver:
         )
         self.held = []
         self.handed_over = True
-        whole = [(0, node.volume.size)]
-        if node.rewinder is None:
-            node.rewinder = Rewinder.resume(node, node.rewind_marker, whole)
-        else:
-            node.rewinder.owed = whole
-        node.rewinder.retarget(self.source, node.watcher.durable_end)
+        owe_whole_volume(node).retarget(self.source, node.watcher.durable_end)
 
     def _finish(self, done: BlockDone) -> None:
         node = self.node

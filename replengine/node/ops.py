@@ -20,7 +20,7 @@ from replengine.node import adjust
 from replengine.node.client_io import ClientIO, Request
 from replengine.node.promote import NodePromotionContext
 from replengine.node.pulls import PullServer
-from replengine.node.rewind import Rewinder, write_marker
+from replengine.node.rewind import owe_whole_volume, write_marker
 from replengine.node.states import Role
 from replengine.node.status import status
 
@@ -231,15 +231,11 @@ class Operations(ClientIO):
                 f"(replctl status shows it)"
             )
         else:
-            whole = [(0, node.volume.size)]
-            write_marker(node.rewind_marker, whole, node.watcher.durable_end)
+            write_marker(node.rewind_marker, [(0, node.volume.size)], node.watcher.durable_end)
             node.summer.cancel()  # a resync announced by the primary: the rewind covers it
-            if node.rewinder is None:
-                node.rewinder = Rewinder.resume(node, node.rewind_marker, whole)
-            else:
-                node.rewinder.owed = whole
+            rewinder = owe_whole_volume(node)
             if node.following:
-                node.rewinder.retarget(node.following, node.watcher.durable_end)
+                rewinder.retarget(node.following, node.watcher.durable_end)
             node.consistent = False
             log.warning(
                 "INVALIDATED: the whole volume (%d bytes) is owed; inconsistent until %s "

@@ -42,7 +42,7 @@ from replengine.storage.hashpool import volume_digests
 from replengine.wire.protocol import MAX_DATA, Block, BlockAck, BlockDone, BlockReq, Sums
 
 if TYPE_CHECKING:
-    from replengine.node.context import RewindContext
+    from replengine.node.context import DcmContext, RewindContext
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,18 @@ def load_marker(path: Path) -> list[tuple[int, int]] | None:
         log.error("rewind marker %s is unreadable: copying the whole volume again", path)
         return [(0, -1)]
     return [(int(o), int(n)) for o, n in doc.get("ranges", [])]
+
+
+def owe_whole_volume(node: DcmContext) -> Rewinder:
+    """Every block of this node's volume is owed (a copy came short or was cut short,
+    `replctl invalidate`): a rewind starts, or the running one now owes them all. The
+    caller points it at the primary to fetch from (Rewinder.retarget)."""
+    whole = [(0, node.volume.size)]
+    if node.rewinder is None:
+        node.rewinder = Rewinder.resume(node, node.rewind_marker, whole)
+    else:
+        node.rewinder.owed = whole
+    return node.rewinder
 
 
 @dataclass

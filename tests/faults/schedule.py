@@ -54,18 +54,16 @@ from replengine.wire.control import ControlClient, DaemonGone
 
 from . import checks, faultfs
 from .checks import Freeze, Isolation, Observation, Promotion, Violation
+from .layout import MAX_AWAY, NODES, SRL_SIZE, VOLUME_SIZE
 from .ledger import Ledger, Stream, Writer
 from .netns import NetnsResource, Network
+from .operator import OperatorActions
 
 
 class RoundStop(Exception):
     """The round cannot go on (its violation is already recorded)."""
 
 
-NODES = {"alpha": "sync", "beta": "sync", "gamma": "sync", "delta": "async"}
-VOLUME_SIZE = 4 << 20
-SRL_SIZE = (1 << 20) + (256 << 10)  # fills after ~1.2 MiB of lag: a second or two away
-MAX_AWAY = 2  # nodes killed or frozen at once
 #: the pid in a daemon's "node failed" log line (FILE_FORMAT of replengine.daemon)
 FAILED_PID = re.compile(r"\[(\d+)\] ERROR node failed")
 
@@ -86,10 +84,6 @@ KINDS = {
     "invalidate": 1,
     "invalidate_online": 1,
 }
-
-#: the nodes whose mode the schedule switches (one of them async at a time, so every primary
-#: keeps a sync secondary); delta stays async: the SRL-filling fault cuts an async node
-SWITCHABLE = ("alpha", "beta", "gamma")
 
 #: the faults of --net netns (nodes in their own network namespaces), and their weights
 NET_KINDS = {
@@ -162,7 +156,7 @@ class RoundResult:
         return "\n".join(out)
 
 
-class Harness:
+class Harness(OperatorActions):
     """One resource, one seed, one on_sync_loss mode: rounds of faults and checks."""
 
     def __init__(
@@ -353,9 +347,11 @@ class Harness:
             and self.network.connected(n, p)
         )
 
-    def sync_peers(self, p: str) -> tuple[str, ...]:
-        """The sync secondaries of primary p, as the schedule's modes say now."""
-        return tuple(sorted(n for n in NODES if n != p and self.modes[n] == "sync"))
+    def isolate(self, p: str, how: str) -> None:
+        """Primary p is cut off from every sync secondary from now on; which ones they are
+        is noted, as the schedule's modes say now (check_isolated_acks)."""
+        sync = tuple(sorted(n for n in NODES if n != p and self.modes[n] == "sync"))
+        self.isolations.append(Isolation(p, self.epoch, self.now(), how, sync_peers=sync))
 
     def away(self) -> set[str]:
         """Nodes killed, frozen or cut off."""
@@ -610,46 +606,6 @@ class Harness:
         if self.rng.random() < 0.3:
             self.kill_when_rejoining(n)
 
-    def invalidate(self, n: str) -> str:
-        """n's volume damaged (a few 4 KiB blocks of garbage: a failing disk, a restore from
-        an old backup) and `replctl invalidate` run on it. Down, it stays down for now, so a
-        failover may come before it returns; running, the primary it follows rebuilds it
-        while the faults go on. Either way the final comparison finds any block left. A
-        running node may refuse (a resync to it is running): asked again for a few seconds,
-        then stopped and invalidated offline, which it cannot refuse."""
-        assert self.r is not None
-        rng = self.rng
-        online = n not in self.dead
-        blocks = sorted(rng.sample(range(VOLUME_SIZE // 4096), rng.randint(1, 4)))
-        with open(self.r.volume_path(n), "r+b") as f:
-            for b in blocks:
-                f.seek(b * 4096)
-                f.write(rng.randbytes(4096))
-            f.flush()
-            os.fsync(f.fileno())
-        self.note(f"volume of {n} damaged (4 KiB blocks {blocks}){'' if online else ' while down'}")
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                proc = self.r.replctl(n, "invalidate", check=False, timeout=60)
-            except subprocess.TimeoutExpired:
-                self.violate(
-                    "invalidate-hung", f"replctl invalidate on {n}: no answer in 60 s", [n]
-                )
-                return f"invalidate({n} hung)"
-            why = (proc.stderr or proc.stdout).strip()
-            if proc.returncode == 0 or n in self.dead:
-                break
-            self.note(f"invalidate {n} refused: {why}")
-            if time.monotonic() > deadline or not self.r.pid(n):
-                self.kill(n)  # offline, where nothing refuses it
-            self.wait_observing(0.3)
-        if proc.returncode != 0:
-            self.violate("invalidate-failed", f"replctl invalidate on {n} (down): {why}", [n])
-        self.notes["volumes damaged and invalidated" + (" online" if online else "")] += 1
-        self.note(f"{n} invalidated: {proc.stdout.strip()}")
-        return f"{'invalidate_online' if online else 'invalidate'}({n})"
-
     def kill_when_rejoining(self, n: str) -> None:
         """SIGKILL n (just restarted or continued) when it is seen rewinding, or following
         (by chance), or after a random delay of up to 0.6 s."""
@@ -824,59 +780,6 @@ class Harness:
             return f"burst({'on' if self.writer.burst else 'off'})"
         raise AssertionError(kind)
 
-    def switch_mode(self) -> str:
-        """The operator's rollout of a mode change (README, "Changing the nodes of a running
-        resource"): the new file in place, then `replctl adjust` on every running node, one
-        at a time, while the application writes. A node that is down reads the file when it
-        comes back. Switches a node to async, or the one that is async back to sync."""
-        assert self.r is not None
-        self.check_alive()  # a daemon stopped by its disk error takes the file at its restart
-        back = [n for n in SWITCHABLE if self.modes[n] == "async"]
-        n = back[0] if back else self.rng.choice(SWITCHABLE)
-        old = self.modes[n]
-        new = self.modes[n] = "sync" if old == "async" else "async"
-        self.r.nodes[n] = new
-        self.r.write_config()
-        for m in NODES:
-            if m in self.dead:
-                continue
-            proc = self.r.replctl(m, "adjust", check=False, timeout=60)
-            if proc.returncode != 0:
-                self.violate(
-                    "adjust-failed",
-                    f"replctl adjust on {m} ({n} {old} -> {new}): "
-                    f"{(proc.stderr or proc.stdout).strip()}",
-                    [m],
-                )
-        self.note(f"{n} switched {old} -> {new}: the file on every node, adjust on the running")
-        self.observe()
-        return f"mode_switch({n},{old}->{new})"
-
-    def sync_full(self) -> str:
-        """The operator rebuilds a secondary from the primary (`replctl sync --full`, as after
-        a disk repair) while the application writes and the faults go on: the node is
-        inconsistent, so unpromotable, until its copy ends, and a copy cut short by a kill, a
-        freeze, a partition or a failover must still end with every volume identical. Asked
-        of a node that is down, the copy waits for it. A refusal (a copy already running, a
-        primary that was replaced meanwhile) is noted; no answer is a violation."""
-        assert self.r is not None and self.primary is not None
-        p = self.primary
-        n = self.rng.choice(sorted(m for m in NODES if m != p))
-        try:
-            proc = self.r.replctl(p, "sync", "--full", n, check=False, timeout=60)
-        except subprocess.TimeoutExpired:
-            self.violate("sync-hung", f"replctl sync --full {n} on {p}: no answer in 60 s", [p])
-            return f"sync_full({p}->{n} hung)"
-        if proc.returncode == 0:
-            self.notes["full syncs asked for"] += 1
-            self.note(f"sync --full {n} on {p}: {proc.stdout.strip()}")
-            self.observe()
-            return f"sync_full({p}->{n})"
-        self.notes["full syncs refused"] += 1
-        self.note(f"sync --full {n} on {p} refused: {(proc.stderr or proc.stdout).strip()}")
-        self.observe()
-        return f"sync_full({p}->{n} refused)"
-
     def late_writes(self, n: str, epoch: int) -> int:
         """An application on a replaced primary goes on writing: these must fail (fenced,
         or timed out under block) unless they end up in the history that won (or, under
@@ -903,9 +806,7 @@ class Harness:
         self.observe()
         if kind == "partition_primary":
             net.cut(p)
-            self.isolations.append(
-                Isolation(p, self.epoch, self.now(), "its link down", sync_peers=self.sync_peers(p))
-            )
+            self.isolate(p, "its link down")
             self.faults[kind] += 1
             self.note(f"link of {p} down (primary, epoch {self.epoch}); faults {net.faults()}")
             self.replace_cut_off(p, 0.8)
@@ -916,9 +817,7 @@ class Harness:
             # mute, it hears the new primary's epoch but nobody hears its answers
             direction = rng.choice(["deaf", "mute"])
             net.one_way(p, direction, set(NODES) - {p})
-            self.isolations.append(
-                Isolation(p, self.epoch, self.now(), "one-way", sync_peers=self.sync_peers(p))
-            )
+            self.isolate(p, "one-way")
             self.faults[f"{kind}({direction})"] += 1
             self.note(f"{p} (primary, epoch {self.epoch}) {direction} on every link")
             self.replace_cut_off(p, 0.8)
@@ -944,9 +843,7 @@ class Harness:
             rest = set(NODES) - side
             net.split(side, rest)
             if not any(self.modes[n] == "sync" for n in side - {p}):
-                self.isolations.append(
-                    Isolation(p, self.epoch, self.now(), "split", sync_peers=self.sync_peers(p))
-                )
+                self.isolate(p, "split")
             self.faults[kind] += 1
             self.note(f"split {sorted(side)} | {sorted(rest)} (primary {p} epoch {self.epoch})")
             self.replace_cut_off(p, 0.85)
