@@ -191,7 +191,7 @@ def test_encode_refuses_long_sender():
 
 def _upd_head(length: int = 4096, crc: int | None = None, lsn: int = 5) -> bytes:
     data = b"q" * length
-    c = protocol.crc32c.crc32c(data) if crc is None else crc
+    c = protocol.crc32c(data) if crc is None else crc
     return head(MsgType.UPDATE) + struct.pack("!QQQIIQ", lsn, 1, 0, length, c, 0)
 
 

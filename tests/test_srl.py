@@ -112,6 +112,11 @@ def test_header_and_superblock_layout() -> None:
     assert len(raw) == 4096 and raw[:8] == b"RPLSRLSB"
     assert fmt.unpack_superblock(raw) == sb
     assert fmt.unpack_superblock(raw[:100] + bytes([raw[100] ^ 1]) + raw[101:]) is None
+    assert int.from_bytes(raw[244:248], "little") == 0  # flags: not closed cleanly
+    marked = fmt.Superblock("r0", UUID, "n", 8192, 1 << 20, 5, 1, 0, 1, 0, [], clean=True)
+    raw = marked.pack()
+    assert int.from_bytes(raw[244:248], "little") == fmt.SB_CLEAN
+    assert fmt.unpack_superblock(raw) == marked
 
 
 def test_create_refuses_existing_without_force(tmp_path: Path) -> None:
@@ -373,6 +378,86 @@ def test_bit_flip_with_superblock_hint_is_corruption(tmp_path: Path) -> None:
             srl.append(1, 0, payload(lsn, 100))
     flip_bit(p, find_record(p, 5) + fmt.HEADER_SIZE + 50)  # last record, but closed cleanly
     with pytest.raises(SRLCorruptError, match="LSN 5 .*superblock records LSNs up to 5"):
+        SRL.open(p)
+
+
+def newest_superblock(path: Path) -> fmt.Superblock:
+    raw = path.read_bytes()[: fmt.AREA_OFFSET]
+    copies = [fmt.unpack_superblock(raw[i * fmt.SB_SIZE : (i + 1) * fmt.SB_SIZE]) for i in (0, 1)]
+    return max((c for c in copies if c), key=lambda c: c.generation)
+
+
+def test_a_clean_close_is_recorded_and_the_next_open_clears_it(tmp_path: Path) -> None:
+    """The clean mark lets the next open skip the torn-tail search; it must be gone from disk
+    before anything is appended, so a crash after the open gets the whole recovery."""
+    p = tmp_path / "srl"
+    with make(p) as srl:
+        for lsn in range(1, 6):
+            srl.append(1, 0, payload(lsn, 5000))
+        assert not newest_superblock(p).clean  # open, appending: a crash must scan
+    sb = newest_superblock(p)
+    assert sb.clean and (sb.end_lsn, sb.start_lsn) == (6, 1)
+    srl = SRL.open(p)
+    assert not newest_superblock(p).clean and srl.end_lsn == 6
+    srl.append(1, 0, payload(6, 5000))
+    srl._crash()
+    with SRL.open(p) as srl:
+        assert srl.end_lsn == 7
+        assert [r.data for r in srl.read(1, 7)] == [payload(n, 5000) for n in range(1, 7)]
+
+
+def test_opening_a_cleanly_closed_log_reads_no_window_past_its_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a crash, open reads up to 64 MiB past the end looking for a torn tail's headers
+    (docs/srl-format.md, Recovery): with a cold page cache, most of a restarted node's start.
+    After a clean close nothing can follow the end, so open reads only the live records."""
+    from replengine.log import srl_recovery
+
+    read: list[int] = []
+    real = srl_recovery.pread_all
+
+    def counting(fd: int, n: int, offset: int) -> bytes:
+        read.append(n)
+        return real(fd, n, offset)
+
+    monkeypatch.setattr(srl_recovery, "pread_all", counting)
+    p = tmp_path / "srl"
+    with make(p, size=80 << 20) as srl:
+        for lsn in range(1, 11):
+            srl.append(1, 0, payload(lsn, 4096))
+    read.clear()
+    with SRL.open(p) as srl:
+        assert srl.end_lsn == 11
+    assert sum(read) < 64 << 10, f"a clean open read {sum(read)} bytes"
+    srl = SRL.open(p)
+    srl.append(1, 0, payload(11, 4096))
+    srl._crash()
+    read.clear()
+    with SRL.open(p) as srl:
+        assert srl.end_lsn == 12
+    assert sum(read) >= srl_recovery.SCAN_WINDOW, "after a crash the tail must be searched"
+
+
+def test_a_clean_end_is_exact(tmp_path: Path) -> None:
+    """What the clean mark promises: the end it records is the end. (Records past it cannot
+    exist, since every write of the superblock after the close clears the mark first; here
+    the mark is put back by hand over two durable records, which the open must not take.)"""
+    p = tmp_path / "srl"
+    with make(p) as srl:
+        for lsn in range(1, 4):
+            srl.append(1, 0, payload(lsn, 100))
+    clean = p.read_bytes()[: fmt.AREA_OFFSET]
+    srl = SRL.open(p)
+    srl.append(1, 0, payload(4, 100))
+    srl.append(1, 0, payload(5, 100))
+    srl._crash()
+    with open(p, "r+b") as f:
+        f.write(clean)
+    with SRL.open(p) as srl:
+        assert srl.end_lsn == 4
+    flip_bit(p, find_record(p, 2) + fmt.HEADER_SIZE + 10)  # and a bad record inside it
+    with pytest.raises(SRLCorruptError, match="LSN 2 .*superblock records LSNs up to 3"):
         SRL.open(p)
 
 

@@ -25,9 +25,8 @@ from dataclasses import replace
 from pathlib import Path
 from threading import get_ident
 
-import crc32c
-
 from replengine.errors import SRLCorruptError, SRLError, SRLFullError
+from replengine.log.crc import crc32c
 from replengine.log.record import Record
 from replengine.log.srl_commit import GroupCommit
 from replengine.log.srl_format import (
@@ -285,7 +284,7 @@ class SRL(GroupCommit, LogSurgery):
                     f"offset {rec.offset}, length {len(mv)})"
                 )
             # outside the lock, as _enqueue; one the wire decoder checked is not redone
-            crc = crc32c.crc32c(mv) if rec.crc is None else rec.crc
+            crc = crc32c(mv) if rec.crc is None else rec.crc
             entries.append((rec.epoch, rec.offset, mv, crc))
         me = get_ident()
         with self._lock:
@@ -333,7 +332,7 @@ class SRL(GroupCommit, LogSurgery):
                 f"length {len(mv)})"
             )
         # outside the lock: appenders checksum in parallel (not again if already checked)
-        data_crc = crc32c.crc32c(mv) if crc is None else crc
+        data_crc = crc32c(mv) if crc is None else crc
         with self._lock:
             while self._paused:
                 self._done_cv.wait()
@@ -500,6 +499,7 @@ class SRL(GroupCommit, LogSurgery):
         """Write the *other* copy with generation+1 and fdatasync: the current copy stays
         intact until the new one is durable, so a torn write loses nothing. Caller holds
         ``_sb_lock``."""
+        changes.setdefault("clean", False)  # only close() says the end is exact
         sb = replace(self._sb, generation=self._sb.generation + 1, **changes)
         slot = 1 - self._sb_slot
         try:
@@ -534,7 +534,9 @@ class SRL(GroupCommit, LogSurgery):
         try:
             if self._failed is None:
                 with self._sb_lock:
-                    self._write_superblock(end_lsn=self._durable_end, end_pos=self._durable_pos)
+                    self._write_superblock(
+                        end_lsn=self._durable_end, end_pos=self._durable_pos, clean=True
+                    )
         finally:
             self._release()
 

@@ -240,7 +240,9 @@ class _Scan:
     def run(self, index: Index) -> Recovered:
         sb = self.sb
         lsn, pos, used = sb.start_lsn, sb.start_pos, 0
-        while lsn != sb.trunc_lsn:
+        # closed cleanly: the end is exact, so the scan stops there (SB_CLEAN)
+        stop = sb.end_lsn if sb.clean else sb.trunc_lsn
+        while lsn != stop:
             found = self._probe(lsn, pos, self.cap - used)
             if found is None:
                 break
@@ -257,6 +259,8 @@ class _Scan:
         if sb.trunc_lsn:  # crashed inside truncate(): finish erasing the dead tail
             span = (sb.trunc_end_pos - pos) % self.cap or self.cap
             return Recovered(lsn, pos, self._dead_headers(pos, span, lsn, None)[0], True)
+        if sb.clean:  # nothing was in flight at the close: no torn tail to look for
+            return Recovered(lsn, pos, [], False)
         dead = self._settle_tail(lsn, pos, used)
         return Recovered(lsn, pos, dead, bool(dead))
 

@@ -41,9 +41,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import crc32c
-
 from replengine.errors import ReplError
+from replengine.log.crc import crc32c
 
 MAGIC = b"REPLDCM\0"
 VERSION = 1
@@ -147,7 +146,7 @@ class DirtyMap:
             raise DCMCorruptError(f"DCM {p}: unsupported version {version} (know {VERSION})")
         body = bytearray(raw)
         body[_CRC_OFFSET : _CRC_OFFSET + 4] = b"\0\0\0\0"
-        if crc32c.crc32c(bytes(body)) != crc:
+        if crc32c(bytes(body)) != crc:
             raise DCMCorruptError(f"DCM {p}: CRC32C mismatch, the map is corrupt")
         if vsize <= 0 or rsize <= 0 or nregions != -(-vsize // rsize):
             raise DCMCorruptError(
@@ -191,7 +190,7 @@ class DirtyMap:
                 )
             )
             data = bytes(header) + bytes(self._bits)
-            struct.pack_into("<I", header, _CRC_OFFSET, crc32c.crc32c(data))
+            struct.pack_into("<I", header, _CRC_OFFSET, crc32c(data))
             data = bytes(header) + bytes(self._bits)
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:

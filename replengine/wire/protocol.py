@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
-import crc32c
-
 from replengine.errors import ForeignResourceError, ProtocolError
+from replengine.log.crc import crc32c
 from replengine.log.record import Record
 from replengine.storage.chunksums import DIGEST_SIZE, MAX_CHUNK
 
@@ -311,7 +310,7 @@ def encode(
         raise ProtocolError(f"sender name {sender!r} longer than {MAX_NAME} bytes")
     prefix = _PREFIX.pack(MAGIC, VERSION, mtype, flags, uuid.bytes, epoch, len(name)) + name
     if isinstance(body, Update):
-        crc = crc32c.crc32c(body.data) if body.crc is None else body.crc
+        crc = crc32c(body.data) if body.crc is None else body.crc
         return [
             prefix
             + _UPDATE.pack(
@@ -322,13 +321,13 @@ def encode(
     if isinstance(body, Updates):
         return _encode_updates(prefix, body)
     if isinstance(body, Block):
-        crc = crc32c.crc32c(body.data)
+        crc = crc32c(body.data)
         return [prefix + _BLOCK.pack(body.offset, len(body.data), crc), body.data]
     if isinstance(body, Sums):
         tag = body.tag.encode()
         if len(tag) > _SUMS.size - 8 or len(body.digests) % DIGEST_SIZE:
             raise ProtocolError(f"SUMS tag {body.tag!r} too long or digests not whole")
-        crc = crc32c.crc32c(body.digests)
+        crc = crc32c(body.digests)
         count = len(body.digests) // DIGEST_SIZE
         return [prefix + _SUMS.pack(tag, count, crc), body.digests]
     if isinstance(body, Ack):
@@ -352,7 +351,7 @@ def _encode_updates(prefix: bytes, body: Updates) -> list[bytes | memoryview]:
     entries = [_UPDATES.pack(len(recs), body.clear_end)]
     pack = _UPDATES_ENTRY.pack
     for r in recs:
-        crc = crc32c.crc32c(r.data) if r.crc is None else r.crc
+        crc = crc32c(r.data) if r.crc is None else r.crc
         entries.append(pack(r.lsn, r.epoch, r.offset, len(r.data), crc))
     return [prefix + b"".join(entries), b"".join([r.data for r in recs])]
 
@@ -382,7 +381,7 @@ def _decode_updates(rest: bytes, data: Any) -> Updates:
         if pos + length > len(view):
             raise ProtocolError(f"UPDATES data frame ends inside record LSN {lsn}")
         chunk = view[pos : pos + length]
-        if crc32c.crc32c(chunk) != crc:
+        if crc32c(chunk) != crc:
             raise ProtocolError(f"UPDATES record LSN {lsn}: data checksum mismatch")
         records.append(Record(lsn, rec_epoch, offset, chunk, crc))
         pos += length
@@ -449,7 +448,7 @@ def _need_data(mtype: MsgType, data: Any, length: int, crc: int) -> bytes | memo
         raise ProtocolError(f"{mtype.name} length {length} exceeds the {MAX_DATA} byte limit")
     if len(data) != length:
         raise ProtocolError(f"{mtype.name} data frame is {len(data)} bytes, header says {length}")
-    if crc32c.crc32c(data) != crc:
+    if crc32c(data) != crc:
         raise ProtocolError(f"{mtype.name} data checksum mismatch (corrupted in transit)")
     return data
 
