@@ -411,3 +411,64 @@ def test_a_receivers_digests_taken_by_several_threads_are_in_chunk_order(
         summer._work(job, ready)
     want = b"".join(digest(data[o : o + n]) for o, n in chunks(ranges, MiB))
     assert job.digests == want and not job.error
+
+
+def test_digests_cancelled_by_invalidate_are_never_sent(tmp_path: Path) -> None:
+    """`replctl invalidate` on a node taking digests for a resync its primary announced:
+    the node's volume is damaged, so those digests (taken of the damaged volume, or about to
+    be) must not reach the primary, which would skip the chunks they call equal. Cancelled
+    before the work starts (it waits for the applier's barrier) and after it has finished
+    (the loop has not sent it yet): nothing is sent either way."""
+    import os
+
+    from replengine.node.sums import ChunkSummer
+    from replengine.storage.volume import Volume
+    from replengine.wire.protocol import SumReq
+
+    path = tmp_path / "v"
+    path.write_bytes(os.urandom(4 * MiB))
+    sent: list[tuple[str, object]] = []
+    barriers: list[threading.Event] = []
+
+    def barrier() -> threading.Event:
+        barriers.append(threading.Event())
+        return barriers[-1]
+
+    def worker() -> threading.Thread:
+        return next(t for t in threading.enumerate() if t.name == "chunk-sums")
+
+    with Volume(path) as v:
+        node = SimpleNamespace(
+            volume=v,
+            transport=SimpleNamespace(wake=lambda: None),
+            applier=SimpleNamespace(barrier=barrier),
+            send=lambda peer, body: sent.append((peer, body)),
+        )
+        summer = ChunkSummer(node)
+        req = SumReq("resync-1", [(0, 4 * MiB)], MiB)
+        assert summer.ask("alpha", req)
+        summer.pump()  # the work starts, and waits for the applier
+        t = worker()
+        summer.cancel()
+        barriers[-1].set()
+        t.join(10)
+        summer.pump()
+        assert sent == [] and summer.running is None and summer.finished == []
+
+        assert summer.ask("alpha", SumReq("resync-2", [(0, 4 * MiB)], MiB))
+        summer.pump()
+        t = worker()
+        barriers[-1].set()
+        t.join(10)
+        assert summer.finished and summer.finished[0].digests  # done, not yet sent
+        summer.cancel()
+        summer.pump()
+        assert sent == []
+
+        assert summer.ask("alpha", SumReq("resync-3", [(0, 4 * MiB)], MiB))  # uncancelled
+        summer.pump()
+        t = worker()
+        barriers[-1].set()
+        t.join(10)
+        summer.pump()
+        assert [(p, type(b).__name__, b.tag) for p, b in sent] == [("alpha", "Sums", "resync-3")]
