@@ -434,9 +434,6 @@ def test_digests_cancelled_by_invalidate_are_never_sent(tmp_path: Path) -> None:
         barriers.append(threading.Event())
         return barriers[-1]
 
-    def worker() -> threading.Thread:
-        return next(t for t in threading.enumerate() if t.name == "chunk-sums")
-
     with Volume(path) as v:
         node = SimpleNamespace(
             volume=v,
@@ -445,30 +442,29 @@ def test_digests_cancelled_by_invalidate_are_never_sent(tmp_path: Path) -> None:
             send=lambda peer, body: sent.append((peer, body)),
         )
         summer = ChunkSummer(node)
-        req = SumReq("resync-1", [(0, 4 * MiB)], MiB)
-        assert summer.ask("alpha", req)
-        summer.pump()  # the work starts, and waits for the applier
-        t = worker()
+
+        def start(tag: str) -> threading.Thread:
+            """The primary's request taken: the work starts, and waits for the applier."""
+            assert summer.ask("alpha", SumReq(tag, [(0, 4 * MiB)], MiB))
+            summer.pump()
+            return next(t for t in threading.enumerate() if t.name == "chunk-sums")
+
+        def let_go(t: threading.Thread) -> None:
+            barriers[-1].set()
+            t.join(10)
+
+        t = start("resync-1")
         summer.cancel()
-        barriers[-1].set()
-        t.join(10)
+        let_go(t)
         summer.pump()
         assert sent == [] and summer.running is None and summer.finished == []
 
-        assert summer.ask("alpha", SumReq("resync-2", [(0, 4 * MiB)], MiB))
-        summer.pump()
-        t = worker()
-        barriers[-1].set()
-        t.join(10)
+        let_go(start("resync-2"))
         assert summer.finished and summer.finished[0].digests  # done, not yet sent
         summer.cancel()
         summer.pump()
         assert sent == []
 
-        assert summer.ask("alpha", SumReq("resync-3", [(0, 4 * MiB)], MiB))  # uncancelled
-        summer.pump()
-        t = worker()
-        barriers[-1].set()
-        t.join(10)
+        let_go(start("resync-3"))  # uncancelled
         summer.pump()
         assert [(p, type(b).__name__, b.tag) for p, b in sent] == [("alpha", "Sums", "resync-3")]
