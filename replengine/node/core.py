@@ -579,7 +579,7 @@ class Node:
         self.watcher.stop()
         self.watcher.join(timeout=30)
         self.applier.stop()
-        self.applier.join(timeout=120)
+        self.ops.join_answering(self.applier, 120, f"the last writes to {self.cfg.local.volume}")
         self.ops.final_replies()
         self.transport.close()
         self.volume.close()

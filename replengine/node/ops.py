@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT_S = 60.0
+#: how often a stopping daemon reads its control socket while it waits for its threads
+STOPPING_POLL_S = 0.02
+#: a wait longer than this is logged (a slow or hung volume makes a stop take that long)
+STOPPING_TELL_S = 1.0
 
 
 @dataclass
@@ -129,7 +134,49 @@ class Operations(ClientIO):
             node.primary.fail_all("daemon stopping: write not replicated in time")
         return True
 
+    def join_answering(self, thread: threading.Thread, timeout_s: float, what: str) -> None:
+        """Wait for ``thread`` (the applier writing the rest of the log to the volume, the
+        SRL's last sync) while still reading the control socket: a request asked meanwhile
+        (a status, an application's write) gets "stopping" at once instead of a silence
+        that lasts as long as the volume is slow; another `down` is answered with the
+        first, once stopped."""
+        start = time.monotonic()
+        deadline, told = start + timeout_s, False
+        while thread.is_alive():
+            thread.join(min(STOPPING_POLL_S, max(0.0, deadline - time.monotonic())))
+            self.answer_stopping()
+            now = time.monotonic()
+            if not told and thread.is_alive() and now - start >= STOPPING_TELL_S:
+                told = True
+                log.info("stopping: still waiting for %s", what)
+            if now >= deadline:
+                log.error("stopping: gave up waiting for %s after %.0f s", what, timeout_s)
+                return
+
+    def answer_stopping(self) -> None:
+        node = self.node
+        while (inc := node.transport.recv_control()) is not None:
+            try:
+                doc = json.loads(inc.frames[0].bytes)
+                op, req = doc["op"], Request(inc.identity, doc.get("id"))
+            except (ValueError, KeyError, TypeError, IndexError):
+                node.reply(
+                    inc.identity, {"id": None, "ok": False, "error": "malformed control request"}
+                )
+                continue
+            if op == "down":
+                self.down.append(req)
+                continue
+            node.reply_error(
+                req.client,
+                req.req_id,
+                f"{node.cfg.name} on {node.me} is stopping (the rest of its log is being "
+                f"applied to {node.cfg.local.volume}): {op} refused; ask again once it is "
+                "down and up again",
+            )
+
     def final_replies(self) -> None:
+        self.answer_stopping()
         for req in self.down:
             self.node.reply_ok(
                 req.client, req.req_id, {"applied_end": self.node.applier.applied_end}

@@ -1,0 +1,118 @@
+"""A daemon that stops while its volume is slow keeps answering: requests that reach it
+after its loop ended (a `replctl status`, an application's write) are refused at once with
+"stopping", not left unanswered for as long as the volume takes; another `down` is answered
+with the first, once the node has stopped; and what the log held still reaches the volume.
+
+alpha's volume lives on a FUSE passthrough (tests.faults.faultfs) whose process the test
+SIGSTOPs: the applier's writes to the volume then wait in the kernel, as on a hung disk,
+while the SRL (a plain file) keeps working.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from replengine.demo.localcluster import LocalResource
+from replengine.errors import ReplError
+from replengine.runtime import wait_gone
+from tests.conftest import SRL_SIZE, VOLUME_SIZE, kill_leftovers, short_workdir
+
+KiB = 1024
+
+
+class SlowVolumeResource(LocalResource):
+    """alpha's volume file in ``disk/``, where the test mounts the FUSE passthrough."""
+
+    def volume_path(self, node: str) -> Path:
+        if node == "alpha":
+            return self.workdir / "disk" / "alpha-volume.img"
+        return super().volume_path(node)
+
+
+@pytest.fixture
+def slow_alpha(tmp_path: Path):
+    work = short_workdir(tmp_path) / "res"
+    mnt, backing = work / "disk", work / "disk.backing"
+    mnt.mkdir(parents=True)
+    backing.mkdir()
+    fuse = subprocess.Popen(
+        [sys.executable, "-m", "tests.faults.faultfs", str(backing), str(mnt), str(os.getpid())],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert fuse.stdout is not None
+    line = fuse.stdout.readline()
+    assert line.startswith("mounted"), f"faultfs did not mount: {line!r}"
+    r = SlowVolumeResource(
+        work,
+        nodes={"alpha": "sync", "beta": "sync"},
+        volume_size=VOLUME_SIZE,
+        srl_size=SRL_SIZE,
+    )
+    try:
+        yield r, fuse, backing / "alpha-volume.img"
+    finally:
+        os.kill(fuse.pid, signal.SIGCONT)
+        r.stop_all()
+        kill_leftovers(r.config)
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
+        fuse.kill()
+        fuse.wait()
+
+
+def test_a_stopping_daemon_refuses_at_once_and_still_applies_its_log(slow_alpha) -> None:
+    r, fuse, alpha_volume = slow_alpha
+    r.create()
+    r.up()
+    r.promote("alpha")
+    vol = r.connect("alpha")
+    first, last = os.urandom(4 * KiB), os.urandom(4 * KiB)
+    vol.write(0, first)
+    r.wait_synced()  # beta's first sync (it reads alpha's volume) is over
+
+    # the volume hangs; a write still completes (its record is in both SRLs), the applier
+    # waits in the kernel to copy it to the volume
+    os.kill(fuse.pid, signal.SIGSTOP)
+    vol.write(64 * KiB, last)
+    r.signal("alpha", signal.SIGTERM)
+    pid = r.pid("alpha")
+    assert pid is not None
+
+    ctl = r.control("alpha", timeout_s=10)
+    deadline = time.monotonic() + 30
+    while True:  # answered normally until the loop has drained and ended
+        try:
+            ctl.call("status")
+        except ReplError as exc:
+            refusal = str(exc)
+            break
+        assert time.monotonic() < deadline, "alpha's loop did not end after SIGTERM"
+    assert "r0 on alpha is stopping" in refusal, refusal
+    assert "status refused" in refusal, refusal
+    with pytest.raises(ReplError, match="r0 on alpha is stopping.*write refused"):
+        vol.write(128 * KiB, os.urandom(4 * KiB))
+    again = ctl.send("down")  # a second stop: answered once the first one is done
+    r.wait_for(
+        lambda: "stopping: still waiting for the last writes to" in r.log("alpha"),
+        10,
+        "alpha to say what its stop waits for",
+    )
+    assert r.pid("alpha") == pid, "alpha stopped with its volume hung"
+
+    os.kill(fuse.pid, signal.SIGCONT)
+    doc, _ = ctl.wait(again, 60)
+    assert doc["ok"], doc
+    wait_gone(pid, 30)
+    assert "stopped" in r.log("alpha").splitlines()[-1]
+    with open(alpha_volume, "rb") as f:
+        assert f.read(4 * KiB) == first
+        f.seek(64 * KiB)
+        assert f.read(4 * KiB) == last, "the record written while the volume hung was lost"
