@@ -147,11 +147,26 @@ def test_records_only_an_inconsistent_peer_logged_are_pulled_from_it() -> None:
         peer("beta", 15, history=((1, 1), (6, 5)), consistent=False),  # our tail diverges
     ],
 )
-def test_an_inconsistent_peers_log_that_would_refuse_the_promotion_is_left_out(beta) -> None:
-    """As before it was used: the promotion goes on with the consistent nodes' logs."""
+def test_an_inconsistent_peers_log_that_would_refuse_the_promotion_is_left_out(
+    beta, caplog
+) -> None:
+    """As before it was used: the promotion goes on with the consistent nodes' logs, but
+    not silently: the records only beta holds may have been acknowledged writes, so the
+    log's error and the promotion event name them."""
     node = FakeNode(end=6, peers=[peer("alpha", 6), beta])
-    assert run(Promotion(node, force=False, min_peers=1)) is not None
+    p = Promotion(node, force=False, min_peers=1)
+    assert run(p) is not None
     assert node.promoted and not node.pulls
+    gone = {"node": "beta", "first_lsn": 6, "end_lsn": beta.end_lsn}
+    assert {k: p.decision["left_behind"][k] for k in gone} == gone
+    assert f"beta, inconsistent, holds LSNs [6, {beta.end_lsn}) that no consistent" in caplog.text
+    assert "promoted without them" in caplog.text
+
+
+def test_nothing_is_left_behind_when_no_inconsistent_log_reaches_further() -> None:
+    node = FakeNode(end=10, peers=[peer("alpha", 10), peer("beta", 8, consistent=False)])
+    p = Promotion(node, force=False, min_peers=1)
+    assert run(p) is not None and p.decision["left_behind"] is None
 
 
 def test_an_inconsistent_node_is_refused_up_front() -> None:

@@ -108,6 +108,8 @@ class Promotion:
     #: what decided it, for the event that reports it (node.events): each consistent
     #: reachable node's end LSN, the most up-to-date one, the peers not heard from
     decision: dict = field(default_factory=dict)
+    #: records only an inconsistent peer holds that this promotion could not take
+    left_behind: dict | None = None
 
     def __post_init__(self) -> None:
         if not self.ctx.local_consistent() and not self.force:
@@ -205,6 +207,7 @@ class Promotion:
             "best_end": plan.best_end,
             "unreachable": sorted(p.name for p in ctx.peer_views() if p.name not in heard),
             "refused": self.refused,
+            "left_behind": self.left_behind,
         }
         self._check_plan(plan)
         self._check_newer_elsewhere(logs)
@@ -238,7 +241,31 @@ class Promotion:
             return logs, plan
         wider = plan_sync(logs + extra, self.ctx.me)
         me = self.ctx.me
-        if wider.best_end <= plan.best_end or me in wider.divergent or me in wider.needs_full:
+        if wider.best_end <= plan.best_end:
+            return logs, plan
+        if me in wider.divergent or me in wider.needs_full:
+            # not silently: these records may have been acknowledged to the application
+            why = (
+                "this node's log diverges from its history"
+                if me in wider.divergent
+                else "its log no longer holds every record this node lacks"
+            )
+            self.left_behind = {
+                "node": wider.best,
+                "first_lsn": plan.best_end,
+                "end_lsn": wider.best_end,
+                "why": why,
+            }
+            log.error(
+                "promotion: %s, inconsistent, holds LSNs [%d, %d) that no consistent node "
+                "has, but they cannot be taken (%s): promoted without them, so writes "
+                "acknowledged there, if any, are lost; they are %s's divergent tail from now",
+                wider.best,
+                plan.best_end,
+                wider.best_end,
+                why,
+                wider.best,
+            )
             return logs, plan
         log.warning(
             "promotion: %s, inconsistent, holds LSNs up to %d that no consistent node has: "
