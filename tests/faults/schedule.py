@@ -97,6 +97,8 @@ NET_KINDS = {
     "srl_fill": 2,
     "heal_net": 3,
     "disk_error": 2,
+    "disk_hang": 2,
+    "disk_hang_failover": 2,
 }
 
 
@@ -466,18 +468,8 @@ class Harness(OperatorActions):
         assert self.r is not None
         f = self.frozen[n]
         replaced = f.was_primary and any(p.epoch > f.epoch for p in self.promotions)
-        late = self.rng.randint(1, 3) if replaced and self.rng.random() < 0.7 else 0
-        if late:
-            # an application on the old primary goes on writing: sent while it is frozen,
-            # these must fail (fenced) unless they end up in the history that won
-            try:
-                st = Stream(self.r, self.ledger.new_conn(n, f.epoch, 0, late))
-                for _ in range(late):
-                    st.submit(self.ledger.new_write(st.conn, self.rng, VOLUME_SIZE, False))
-                self.writer.adopt(st)
-            except ReplError as exc:
-                self.note(f"could not send late writes to {n}: {exc}")
-                late = 0
+        # an application on the old primary goes on writing: sent while it is frozen
+        late = self.late_writes_to(n, f.epoch) if replaced and self.rng.random() < 0.7 else 0
         self.r.signal(n, signal.SIGCONT)
         del self.frozen[n]
         f.t_cont = self.now()
@@ -645,6 +637,8 @@ class Harness(OperatorActions):
             dn = self.disk_node
             if self.disk and dn is not None and self.reachable(dn) and dn not in self.disk_hit:
                 ks.append("disk_error")
+            if self.disk and dn is not None and self.reachable(dn):
+                ks.append("disk_hang")
             if self.dead:
                 ks.append("restart")
             if self.frozen:
@@ -688,6 +682,10 @@ class Harness(OperatorActions):
         dn = self.disk_node
         if self.disk and dn is not None and self.reachable(dn) and dn not in self.disk_hit:
             ks.append("disk_error")
+        if self.disk and dn is not None and self.reachable(dn):
+            ks.append("disk_hang")
+            if dn == self.primary and away < MAX_AWAY and secs:
+                ks.append("disk_hang_failover")
         return ks
 
     def step(self, forced: str | None = None) -> str:
@@ -930,7 +928,57 @@ class Harness(OperatorActions):
             if n not in self.dead:
                 self.notes["disk error: daemon kept running"] += 1
             return f"disk_error({n},{what},{files})"
+        if kind in ("disk_hang", "disk_hang_failover"):
+            return self.disk_hang(kind == "disk_hang_failover")
         raise AssertionError(kind)
+
+    def disk_hang(self, replace: bool) -> str:
+        """The disk node's disk stops answering for a while (a SAN path failing over, a
+        stuck controller): every I/O of its volume and SRL waits in the kernel, then
+        completes; nothing fails, so the daemon must come through it as it was. A primary's
+        loop waits on its disk as on a SIGSTOP while its ZeroMQ threads and connections live
+        on: with ``replace``, another node is promoted meanwhile (as Pacemaker would once its
+        monitor times out) and the application on the old primary may send it more writes;
+        it must not acknowledge alone once its disk answers (checked as a freeze:
+        check_zombie_acks)."""
+        n, p, rng = self.disk_node, self.primary, self.rng
+        assert n is not None and self.fuse is not None
+        role = "primary" if n == p else "secondary"
+        self.faults[f"disk_hang({role}{', replaced' if replace else ''})"] += 1
+        self.note(f"disk of {n} ({role}) hangs")
+        self.fuse.send_signal(signal.SIGSTOP)
+        hang = Freeze(n, self.epoch if n == p else 0, n == p, self.now())
+        self.freezes.append(hang)
+        late = 0
+        try:
+            self.wait_observing(rng.uniform(0.3, 1.5))
+            if replace:
+                others = [c for c in NODES if c != n and self.reachable(c)]
+                self.failover(candidates=rng.sample(others, len(others)))
+                if self.primary not in (None, n) and rng.random() < 0.7:
+                    late = self.late_writes_to(n, hang.epoch)
+            self.wait_observing(rng.uniform(0.0, 1.5))
+        finally:
+            self.fuse.send_signal(signal.SIGCONT)
+            hang.t_cont = self.now()
+        replaced = f" (replaced by {self.primary}; {late} late writes sent to it)"
+        self.note(f"disk of {n} answers again{replaced if replace else ''}")
+        self.observe()
+        return f"disk_hang{'_failover' if replace else ''}({n}{f'->{self.primary}' if replace else ''})"
+
+    def late_writes_to(self, n: str, epoch: int) -> int:
+        """1 to 3 writes from the application still on the replaced primary n (they must
+        fail, or end in the history that won); how many were sent."""
+        late = self.rng.randint(1, 3)
+        try:
+            st = Stream(self.r, self.ledger.new_conn(n, epoch, 0, late))
+            for _ in range(late):
+                st.submit(self.ledger.new_write(st.conn, self.rng, VOLUME_SIZE, False))
+            self.writer.adopt(st)
+        except ReplError as exc:
+            self.note(f"could not send late writes to {n}: {exc}")
+            return 0
+        return late
 
     def replace_cut_off(self, p: str, chance: float) -> None:
         """After a fault that cut the primary off: a moment observed, then (with ``chance``)

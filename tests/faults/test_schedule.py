@@ -330,9 +330,14 @@ def _netns_tools() -> str | None:
         ),
         # then the operator's full sync of a secondary, the primary cut off during it
         ("block", 302, [["split", "delay"], ["sync_full", "partition_primary", "srl_fill"]]),
-        # the primary on one-way links and replaced, a secondary on one too, and a damaged
-        # secondary invalidated while it runs
-        ("degrade", 303, [["oneway_primary", "invalidate_online", "oneway_secondary"]]),
+        # the primary's disk hangs (replaced meanwhile or not), the primary on one-way links
+        # and replaced, a secondary on one too, and a damaged secondary invalidated while it
+        # runs
+        (
+            "degrade",
+            303,
+            [["disk_hang_failover", "oneway_primary", "invalidate_online", "oneway_secondary"]],
+        ),
     ],
 )
 def test_fault_schedule_netns_smoke(mode, seed, script):
