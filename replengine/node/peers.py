@@ -38,6 +38,9 @@ class Peer:
     shipped_records: int = 0  # records sent to it since this node became primary
     shipped_bytes: int = 0
     last_progress: float = 0.0  # when its acked_end last moved (or the stream restarted)
+    #: primary: (its acked_end, its HELLO count) when a write began waiting on it (None
+    #: while none waits): beacons counted since, with no acknowledgement, say it is stuck
+    ack_wait: tuple[int, int] | None = None
 
     def alive(self, heartbeat_s: float, now: float | None = None) -> bool:
         now = time.monotonic() if now is None else now

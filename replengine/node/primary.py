@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from replengine.errors import SRLFullError
 from replengine.log.record import Record
+from replengine.node.peers import MISSED_BEATS
 from replengine.node.states import IN_DCM, PeerState
 from replengine.node.status import WriteClock
 from replengine.wire.protocol import Clear, Update, Updates, encode
@@ -217,19 +218,41 @@ class Primary:
 
     def check_sync_peers(self) -> None:
         node = self.node
+        stuck = self.not_acknowledging() if node.cfg.on_sync_loss == "degrade" else set()
         for p in node.peers.values():
             if p.mode != "sync" or p.rejected:
                 continue
             alive = p.alive(node.heartbeat_s)
-            if not alive and not p.degraded and node.cfg.on_sync_loss == "degrade":
+            if (
+                (not alive or p.name in stuck)
+                and not p.degraded
+                and node.cfg.on_sync_loss == "degrade"
+            ):
                 p.degraded = True
-                node.events.emit("policy", policy="on_sync_loss", action="degrade", peer=p.name)
-                log.error(
-                    "SYNC SECONDARY %s LOST: replication to it degraded to async until "
-                    "it catches up (on_sync_loss=degrade); completed writes are no longer "
-                    "guaranteed on it",
-                    p.name,
+                p.ack_wait = None
+                why = "lost" if not alive else "not acknowledging"
+                node.events.emit(
+                    "policy", policy="on_sync_loss", action="degrade", peer=p.name, why=why
                 )
+                if not alive:
+                    log.error(
+                        "SYNC SECONDARY %s LOST: replication to it degraded to async until "
+                        "it catches up (on_sync_loss=degrade); completed writes are no longer "
+                        "guaranteed on it",
+                        p.name,
+                    )
+                else:
+                    log.error(
+                        "SYNC SECONDARY %s NOT ACKNOWLEDGING: connected, but nothing "
+                        "acknowledged past LSN %d over %d of its heartbeats while writes wait "
+                        "for it (its log takes no records: a hung disk, an SRL it cannot "
+                        "clear); replication to it degraded to async until it catches up "
+                        "(on_sync_loss=degrade); completed writes are no longer guaranteed "
+                        "on it",
+                        p.name,
+                        p.acked_end - 1,
+                        MISSED_BEATS,
+                    )
             elif (
                 alive
                 and p.degraded
@@ -242,6 +265,24 @@ class Primary:
                     p.name,
                     p.acked_end - 1,
                 )
+
+    def not_acknowledging(self) -> set[str]:
+        """Sync peers that keep beaconing but acknowledge nothing while a locally durable
+        write waits for them: MISSED_BEATS of their HELLOs since their acknowledgement last
+        moved, as three missed beats make a silent peer lost. Counted in HELLOs received,
+        not in time, so a primary that did not run for a while (its peers' messages still
+        queued, acknowledgements first) does not take its own stall for theirs."""
+        node = self.node
+        w = self.pending[0] if self.pending else None
+        out = set()
+        for p in self.required_sync():
+            if w is None or w.lsn >= node.watcher.durable_end or p.acked_end > w.lsn:
+                p.ack_wait = None
+            elif p.ack_wait is None or p.ack_wait[0] != p.acked_end:
+                p.ack_wait = (p.acked_end, p.hellos)
+            elif p.hellos - p.ack_wait[1] >= MISSED_BEATS:
+                out.add(p.name)
+        return out
 
     def caught_up_mark(self) -> int:
         """A peer that has every LSN below this has everything already completed, so

@@ -1,16 +1,20 @@
-"""A daemon that stops while its volume is slow keeps answering: requests that reach it
-after its loop ended (a `replctl status`, an application's write) are refused at once with
-"stopping", not left unanswered for as long as the volume takes; another `down` is answered
-with the first, once the node has stopped; and what the log held still reaches the volume.
+"""A volume that hangs (a SAN path failing over, a stuck controller), on the node's own FUSE
+passthrough (tests.faults.faultfs) whose process the test SIGSTOPs: the volume's writes then
+wait in the kernel while the SRL, a plain file, keeps working.
 
-alpha's volume lives on a FUSE passthrough (tests.faults.faultfs) whose process the test
-SIGSTOPs: the applier's writes to the volume then wait in the kernel, as on a hung disk,
-while the SRL (a plain file) keeps working.
+- A daemon that stops meanwhile keeps answering: requests that reach it after its loop ended
+  (a `replctl status`, an application's write) are refused at once with "stopping", not left
+  unanswered for as long as the volume takes; another `down` is answered with the first, once
+  the node has stopped; and what the log held still reaches the volume.
+- A sync secondary whose volume hangs stops acknowledging once its log cannot be cleared, but
+  goes on beaconing: under on_sync_loss = "degrade" the primary degrades it after three of
+  its heartbeats, as a lost one, instead of making the application wait for it for ever.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -22,22 +26,33 @@ import pytest
 from replengine.demo.localcluster import LocalResource
 from replengine.errors import ReplError
 from replengine.runtime import wait_gone
-from tests.conftest import SRL_SIZE, VOLUME_SIZE, kill_leftovers, short_workdir
+from tests.conftest import SRL_SIZE, VOLUME_SIZE, Ledger, kill_leftovers, peer, short_workdir
 
 KiB = 1024
 
 
 class SlowVolumeResource(LocalResource):
-    """alpha's volume file in ``disk/``, where the test mounts the FUSE passthrough."""
+    """``slow``'s volume file in ``disk/``, where the test mounts the FUSE passthrough."""
+
+    slow = "alpha"
 
     def volume_path(self, node: str) -> Path:
-        if node == "alpha":
-            return self.workdir / "disk" / "alpha-volume.img"
+        if node == self.slow:
+            return self.workdir / "disk" / f"{node}-volume.img"
         return super().volume_path(node)
 
 
 @pytest.fixture
 def slow_alpha(tmp_path: Path):
+    yield from volume_on_fuse(tmp_path, "alpha")
+
+
+@pytest.fixture
+def slow_beta(tmp_path: Path):
+    yield from volume_on_fuse(tmp_path, "beta", srl_size=2 * 1024 * KiB, srl_full="dcm")
+
+
+def volume_on_fuse(tmp_path: Path, node: str, **kw):
     work = short_workdir(tmp_path) / "res"
     mnt, backing = work / "disk", work / "disk.backing"
     mnt.mkdir(parents=True)
@@ -51,14 +66,13 @@ def slow_alpha(tmp_path: Path):
     assert fuse.stdout is not None
     line = fuse.stdout.readline()
     assert line.startswith("mounted"), f"faultfs did not mount: {line!r}"
+    kw.setdefault("srl_size", SRL_SIZE)
     r = SlowVolumeResource(
-        work,
-        nodes={"alpha": "sync", "beta": "sync"},
-        volume_size=VOLUME_SIZE,
-        srl_size=SRL_SIZE,
+        work, nodes={"alpha": "sync", "beta": "sync"}, volume_size=VOLUME_SIZE, **kw
     )
+    r.slow = node
     try:
-        yield r, fuse, backing / "alpha-volume.img"
+        yield r, fuse, backing / f"{node}-volume.img"
     finally:
         os.kill(fuse.pid, signal.SIGCONT)
         r.stop_all()
@@ -116,3 +130,32 @@ def test_a_stopping_daemon_refuses_at_once_and_still_applies_its_log(slow_alpha)
         assert f.read(4 * KiB) == first
         f.seek(64 * KiB)
         assert f.read(4 * KiB) == last, "the record written while the volume hung was lost"
+
+
+def test_a_sync_secondary_whose_volume_hangs_is_degraded_not_waited_for(slow_beta) -> None:
+    r, fuse, _ = slow_beta
+    r.create()
+    r.up()
+    r.promote("alpha")
+    ledger = Ledger(r.volume_size)
+    vol = r.connect("alpha")
+    r.wait_synced()
+    os.kill(fuse.pid, signal.SIGSTOP)
+    # beta logs these until its 2 MiB SRL is full (it cannot apply, so cannot clear), then
+    # acknowledges nothing more while it goes on beaconing
+    rng = random.Random(3)
+    for _ in range(48):  # 3 MiB
+        off, data = (
+            rng.randrange(0, r.volume_size // (64 * KiB)) * 64 * KiB,
+            rng.randbytes(64 * KiB),
+        )
+        ledger.add(vol.write(off, data), off, data)
+    assert peer(r, "alpha", "beta")["degraded"]
+    assert "SYNC SECONDARY beta NOT ACKNOWLEDGING" in r.log("alpha")
+
+    os.kill(fuse.pid, signal.SIGCONT)  # back: it catches up (its dirty regions) and is sync
+    r.wait_for(lambda: not peer(r, "alpha", "beta")["degraded"], 60, "beta synchronous again")
+    r.wait_synced()
+    r.down()
+    for n in r.nodes:
+        ledger.check_file(r.volume_path(n), n)
