@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from replengine.frontend import fuseloop, udevlink
 from replengine.frontend.fuseloop import FuseLoop
 from tests.device_helpers import needs_device
+from tests.faults import faultfs
 
 pytestmark = needs_device
 
@@ -105,6 +107,35 @@ def test_holders_name_the_open_process(exposed: tuple[FuseLoop, FileTarget]) -> 
     finally:
         os.close(fd)
     assert fl.holders() == []
+
+
+def test_holders_do_not_hang_on_a_hung_file_system_elsewhere(
+    exposed: tuple[FuseLoop, FileTarget], tmp_path: Path
+) -> None:
+    """A file open on a mount whose server hangs (a stopped FUSE daemon, an NFS server gone)
+    must not hang the question of who holds our device: a node stepping down asks it. Found
+    by the fault campaign: a fenced primary's step-down hung while another node's disk
+    hung, its holders() stat()ing every process's open files."""
+    fl, _ = exposed
+    mnt, backing = tmp_path / "hung", tmp_path / "hung.backing"
+    mnt.mkdir()
+    backing.mkdir()
+    (backing / "file").write_bytes(b"x")
+    with faultfs.mounted(backing, mnt) as fuse:
+        fd = os.open(mnt / "file", os.O_RDONLY)
+        try:
+            os.kill(fuse.pid, signal.SIGSTOP)
+            box: list = []
+            t = threading.Thread(target=lambda: box.append(fl.holders()), daemon=True)
+            t.start()
+            t.join(10)
+            hung = t.is_alive()
+            os.kill(fuse.pid, signal.SIGCONT)
+            t.join(10)
+        finally:
+            os.close(fd)
+    assert not hung, "holders() waited on a file system that does not answer"
+    assert box == [[]]
 
 
 def test_without_udevd_the_kernel_name_is_used_and_said(

@@ -16,8 +16,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from replengine.demo.localcluster import LocalResource
 from replengine.errors import ReplError
 from replengine.runtime import wait_gone
 from tests.conftest import SRL_SIZE, VOLUME_SIZE, Ledger, kill_leftovers, peer, short_workdir
+from tests.faults import faultfs
 
 KiB = 1024
 
@@ -57,29 +56,18 @@ def volume_on_fuse(tmp_path: Path, node: str, **kw):
     mnt, backing = work / "disk", work / "disk.backing"
     mnt.mkdir(parents=True)
     backing.mkdir()
-    fuse = subprocess.Popen(
-        [sys.executable, "-m", "tests.faults.faultfs", str(backing), str(mnt), str(os.getpid())],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert fuse.stdout is not None
-    line = fuse.stdout.readline()
-    assert line.startswith("mounted"), f"faultfs did not mount: {line!r}"
     kw.setdefault("srl_size", SRL_SIZE)
     r = SlowVolumeResource(
         work, nodes={"alpha": "sync", "beta": "sync"}, volume_size=VOLUME_SIZE, **kw
     )
     r.slow = node
-    try:
-        yield r, fuse, backing / f"{node}-volume.img"
-    finally:
-        os.kill(fuse.pid, signal.SIGCONT)
-        r.stop_all()
-        kill_leftovers(r.config)
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
-        fuse.kill()
-        fuse.wait()
+    with faultfs.mounted(backing, mnt) as fuse:
+        try:
+            yield r, fuse, backing / f"{node}-volume.img"
+        finally:
+            os.kill(fuse.pid, signal.SIGCONT)
+            r.stop_all()
+            kill_leftovers(r.config)
 
 
 def test_a_stopping_daemon_refuses_at_once_and_still_applies_its_log(slow_alpha) -> None:

@@ -131,7 +131,8 @@ def holders(dev: str) -> list[str]:
     rdev = st.st_rdev
     devno = f"{os.major(rdev)}:{os.minor(rdev)}"
     found = [f"mounted on {m.mountpoint}" for m in mounts() if m.devno == devno]
-    name = os.path.basename(os.path.realpath(dev))
+    node = os.path.realpath(dev)  # /dev/loopN: what an open descriptor of it reads as
+    name = os.path.basename(node)
     try:
         found += [f"held by {h}" for h in sorted(os.listdir(_SYS_BLOCK / name / "holders"))]
     except OSError:
@@ -146,11 +147,14 @@ def holders(dev: str) -> list[str]:
         except OSError:
             continue
         for fd in fds:
+            # the link's text, never a stat through it: that would ask the file's own file
+            # system, and one hung file system anywhere on the host (a stopped FUSE daemon,
+            # an NFS server gone) would hang this node's step-down with it
             try:
-                fst = os.stat(f"{fd_dir}/{fd}")
+                target = os.readlink(f"{fd_dir}/{fd}")
             except OSError:
                 continue
-            if stat.S_ISBLK(fst.st_mode) and fst.st_rdev == rdev:
+            if target == node:
                 found.append(f"open by process {pid} ({proc.info['name']})")
                 break
     return found

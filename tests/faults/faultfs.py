@@ -19,13 +19,16 @@ later run can find and unmount what a killed one left (`sweep_stale`).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
 import os
 import re
+import signal
 import stat as stat_m
 import subprocess
 import sys
+from collections.abc import Iterator
 
 CONTROL = b".fault"
 
@@ -44,6 +47,36 @@ def sweep_stale() -> list[str]:
             subprocess.run(["umount", "-l", parts[1]], capture_output=True, check=False)
             out.append(parts[1])
     return out
+
+
+@contextlib.contextmanager
+def mounted(backing: os.PathLike[str], mountpoint: os.PathLike[str]) -> Iterator[subprocess.Popen]:
+    """BACKING mirrored at MOUNTPOINT while the block runs (both directories must exist); the
+    process serving it, which a test may SIGSTOP to make the mount hang. Always continued,
+    unmounted and killed at the end."""
+    fuse = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.faults.faultfs",
+            str(backing),
+            str(mountpoint),
+            str(os.getpid()),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert fuse.stdout is not None
+        line = fuse.stdout.readline()
+        assert line.startswith("mounted"), f"faultfs did not mount: {line!r}"
+        yield fuse
+    finally:
+        fuse.send_signal(signal.SIGCONT)
+        subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True, check=False)
+        fuse.kill()
+        fuse.wait()
 
 
 def main(argv: list[str]) -> int:
