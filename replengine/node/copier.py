@@ -54,7 +54,8 @@ class CopyJob:
     #: told of every chunk the receiver holds durably (acknowledged, or equal to ours):
     #: a resync's progress, so an interrupted one resumes from there
     on_chunk: Callable[[int, int], None] | None = None
-    #: chunks sent and not yet acknowledged: (bytes sent once it is in, offset, length)
+    #: chunks sent and not yet acknowledged: (bytes sent once it is in, offset, length,
+    #: the job's gen when it was read)
     unacked: deque = field(default_factory=deque)
     #: a checksummed copy reads and hashes its chunks in this thread, off the loop
     scan: Scan | None = None
@@ -65,6 +66,35 @@ class CopyJob:
     #: bytes per digest of a checksummed copy (skip's): a chunk that differs is read
     #: whole and sent in pieces of at most CHUNK
     chunk: int = CHUNK
+    #: raised by every extend(): only chunks read since the last one are progress
+    gen: int = 0
+    #: ranges added to a checksummed copy while its scan runs, sent once it has ended
+    extra: deque = field(default_factory=deque)
+
+    def extend(self, ranges: list[tuple[int, int]]) -> int:
+        """Send these ranges again (node.resync_fold), read as of a later moment than now,
+        whatever the receiver's digests say: it may hold an older copy of them from this very
+        copy. Parts not read yet are left where they are: they will be read after now. What
+        was read before no longer counts as progress. Bytes added."""
+        self.gen += 1  # first: a scan chunk looked at from now on is read, not prehashed
+        self.skip = None  # the scan thread keeps its own reference
+        added = self.not_unread(ranges)
+        (self.extra if self.scan is not None else self.ranges).extend(added)
+        return sum(n for _, n in added)
+
+    def not_unread(self, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """Those of ``ranges`` that lie within no span this copy reads later than now."""
+        unread = self._unread()
+        return [(o, n) for o, n in ranges if not any(a <= o and o + n <= b for a, b in unread)]
+
+    def _unread(self) -> list[tuple[int, int]]:
+        """Byte spans this copy will read later than now: its queued ranges (the loop reads
+        them, so none is part way), or a running scan's chunks past the one it is at."""
+        spans = [(o, o + n) for o, n in self.extra]
+        if self.scan is None:
+            return spans + [(o, o + n) for o, n in self.ranges]
+        at = self.scan.reading_end
+        return spans + [(max(o, at), o + n) for o, n in self.scan.ranges if o + n > at]
 
 
 def paced(pacer: Pacer | None, n: int, stopped: threading.Event) -> None:
@@ -89,6 +119,9 @@ class Scan(threading.Thread):
         self.skip = job.skip  # read-only: shared with the job, not copied
         self.queue: queue.Queue = queue.Queue(maxsize=max(1, WINDOW // CHUNK))
         self.stopped = threading.Event()
+        #: the end of the chunk being (or last) looked at: set before it is read, so a chunk
+        #: wholly past it will be read as of a later moment (CopyJob.unread)
+        self.reading_end = 0
 
     def run(self) -> None:
         copier = self.copier
@@ -98,8 +131,12 @@ class Scan(threading.Thread):
             pre = None  # taken for other ranges (a resync restarted since): not these chunks
         try:
             for i, (off, n) in enumerate(chunks(self.ranges, self.job.chunk)):
+                self.reading_end = off + n
                 theirs = self.skip.get(off, n) if self.skip is not None else None
-                ours = pre.get(i) if pre is not None and theirs is not None else None
+                # after a fold (node.resync_fold) the receiver replays the log from a later
+                # LSN than our digests were taken after: read the chunk as it is now
+                usable = pre is not None and theirs is not None and self.job.gen == 0
+                ours = pre.get(i) if usable else None
                 if ours is not None and ours == theirs:
                     # equal when we hashed it, after the resync began: the receiver replays
                     # the log from there, which brings any write since (as for a chunk read
@@ -294,8 +331,8 @@ class BlockCopier:
     @staticmethod
     def _acked_chunks(job: CopyJob) -> None:
         while job.unacked and job.unacked[0][0] <= job.acked:
-            _, off, n = job.unacked.popleft()
-            if job.on_chunk is not None:
+            _, off, n, gen = job.unacked.popleft()
+            if job.on_chunk is not None and gen == job.gen:
                 job.on_chunk(off, n)
 
     def cancel(self, peer: str, keep_prehash: bool = False) -> None:
@@ -331,7 +368,7 @@ class BlockCopier:
                     break  # the transport is full or the peer gone: retry next turn
                 else:
                     job.sent += n
-                    job.unacked.append((job.sent, off, n))
+                    job.unacked.append((job.sent, off, n, job.gen))
                     self.sent_total[job.peer] = self.sent_total.get(job.peer, 0) + n
                 job.as_of = max(job.as_of, as_of)
                 if n == length:
@@ -369,9 +406,12 @@ class BlockCopier:
                 except queue.Empty:
                     return
             item = job.pending
-            if item is None:  # every chunk read
+            if item is None:  # every chunk read: then what was added meanwhile
                 job.pending = None
                 job.ranges.clear()
+                job.ranges.extend(job.extra)
+                job.extra.clear()
+                job.scan = None
                 return
             if item[0] == "error":
                 job.pending = None
@@ -382,11 +422,11 @@ class BlockCopier:
                 if not self.send(job.peer, Block(off, data)):
                     return  # the transport is full or the peer gone: retry next turn
                 job.sent += n
-                job.unacked.append((job.sent, off, n))
+                job.unacked.append((job.sent, off, n, 0))
                 self.sent_total[job.peer] = self.sent_total.get(job.peer, 0) + n
             else:
                 job.skipped += n  # the receiver holds these very bytes
-                if job.on_chunk is not None:
+                if job.on_chunk is not None and job.gen == 0:
                     job.on_chunk(off, n)
             job.as_of = max(job.as_of, as_of)
             job.pending = None

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from replengine.node.copier import CHUNK, CopyJob
 from replengine.node.resync_end import ended_there, unstick
+from replengine.node.resync_fold import FOLD_BUDGET, Written, fold, holds_log, stop_folding
 from replengine.node.states import IN_DCM, PeerState
 from replengine.node.sums import offered_skip
 from replengine.storage.chunksums import DIGEST_SIZE, MAX_CHUNK, ChunkDigests, count
@@ -135,6 +136,15 @@ class Resync:
     hellos_at_done: int = 0
     hellos_at_ack: int = -1
     done_at: float = 0.0
+    #: where the writes since resume_lsn went, and the copy's progress tally: a copy that
+    #: holds too much of the log folds them in (node.resync_fold)
+    written: Written = field(default_factory=Written)
+    tally: RegionTally | None = None
+    #: False for a rewind's copy (the rewinder, not resume_lsn, decides where it restarts)
+    foldable: bool = True
+    folds: int = 0
+    folded_bytes: int = 0
+    fold_logged: float = 0.0
 
 
 class DcmTracker:
@@ -284,11 +294,17 @@ class DcmTracker:
 
     # ---- while in dcm ---------------------------------------------------------------------
 
-    def mark(self, offset: int, length: int) -> None:
+    def mark(self, lsn: int, offset: int, length: int) -> None:
+        """A write was logged at ``lsn``: a peer in dcm owes its region; a running copy
+        notes where it went, in case it must fold it in."""
         for name, dmap in self.maps.items():
             if self.node.peers[name].state == PeerState.DCM:
                 dmap.mark(offset, length)
                 self._dirty.add(name)
+            else:
+                job = self.resyncs.get(name)
+                if job is not None and job.foldable and not job.done:
+                    job.written.add(lsn, offset, length)
 
     def flush(self, force: bool = False) -> None:
         """Make the bitmaps durable; only then can the records they cover be cleared."""
@@ -363,6 +379,13 @@ class DcmTracker:
         )
         if tag:
             job.tag = tag
+            job.foldable = False
+        primary = node.primary
+        if primary is not None:  # logged before, durable since: past resume_lsn too
+            for lsn in range(job.resume_lsn, primary.assigned_end):
+                rec = primary.cache.get(lsn)
+                if rec is not None:
+                    job.written.add(lsn, rec.offset, len(rec.data))
         job.full = dmap.dirty_bytes >= CHECKSUM_SHARE * node.volume.size
         self.resyncs[peer.name] = job
         peer.state = PeerState.DCM_RESYNC
@@ -410,7 +433,7 @@ class DcmTracker:
     ) -> None:
         job.copying = True
         job.sums_deadline = 0.0
-        tally = RegionTally(self.maps[peer.name])
+        tally = job.tally = RegionTally(self.maps[peer.name])
 
         def done_there(off: int, length: int) -> None:
             # the receiver holds this chunk durably: a resync cut short (either end killed,
@@ -462,6 +485,7 @@ class DcmTracker:
         """Every dirty region was handed to the transport and BLOCK_DONE sent: stream the
         log from where the copy left it."""
         job.done = True
+        job.written.clear()  # streamed from resume_lsn now: nothing more to fold
         job.sent = copy.sent
         job.skipped = copy.skipped
         job.hellos_at_done = peer.hellos
@@ -490,6 +514,11 @@ class DcmTracker:
             if copy is not None and copy.tag == job.tag:
                 job.sent = copy.sent
                 job.skipped = copy.skipped
+                if job.foldable and not copy.done and holds_log(node.srl, job, node.watcher):
+                    self._progress_flusher.wait()  # the map is written here now
+                    budget = FOLD_BUDGET * node.volume.size
+                    if not fold(job, copy, self.maps[job.peer], node.watcher.durable_end, budget):
+                        stop_folding(job, budget, node.cfg.srl_full)
             if job.done and peer.acked_end >= job.resume_lsn and peer.hello:
                 if not peer.hello.consistent:
                     unstick(peer, job, node.heartbeat_s)

@@ -98,7 +98,7 @@ class Primary:
             return False
         rec = Record(pending.lsn, node.epoch, offset, data)
         if node.dcm.maps:
-            node.dcm.mark(offset, len(data))
+            node.dcm.mark(pending.lsn, offset, len(data))
         self.cache[rec.lsn] = rec
         self.cache_bytes += len(data)
         node.metrics.note_append(len(data))

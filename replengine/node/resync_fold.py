@@ -1,0 +1,151 @@
+"""A resync that outlives the SRL: its log folded into the copy, so writes go on.
+
+While a dcm resync (a full sync, a returning node's dirty regions) copies blocks, the
+primary keeps every record from the copy's start (``resume_lsn``): its receiver is streamed
+from there once the copy ends. A copy that takes longer than the SRL takes to fill with the
+application's writes (a large volume, a capped `resync_rate`) would then hold the log until
+it ends, and under any `srl_full` policy the application would wait or fail for as long.
+
+Instead, once the records held for the copy take half the SRL, the regions they touched are
+marked in the peer's dirty-region map (made durable first), added to the running copy, to be
+read again, as of every completed write, and sent whatever the receiver's digests said, and
+the copy's resume point moves to the log's durable end: the records below it may go, the
+receiver gets their effect in the blocks. The receiver sees only more blocks and a later
+``resume_lsn`` in BLOCK_DONE (docs/protocol.md, "Long copies").
+
+Progress (regions cleared from the map as the receiver acknowledges them, so that a copy cut
+short resumes after them) then counts only blocks read after the last fold: a block read
+before it may lack a folded record (copier.CopyJob.gen). What the folds read again is
+bounded (FOLD_BUDGET): an application that rewrites what was sent faster than the rest is
+sent would otherwise keep the copy from ever ending.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from array import array
+from bisect import bisect_left
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from replengine.node.copier import CopyJob
+    from replengine.node.dcm import Resync
+    from replengine.storage.dirtymap import DirtyMap
+
+log = logging.getLogger(__name__)
+
+#: records held for a running copy may take this share of the SRL before they are folded
+FOLD_SHARE = 0.5
+#: a copy reads again, in all its folds, at most this share of its volume: past that the
+#: application rewrites what it has sent faster than it sends the rest, and folding would
+#: cost more than it saves, so it holds the log until it ends and the SRL's policy applies
+#: (a full sync still sends at most 1.1x its volume)
+FOLD_BUDGET = 0.1
+#: folds after the first are logged at most this often (a long copy under heavy writes
+#: folds every time half the SRL fills)
+FOLD_LOG_EVERY_S = 30.0
+
+
+@dataclass
+class Written:
+    """Where each write since a copy's resume point went, in LSN order (24 bytes a write,
+    the records themselves stay in the SRL): the regions a fold sends again."""
+
+    lsns: array = field(default_factory=lambda: array("q"))
+    offsets: array = field(default_factory=lambda: array("q"))
+    lengths: array = field(default_factory=lambda: array("q"))
+
+    def add(self, lsn: int, offset: int, length: int) -> None:
+        self.lsns.append(lsn)
+        self.offsets.append(offset)
+        self.lengths.append(length)
+
+    def below(self, end: int) -> list[tuple[int, int]]:
+        """The (offset, length) of every write with an LSN below ``end``."""
+        i = bisect_left(self.lsns, end)
+        return list(zip(self.offsets[:i], self.lengths[:i], strict=True))
+
+    def take_below(self, end: int) -> None:
+        """Forget the writes with an LSN below ``end``."""
+        i = bisect_left(self.lsns, end)
+        del self.lsns[:i], self.offsets[:i], self.lengths[:i]
+
+    def clear(self) -> None:
+        del self.lsns[:], self.offsets[:], self.lengths[:]
+
+
+def region_ranges(touched: list[tuple[int, int]], dmap: DirtyMap) -> list[tuple[int, int]]:
+    """The whole regions of ``dmap`` these byte ranges touch, one range each, in order."""
+    rs, size = dmap.region_size, dmap.volume_size
+    regions = sorted({r for off, n in touched for r in range(off // rs, (off + n - 1) // rs + 1)})
+    return [(r * rs, min(rs, size - r * rs)) for r in regions]
+
+
+def holds_log(srl: Any, job: Resync, watcher: Any) -> bool:
+    """Whether the records kept for ``job`` take FOLD_SHARE of the SRL."""
+    end = watcher.durable_end
+    return end > job.resume_lsn and (
+        srl.bytes_between(job.resume_lsn, end) >= FOLD_SHARE * srl.capacity
+    )
+
+
+def stop_folding(job: Resync, budget: float, policy: str) -> None:
+    job.foldable = False
+    log.warning(
+        "the resync to %s would read again more than %d bytes in its folds: the application "
+        "rewrites what it has sent faster than it sends the rest; it holds the log until it "
+        "ends (srl_full=%s applies if the log fills)",
+        job.peer,
+        budget,
+        policy,
+    )
+
+
+def fold(job: Resync, copy: CopyJob, dmap: DirtyMap, durable_end: int, budget: float) -> bool:
+    """Fold the records [job.resume_lsn, durable_end) into the running ``copy``, unless the
+    regions it would read again take its folds past ``budget`` bytes in all: False then,
+    and nothing changed. The caller has made sure no other thread writes ``dmap``."""
+    first = job.resume_lsn
+    ranges = region_ranges(job.written.below(durable_end), dmap)
+    if job.folded_bytes + sum(n for _, n in copy.not_unread(ranges)) > budget:
+        return False
+    job.written.take_below(durable_end)
+    for off, n in ranges:
+        dmap.mark(off, n)
+    dmap.flush()  # durable before a record they cover can be cleared
+    added = copy.extend(ranges)  # those it has not read yet are read after now anyway
+    if job.tally is not None:
+        job.tally.partial.clear()  # pieces read before the fold no longer count
+    job.resume_lsn = copy.resume_lsn = durable_end
+    job.dirty_bytes += added
+    job.folds += 1
+    job.folded_bytes += added
+    now = time.monotonic()
+    if job.folds == 1 or now - job.fold_logged >= FOLD_LOG_EVERY_S:
+        job.fold_logged = now
+        log.warning(
+            "the resync to %s held %.0f%% of the SRL: the regions written since LSN %d "
+            "that it had read are read and sent again instead (%d bytes; %d folds, %d bytes "
+            "so far), and its log restarts at LSN %d",
+            job.peer,
+            100 * FOLD_SHARE,
+            first,
+            added,
+            job.folds,
+            job.folded_bytes,
+            durable_end,
+        )
+    return True
+
+
+__all__ = [
+    "FOLD_BUDGET",
+    "FOLD_SHARE",
+    "Written",
+    "fold",
+    "holds_log",
+    "region_ranges",
+    "stop_folding",
+]
