@@ -9,11 +9,15 @@ the writes stalled from the moment the SRL was full until the copy ended.
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 from collections.abc import Callable
+from pathlib import Path
 
 from replengine.demo.localcluster import LocalResource
-from tests.conftest import Ledger, Writer
+from tests.conftest import Ledger, Writer, kill_leftovers, short_workdir
+from tests.faults import faultfs
 from tests.test_full_sync_auto import fill, wait_in_sync
 
 MiB = 1 << 20
@@ -108,3 +112,53 @@ def test_a_folded_full_sync_cut_by_kill_9_of_the_source_resumes(
     writers.append(w2)
     w2.start()
     check_identical(r, ledger, w2)
+
+
+class BetaOnFuse(LocalResource):
+    """beta's volume in ``disk/``, where the test mounts the FUSE passthrough."""
+
+    def volume_path(self, node: str) -> Path:
+        if node == "beta":
+            return self.workdir / "disk" / "beta-volume.img"
+        return super().volume_path(node)
+
+
+def test_writes_go_on_while_the_receiver_takes_its_digests(
+    tmp_path: Path, writers: list[Writer]
+) -> None:
+    """beta reads its volume for its digests before any block is sent, which on a large
+    volume takes as long as a copy: here its volume hangs meanwhile (its FUSE server
+    stopped), so alpha's SRL fills with what it keeps for beta. alpha folds it in before the
+    copy starts (nothing to read again), the writes go on, and once beta's volume answers
+    the copy reads every chunk as it is then (not trusting digests taken before the fold)."""
+    work = short_workdir(tmp_path) / "res"
+    mnt, backing = work / "disk", work / "disk.backing"
+    mnt.mkdir(parents=True)
+    backing.mkdir()
+    with faultfs.mounted(backing, mnt) as fuse:
+        r = BetaOnFuse(work, nodes=dict(TWO), volume_size=32 * MiB, srl_size=2 * MiB)
+        try:
+            r.create()
+            base = random.Random(21).randbytes(r.volume_size)
+            fill(r.volume_path("alpha"), base)
+            r.up()
+            os.kill(fuse.pid, signal.SIGSTOP)
+            r.promote("alpha")
+            cap = r.status("alpha")["srl"]["capacity"]
+            ledger = Ledger(r.volume_size, base=base)
+            w = Writer(r, "alpha", ledger, seed=22, hi=16 * 1024)
+            writers.append(w)
+            w.start()
+            r.wait_for(
+                lambda: written(ledger) >= 3 * cap and syncing(r),
+                30,
+                "3 SRLs' worth of writes while beta takes its digests",
+            )
+            assert r.status("alpha")["peers"]["beta"]["resync"]["phase"] == "checksums"
+            assert "before its copy began" in r.log("alpha")
+            os.kill(fuse.pid, signal.SIGCONT)
+            check_identical(r, ledger, w)
+        finally:
+            os.kill(fuse.pid, signal.SIGCONT)
+            r.stop_all()
+            kill_leftovers(r.config)

@@ -68,6 +68,8 @@ class CopyJob:
     chunk: int = CHUNK
     #: raised by every extend(): only chunks read since the last one are progress
     gen: int = 0
+    #: False once the log was folded after our digests were taken (node.resync_fold)
+    trust_prehash: bool = True
     #: ranges added to a checksummed copy while its scan runs, sent once it has ended
     extra: deque = field(default_factory=deque)
 
@@ -120,7 +122,8 @@ class Scan(threading.Thread):
         self.queue: queue.Queue = queue.Queue(maxsize=max(1, WINDOW // CHUNK))
         self.stopped = threading.Event()
         #: the end of the chunk being (or last) looked at: set before it is read, so a chunk
-        #: wholly past it will be read as of a later moment (CopyJob.unread)
+        #: wholly past it will be read as of a later moment (CopyJob.unread; the ranges of a
+        #: copy are in volume order)
         self.reading_end = 0
 
     def run(self) -> None:
@@ -135,7 +138,9 @@ class Scan(threading.Thread):
                 theirs = self.skip.get(off, n) if self.skip is not None else None
                 # after a fold (node.resync_fold) the receiver replays the log from a later
                 # LSN than our digests were taken after: read the chunk as it is now
-                usable = pre is not None and theirs is not None and self.job.gen == 0
+                job = self.job
+                usable = pre is not None and theirs is not None and job.gen == 0
+                usable = usable and job.trust_prehash
                 ours = pre.get(i) if usable else None
                 if ours is not None and ours == theirs:
                     # equal when we hashed it, after the resync began: the receiver replays
@@ -287,6 +292,7 @@ class BlockCopier:
         skip: ChunkDigests | None = None,
         on_chunk: Callable[[int, int], None] | None = None,
         chunk: int = CHUNK,
+        trust_prehash: bool = True,
     ) -> bool:
         bad = [(o, n) for o, n in ranges if o < 0 or n <= 0 or o + n > self.volume_size]
         if bad:
@@ -309,6 +315,7 @@ class BlockCopier:
             on_chunk=on_chunk,
             prehash=pre if pre is not None and pre.tag == tag and skip is not None else None,
             chunk=chunk if skip is not None else CHUNK,
+            trust_prehash=trust_prehash,
         )
         if skip is not None:
             job.scan = Scan(self, job)

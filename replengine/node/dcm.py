@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from replengine.node.copier import CHUNK, CopyJob
 from replengine.node.resync_end import ended_there, unstick
-from replengine.node.resync_fold import FOLD_BUDGET, Written, fold, holds_log, stop_folding
+from replengine.node.resync_fold import FOLD_BUDGET, Written, fold, holds_log, prefold, stop_folding
 from replengine.node.states import IN_DCM, PeerState
 from replengine.node.sums import offered_skip
 from replengine.storage.chunksums import DIGEST_SIZE, MAX_CHUNK, ChunkDigests, count
@@ -143,6 +143,8 @@ class Resync:
     #: False for a rewind's copy (the rewinder, not resume_lsn, decides where it restarts)
     foldable: bool = True
     folds: int = 0
+    #: regions folded in before the copy started that its ranges do not cover
+    prefolded: list = field(default_factory=list)
     folded_bytes: int = 0
     fold_logged: float = 0.0
 
@@ -446,12 +448,13 @@ class DcmTracker:
         self.node.copier.start(
             peer.name,
             job.tag,
-            list(job.ranges),
+            sorted([*job.ranges, *job.prefolded]),  # and the regions folded in before it
             resume_lsn=job.resume_lsn,
             on_done=lambda copy: self._copied(peer, job, copy),
             skip=skip,
             on_chunk=done_there if progress else None,
             chunk=job.chunk,
+            trust_prehash=not job.folds,  # our digests may predate a fold: read it all
         )
 
     def on_sums(self, peer: Peer, sums: Sums) -> bool:
@@ -502,6 +505,8 @@ class DcmTracker:
                 self._abort(peer, job)
                 continue
             if not job.copying:
+                if job.foldable and holds_log(node.srl, job, node.watcher):  # digests awaited
+                    prefold(job, self.maps[job.peer], node.watcher.durable_end)
                 now = time.monotonic()
                 if job.sums_deadline and now > job.sums_deadline:
                     log.warning("%s sent no chunk digests in time: copying every chunk", job.peer)

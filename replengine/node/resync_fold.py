@@ -103,6 +103,39 @@ def stop_folding(job: Resync, budget: float, policy: str) -> None:
     )
 
 
+def prefold(job: Resync, dmap: DirtyMap, durable_end: int) -> None:
+    """Fold before the copy has started (it waits for the receiver's digests): the regions
+    the records [job.resume_lsn, durable_end) touched are owed (marked, made durable) and
+    those the copy's ranges do not cover are kept for it; it reads everything after now,
+    so nothing is read again, and it will not trust digests of ours taken before now."""
+    first = job.resume_lsn
+    ranges = region_ranges(job.written.below(durable_end), dmap)
+    job.written.take_below(durable_end)
+    for off, n in ranges:
+        dmap.mark(off, n)
+    dmap.flush()  # durable before a record they cover can be cleared
+    covered = [(o, o + n) for o, n in job.ranges]
+    extra = [(o, n) for o, n in ranges if not any(a <= o and o + n <= b for a, b in covered)]
+    job.prefolded = sorted(set(job.prefolded) | set(extra))  # whole regions, no overlap
+    job.dirty_bytes += sum(n for _, n in extra)
+    job.resume_lsn = durable_end
+    job.folds += 1
+    now = time.monotonic()
+    if job.folds == 1 or now - job.fold_logged >= FOLD_LOG_EVERY_S:
+        job.fold_logged = now
+        log.warning(
+            "the resync to %s held %.0f%% of the SRL before its copy began: the regions "
+            "written since LSN %d are read and sent again instead (%d bytes outside its "
+            "ranges; %d folds), and its log restarts at LSN %d",
+            job.peer,
+            100 * FOLD_SHARE,
+            first,
+            sum(n for _, n in extra),
+            job.folds,
+            durable_end,
+        )
+
+
 def fold(job: Resync, copy: CopyJob, dmap: DirtyMap, durable_end: int, budget: float) -> bool:
     """Fold the records [job.resume_lsn, durable_end) into the running ``copy``, unless the
     regions it would read again take its folds past ``budget`` bytes in all: False then,
@@ -146,6 +179,7 @@ __all__ = [
     "Written",
     "fold",
     "holds_log",
+    "prefold",
     "region_ranges",
     "stop_folding",
 ]

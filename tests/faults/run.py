@@ -58,6 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         help="CURVE between the nodes (a key pair each; mixed: for seeds 2 and 3 mod 4, so "
         "that --device mixed crosses it)",
     )
+    ap.add_argument(
+        "--resync-rate",
+        type=float,
+        default=0,
+        help="MiB/s cap on block copies (default none): copies then outlast what a burst "
+        "takes to fill the SRL, and fold its records in",
+    )
     ap.add_argument("--converge-s", type=float, default=30.0, help="bound on convergence")
     ap.add_argument("--rebuild-every", type=int, default=20)
     ap.add_argument("--workdir", help="default: a new directory under /tmp")
@@ -123,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             disk=not args.no_disk,
             device=device,
             keys=keys,
+            resync_rate=args.resync_rate,
         )
         try:
             for _ in range(args.rounds):

@@ -177,6 +177,7 @@ class Harness(OperatorActions):
         device: str = "none",
         script: list[list[str]] | None = None,
         keys: bool = False,
+        resync_rate: float = 0,
     ) -> None:
         #: per round, fault kinds played first (when allowed), before the random ones
         self.script = [list(x) for x in script or []]
@@ -194,6 +195,8 @@ class Harness(OperatorActions):
         self.rng = random.Random(f"{seed}:{mode}")
         self.srl_full = srl_full or ["stall", "fail", "dcm"][seed % 3]
         self.heartbeat_ms = heartbeat_ms
+        #: MiB/s cap on block copies (0: none): copies slower than bursts fill the SRL
+        self.resync_rate = resync_rate
         self.converge_s = converge_s
         self.rebuild_every = rebuild_every
         self.keep_failed = keep_failed
@@ -226,7 +229,7 @@ class Harness(OperatorActions):
             srl_full=self.srl_full,
             on_sync_loss=self.mode,
             heartbeat_ms=self.heartbeat_ms,
-            extra={"sync_timeout": 2, "promote_min_peers": 1},
+            extra={"sync_timeout": 2, "promote_min_peers": 1, "resync_rate": self.resync_rate},
             device=self.device,
             keys=self.keys,
         )
