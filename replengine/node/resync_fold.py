@@ -43,6 +43,8 @@ FOLD_SHARE = 0.5
 #: cost more than it saves, so it holds the log until it ends and the SRL's policy applies
 #: (a full sync still sends at most 1.1x its volume)
 FOLD_BUDGET = 0.1
+#: ... and at least this many regions (a small volume has only a few)
+FOLD_MIN_REGIONS = 4
 #: folds after the first are logged at most this often (a long copy under heavy writes
 #: folds every time half the SRL fills)
 FOLD_LOG_EVERY_S = 30.0
@@ -91,14 +93,19 @@ def holds_log(srl: Any, job: Resync, watcher: Any) -> bool:
     )
 
 
-def stop_folding(job: Resync, budget: float, policy: str) -> None:
+def budget(dmap: DirtyMap) -> float:
+    """Bytes a copy may read again in all its folds."""
+    return max(FOLD_BUDGET * dmap.volume_size, FOLD_MIN_REGIONS * dmap.region_size)
+
+
+def stop_folding(job: Resync, dmap: DirtyMap, policy: str) -> None:
     job.foldable = False
     log.warning(
         "the resync to %s would read again more than %d bytes in its folds: the application "
         "rewrites what it has sent faster than it sends the rest; it holds the log until it "
         "ends (srl_full=%s applies if the log fills)",
         job.peer,
-        budget,
+        budget(dmap),
         policy,
     )
 
@@ -136,13 +143,13 @@ def prefold(job: Resync, dmap: DirtyMap, durable_end: int) -> None:
         )
 
 
-def fold(job: Resync, copy: CopyJob, dmap: DirtyMap, durable_end: int, budget: float) -> bool:
+def fold(job: Resync, copy: CopyJob, dmap: DirtyMap, durable_end: int) -> bool:
     """Fold the records [job.resume_lsn, durable_end) into the running ``copy``, unless the
-    regions it would read again take its folds past ``budget`` bytes in all: False then,
-    and nothing changed. The caller has made sure no other thread writes ``dmap``."""
+    regions it would read again take its folds past budget(): False then, and nothing
+    changed. The caller has made sure no other thread writes ``dmap``."""
     first = job.resume_lsn
     ranges = region_ranges(job.written.below(durable_end), dmap)
-    if job.folded_bytes + sum(n for _, n in copy.not_unread(ranges)) > budget:
+    if job.folded_bytes + sum(n for _, n in copy.not_unread(ranges)) > budget(dmap):
         return False
     job.written.take_below(durable_end)
     for off, n in ranges:
@@ -175,8 +182,10 @@ def fold(job: Resync, copy: CopyJob, dmap: DirtyMap, durable_end: int, budget: f
 
 __all__ = [
     "FOLD_BUDGET",
+    "FOLD_MIN_REGIONS",
     "FOLD_SHARE",
     "Written",
+    "budget",
     "fold",
     "holds_log",
     "prefold",
