@@ -86,8 +86,7 @@ class CopyJob:
 
     def not_unread(self, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """Those of ``ranges`` that lie within no span this copy reads later than now."""
-        unread = self._unread()
-        return [(o, n) for o, n in ranges if not any(a <= o and o + n <= b for a, b in unread)]
+        return outside(ranges, self._unread())
 
     def _unread(self) -> list[tuple[int, int]]:
         """Byte spans this copy will read later than now: its queued ranges (the loop reads
@@ -97,6 +96,11 @@ class CopyJob:
             return spans + [(o, o + n) for o, n in self.ranges]
         at = self.scan.reading_end
         return spans + [(max(o, at), o + n) for o, n in self.scan.ranges if o + n > at]
+
+
+def outside(ranges: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Those (offset, length) ``ranges`` that no (start, end) span holds whole."""
+    return [(o, n) for o, n in ranges if not any(a <= o and o + n <= b for a, b in spans)]
 
 
 def paced(pacer: Pacer | None, n: int, stopped: threading.Event) -> None:
@@ -139,9 +143,8 @@ class Scan(threading.Thread):
                 # after a fold (node.resync_fold) the receiver replays the log from a later
                 # LSN than our digests were taken after: read the chunk as it is now
                 job = self.job
-                usable = pre is not None and theirs is not None and job.gen == 0
-                usable = usable and job.trust_prehash
-                ours = pre.get(i) if usable else None
+                usable = pre is not None and theirs is not None
+                ours = pre.get(i) if usable and job.gen == 0 and job.trust_prehash else None
                 if ours is not None and ours == theirs:
                     # equal when we hashed it, after the resync began: the receiver replays
                     # the log from there, which brings any write since (as for a chunk read
@@ -439,4 +442,4 @@ class BlockCopier:
             job.pending = None
 
 
-__all__ = ["BlockCopier", "CopyJob"]
+__all__ = ["BlockCopier", "CopyJob", "outside"]

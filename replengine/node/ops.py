@@ -61,15 +61,22 @@ class Operations(ClientIO):
 
     # ---- dispatch -------------------------------------------------------------------------
 
-    def handle(self, client: bytes, frames: list) -> None:
-        node = self.node
+    def _parse(self, client: bytes, frames: list) -> tuple[str, Request, dict] | None:
+        """The request's operation, id and document; None (answered) when malformed."""
         try:
             doc = json.loads(frames[0].bytes)
-            op = doc["op"]
-            req = Request(client, doc.get("id"))
+            return doc["op"], Request(client, doc.get("id")), doc
         except (ValueError, KeyError, TypeError, IndexError):
-            node.reply(client, {"id": None, "ok": False, "error": "malformed control request"})
+            msg = {"id": None, "ok": False, "error": "malformed control request"}
+            self.node.reply(client, msg)
+            return None
+
+    def handle(self, client: bytes, frames: list) -> None:
+        node = self.node
+        parsed = self._parse(client, frames)
+        if parsed is None:
             return
+        op, req, doc = parsed
         handler = getattr(self, f"op_{op}", None)
         if handler is None:
             node.reply_error(client, req.req_id, f"unknown operation {op!r}")
@@ -156,14 +163,10 @@ class Operations(ClientIO):
     def answer_stopping(self) -> None:
         node = self.node
         while (inc := node.transport.recv_control()) is not None:
-            try:
-                doc = json.loads(inc.frames[0].bytes)
-                op, req = doc["op"], Request(inc.identity, doc.get("id"))
-            except (ValueError, KeyError, TypeError, IndexError):
-                node.reply(
-                    inc.identity, {"id": None, "ok": False, "error": "malformed control request"}
-                )
+            parsed = self._parse(inc.identity, inc.frames)
+            if parsed is None:
                 continue
+            op, req, _ = parsed
             if op == "down":
                 self.down.append(req)
                 continue

@@ -29,6 +29,8 @@ from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from replengine.node.copier import outside
+
 if TYPE_CHECKING:
     from replengine.node.copier import CopyJob
     from replengine.node.dcm import Resync
@@ -115,69 +117,64 @@ def prefold(job: Resync, dmap: DirtyMap, durable_end: int) -> None:
     the records [job.resume_lsn, durable_end) touched are owed (marked, made durable) and
     those the copy's ranges do not cover are kept for it; it reads everything after now,
     so nothing is read again, and it will not trust digests of ours taken before now."""
-    first = job.resume_lsn
     ranges = region_ranges(job.written.below(durable_end), dmap)
-    job.written.take_below(durable_end)
-    for off, n in ranges:
-        dmap.mark(off, n)
-    dmap.flush()  # durable before a record they cover can be cleared
-    covered = [(o, o + n) for o, n in job.ranges]
-    extra = [(o, n) for o, n in ranges if not any(a <= o and o + n <= b for a, b in covered)]
+    _owe(job, dmap, ranges, durable_end)
+    extra = outside(ranges, [(o, o + n) for o, n in job.ranges])
     job.prefolded = sorted(set(job.prefolded) | set(extra))  # whole regions, no overlap
-    job.dirty_bytes += sum(n for _, n in extra)
-    job.resume_lsn = durable_end
-    job.folds += 1
-    now = time.monotonic()
-    if job.folds == 1 or now - job.fold_logged >= FOLD_LOG_EVERY_S:
-        job.fold_logged = now
-        log.warning(
-            "the resync to %s held %.0f%% of the SRL before its copy began: the regions "
-            "written since LSN %d are read and sent again instead (%d bytes outside its "
-            "ranges; %d folds), and its log restarts at LSN %d",
-            job.peer,
-            100 * FOLD_SHARE,
-            first,
-            sum(n for _, n in extra),
-            job.folds,
-            durable_end,
-        )
+    _restart_at(job, durable_end, sum(n for _, n in extra), before_copy=True)
 
 
 def fold(job: Resync, copy: CopyJob, dmap: DirtyMap, durable_end: int) -> bool:
     """Fold the records [job.resume_lsn, durable_end) into the running ``copy``, unless the
     regions it would read again take its folds past budget(): False then, and nothing
     changed. The caller has made sure no other thread writes ``dmap``."""
-    first = job.resume_lsn
     ranges = region_ranges(job.written.below(durable_end), dmap)
     if job.folded_bytes + sum(n for _, n in copy.not_unread(ranges)) > budget(dmap):
         return False
-    job.written.take_below(durable_end)
-    for off, n in ranges:
-        dmap.mark(off, n)
-    dmap.flush()  # durable before a record they cover can be cleared
+    _owe(job, dmap, ranges, durable_end)
     added = copy.extend(ranges)  # those it has not read yet are read after now anyway
     if job.tally is not None:
         job.tally.partial.clear()  # pieces read before the fold no longer count
-    job.resume_lsn = copy.resume_lsn = durable_end
+    copy.resume_lsn = durable_end
+    job.folded_bytes += added
+    _restart_at(job, durable_end, added, before_copy=False)
+    return True
+
+
+def _owe(job: Resync, dmap: DirtyMap, ranges: list[tuple[int, int]], durable_end: int) -> None:
+    """The regions written below ``durable_end`` owed in the map, durably, before a record
+    they cover can be cleared."""
+    job.written.take_below(durable_end)
+    for off, n in ranges:
+        dmap.mark(off, n)
+    dmap.flush()
+
+
+def _restart_at(job: Resync, durable_end: int, added: int, before_copy: bool) -> None:
+    """The copy's receiver is streamed from ``durable_end`` now; logged on the first fold
+    and then at most every FOLD_LOG_EVERY_S."""
+    first, job.resume_lsn = job.resume_lsn, durable_end
     job.dirty_bytes += added
     job.folds += 1
-    job.folded_bytes += added
     now = time.monotonic()
-    if job.folds == 1 or now - job.fold_logged >= FOLD_LOG_EVERY_S:
-        job.fold_logged = now
-        log.warning(
-            "the resync to %s held %.0f%% of the SRL: the regions written since LSN %d "
-            "that it had read are read and sent again instead (%d bytes; %d folds, %d bytes "
-            "so far), and its log restarts at LSN %d",
-            job.peer,
-            100 * FOLD_SHARE,
-            first,
-            added,
-            job.folds,
-            job.folded_bytes,
-            durable_end,
-        )
-    return True
+    if job.folds > 1 and now - job.fold_logged < FOLD_LOG_EVERY_S:
+        return
+    job.fold_logged = now
+    log.warning(
+        "the resync to %s held %.0f%% of the SRL%s: the regions written since LSN %d%s are "
+        "read and sent again instead (%d bytes%s; %d folds, %d bytes read again so far), "
+        "and its log restarts at LSN %d",
+        job.peer,
+        100 * FOLD_SHARE,
+        " before its copy began" if before_copy else "",
+        first,
+        "" if before_copy else " that it had read",
+        added,
+        " outside its ranges" if before_copy else "",
+        job.folds,
+        job.folded_bytes,
+        durable_end,
+    )
 
 
 __all__ = [

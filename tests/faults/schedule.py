@@ -31,13 +31,12 @@ history holds a bounded number of promotions.
 
 from __future__ import annotations
 
-import os
+import contextlib
 import random
 import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import traceback
 from collections import Counter
@@ -188,6 +187,7 @@ class Harness(OperatorActions):
         self.keys = keys
         self.network: Network | None = None
         self.fuse: subprocess.Popen | None = None
+        self.fuse_mount = contextlib.ExitStack()
         self.disk_node: str | None = None
         self.workroot = Path(workroot)
         self.seed = seed
@@ -272,22 +272,7 @@ class Harness(OperatorActions):
         mnt, backing = work / node, work / f"{node}.disk"
         mnt.mkdir(parents=True, exist_ok=True)
         backing.mkdir(parents=True, exist_ok=True)
-        self.fuse = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.faults.faultfs",
-                str(backing),
-                str(mnt),
-                str(os.getpid()),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        assert self.fuse.stdout is not None
-        line = self.fuse.stdout.readline()  # printed once mounted
-        assert line.startswith("mounted"), f"faultfs did not mount: {line!r}"
+        self.fuse = self.fuse_mount.enter_context(faultfs.mounted(backing, mnt))
         self.fault_file = mnt / ".fault"
 
     def set_disk_fault(self, spec: str) -> None:
@@ -309,11 +294,7 @@ class Harness(OperatorActions):
             except (psutil.Error, ReplError):
                 continue
         if self.fuse is not None:
-            subprocess.run(
-                ["umount", "-l", str(self.fault_file.parent)], capture_output=True, check=False
-            )
-            self.fuse.kill()
-            self.fuse.wait(30)
+            self.fuse_mount.close()  # unmounted, its server killed
             self.fuse = None
         if self.network is not None:
             self.network.down()
@@ -472,7 +453,7 @@ class Harness(OperatorActions):
         f = self.frozen[n]
         replaced = f.was_primary and any(p.epoch > f.epoch for p in self.promotions)
         # an application on the old primary goes on writing: sent while it is frozen
-        late = self.late_writes_to(n, f.epoch) if replaced and self.rng.random() < 0.7 else 0
+        late = self.late_writes(n, f.epoch) if replaced and self.rng.random() < 0.7 else 0
         self.r.signal(n, signal.SIGCONT)
         del self.frozen[n]
         f.t_cont = self.now()
@@ -794,7 +775,7 @@ class Harness(OperatorActions):
         except ReplError as exc:
             self.note(f"could not send late writes to {n}: {exc}")
             return 0
-        self.note(f"{late} late writes sent to {n} (epoch {epoch}, replaced while cut off)")
+        self.note(f"{late} late writes sent to {n} (epoch {epoch}, replaced meanwhile)")
         return late
 
     def net_step(self, kind: str) -> str:
@@ -959,7 +940,7 @@ class Harness(OperatorActions):
                 others = [c for c in NODES if c != n and self.reachable(c)]
                 self.failover(candidates=rng.sample(others, len(others)))
                 if self.primary not in (None, n) and rng.random() < 0.7:
-                    late = self.late_writes_to(n, hang.epoch)
+                    late = self.late_writes(n, hang.epoch)
             self.wait_observing(rng.uniform(0.0, 1.5))
         finally:
             self.fuse.send_signal(signal.SIGCONT)
@@ -968,20 +949,6 @@ class Harness(OperatorActions):
         self.note(f"disk of {n} answers again{replaced if replace else ''}")
         self.observe()
         return f"disk_hang{'_failover' if replace else ''}({n}{f'->{self.primary}' if replace else ''})"
-
-    def late_writes_to(self, n: str, epoch: int) -> int:
-        """1 to 3 writes from the application still on the replaced primary n (they must
-        fail, or end in the history that won); how many were sent."""
-        late = self.rng.randint(1, 3)
-        try:
-            st = Stream(self.r, self.ledger.new_conn(n, epoch, 0, late))
-            for _ in range(late):
-                st.submit(self.ledger.new_write(st.conn, self.rng, VOLUME_SIZE, False))
-            self.writer.adopt(st)
-        except ReplError as exc:
-            self.note(f"could not send late writes to {n}: {exc}")
-            return 0
-        return late
 
     def replace_cut_off(self, p: str, chance: float) -> None:
         """After a fault that cut the primary off: a moment observed, then (with ``chance``)
