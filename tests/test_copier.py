@@ -468,3 +468,56 @@ def test_digests_cancelled_by_invalidate_are_never_sent(tmp_path: Path) -> None:
         let_go(start("resync-3"))  # uncancelled
         summer.pump()
         assert [(p, type(b).__name__, b.tag) for p, b in sent] == [("alpha", "Sums", "resync-3")]
+
+
+class Refusing:
+    """A pacer over its rate: no chunk of the copy may be read now."""
+
+    def start(self) -> None:
+        pass
+
+    def take(self, n: int, now: float | None = None) -> bool:
+        return False
+
+
+def test_the_applications_writes_folded_in_go_first_and_unpaced() -> None:
+    """A fold (node.resync_fold) sends again the bytes written over what the copy had read:
+    those bytes only, joined, before the rest, and even while the pacer holds the rest back
+    (they are the application's own writes; a copy slowed under them never ends)."""
+    c, sent = make()
+    c.start("b", "t", [(0, 8 * MiB)])
+    job = c.jobs["b"]
+    job.ranges.clear()  # as if the first 8 MiB were read and sent already...
+    job.ranges.append((6 * MiB, 2 * MiB))  # ...but for the last 2
+    sent.clear()
+    c.pacer = Refusing()  # type: ignore[assignment]
+    added = job.extend([(4096, 4096), (0, 8192), (MiB, 512), (7 * MiB, 4096)])
+    assert added == 8192 + 512  # 7 MiB is read later anyway: not added
+    c.pump()
+    blocks = [(b.offset, len(b.data)) for b in sent if isinstance(b, Block)]
+    assert blocks == [(0, 8192), (MiB, 512)]  # the 2 MiB left wait for the pacer
+    assert not any(isinstance(b, BlockDone) for b in sent)
+    assert c.resent_total["b"] == 8192 + 512
+
+
+def test_writes_folded_into_a_checksummed_copy_wait_for_its_scan() -> None:
+    """A chunk the scan read before the write may still be queued for sending: the bytes
+    written go after it, or the receiver would write the older chunk over them."""
+    c, sent = make()
+    gate = threading.Event()
+    read = c.read
+    c.read = lambda off, n: (gate.wait(5), read(off, n))[1]
+    c.start("b", "t", [(0, 4 * MiB)], skip=offered({}))
+    job = c.jobs["b"]
+    assert job.scan is not None
+    deadline = time.monotonic() + 5
+    while job.scan.reading_end == 0 and time.monotonic() < deadline:
+        time.sleep(0.001)  # the scan is at its first chunk (waiting on the gate)
+    assert job.extend([(0, 4096)]) == 4096
+    c.pump()
+    assert not [b for b in sent if isinstance(b, Block) and len(b.data) == 4096]
+    gate.set()
+    scanned(c)
+    blocks = [(b.offset, len(b.data)) for b in sent if isinstance(b, Block) and len(b.data)]
+    assert blocks[-1] == (0, 4096) and len(blocks) == 5
+    assert isinstance(sent[-1], BlockDone) and sent[-1].total == 4 * MiB + 4096

@@ -12,6 +12,7 @@ import logging
 import queue
 import threading
 import time
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -70,8 +71,10 @@ class CopyJob:
     gen: int = 0
     #: False once the log was folded after our digests were taken (node.resync_fold)
     trust_prehash: bool = True
-    #: ranges added to a checksummed copy while its scan runs, sent once it has ended
-    extra: deque = field(default_factory=deque)
+    #: what the application wrote after it was read (node.resync_fold): read first and
+    #: unpaced, once no scan runs (a scan's chunks read before are still on their way, and
+    #: the receiver writes blocks in the order they come)
+    hot: deque = field(default_factory=deque)
 
     def extend(self, ranges: list[tuple[int, int]]) -> int:
         """Send these ranges again (node.resync_fold), read as of a later moment than now,
@@ -80,8 +83,8 @@ class CopyJob:
         was read before no longer counts as progress. Bytes added."""
         self.gen += 1  # first: a scan chunk looked at from now on is read, not prehashed
         self.skip = None  # the scan thread keeps its own reference
-        added = self.not_unread(ranges)
-        (self.extra if self.scan is not None else self.ranges).extend(added)
+        added = self.not_unread(joined(ranges))
+        self.hot = deque(joined([*self.hot, *added]))  # a block written twice is read once
         return sum(n for _, n in added)
 
     def not_unread(self, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -91,16 +94,40 @@ class CopyJob:
     def _unread(self) -> list[tuple[int, int]]:
         """Byte spans this copy will read later than now: its queued ranges (the loop reads
         them, so none is part way), or a running scan's chunks past the one it is at."""
-        spans = [(o, o + n) for o, n in self.extra]
+        spans = [(o, o + n) for o, n in self.hot]
         if self.scan is None:
             return spans + [(o, o + n) for o, n in self.ranges]
         at = self.scan.reading_end
         return spans + [(max(o, at), o + n) for o, n in self.scan.ranges if o + n > at]
 
 
+def joined(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """These (offset, length) byte ranges as few as cover them, in volume order."""
+    out: list[list[int]] = []
+    for off, n in sorted(ranges):
+        if out and off <= out[-1][0] + out[-1][1]:
+            out[-1][1] = max(out[-1][1], off + n - out[-1][0])
+        else:
+            out.append([off, n])
+    return [(o, n) for o, n in out]
+
+
 def outside(ranges: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Those (offset, length) ``ranges`` that no (start, end) span holds whole."""
-    return [(o, n) for o, n in ranges if not any(a <= o and o + n <= b for a, b in spans)]
+    """Those (offset, length) ``ranges`` that the (start, end) spans, joined, do not hold
+    whole (in their order). Sorted and bisected: a fold may hold thousands of each."""
+    joined: list[list[int]] = []
+    for a, b in sorted(spans):
+        if joined and a <= joined[-1][1]:
+            joined[-1][1] = max(joined[-1][1], b)
+        elif a < b:
+            joined.append([a, b])
+    starts = [a for a, _ in joined]
+    out = []
+    for o, n in ranges:
+        i = bisect_right(starts, o) - 1
+        if i < 0 or o + n > joined[i][1]:
+            out.append((o, n))
+    return out
 
 
 def paced(pacer: Pacer | None, n: int, stopped: threading.Event) -> None:
@@ -264,6 +291,8 @@ class BlockCopier:
     pacer: Pacer | None = None
     #: bytes of blocks sent to each peer since this daemon started, every copy counted
     sent_total: dict[str, int] = field(default_factory=dict)
+    #: ... of which the application's writes sent again (CopyJob.hot)
+    resent_total: dict[str, int] = field(default_factory=dict)
     #: called from a scan thread when it has queued a chunk (the loop's transport.wake)
     wake: Callable[[], None] | None = None
     #: digests being taken ahead of a checksummed copy, by peer (prehash())
@@ -361,14 +390,25 @@ class BlockCopier:
             sent_before, skipped_before = job.sent, job.skipped
             if job.scan is not None:
                 self._pump_scan(job)
-            while job.scan is None and job.ranges and job.sent - job.acked < WINDOW and budget > 0:
-                off, length = job.ranges[0]
+            while (
+                job.scan is None
+                and (job.hot or job.ranges)
+                and job.sent - job.acked < WINDOW
+                and budget > 0
+            ):
+                # the application's own writes first, unpaced: the replication stream would
+                # have sent them anyway, and they were just written (in the page cache). The
+                # pacer protects the application from the copy, not from its own writes, and
+                # a copy slowed under them would never catch up with them
+                hot = bool(job.hot)
+                todo = job.hot if hot else job.ranges
+                off, length = todo[0]
                 n = min(CHUNK, length)
-                if pacer is not None and not pacer.take(n):
+                if not hot and pacer is not None and not pacer.take(n):
                     break  # over the rate: the loop comes back within a tick
                 as_of = self.end()
                 data = self.read(off, n)
-                theirs = job.skip.get(off, n) if job.skip is not None else None
+                theirs = job.skip.get(off, n) if job.skip is not None and not hot else None
                 if theirs is not None and theirs == digest(data):
                     job.skipped += n  # the receiver holds these very bytes
                     budget -= n
@@ -380,16 +420,18 @@ class BlockCopier:
                     job.sent += n
                     job.unacked.append((job.sent, off, n, job.gen))
                     self.sent_total[job.peer] = self.sent_total.get(job.peer, 0) + n
+                    if hot:
+                        self.resent_total[job.peer] = self.resent_total.get(job.peer, 0) + n
                 job.as_of = max(job.as_of, as_of)
                 if n == length:
-                    job.ranges.popleft()
+                    todo.popleft()
                 else:
-                    job.ranges[0] = (off + n, length - n)
+                    todo[0] = (off + n, length - n)
             if job.skipped > skipped_before and job.sent == sent_before:
                 # a turn of chunks the receiver already holds sends nothing: tell it we are
                 # alive, or it takes the silence for a stalled copy
                 self.send(job.peer, Block(job.ranges[0][0] if job.ranges else 0, b""))
-            if not job.ranges and not job.done:
+            if not job.ranges and not job.hot and not job.done:
                 done = BlockDone(job.tag, max(job.as_of, self.end()), job.resume_lsn, job.sent)
                 if self.send(job.peer, done):
                     job.done = True
@@ -416,11 +458,9 @@ class BlockCopier:
                 except queue.Empty:
                     return
             item = job.pending
-            if item is None:  # every chunk read: then what was added meanwhile
+            if item is None:  # every chunk read: then what was written meanwhile (hot)
                 job.pending = None
                 job.ranges.clear()
-                job.ranges.extend(job.extra)
-                job.extra.clear()
                 job.scan = None
                 return
             if item[0] == "error":
@@ -442,4 +482,4 @@ class BlockCopier:
             job.pending = None
 
 
-__all__ = ["BlockCopier", "CopyJob", "outside"]
+__all__ = ["BlockCopier", "CopyJob", "joined", "outside"]

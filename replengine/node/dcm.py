@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from replengine.node.copier import CHUNK, CopyJob
 from replengine.node.resync_end import ended_there, unstick
-from replengine.node.resync_fold import Written, fold, holds_log, prefold, stop_folding
+from replengine.node.resync_fold import Written, fold, holds_log, prefold
 from replengine.node.states import IN_DCM, PeerState
 from replengine.node.sums import offered_skip
 from replengine.storage.chunksums import DIGEST_SIZE, MAX_CHUNK, ChunkDigests, count
@@ -521,8 +521,7 @@ class DcmTracker:
                 job.skipped = copy.skipped
                 if job.foldable and not copy.done and holds_log(node.srl, job, node.watcher):
                     self._progress_flusher.wait()  # the map is written here now
-                    if not fold(job, copy, self.maps[job.peer], node.watcher.durable_end):
-                        stop_folding(job, self.maps[job.peer], node.cfg.srl_full)
+                    fold(job, copy, self.maps[job.peer], node.watcher.durable_end)
             if job.done and peer.acked_end >= job.resume_lsn and peer.hello:
                 if not peer.hello.consistent:
                     unstick(peer, job, node.heartbeat_s)

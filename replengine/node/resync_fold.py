@@ -7,17 +7,25 @@ application's writes (a large volume, a capped `resync_rate`) would then hold th
 it ends, and under any `srl_full` policy the application would wait or fail for as long.
 
 Instead, once the records held for the copy take half the SRL, the regions they touched are
-marked in the peer's dirty-region map (made durable first), added to the running copy, to be
-read again, as of every completed write, and sent whatever the receiver's digests said, and
-the copy's resume point moves to the log's durable end: the records below it may go, the
-receiver gets their effect in the blocks. The receiver sees only more blocks and a later
-``resume_lsn`` in BLOCK_DONE (docs/protocol.md, "Long copies").
+marked in the peer's dirty-region map (made durable first), and the very bytes they wrote
+that the copy has already read are added to it, to be read again, as of every completed
+write, and sent whatever the receiver's digests said; the copy's resume point moves to the
+log's durable end: the records below it may go, the receiver gets their effect in the
+blocks. The receiver sees only more blocks and a later ``resume_lsn`` in BLOCK_DONE
+(docs/protocol.md, "Long copies").
+
+What a fold adds is the application's own writes, which the replication stream would have
+sent anyway: the copier reads them first and unpaced (they were just written, so mostly from
+the page cache), and the pacer, which protects the application from the copy, slows only
+the rest. So the copy ends however fast the application rewrites what it has sent, as long
+as the receiver keeps up with the application's writes, as any secondary must; it sends the
+volume once plus, at most, what the application wrote during it (``bytes_resent`` in
+status).
 
 Progress (regions cleared from the map as the receiver acknowledges them, so that a copy cut
 short resumes after them) then counts only blocks read after the last fold: a block read
-before it may lack a folded record (copier.CopyJob.gen). What the folds read again is
-bounded (FOLD_BUDGET): an application that rewrites what was sent faster than the rest is
-sent would otherwise keep the copy from ever ending.
+before it may lack a folded record (copier.CopyJob.gen). A region a fold marks again stays
+owed until the copy ends: a copy cut short after the fold sends it whole again.
 """
 
 from __future__ import annotations
@@ -26,10 +34,11 @@ import logging
 import time
 from array import array
 from bisect import bisect_left
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from replengine.node.copier import outside
+from replengine.node.copier import joined, outside
 
 if TYPE_CHECKING:
     from replengine.node.copier import CopyJob
@@ -40,13 +49,10 @@ log = logging.getLogger(__name__)
 
 #: records held for a running copy may take this share of the SRL before they are folded
 FOLD_SHARE = 0.5
-#: a copy reads again, in all its folds, at most this share of its volume: past that the
-#: application rewrites what it has sent faster than it sends the rest, and folding would
-#: cost more than it saves, so it holds the log until it ends and the SRL's policy applies
-#: (a full sync still sends at most 1.1x its volume)
-FOLD_BUDGET = 0.1
-#: ... and at least this many regions (a small volume has only a few)
-FOLD_MIN_REGIONS = 4
+#: the writes a copy sends again are kept as byte ranges up to this many (a 4 KiB write
+#: costs 4 KiB, not its region's MiB), then as the regions they touch (memory stays bounded
+#: while a long checksum pass holds them: 1.5 MiB at most)
+HOT_MAX_RANGES = 16384
 #: folds after the first are logged at most this often (a long copy under heavy writes
 #: folds every time half the SRL fills)
 FOLD_LOG_EVERY_S = 30.0
@@ -95,23 +101,6 @@ def holds_log(srl: Any, job: Resync, watcher: Any) -> bool:
     )
 
 
-def budget(dmap: DirtyMap) -> float:
-    """Bytes a copy may read again in all its folds."""
-    return max(FOLD_BUDGET * dmap.volume_size, FOLD_MIN_REGIONS * dmap.region_size)
-
-
-def stop_folding(job: Resync, dmap: DirtyMap, policy: str) -> None:
-    job.foldable = False
-    log.warning(
-        "the resync to %s would read again more than %d bytes in its folds: the application "
-        "rewrites what it has sent faster than it sends the rest; it holds the log until it "
-        "ends (srl_full=%s applies if the log fills)",
-        job.peer,
-        budget(dmap),
-        policy,
-    )
-
-
 def prefold(job: Resync, dmap: DirtyMap, durable_end: int) -> None:
     """Fold before the copy has started (it waits for the receiver's digests): the regions
     the records [job.resume_lsn, durable_end) touched are owed (marked, made durable) and
@@ -124,21 +113,19 @@ def prefold(job: Resync, dmap: DirtyMap, durable_end: int) -> None:
     _restart_at(job, durable_end, sum(n for _, n in extra), before_copy=True)
 
 
-def fold(job: Resync, copy: CopyJob, dmap: DirtyMap, durable_end: int) -> bool:
-    """Fold the records [job.resume_lsn, durable_end) into the running ``copy``, unless the
-    regions it would read again take its folds past budget(): False then, and nothing
-    changed. The caller has made sure no other thread writes ``dmap``."""
-    ranges = region_ranges(job.written.below(durable_end), dmap)
-    if job.folded_bytes + sum(n for _, n in copy.not_unread(ranges)) > budget(dmap):
-        return False
-    _owe(job, dmap, ranges, durable_end)
-    added = copy.extend(ranges)  # those it has not read yet are read after now anyway
+def fold(job: Resync, copy: CopyJob, dmap: DirtyMap, durable_end: int) -> None:
+    """Fold the records [job.resume_lsn, durable_end) into the running ``copy``. The caller
+    has made sure no other thread writes ``dmap``."""
+    touched = job.written.below(durable_end)
+    _owe(job, dmap, region_ranges(touched, dmap), durable_end)
+    added = copy.extend(touched)  # those it has not read yet are read after now anyway
+    if len(copy.hot) > HOT_MAX_RANGES:
+        copy.hot = deque(joined(region_ranges(list(copy.hot), dmap)))
     if job.tally is not None:
         job.tally.partial.clear()  # pieces read before the fold no longer count
     copy.resume_lsn = durable_end
     job.folded_bytes += added
     _restart_at(job, durable_end, added, before_copy=False)
-    return True
 
 
 def _owe(job: Resync, dmap: DirtyMap, ranges: list[tuple[int, int]], durable_end: int) -> None:
@@ -178,14 +165,11 @@ def _restart_at(job: Resync, durable_end: int, added: int, before_copy: bool) ->
 
 
 __all__ = [
-    "FOLD_BUDGET",
-    "FOLD_MIN_REGIONS",
     "FOLD_SHARE",
+    "HOT_MAX_RANGES",
     "Written",
-    "budget",
     "fold",
     "holds_log",
     "prefold",
     "region_ranges",
-    "stop_folding",
 ]

@@ -109,6 +109,7 @@ def status(node: Node) -> dict:
             "consistent": p.hello.consistent if p.hello else None,
             "resync": resync_progress(node, p.name),
             "blocks_sent_bytes": node.copier.sent_total.get(p.name, 0),
+            "blocks_resent_bytes": node.copier.resent_total.get(p.name, 0),
         }
     return {
         "schema_version": SCHEMA_VERSION,
@@ -231,6 +232,7 @@ def resync_progress(node: Node, peer: str) -> dict | None:
         "bytes_total": job.dirty_bytes,
         "bytes_sent": job.sent,
         "bytes_skipped": job.skipped,
+        "bytes_resent": job.folded_bytes,
         "rate_bytes_per_s": round(rate),
         "eta_s": round(left / rate, 1) if rate > 0 else None,
     }
