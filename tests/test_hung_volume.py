@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -31,14 +32,21 @@ KiB = 1024
 
 
 class SlowVolumeResource(LocalResource):
-    """``slow``'s volume file in ``disk/``, where the test mounts the FUSE passthrough."""
+    """``slow``'s volume file (and its SRL with ``whole_disk``) in ``disk/``, where the test
+    mounts the FUSE passthrough."""
 
     slow = "alpha"
+    whole_disk = False
 
     def volume_path(self, node: str) -> Path:
         if node == self.slow:
             return self.workdir / "disk" / f"{node}-volume.img"
         return super().volume_path(node)
+
+    def srl_path(self, node: str) -> Path:
+        if node == self.slow and self.whole_disk:
+            return self.workdir / "disk" / f"{node}-srl.img"
+        return super().srl_path(node)
 
 
 @pytest.fixture
@@ -51,16 +59,34 @@ def slow_beta(tmp_path: Path):
     yield from volume_on_fuse(tmp_path, "beta", srl_size=2 * 1024 * KiB, srl_full="dcm")
 
 
-def volume_on_fuse(tmp_path: Path, node: str, **kw):
+@pytest.fixture
+def hung_alpha(tmp_path: Path):
+    """alpha's volume and SRL on the stoppable disk, beta asynchronous: alpha completes its
+    writes alone (as a primary whose sync secondaries are all degraded does)."""
+    yield from volume_on_fuse(
+        tmp_path, "alpha", whole_disk=True, nodes={"alpha": "sync", "beta": "async"}
+    )
+
+
+def volume_on_fuse(
+    tmp_path: Path,
+    node: str,
+    whole_disk: bool = False,
+    nodes: dict[str, str] | None = None,
+    **kw,
+):
     work = short_workdir(tmp_path) / "res"
     mnt, backing = work / "disk", work / "disk.backing"
     mnt.mkdir(parents=True)
     backing.mkdir()
     kw.setdefault("srl_size", SRL_SIZE)
     r = SlowVolumeResource(
-        work, nodes={"alpha": "sync", "beta": "sync"}, volume_size=VOLUME_SIZE, **kw
+        work,
+        nodes=nodes or {"alpha": "sync", "beta": "sync"},
+        volume_size=VOLUME_SIZE,
+        **kw,
     )
-    r.slow = node
+    r.slow, r.whole_disk = node, whole_disk
     with faultfs.mounted(backing, mnt) as fuse:
         try:
             yield r, fuse, backing / f"{node}-volume.img"
@@ -147,3 +173,38 @@ def test_a_sync_secondary_whose_volume_hangs_is_degraded_not_waited_for(slow_bet
     r.down()
     for n in r.nodes:
         ledger.check_file(r.volume_path(n), n)
+
+
+def test_a_primary_replaced_while_its_disk_hung_acknowledges_nothing_alone(hung_alpha) -> None:
+    """alpha, primary with only an asynchronous secondary, completes writes on its own disk's
+    word. Its disk hangs under a write (its loop waits in the SRL's write, while its ZeroMQ
+    threads keep its connections up); beta is promoted meanwhile, as Pacemaker would once
+    alpha's monitor timed out. When the disk answers, the write must fail as fenced: were it
+    acknowledged, it would be lost with alpha's divergent tail. (Found by the fault campaign,
+    seed 7400 round 5: the turn that waited on the disk went on to complete the write before
+    the next turn saw that it had stalled.)"""
+    r, fuse, _ = hung_alpha
+    r.create()
+    r.up()
+    r.promote("alpha")
+    vol = r.connect("alpha")
+    vol.write(0, os.urandom(4 * KiB))
+    r.wait_synced()
+    os.kill(fuse.pid, signal.SIGSTOP)
+    answer: dict[str, object] = {}
+
+    def late_write() -> None:
+        try:
+            answer["lsn"] = vol.write(8 * KiB, os.urandom(4 * KiB))
+        except ReplError as exc:
+            answer["error"] = str(exc)
+
+    t = threading.Thread(target=late_write, daemon=True)
+    t.start()
+    r.wait_for(lambda: peer(r, "beta", "alpha")["state"] != "primary", 30, "beta to lose alpha")
+    r.promote("beta", "--force")
+    os.kill(fuse.pid, signal.SIGCONT)
+    t.join(60)
+    assert not t.is_alive(), "the write to alpha got no answer"
+    assert "error" in answer, f"alpha acknowledged a write alone after beta replaced it: {answer}"
+    r.wait_for(lambda: r.status("alpha")["role"] == "secondary", 30, "alpha to step down")

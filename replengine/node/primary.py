@@ -169,6 +169,8 @@ class Primary:
         node = self.node
         durable = node.watcher.durable_end
         required = self.required_sync()
+        if not required:
+            node.liveness.within_turn()  # a turn that waited on a hung disk stalled too
         now = time.monotonic()
         if not required and now < self.alone_hold_until:
             return  # completed alone, they would be the divergent tail of a replaced primary
