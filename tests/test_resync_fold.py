@@ -94,7 +94,7 @@ def test_writes_go_on_through_a_full_sync_longer_than_the_srl(
     assert copied <= 1.1 * r.volume_size, copied  # the volume once
     assert again <= written(ledger), (again, written(ledger))  # the writes, at most once more
     check_identical(r, ledger, None)
-    assert "that it had read are read and sent again instead" in r.log("alpha")
+    assert "over what it had read are read and sent again instead" in r.log("alpha")
 
 
 def test_writes_go_on_while_the_application_rewrites_the_whole_volume(

@@ -148,14 +148,15 @@ def _restart_at(job: Resync, durable_end: int, added: int, before_copy: bool) ->
         return
     job.fold_logged = now
     log.warning(
-        "the resync to %s held %.0f%% of the SRL%s: the regions written since LSN %d%s are "
+        "the resync to %s held %.0f%% of the SRL%s: the %s written since LSN %d%s are "
         "read and sent again instead (%d bytes%s; %d folds, %d bytes read again so far), "
         "and its log restarts at LSN %d",
         job.peer,
         100 * FOLD_SHARE,
         " before its copy began" if before_copy else "",
+        "regions" if before_copy else "bytes",
         first,
-        "" if before_copy else " that it had read",
+        "" if before_copy else " over what it had read",
         added,
         " outside its ranges" if before_copy else "",
         job.folds,
