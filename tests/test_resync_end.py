@@ -147,6 +147,37 @@ def test_a_full_sync_ends_only_on_a_hello_sent_after_the_copy_reached_the_peer(f
     assert st["dcm"]["last_resync"]["bytes"] == beta.size
 
 
+def test_what_the_peer_acknowledged_after_the_copy_is_cleared_before_it_is_seen_to_end(
+    fake_beta,
+):
+    """Once BLOCK_DONE is out, beta is streamed the log from the copy's resume point; what it
+    acknowledges is in its own log. alpha clears it at once, as for any secondary, rather
+    than hold the log until beta's HELLO says the copy ended there: a busy application filled
+    a small SRL in those heartbeats, at the very end of a copy that folding had kept going."""
+    beta = fake_beta
+    done, _ = start_full_sync(beta)
+    vol = beta.r.connect("alpha")
+    try:
+        ends = [vol.write(4096 * i, bytes([i]) * 4096) for i in range(1, 9)]
+    finally:
+        vol.close()
+    got = []
+    while len(got) < len(ends):
+        update, _ = beta.inbox.expect(proto.Update)
+        got.append(update.lsn)
+    assert got == ends and got[0] == done.resume_lsn
+    beta.hello(consistent=False)  # writing its blocks and records: not consistent yet
+    beta.say(proto.BlockAck(done.total))
+    beta.say(proto.Ack(got[-1] + 1, done.resume_lsn))
+
+    def cleared() -> bool:
+        beta.hello(consistent=False)  # alive, still applying: its heartbeats
+        return beta.r.status("alpha")["start_lsn"] > got[-1]
+
+    beta.r.wait_for(cleared, 10, "alpha to clear what beta acknowledged")
+    assert beta.state() == "full-sync"
+
+
 def test_a_full_sync_whose_last_ack_was_lost_ends_on_the_hellos_that_follow(fake_beta):
     """beta finished the copy but its BLOCK_ACK never arrived (a replaced connection drops
     what the old one still held): its consistent HELLOs end the resync after LATE_HELLOS

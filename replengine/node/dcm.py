@@ -338,8 +338,15 @@ class DcmTracker:
 
     def clear_floor(self, peer: Peer) -> int | None:
         """The LSN below which records may go, as far as this peer is concerned."""
-        if peer.name in self.resyncs:
-            return self.resyncs[peer.name].resume_lsn
+        job = self.resyncs.get(peer.name)
+        if job is not None:
+            if job.done and peer.streaming:
+                # the copy is over and the peer is streamed from resume_lsn: what it has
+                # acknowledged since is in its log, as for any secondary. Holding it until
+                # the resync is seen to end (a HELLO or two) filled a small SRL under a
+                # busy application, at the very end of a copy that folding had kept going
+                return max(job.resume_lsn, peer.acked_end)
+            return job.resume_lsn
         if peer.name in self.maps:
             return self.covered_end.get(peer.name, 0)
         return None
