@@ -480,17 +480,23 @@ class Refusing:
         return False
 
 
-def test_the_applications_writes_folded_in_go_first_and_unpaced() -> None:
-    """A fold (node.resync_fold) sends again the bytes written over what the copy had read:
-    those bytes only, joined, before the rest, and even while the pacer holds the rest back
-    (they are the application's own writes; a copy slowed under them never ends)."""
-    c, sent = make()
+def copy_part_read(c: BlockCopier, left: tuple[int, int]):
+    """A copy of the first 8 MiB whose pacer lets nothing more be read, as if all but the
+    range ``left`` had been read and sent already."""
+    c.pacer = Refusing()  # type: ignore[assignment]
     c.start("b", "t", [(0, 8 * MiB)])
     job = c.jobs["b"]
-    job.ranges.clear()  # as if the first 8 MiB were read and sent already...
-    job.ranges.append((6 * MiB, 2 * MiB))  # ...but for the last 2
-    sent.clear()
-    c.pacer = Refusing()  # type: ignore[assignment]
+    job.ranges.clear()
+    job.ranges.append(left)
+    return job
+
+
+def test_the_applications_writes_folded_in_go_first_and_unpaced() -> None:
+    """A fold (node.resync_fold) sends again the bytes written over what the copy had read:
+    those bytes only, before the rest, and even while the pacer holds the rest back (they
+    are the application's own writes; a copy slowed under them never ends)."""
+    c, sent = make()
+    job = copy_part_read(c, (6 * MiB, 2 * MiB))
     added = job.extend([(4096, 4096), (0, 8192), (MiB, 512), (7 * MiB, 4096)])
     assert added == 8192 + 512  # 7 MiB is read later anyway: not added
     c.pump()
@@ -498,6 +504,27 @@ def test_the_applications_writes_folded_in_go_first_and_unpaced() -> None:
     assert blocks == [(0, 8192), (MiB, 512)]  # the 2 MiB left wait for the pacer
     assert not any(isinstance(b, BlockDone) for b in sent)
     assert c.resent_total["b"] == 8192 + 512
+    c.pacer = None
+    c.pump()
+    assert isinstance(sent[-1], BlockDone) and sent[-1].total == 2 * MiB + 8192 + 512
+
+
+def test_many_small_writes_folded_in_are_read_in_few_turns_of_bounded_size() -> None:
+    """4 KiB writes all over the volume: those close together are read as one (the bytes
+    between as of now, which is as good), and a turn of the loop reads at most HOT_PER_TURN
+    of them, so the application's writes waiting behind the turn are not held long."""
+    c, sent = make()
+    job = copy_part_read(c, (7 * MiB, MiB))
+    spaced = [(i * 128 * 1024, 4096) for i in range(40)]  # 128 KiB apart: one read each
+    close = [(200 * MiB + i * 128 * 1024, 4096) for i in range(300)]
+    close += [(250 * MiB, 4096), (250 * MiB + 16 * 1024, 4096)]  # 16 KiB apart: one read
+    assert job.extend(spaced + close) == 342 * 4096
+    c.pump()
+    assert len([b for b in sent if isinstance(b, Block)]) == copier_mod.HOT_PER_TURN
+    c.pump()
+    blocks = [(b.offset, len(b.data)) for b in sent if isinstance(b, Block)]
+    assert len(blocks) == 341 and blocks[-1] == (250 * MiB, 20 * 1024)
+    assert not any(isinstance(b, BlockDone) for b in sent)  # the paced MiB is still left
 
 
 def test_writes_folded_into_a_checksummed_copy_wait_for_its_scan() -> None:

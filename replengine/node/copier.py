@@ -36,6 +36,11 @@ WINDOW = 32 << 20
 #: bytes of skipped chunks read per turn of the loop (they take no window, so without this
 #: a volume the receiver already holds would be read in one turn)
 READ_BUDGET = 16 << 20
+#: the application's writes a fold adds (CopyJob.hot) are read as one where less than this
+#: apart, and at most this many of them per turn of the loop: 4 KiB writes all over the
+#: volume are thousands of small reads and BLOCKs, and the loop's turn is a write's latency
+HOT_GAP = 64 << 10
+HOT_PER_TURN = 256
 
 
 @dataclass
@@ -84,7 +89,9 @@ class CopyJob:
         self.gen += 1  # first: a scan chunk looked at from now on is read, not prehashed
         self.skip = None  # the scan thread keeps its own reference
         added = self.not_unread(joined(ranges))
-        self.hot = deque(joined([*self.hot, *added]))  # a block written twice is read once
+        # a block written twice is read once, and writes close together in one read (the
+        # bytes between are read as of now too, which is as good)
+        self.hot = deque(joined([*self.hot, *added], HOT_GAP))
         return sum(n for _, n in added)
 
     def not_unread(self, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -101,11 +108,12 @@ class CopyJob:
         return spans + [(max(o, at), o + n) for o, n in self.scan.ranges if o + n > at]
 
 
-def joined(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """These (offset, length) byte ranges as few as cover them, in volume order."""
+def joined(ranges: list[tuple[int, int]], gap: int = 0) -> list[tuple[int, int]]:
+    """These (offset, length) byte ranges as few as cover them, in volume order; ranges
+    less than ``gap`` bytes apart are joined with the bytes between them."""
     out: list[list[int]] = []
     for off, n in sorted(ranges):
-        if out and off <= out[-1][0] + out[-1][1]:
+        if out and off <= out[-1][0] + out[-1][1] + gap:
             out[-1][1] = max(out[-1][1], off + n - out[-1][0])
         else:
             out.append([off, n])
@@ -386,7 +394,7 @@ class BlockCopier:
         if pacer is not None and self.jobs:
             pacer.start()
         for job in list(self.jobs.values()):
-            budget = READ_BUDGET
+            budget, hot_left = READ_BUDGET, HOT_PER_TURN
             sent_before, skipped_before = job.sent, job.skipped
             if job.scan is not None:
                 self._pump_scan(job)
@@ -401,6 +409,10 @@ class BlockCopier:
                 # pacer protects the application from the copy, not from its own writes, and
                 # a copy slowed under them would never catch up with them
                 hot = bool(job.hot)
+                if hot:
+                    if not hot_left:
+                        break  # the rest on the next turns
+                    hot_left -= 1
                 todo = job.hot if hot else job.ranges
                 off, length = todo[0]
                 n = min(CHUNK, length)
