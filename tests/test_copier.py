@@ -548,3 +548,21 @@ def test_writes_folded_into_a_checksummed_copy_wait_for_its_scan() -> None:
     blocks = [(b.offset, len(b.data)) for b in sent if isinstance(b, Block) and len(b.data)]
     assert blocks[-1] == (0, 4096) and len(blocks) == 5
     assert isinstance(sent[-1], BlockDone) and sent[-1].total == 4 * MiB + 4096
+
+
+def test_ranges_a_fold_adds_are_joined_and_those_read_later_anyway_left_out() -> None:
+    assert copier_mod.joined([(5, 10), (0, 5), (20, 1), (21, 4), (40, 2)]) == [
+        (0, 15),
+        (20, 5),
+        (40, 2),
+    ]
+    assert copier_mod.joined([(0, 4), (10, 4)], gap=6) == [(0, 14)]
+    assert copier_mod.joined([(0, 4), (11, 4)], gap=6) == [(0, 4), (11, 4)]
+    # spans (start, end) held whole, joined where they touch
+    spans = [(0, 12), (12, 18), (32, 40)]
+    assert copier_mod.outside([(0, 10), (5, 10), (20, 5), (30, 10)], spans) == [
+        (20, 5),
+        (30, 10),
+    ]
+    assert copier_mod.outside([(5, 1)], [(0, 5), (6, 9)]) == [(5, 1)]
+    assert copier_mod.outside([(0, 4)], []) == [(0, 4)]

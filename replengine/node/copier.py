@@ -123,17 +123,12 @@ def joined(ranges: list[tuple[int, int]], gap: int = 0) -> list[tuple[int, int]]
 def outside(ranges: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """Those (offset, length) ``ranges`` that the (start, end) spans, joined, do not hold
     whole (in their order). Sorted and bisected: a fold may hold thousands of each."""
-    joined: list[list[int]] = []
-    for a, b in sorted(spans):
-        if joined and a <= joined[-1][1]:
-            joined[-1][1] = max(joined[-1][1], b)
-        elif a < b:
-            joined.append([a, b])
-    starts = [a for a, _ in joined]
+    held = joined([(a, b - a) for a, b in spans if b > a])
+    starts = [a for a, _ in held]
     out = []
     for o, n in ranges:
         i = bisect_right(starts, o) - 1
-        if i < 0 or o + n > joined[i][1]:
+        if i < 0 or o + n > held[i][0] + held[i][1]:
             out.append((o, n))
     return out
 

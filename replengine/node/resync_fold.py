@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 FOLD_SHARE = 0.5
 #: the writes a copy sends again are kept as byte ranges up to this many (a 4 KiB write
 #: costs 4 KiB, not its region's MiB), then as the regions they touch (memory stays bounded
-#: while a long checksum pass holds them: 1.5 MiB at most)
+#: while a long checksum pass holds them: about 2 MiB at most)
 HOT_MAX_RANGES = 16384
 #: folds after the first are logged at most this often (a long copy under heavy writes
 #: folds every time half the SRL fills)
