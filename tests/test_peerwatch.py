@@ -12,6 +12,7 @@ new connection to the socket as a command that a send processes only every milli
 from __future__ import annotations
 
 import socket
+import struct
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 import zmq
 
+from replengine.wire.peerwatch import PeerWatch
 from replengine.wire.transport import Transport
 
 
@@ -117,3 +119,39 @@ def test_a_peer_that_speaks_first_is_connected_to_now(pair) -> None:
     a.hasten("b")  # connected: nothing to hasten, and nothing dropped
     assert a.send("b", [b"still"])
     receive(b, b"still")
+
+
+class FakeMonitor:
+    """A monitor socket that hands out these (event, value) messages, then none."""
+
+    def __init__(self, events: list[int]) -> None:
+        self.frames = [[struct.pack("=hi", e, 0), b"tcp://127.0.0.1:1"] for e in events]
+
+    def recv_multipart(self, flags: int = 0) -> list[bytes]:
+        if not self.frames:
+            raise zmq.Again()
+        return self.frames.pop(0)
+
+
+def watched(events: list[int]) -> PeerWatch:
+    w = PeerWatch("a", curve=False)
+    mon = FakeMonitor(events)
+    w.monitors[mon] = "b"  # type: ignore[index]
+    w._read_at[mon] = time.monotonic()  # type: ignore[index]
+    w.read_all()
+    return w
+
+
+def test_only_an_attempt_libzmq_will_retry_is_a_refusal() -> None:
+    """An attempt that failed (refused, host unreachable) is closed and then retried after
+    the reconnect interval. An attempt our own reconnect closed while it waited for the
+    peer's answer (a link just healed, a slow one) is closed and not retried: it says
+    nothing of the peer. Taken for a refusal, it let a promotion go ahead without a peer
+    that held acknowledged writes (fault campaign, seed 7603)."""
+    assert "b" in watched([zmq.EVENT_CLOSED, zmq.EVENT_CONNECT_RETRIED]).refused
+    assert "b" not in watched([zmq.EVENT_CLOSED]).refused
+    # a connection that dropped is retried too, but was no refused attempt
+    assert "b" not in watched([zmq.EVENT_DISCONNECTED, zmq.EVENT_CONNECT_RETRIED]).refused
+    # closed by us, then the new attempt connects
+    w = watched([zmq.EVENT_CLOSED, zmq.EVENT_HANDSHAKE_SUCCEEDED, zmq.EVENT_CONNECT_RETRIED])
+    assert "b" not in w.refused and "b" in w.linked

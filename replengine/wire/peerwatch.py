@@ -44,6 +44,9 @@ class PeerWatch:
         #: peer -> a monotonic time before which its latest failed connection attempt did
         #: not happen (refused: nothing listens there), until a connection succeeds
         self.refused: dict[str, float] = {}
+        #: peer -> when its latest connection attempt closed, until libzmq says whether it
+        #: will try again (it failed) or not (we closed it ourselves: a reconnect)
+        self._closed: dict[str, float] = {}
         #: peers whose connection dropped since the last take_disconnected
         self.disconnected: list[str] = []
         #: peers our DEALER (re)connected to since the last take_connected
@@ -58,6 +61,7 @@ class PeerWatch:
             | zmq.EVENT_HANDSHAKE_SUCCEEDED
             | HANDSHAKE_FAILED
             | zmq.EVENT_CLOSED
+            | zmq.EVENT_CONNECT_RETRIED
         )
         fd = mon.getsockopt(zmq.FD)
         self.monitors[mon] = name
@@ -76,6 +80,7 @@ class PeerWatch:
                 gone.append(fd)
         self.refused.pop(name, None)
         self._attempted.pop(name, None)
+        self._closed.pop(name, None)
         self.linked.discard(name)
         return gone
 
@@ -127,17 +132,26 @@ class PeerWatch:
             if kind == zmq.EVENT_DISCONNECTED:
                 self.disconnected.append(name)
                 self.linked.discard(name)
+                self._closed.pop(name, None)
             elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.connected.append(name)
                 self.linked.add(name)
                 self.refused.pop(name, None)
+                self._closed.pop(name, None)
             elif kind == zmq.EVENT_CLOSED:
+                # a connection attempt closed before it was ever connected (an established
+                # one that drops reports DISCONNECTED): failed, if libzmq now waits to try
+                # again (CONNECT_RETRIED, next); or closed by our own reconnect, while it
+                # was still waiting for the peer's answer, which says nothing of the peer
                 self.linked.discard(name)
-                # a connection attempt failed (closed before it was ever connected: an
-                # established one that drops reports DISCONNECTED): refused, or the host
-                # unreachable. A peer behind a cut link drops our packets instead, and its
-                # attempts hang rather than fail
-                self.refused[name] = max(since, self._attempted.get(name, 0.0))
+                self._closed[name] = max(since, self._attempted.get(name, 0.0))
+            elif kind == zmq.EVENT_CONNECT_RETRIED and name in self._closed:
+                # it failed: refused, or the host unreachable. A peer behind a cut link
+                # drops our packets instead, and its attempts hang rather than fail.
+                # (Taken for a refusal, the close of a pending attempt by a promotion's own
+                # reconnect let it go ahead without a peer whose link had just healed and
+                # that held acknowledged writes: fault campaign, seed 7603)
+                self.refused[name] = self._closed.pop(name)
             elif kind & HANDSHAKE_FAILED and not self.curve:
                 # no keys: a handshake times out when the peer is stopped (SIGSTOP, a VM
                 # pause) or is not a replengine node; nothing to do with keys
