@@ -11,8 +11,13 @@ new connection to the socket as a command that a send processes only every milli
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import socket
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -155,3 +160,61 @@ def test_only_an_attempt_libzmq_will_retry_is_a_refusal() -> None:
     # closed by us, then the new attempt connects
     w = watched([zmq.EVENT_CLOSED, zmq.EVENT_HANDSHAKE_SUCCEEDED, zmq.EVENT_CONNECT_RETRIED])
     assert "b" not in w.refused and "b" in w.linked
+
+
+#: run in a network namespace whose nftables drop what comes to port 7790, where b listens:
+#: a's connection attempts to b wait for an answer (as behind a link cut a moment ago, or a
+#: slow one); then a reconnects, as a promotion's probe does, and says what it took for
+#: refused from then on
+PENDING = """
+import json, socket, sys, time
+import zmq
+from replengine.wire.transport import Transport
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+ctx = zmq.Context()
+b = ctx.socket(zmq.ROUTER)
+b.bind("tcp://127.0.0.1:7790")
+a = Transport("a", f"127.0.0.1:{port}", {"b": "127.0.0.1:7790"}, sys.argv[1], heartbeat_ms=1000)
+end = time.monotonic() + 0.5
+while time.monotonic() < end:
+    a.poll(10)
+t0 = time.monotonic()
+a.reconnect("b")
+end = time.monotonic() + 0.5
+while time.monotonic() < end:
+    a.poll(10)
+print(json.dumps(sorted(n for n, t in a.watch.refused.items() if t >= t0)))
+a.close()
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not (shutil.which("ip") and shutil.which("nft")),
+    reason="needs root, ip and nft (a network namespace)",
+)
+def test_a_pending_attempt_closed_by_our_own_reconnect_is_no_refusal(tmp_path: Path) -> None:
+    """The real sockets of the unit test above: libzmq reports the attempt our reconnect
+    closes as closed, and only that (before the fix, b was taken for refused at once)."""
+    ns = f"rf{os.getpid()}pw"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        rules = (
+            "table inet t {\n chain input { type filter hook input priority 0; "
+            "policy accept;\n tcp dport 7790 drop\n }\n}\n"
+        )
+        subprocess.run(
+            ["ip", "netns", "exec", ns, "nft", "-f", "-"], input=rules, text=True, check=True
+        )
+        out = subprocess.run(
+            ["ip", "netns", "exec", ns, sys.executable, "-c", PENDING, str(tmp_path / "a.sock")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+    assert json.loads(out.stdout) == [], out.stdout
