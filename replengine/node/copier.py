@@ -40,7 +40,7 @@ READ_BUDGET = 16 << 20
 #: apart, and at most this many of them per turn of the loop: 4 KiB writes all over the
 #: volume are thousands of small reads and BLOCKs, and the loop's turn is a write's latency
 HOT_GAP = 64 << 10
-HOT_PER_TURN = 256
+HOT_PER_TURN = 64
 
 
 @dataclass
