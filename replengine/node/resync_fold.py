@@ -34,11 +34,10 @@ import logging
 import time
 from array import array
 from bisect import bisect_left
-from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from replengine.node.copier import HOT_GAP, joined, outside
+from replengine.node.copier import outside
 
 if TYPE_CHECKING:
     from replengine.node.copier import CopyJob
@@ -49,12 +48,6 @@ log = logging.getLogger(__name__)
 
 #: records held for a running copy may take this share of the SRL before they are folded
 FOLD_SHARE = 0.5
-#: the writes a copy sends again are kept as byte ranges (a 4 KiB write costs 4 KiB, not
-#: its region's MiB) up to this many, about 15 MiB; past it, ranges less than twice as far
-#: apart as before are joined with the bytes between, until fewer are left. (Joined into
-#: whole 1 MiB regions at once, the 28 000 random 4 KiB writes of one fold through a
-#: 256 MiB SRL were most of a 4 GiB volume to send again, at every fold)
-HOT_MAX_RANGES = 131072
 #: folds after the first are logged at most this often (a long copy under heavy writes
 #: folds every time half the SRL fills)
 FOLD_LOG_EVERY_S = 30.0
@@ -121,10 +114,6 @@ def fold(job: Resync, copy: CopyJob, dmap: DirtyMap, durable_end: int) -> None:
     touched = job.written.below(durable_end)
     _owe(job, dmap, region_ranges(touched, dmap), durable_end)
     added = copy.extend(touched)  # those it has not read yet are read after now anyway
-    gap = HOT_GAP
-    while len(copy.hot) > HOT_MAX_RANGES:
-        gap *= 2
-        copy.hot = deque(joined(list(copy.hot), gap))
     if job.tally is not None:
         job.tally.partial.clear()  # pieces read before the fold no longer count
     copy.resume_lsn = durable_end
@@ -171,7 +160,6 @@ def _restart_at(job: Resync, durable_end: int, added: int, before_copy: bool) ->
 
 __all__ = [
     "FOLD_SHARE",
-    "HOT_MAX_RANGES",
     "Written",
     "fold",
     "holds_log",
