@@ -10,6 +10,7 @@ A round, on the resource as the previous round left it (converged, a primary):
    reachable node; the primary frozen (SIGSTOP) and replaced, later continued (a zombie) or
    killed; two failovers in a row (the first new primary possibly killed before it wrote
    anything); a restart of a killed node, possibly killed again while it rejoins or rewinds;
+   every node killed at once, some started again and one of them promoted (a blackout);
    a SIGCONT of a frozen node; a write burst; a killed secondary's disks replaced (blank
    volume, new SRL) and the node started again, so that it is synced in full while the
    next faults strike (possibly killed again during its full sync);
@@ -82,6 +83,7 @@ KINDS = {
     "sync_full": 1,
     "invalidate": 1,
     "invalidate_online": 1,
+    "blackout": 1,
 }
 
 #: the faults of --net netns (nodes in their own network namespaces), and their weights
@@ -605,6 +607,30 @@ class Harness(OperatorActions):
         self.dead.add(n)
         self.note(f"SIGKILL {n} while rejoining: it was {seen}")
 
+    def blackout(self) -> str:
+        """Every node killed within a moment, in a random order (a power cut of the whole
+        cluster, a bad rollout); then two to four of them started again in a random order
+        and one promoted among those, the rest left for the heal. A cold start: no primary
+        to follow, every node recovering its own SRL, and a promotion that must take the
+        newest history the nodes up hold, or refuse (a node still down may hold records no
+        other has: whether they had to survive is decided from the evidence, as for any
+        node away at a promotion)."""
+        order = [n for n in NODES if n not in self.dead]
+        self.rng.shuffle(order)
+        for n in order:
+            self.kill(n)
+            self.wait_observing(self.rng.uniform(0, 0.05))
+        self.primary = None
+        self.writer.set_target(None)
+        back = self.rng.sample(sorted(NODES), self.rng.randint(len(NODES) - MAX_AWAY, len(NODES)))
+        for n in back:
+            self.restart(n)
+        self.failover()
+        return (
+            f"blackout({','.join(order)}; up {','.join(back)}"
+            f"{' -> ' + self.primary if self.primary else ', none promoted'})"
+        )
+
     # ---- one round ---------------------------------------------------------------------------
 
     def allowed(self) -> list[str]:
@@ -644,6 +670,8 @@ class Harness(OperatorActions):
             ks.append("mode_switch")  # a frozen daemon could not take the new file
         if self.reachable(self.primary):
             ks.append("sync_full")
+        if not self.disk_hit:
+            ks.append("blackout")  # (a failing disk would stop its node's restart)
         if [n for n in secs if n != self.disk_node]:
             ks.append("invalidate_online")
         ks.append("burst")
@@ -754,6 +782,8 @@ class Harness(OperatorActions):
             return f"{kind}({n})"
         if kind == "mode_switch":
             return self.switch_mode()
+        if kind == "blackout":
+            return self.blackout()
         if kind == "sync_full":
             return self.sync_full()
         if kind == "burst":

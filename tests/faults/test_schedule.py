@@ -332,11 +332,14 @@ def _netns_tools() -> str | None:
         ("block", 302, [["split", "delay"], ["sync_full", "partition_primary", "srl_fill"]]),
         # the primary's disk hangs (replaced meanwhile or not), the primary on one-way links
         # and replaced, a secondary on one too, and a damaged secondary invalidated while it
-        # runs
+        # runs; then every node killed at once, some started again, one promoted
         (
             "degrade",
             303,
-            [["disk_hang_failover", "oneway_primary", "invalidate_online", "oneway_secondary"]],
+            [
+                ["disk_hang_failover", "oneway_primary", "invalidate_online", "oneway_secondary"],
+                ["blackout"],
+            ],
         ),
     ],
 )
