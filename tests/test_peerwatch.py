@@ -218,3 +218,34 @@ def test_a_pending_attempt_closed_by_our_own_reconnect_is_no_refusal(tmp_path: P
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
     assert json.loads(out.stdout) == [], out.stdout
+
+
+def test_a_peer_without_a_tcp_connection_for_a_while_is_stuck() -> None:
+    """The loop starts a new attempt to these (Transport.retry_stuck): the kernel resends
+    an unanswered SYN at ever longer intervals, and a peer back after a long cut would stay
+    unreachable until the next one."""
+
+    def since_watched(events: list[int], t0: float) -> PeerWatch:
+        w = PeerWatch("a", curve=False)
+        mon = FakeMonitor(events)
+        w.monitors[mon] = "b"  # type: ignore[index]
+        w._read_at[mon] = t0  # type: ignore[index]
+        w.down_since["b"] = t0  # as watch() sets it: no connection yet
+        w.read_all()
+        return w
+
+    t0 = time.monotonic()
+    w = since_watched([], t0)
+    assert w.stuck(2.0, t0 + 1.0) == []
+    assert w.stuck(2.0, t0 + 2.5) == ["b"]
+    # TCP connected (the ZMTP handshake may wait on a stopped peer): nothing to retry
+    assert since_watched([zmq.EVENT_CONNECTED], t0).stuck(2.0, t0 + 10) == []
+    # connected, then the connection dropped: stuck once it stays down long enough
+    w = since_watched(
+        [zmq.EVENT_CONNECTED, zmq.EVENT_HANDSHAKE_SUCCEEDED, zmq.EVENT_DISCONNECTED], t0
+    )
+    since = w.down_since["b"]
+    assert w.stuck(2.0, since + 1.9) == [] and w.stuck(2.0, since + 2.0) == ["b"]
+    # an attempt started by us restarts the clock
+    w.attempting("b")
+    assert w.stuck(2.0, since + 2.0) == []

@@ -1,10 +1,12 @@
 """What the node's connections to its peers are doing, from ZeroMQ socket monitors on the
 DEALERs.
 
-The loop needs three things from them: the peers it just (re)connected to (a HELLO goes out
+The loop needs four things from them: the peers it just (re)connected to (a HELLO goes out
 at once, not at the next beat), those whose connection dropped (judged gone now, not after
-three silent heartbeats), and those that refuse its connection attempts (nothing listens
-there: a promotion need not wait for an answer that cannot come). A monitor is read as soon
+three silent heartbeats), those that refuse its connection attempts (nothing listens
+there: a promotion need not wait for an answer that cannot come), and those it has had no
+TCP connection to for a while (an attempt waiting out the kernel's SYN backoff: started
+again). A monitor is read as soon
 as its file descriptor signals (the transport polls it as a plain descriptor, which costs
 the zmq_poll nothing), and every SIDE_EVERY_S of the transport as a safety net.
 """
@@ -53,11 +55,15 @@ class PeerWatch:
         self.connected: list[str] = []
         #: peers our DEALER holds a connection to now, as far as the monitors have said
         self.linked: set[str] = set()
+        #: peer -> since when our DEALER to it has had no TCP connection (a connection
+        #: attempt, or libzmq's wait between two), until one is made
+        self.down_since: dict[str, float] = {}
 
     def watch(self, name: str, sock: zmq.Socket) -> int:
         """Monitor ``sock``, the DEALER to ``name``; returns the descriptor to poll."""
         mon = sock.get_monitor_socket(
-            zmq.EVENT_DISCONNECTED
+            zmq.EVENT_CONNECTED
+            | zmq.EVENT_DISCONNECTED
             | zmq.EVENT_HANDSHAKE_SUCCEEDED
             | HANDSHAKE_FAILED
             | zmq.EVENT_CLOSED
@@ -67,6 +73,7 @@ class PeerWatch:
         self.monitors[mon] = name
         self.fds[fd] = mon
         self._read_at[mon] = time.monotonic()
+        self.down_since[name] = time.monotonic()
         return fd
 
     def unwatch(self, name: str, sock: zmq.Socket) -> list[int]:
@@ -81,6 +88,7 @@ class PeerWatch:
         self.refused.pop(name, None)
         self._attempted.pop(name, None)
         self._closed.pop(name, None)
+        self.down_since.pop(name, None)
         self.linked.discard(name)
         return gone
 
@@ -99,6 +107,7 @@ class PeerWatch:
         before is read first, so a refusal read from now on is this attempt's."""
         self._read_peer(name)
         self._attempted[name] = time.monotonic()
+        self.down_since[name] = self._attempted[name]
 
     def is_linked(self, name: str) -> bool:
         """Whether our DEALER to ``name`` is connected, its monitor read first."""
@@ -109,6 +118,18 @@ class PeerWatch:
         for mon, n in self.monitors.items():
             if n == name:
                 self._read(mon)
+
+    def stuck(self, after: float, now: float | None = None) -> list[str]:
+        """Peers our DEALER has not had a TCP connection to for ``after`` seconds, since it
+        lost one or since the last attempt we started. Such an attempt is waiting for an
+        answer to its SYNs, which the kernel sends again at ever longer intervals (1, 2, 4
+        ... 64 s): behind a link that drops packets (a firewall, a split) for a minute, the
+        next one may go out half a minute after the link is back, and the peer stays
+        unreachable that long (a sync secondary degraded, a promotion without it). A new
+        attempt sends its SYN at once."""
+        now = time.monotonic() if now is None else now
+        self.read_all()
+        return sorted(n for n, t in self.down_since.items() if now - t >= after)
 
     def take_disconnected(self) -> list[str]:
         """Peers whose connection dropped since the last call."""
@@ -129,10 +150,15 @@ class PeerWatch:
                 kind, value = monitor_event(mon.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
                 return
-            if kind == zmq.EVENT_DISCONNECTED:
+            if kind == zmq.EVENT_CONNECTED:
+                # TCP is up; the ZMTP handshake follows (a stopped peer's kernel accepts
+                # the connection and the handshake waits: nothing to try again)
+                self.down_since.pop(name, None)
+            elif kind == zmq.EVENT_DISCONNECTED:
                 self.disconnected.append(name)
                 self.linked.discard(name)
                 self._closed.pop(name, None)
+                self.down_since.setdefault(name, time.monotonic())
             elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.connected.append(name)
                 self.linked.add(name)
@@ -145,6 +171,7 @@ class PeerWatch:
                 # was still waiting for the peer's answer, which says nothing of the peer
                 self.linked.discard(name)
                 self._closed[name] = max(since, self._attempted.get(name, 0.0))
+                self.down_since.setdefault(name, time.monotonic())
             elif kind == zmq.EVENT_CONNECT_RETRIED and name in self._closed:
                 # it failed: refused, or the host unreachable. A peer behind a cut link
                 # drops our packets instead, and its attempts hang rather than fail.

@@ -344,6 +344,15 @@ class Transport:
         sock.connect(endpoint)
         log.debug("reconnecting to %s (%s)", name, endpoint)
 
+    def retry_stuck(self, after: float) -> list[str]:
+        """A new connection attempt to every peer we have had no TCP connection to for
+        ``after`` seconds (PeerWatch.stuck: the kernel's SYN backoff would otherwise keep a
+        peer unreachable for up to a minute after its link is back); returns their names."""
+        names = self.watch.stuck(after)
+        for name in names:
+            self.reconnect(name)
+        return names
+
     def hasten(self, name: str) -> None:
         """``name`` just spoke to us (restarted, or back after a cut): if our DEALER to it
         is between two attempts, try now rather than after the reconnect interval. Until it

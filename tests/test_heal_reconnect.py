@@ -1,0 +1,99 @@
+"""A peer back after a long cut is reached at once, not after the kernel's SYN backoff.
+
+Behind a link that drops packets (a firewall rule, a split network) a connection attempt
+gets no answer, and the kernel resends its SYN after 1, 2, 4 ... 64 s. Before the loop
+started stuck attempts again (Node.on_tick, Transport.retry_stuck) a sync secondary cut off
+for 40 s was reached 28-35 s after the link was back: all that time its primary completed
+writes without it (degraded), and a promotion would have gone without it.
+
+Real daemons, each in its own network namespace, nftables dropping the packets between them.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.faults.netns import NetnsResource, Network
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (shutil.which("ip") and shutil.which("nft") and shutil.which("nsenter")),
+        reason="needs ip, nft and nsenter (network namespaces, as root)",
+    ),
+]
+
+CUT_S = 20.0
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[NetnsResource]:
+    net = Network(["alpha", "beta", "gamma"])
+    net.up()
+    r = NetnsResource(
+        tmp_path / "res",
+        nodes={"alpha": "sync", "beta": "sync", "gamma": "async"},
+        net=net,
+        heartbeat_ms=300,
+        volume_size=8 << 20,
+    )
+    try:
+        r.create()
+        r.up()
+        r.promote("alpha")
+        yield r
+    finally:
+        r.stop_all()
+        net.down()
+
+
+def test_a_sync_secondary_back_after_a_long_cut_is_synchronous_again_at_once(pair) -> None:
+    r = pair
+    net = r.net
+    assert net is not None
+    done = threading.Event()
+    written: list[int] = []
+    failed: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            with r.connect("alpha") as v:
+                while not done.is_set():
+                    v.write(len(written) % 2048 * 4096, len(written).to_bytes(8, "big") * 512)
+                    written.append(1)
+                    done.wait(0.01)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            failed.append(exc)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        r.wait_for(lambda: len(written) > 20, 10, "writes before the cut")
+        net.split({"alpha", "gamma"}, {"beta"})
+        r.wait_for(
+            lambda: r.status("alpha")["peers"]["beta"]["degraded"], 10, "beta degraded by the cut"
+        )
+        # the cut lasts long enough for the kernel's SYNs to be several seconds apart
+        done.wait(CUT_S)
+        net.unsplit()
+        healed = time.monotonic()
+
+        def synchronous() -> bool:
+            p = r.status("alpha")["peers"]["beta"]
+            return p["state"] == "up-to-date" and not p["degraded"]
+
+        r.wait_for(synchronous, 60, "beta synchronous again")
+        took = time.monotonic() - healed
+    finally:
+        done.set()
+        t.join()
+    assert not failed, failed
+    # before: 15.9 s here (the next SYN); now within the retry interval plus a catch-up
+    assert took < 5.0, f"beta synchronous again only {took:.1f}s after the link was back"
+    r.wait_synced(["alpha", "beta", "gamma"])
