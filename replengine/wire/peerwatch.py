@@ -6,9 +6,9 @@ at once, not at the next beat), those whose connection dropped (judged gone now,
 three silent heartbeats), those that refuse its connection attempts (nothing listens
 there: a promotion need not wait for an answer that cannot come), and those it has had no
 TCP connection to for a while (an attempt waiting out the kernel's SYN backoff: started
-again). A monitor is read as soon
-as its file descriptor signals (the transport polls it as a plain descriptor, which costs
-the zmq_poll nothing), and every SIDE_EVERY_S of the transport as a safety net.
+again). A monitor is read as soon as its file descriptor signals (the transport polls it as
+a plain descriptor, which costs the zmq_poll nothing), and every SIDE_EVERY_S of the
+transport as a safety net.
 """
 
 from __future__ import annotations
