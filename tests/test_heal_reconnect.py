@@ -1,8 +1,8 @@
 """A peer back after a long cut is reached at once, not after the kernel's SYN backoff.
 
 Behind a link that drops packets (a firewall rule, a split network) a connection attempt
-gets no answer, and the kernel resends its SYN after 1, 2, 4 ... 64 s. Before the loop
-started stuck attempts again (Node.on_tick, Transport.retry_stuck) a sync secondary cut off
+gets no answer, and the kernel resends its SYN after 1, 2, 4 ... 64 s. Before the transport
+started stuck attempts again (Transport.poll, PeerWatch.stuck) a sync secondary cut off
 for 40 s was reached 28-35 s after the link was back: all that time its primary completed
 writes without it (degraded), and a promotion would have gone without it.
 

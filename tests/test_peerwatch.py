@@ -221,7 +221,7 @@ def test_a_pending_attempt_closed_by_our_own_reconnect_is_no_refusal(tmp_path: P
 
 
 def test_a_peer_without_a_tcp_connection_for_a_while_is_stuck() -> None:
-    """The loop starts a new attempt to these (Transport.retry_stuck): the kernel resends
+    """The transport starts a new attempt to these (Transport.poll): the kernel resends
     an unanswered SYN at ever longer intervals, and a peer back after a long cut would stay
     unreachable until the next one."""
 

@@ -74,11 +74,6 @@ log = logging.getLogger("replengined")
 TICK_S = 0.05
 #: longest a turn of the loop spends reading peers' messages
 DRAIN_BUDGET_S = 0.05
-#: a connection attempt to a peer unanswered this long is started again (its SYN resent
-#: now, not after the kernel's backoff): a peer back after a long cut is reached within
-#: about a second, not half a minute later. Two of the kernel's SYNs go out before
-#: (at 0 and 1 s), so a slow link's answer has time to come
-RETRY_CONNECT_S = 2.0
 
 
 class Node:
@@ -280,7 +275,6 @@ class Node:
         now = time.monotonic()
         for p in self.peers.values():
             self.liveness.check(p, now)
-        self.transport.retry_stuck(RETRY_CONNECT_S)
         if self.primary:
             self.primary.check_sync_peers()
             self.primary.send_idle_clears()

@@ -126,9 +126,8 @@ class PeerWatch:
         ... 64 s): behind a link that drops packets (a firewall, a split) for a minute, the
         next one may go out half a minute after the link is back, and the peer stays
         unreachable that long (a sync secondary degraded, a promotion without it). A new
-        attempt sends its SYN at once."""
+        attempt sends its SYN at once. As far as the monitors read so far have said."""
         now = time.monotonic() if now is None else now
-        self.read_all()
         return sorted(n for n, t in self.down_since.items() if now - t >= after)
 
     def take_disconnected(self) -> list[str]:
