@@ -53,6 +53,47 @@ def test_rotation_loses_no_line(resource: Callable[..., LocalResource]) -> None:
     assert not bad, f"log lines without the resource: {bad[:5]}"
 
 
+def test_up_hands_its_output_to_the_log_file(resource: Callable[..., LocalResource]) -> None:
+    """`replctl up` starts the daemon before reading the config, with its own output as the
+    daemon's: once up, the daemon writes to its log file only, so a caller that reads
+    `up`'s output to its end (the agent, a script's pipe) is not held by the daemon."""
+    r = resource(THREE_NODES)
+    cmd = [sys.executable, "-m", "replengine.cli", "up", "--config", str(r.config)]
+    done = subprocess.run([*cmd, "--node", "alpha"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "up (pid" in done.stdout, done
+    pid, log = r.pid("alpha"), r.paths("alpha").log
+    assert pid is not None
+    for fd in (1, 2):
+        assert os.readlink(f"/proc/{pid}/fd/{fd}") == str(log), f"fd {fd} is not the log"
+    text = log.read_text()
+    assert "listening on" in text
+    bad = [ln for ln in text.splitlines() if not LINE.match(ln)]
+    assert not bad, f"log lines without the resource: {bad[:5]}"
+
+
+def test_up_of_a_node_that_is_up_changes_nothing(resource: Callable[..., LocalResource]) -> None:
+    """The daemon `up` starts finds this node's daemon running and says so before it opens
+    or logs anything: the running one's log gets no line from it."""
+    r = resource(THREE_NODES)
+    r.up("alpha")
+    pid = r.pid("alpha")
+    again = r.replctl("alpha", "up")
+    assert f"already up (pid {pid})" in again.stdout, again
+    assert r.pid("alpha") == pid
+    pids = set(re.findall(r"replengined\S*\[(\d+)\]", r.paths("alpha").log.read_text()))
+    assert pids == {str(pid)}, f"lines from other processes in the log: {pids}"
+
+
+def test_up_with_a_bad_node_says_why_once(resource: Callable[..., LocalResource]) -> None:
+    """A config the daemon refuses: `up` fails with the daemon's reason, said once, and no
+    run directory or log is made for a node that is not in the config."""
+    r = resource(THREE_NODES)
+    bad = r.replctl("nosuch", "up", check=False)
+    assert bad.returncode == 1, bad
+    assert bad.stderr.count("'nosuch' is not in the config") == 1, bad.stderr
+    assert not r.paths("nosuch").dir.exists()
+
+
 def test_pacemaker_without_syslog_socket_logs_to_the_file(
     resource: Callable[..., LocalResource], tmp_path: Path
 ) -> None:

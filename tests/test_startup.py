@@ -29,6 +29,9 @@ def imported_by(module: str) -> set[str]:
         # crc32c >= 2.4 asks importlib.metadata for its version (zipfile, email): ~50 ms cold
         ("replengine.daemon", "importlib.metadata", "the crc32c package's __init__"),
         ("replengine.client", "importlib.metadata", "the crc32c package's __init__"),
+        # `replctl up` starts the daemon first and leaves the config to it (cli/up.py): the
+        # config's modules (tomllib, hashlib, uuid, dataclasses) are ~25 ms cold before it
+        ("replengine.cli", "replengine.config", "cli/main.py's commands"),
     ],
 )
 def test_a_start_does_not_import_what_it_does_not_use(module: str, heavy: str, why: str) -> None:

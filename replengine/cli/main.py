@@ -9,26 +9,31 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import replengine
-from replengine import config as configmod
+from replengine.cli.up import cmd_up, config_path
 from replengine.errors import ReplError
-from replengine.runtime import wait_gone
 
 if TYPE_CHECKING:
+    from replengine import config as configmod
     from replengine.wire.control import ControlClient
 
 
 def _cfg_path(args: argparse.Namespace) -> Path:
-    if args.config:
-        return Path(args.config)
-    if args.resource:
-        return configmod.default_path(args.resource)
-    raise ReplError("give --config FILE or --resource NAME")
+    return Path(config_path(args))
+
+
+def _config() -> ModuleType:
+    """replengine.config, imported by the commands that read the file here: `replctl up`
+    leaves that to the daemon it starts (replengine.cli.up), and is waited for by every
+    rejoin."""
+    from replengine import config
+
+    return config
 
 
 def _control(socket: Path, timeout_s: float) -> ControlClient:
@@ -40,7 +45,7 @@ def _control(socket: Path, timeout_s: float) -> ControlClient:
 
 
 def _ctl(args: argparse.Namespace, timeout_s: float = 30.0) -> ControlClient:
-    cfg = configmod.load(_cfg_path(args), node=args.node, check_local=False)
+    cfg = _config().load(_cfg_path(args), node=args.node, check_local=False)
     return _control(cfg.paths().socket, timeout_s)
 
 
@@ -52,7 +57,7 @@ def daemon_running(cfg: configmod.ResourceConfig) -> int | None:
 def cmd_init(args: argparse.Namespace) -> int:
     from replengine.log.srl import SRL
 
-    cfg = configmod.load(_cfg_path(args), node=args.node)
+    cfg = _config().load(_cfg_path(args), node=args.node)
     node = cfg.local
     if daemon_running(cfg):
         raise ReplError(f"node {node.name} of {cfg.name} is running; 'replctl down' first")
@@ -65,76 +70,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_up(args: argparse.Namespace) -> int:
-    path = _cfg_path(args)
-    cfg = configmod.load(path, node=args.node)
-    pid = daemon_running(cfg)
-    if pid:
-        print(f"{cfg.name}/{cfg.local.name} already up (pid {pid})", flush=True)
-        return _wait_caught_up(cfg, args)
-    rundir = cfg.runtime_dir()
-    rundir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    logfile = cfg.paths().log
-    r, w = os.pipe()
-    cmd = [
-        sys.executable,
-        "-m",
-        "replengine.daemon",
-        "--config",
-        str(path.resolve()),
-        "--node",
-        cfg.local.name,
-        "--ready-fd",
-        str(w),
-        "--log-file",
-        str(logfile),
-    ]
-    with open(os.devnull, "rb") as devnull, open(logfile, "ab") as out:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=devnull,
-            stdout=out,
-            stderr=out,
-            pass_fds=(w,),
-            start_new_session=True,
-            close_fds=True,
-        )
-    os.close(w)
-    with os.fdopen(r) as ready:
-        answer = ready.read().strip()
-    if answer != "ok":
-        proc.wait(timeout=10)
-        raise ReplError(
-            answer.removeprefix("error: ")
-            or f"replengined exited with status {proc.poll()}; see {logfile}"
-        )
-    print(
-        f"{cfg.name}/{cfg.local.name} up (pid {proc.pid}), listening on {cfg.local.address}; "
-        f"log {logfile}",
-        flush=True,
-    )
-    return _wait_caught_up(cfg, args)
-
-
-def _wait_caught_up(cfg: configmod.ResourceConfig, args: argparse.Namespace) -> int:
-    """`up --wait`: until this node has caught up with its primary (drbdadm wait-sync)."""
-    if not args.wait:
-        return 0
-    from replengine.cli.progress import Progress
-    from replengine.cli.waits import wait_caught_up
-
-    name = f"{cfg.name}/{cfg.local.name}"
-    with Progress(f"{name}: catching up", unit="records") as bar:
-        st = wait_caught_up(cfg.paths().socket, name, args.timeout, bar)
-    if st["role"] == "primary":
-        print(f"{name} is primary: nothing to catch up")
-    else:
-        print(f"{name} caught up with {st['following']} at LSN {st['end_lsn'] - 1}")
-    return 0
-
-
 def cmd_down(args: argparse.Namespace) -> int:
-    cfg = configmod.load(_cfg_path(args), node=args.node, check_local=False)
+    cfg = _config().load(_cfg_path(args), node=args.node, check_local=False)
     pid = daemon_running(cfg)
     if not pid:
         print(f"{cfg.name}/{cfg.local.name} is not running")
@@ -159,6 +96,8 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def _wait_exit(pid: int, timeout: float) -> None:
+    from replengine.runtime import wait_gone
+
     wait_gone(pid, timeout)
 
 
@@ -166,7 +105,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     """The status document (docs/status-schema.md): a table, --json, or --watch of either."""
     from replengine.cli.status_cmd import Watch, show_once
 
-    cfg = configmod.load(_cfg_path(args), node=args.node, check_local=False)
+    cfg = _config().load(_cfg_path(args), node=args.node, check_local=False)
 
     def fetch() -> dict:
         ctl = _control(cfg.paths().socket, 10)
@@ -187,7 +126,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
     from replengine.cli.progress import Progress, call_with_progress
     from replengine.cli.waits import promote_view
 
-    cfg = configmod.load(_cfg_path(args), node=args.node, check_local=False)
+    cfg = _config().load(_cfg_path(args), node=args.node, check_local=False)
     fields = {"force": args.force}
     if args.min_peers is not None:
         fields["min_peers"] = args.min_peers
@@ -219,7 +158,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     if not args.full:
         print("replctl sync: say --full (a full sync is the only kind asked for)", file=sys.stderr)
         return 2
-    cfg = configmod.load(_cfg_path(args), node=args.node, check_local=False)
+    cfg = _config().load(_cfg_path(args), node=args.node, check_local=False)
     ctl = _control(cfg.paths().socket, 30)
     try:
         doc, _ = ctl.call("sync", peer=args.peer, full=True)
@@ -240,7 +179,7 @@ def cmd_invalidate(args: argparse.Namespace) -> int:
     durably, and fetched (digests first: only what differs travels) from the primary it
     follows, whichever that is by then. Online through the daemon, else written beside the
     SRL for the daemon's next start."""
-    cfg = configmod.load(_cfg_path(args), node=args.node)
+    cfg = _config().load(_cfg_path(args), node=args.node)
     node = cfg.local
     if daemon_running(cfg):
         ctl = _control(cfg.paths().socket, 30)
@@ -284,7 +223,7 @@ def cmd_invalidate(args: argparse.Namespace) -> int:
 def cmd_adjust(args: argparse.Namespace) -> int:
     """Apply the edited config file to this node's running daemon (drbdadm adjust)."""
     path = Path(_cfg_path(args)).resolve()
-    configmod.load(path, node=args.node)  # a broken file is reported here, changing nothing
+    _config().load(path, node=args.node)  # a broken file is reported here, changing nothing
     ctl = _ctl(args, timeout_s=30)
     try:
         doc, _ = ctl.call("adjust", config=str(path))

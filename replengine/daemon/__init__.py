@@ -13,6 +13,8 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
+from typing import TextIO
 
 from replengine import config as configmod
 from replengine.errors import ReplError
@@ -52,12 +54,13 @@ def _thread_died(args: threading.ExceptHookArgs) -> None:
     )
 
 
-def setup_logging(args: argparse.Namespace) -> ResourceTag:
+def setup_logging(args: argparse.Namespace) -> tuple[ResourceTag, str]:
     """Syslog when asked or run by Pacemaker (its agent starts us through `replctl up`, with
     OCF_RESOURCE_INSTANCE in the environment), falling back to the file when the syslog
     socket is missing; else the log file, reopened when logrotate renames it
     (WatchedFileHandler: lines go to the old file until the rename is seen, none are lost);
-    else stderr."""
+    else stderr. Returns why syslog was not taken when it was asked for, to be said once
+    the log is where it stays (redirect_output)."""
     tag = ResourceTag(os.path.splitext(os.path.basename(args.config))[0])
     handler: logging.Handler | None = None
     fmt = FILE_FORMAT
@@ -86,9 +89,47 @@ def setup_logging(args: argparse.Namespace) -> ResourceTag:
     # syslog at all): Python's warnings and a thread's uncaught exception
     logging.captureWarnings(True)
     threading.excepthook = _thread_died
-    if why:
-        log.warning("%s", why)
-    return tag
+    return tag, why
+
+
+def redirect_output(args: argparse.Namespace, cfg: configmod.ResourceConfig) -> None:
+    """With ``--log-file``: standard output and error go to the log file from here on (a
+    crash's traceback lands beside the log lines), and so do the log lines that went to
+    standard error until the config named the node's file (a bare ``--log-file``).
+    `replctl up` starts us before it has read the config itself, with its own output as
+    ours: every caller that waits for that output to close (the agent, a script's pipe)
+    is released here, before we answer on the ready fd."""
+    if args.log_file is None:
+        return
+    path = Path(args.log_file or cfg.paths().log)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+    finally:
+        os.close(fd)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if type(old) is logging.StreamHandler:  # not a subclass: the file's, syslog's
+            new = logging.handlers.WatchedFileHandler(path)
+            new.setFormatter(old.formatter)
+            for f in old.filters:
+                new.addFilter(f)
+            root.removeHandler(old)
+            root.addHandler(new)
+
+
+def _to_stderr() -> bool:
+    return any(type(h) is logging.StreamHandler for h in logging.getLogger().handlers)
+
+
+def _answer(ready: TextIO | None, line: str) -> None:
+    if ready is not None:
+        ready.write(f"{line}\n")
+        ready.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,7 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", required=True)
     ap.add_argument("--node")
     ap.add_argument("--ready-fd", type=int, help="write 'ok' or an error here once listening")
-    ap.add_argument("--log-file")
+    ap.add_argument(
+        "--log-file",
+        nargs="?",
+        const="",
+        help="log there, standard output and error too; without a FILE, to replengined.log "
+        "in the node's run directory",
+    )
     ap.add_argument(
         "--syslog",
         nargs="?",
@@ -109,21 +156,28 @@ def main(argv: list[str] | None = None) -> int:
     # woken by a returning fdatasync or a socket, can wait that long for the applier's turn
     # to end, which is the whole latency budget of a sync write
     sys.setswitchinterval(0.0002)
-    where = setup_logging(args)
+    where, why = setup_logging(args)
     ready = os.fdopen(args.ready_fd, "w") if args.ready_fd is not None else None
     try:
         cfg = configmod.load(args.config, node=args.node)
         where.resource = f"{cfg.name}/{cfg.local.name}"
+        running = cfg.paths().running_pid()
+        if running is not None:
+            # `replctl up` of a node that is up: said before anything is opened or logged
+            _answer(ready, f"running {running}")
+            return 0
+        redirect_output(args, cfg)
+        if why:
+            log.warning("%s", why)
         node = Node(cfg)
         node.metrics.start()  # a port in use stops the start here, naming the key
         node.device = make_frontend(cfg, node.device_io)
         if node.device is not None:
             node.device.cleanup_stale()  # a killed daemon's loop device and dead FUSE mount
     except (ReplError, OSError) as exc:
-        log.error("%s", exc)
-        if ready:
-            ready.write(f"error: {exc}\n")
-            ready.close()
+        if ready is None or not _to_stderr():
+            log.error("%s", exc)  # else it would reach the caller twice: the answer says it
+        _answer(ready, f"error: {exc}")
         return 1
     node.paths.pid.write_text(f"{os.getpid()}\n")
     # a signal stops even with the device in use: its users get EIO, never a hang
@@ -151,9 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg.path,
             cfg.local.address,
         )
-    if ready:
-        ready.write("ok\n")
-        ready.close()
+    _answer(ready, "ok")
     return node.run()
 
 
