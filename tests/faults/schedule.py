@@ -33,6 +33,7 @@ history holds a bounded number of promotions.
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import re
 import shutil
@@ -100,7 +101,13 @@ NET_KINDS = {
     "disk_error": 2,
     "disk_hang": 2,
     "disk_hang_failover": 2,
+    "long_split": 1,
 }
+
+#: a long split's secondary must be back with its primary this soon after the heal: past
+#: every retry's backoff (the transport's RETRY_CONNECT_S, 2 s) with room for a loaded
+#: machine; the kernel's SYN backoff it replaced left 15-35 s (docs/reliability.md)
+REJOIN_BOUND_S = 8.0
 
 
 @dataclass
@@ -691,6 +698,8 @@ class Harness(OperatorActions):
                 ks.append("srl_fill")
             if net.faults():
                 ks.append("heal_net")
+            elif away == 0 and not self.disk_hit and cut_secs:
+                ks.append("long_split")  # a clean network: its rejoin is timed
         dn = self.disk_node
         if self.disk and dn is not None and self.reachable(dn) and dn not in self.disk_hit:
             ks.append("disk_error")
@@ -944,7 +953,56 @@ class Harness(OperatorActions):
             return f"disk_error({n},{what},{files})"
         if kind in ("disk_hang", "disk_hang_failover"):
             return self.disk_hang(kind == "disk_hang_failover")
+        if kind == "long_split":
+            return self.long_split(rng.choice(secs))
         raise AssertionError(kind)
+
+    def long_split(self, n: str) -> str:
+        """A secondary split off from every other node for 12-25 s (nftables: packets
+        dropped, so a connection attempt gets no answer at all, where a link taken down
+        fails at once), then healed: its primary must see it again within REJOIN_BOUND_S.
+        The rounds' short faults heal before the kernel's SYN retries drift apart, and the
+        convergence deadline (30 s) hid the 15-35 s this took before the transport retried
+        stuck attempts; this is the fault that times it."""
+        net, p = self.network, self.primary
+        assert net is not None and p is not None
+        secs = self.rng.uniform(12, 25)
+        net.split({n}, set(NODES) - {n})
+        self.faults[f"long_split({self.modes[n]})"] += 1
+        self.note(f"{n} ({self.modes[n]} secondary) split off from every node for {secs:.0f}s")
+        self.wait_observing(secs)
+
+        def peer() -> dict | None:
+            s = self.status(p) if self.primary == p and self.reachable(p) else None
+            return s["peers"].get(n) if s is not None else None
+
+        before = peer()
+        net.unsplit()
+        t = time.monotonic()
+        while True:
+            now = peer()
+            took = time.monotonic() - t
+            if now is not None and now["connected"]:
+                break
+            if now is None or took > REJOIN_BOUND_S:
+                if now is not None:
+                    self.violate(
+                        "slow-rejoin",
+                        f"{n} ({self.modes[n]}) split off for {secs:.0f}s, then healed: "
+                        f"{p} has not heard from it {took:.1f}s after the heal "
+                        f"(state {now['state']})",
+                        [n, p],
+                    )
+                return f"long_split({n},{secs:.0f}s,not back)"
+            self.observe()
+            time.sleep(0.05)
+        was = "?" if before is None else ("connected" if before["connected"] else "gone")
+        self.note(
+            f"split of {n} healed: {p} had it {was} ({before and before['state']}), "
+            f"heard from it again {took:.2f}s after ({now['state']})"
+        )
+        self.notes[f"long split: back with the primary within {math.ceil(took)} s"] += 1
+        return f"long_split({n},{secs:.0f}s,back {took:.1f}s)"
 
     def disk_hang(self, replace: bool) -> str:
         """The disk node's disk stops answering for a while (a SAN path failing over, a
