@@ -84,6 +84,19 @@ def test_up_of_a_node_that_is_up_changes_nothing(resource: Callable[..., LocalRe
     assert pids == {str(pid)}, f"lines from other processes in the log: {pids}"
 
 
+def test_a_second_daemon_of_a_node_refuses(resource: Callable[..., LocalResource]) -> None:
+    """Started by hand or by its systemd unit (no ready fd) while its node's daemon runs:
+    it refuses, naming the running one, and the running one goes on."""
+    r = resource(THREE_NODES)
+    r.up("alpha")
+    pid = r.pid("alpha")
+    cmd = [sys.executable, "-m", "replengine.daemon", "--config", str(r.config)]
+    done = subprocess.run([*cmd, "--node", "alpha"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done
+    assert f"r0/alpha is running already (pid {pid})" in done.stderr, done.stderr
+    assert r.pid("alpha") == pid and r.status("alpha")["role"] == "secondary"
+
+
 def test_up_with_a_bad_node_says_why_once(resource: Callable[..., LocalResource]) -> None:
     """A config the daemon refuses: `up` fails with the daemon's reason, said once, and no
     run directory or log is made for a node that is not in the config."""

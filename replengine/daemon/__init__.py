@@ -162,10 +162,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg = configmod.load(args.config, node=args.node)
         where.resource = f"{cfg.name}/{cfg.local.name}"
         running = cfg.paths().running_pid()
-        if running is not None:
+        if running is not None and ready is not None:
             # `replctl up` of a node that is up: said before anything is opened or logged
             _answer(ready, f"running {running}")
             return 0
+        if running is not None:
+            raise ReplError(f"{where.resource} is running already (pid {running})")
         redirect_output(args, cfg)
         if why:
             log.warning("%s", why)
