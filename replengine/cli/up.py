@@ -52,8 +52,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     try:
         cfg: ResourceConfig | None = configmod.load(path, node=node)
-        problem: ReplError | None = None
-    except ReplError as exc:
+        problem: Exception | None = None
+    except (ReplError, OSError) as exc:  # the daemon's answer says what to do about it
         cfg, problem = None, exc
     with os.fdopen(r) as ready:
         answer = ready.read().strip()
