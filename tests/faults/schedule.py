@@ -1001,7 +1001,10 @@ class Harness(OperatorActions):
             f"split of {n} healed: {p} had it {was} ({before and before['state']}), "
             f"heard from it again {took:.2f}s after ({now['state']})"
         )
-        self.notes[f"long split: back with the primary within {math.ceil(took)} s"] += 1
+        if was == "connected":  # heard from through the split: the fault did not bite
+            self.notes["long split: the primary still heard from it at the heal"] += 1
+        else:
+            self.notes[f"long split: back with the primary within {math.ceil(took)} s"] += 1
         return f"long_split({n},{secs:.0f}s,back {took:.1f}s)"
 
     def disk_hang(self, replace: bool) -> str:
