@@ -51,34 +51,33 @@ def cmd_up(args: argparse.Namespace) -> int:
     from replengine import config as configmod
 
     try:
-        cfg: ResourceConfig | None = configmod.load(path, node=node)
+        cfg = configmod.load(path, node=node)
         problem: Exception | None = None
     except (ReplError, OSError) as exc:  # the daemon's answer says what to do about it
-        cfg, problem = None, exc
+        problem = exc
     with os.fdopen(r) as ready:
         answer = ready.read().strip()
-    if answer.startswith("running "):
-        proc.wait(timeout=10)
-        if cfg is None:
-            raise problem or ReplError(f"{path}: not readable here, yet its daemon is up")
-        print(f"{cfg.name}/{cfg.local.name} already up (pid {answer.split()[1]})", flush=True)
-        return wait_caught_up(cfg, args)
-    if answer != "ok":
+    running = answer.startswith("running ")
+    if answer != "ok" and not running:
         try:
             rc = proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             rc = None
-        where = f"see {cfg.paths().log}" if cfg is not None else "see its output above"
+        where = "see its output above" if problem else f"see {cfg.paths().log}"
         raise ReplError(
             answer.removeprefix("error: ") or f"replengined exited with status {rc}; {where}"
         )
-    if cfg is None:
-        raise problem or ReplError(f"{path}: not readable here, yet its daemon started")
-    print(
-        f"{cfg.name}/{cfg.local.name} up (pid {proc.pid}), listening on {cfg.local.address}; "
-        f"log {cfg.paths().log}",
-        flush=True,
-    )
+    if problem is not None:  # the file changed or is unreadable here, the daemon read it
+        raise problem
+    name = f"{cfg.name}/{cfg.local.name}"
+    if running:
+        proc.wait(timeout=10)
+        print(f"{name} already up (pid {answer.split()[1]})", flush=True)
+    else:
+        print(
+            f"{name} up (pid {proc.pid}), listening on {cfg.local.address}; log {cfg.paths().log}",
+            flush=True,
+        )
     return wait_caught_up(cfg, args)
 
 
