@@ -11,9 +11,20 @@ in force):
     eio r GLOB           reads of files matching GLOB fail with EIO
     eio w GLOB           writes, fsync and truncation of those files fail with EIO
     eio rw GLOB          both
+    powercut SEED        what was written and never synced is lost, as in a power cut
 
-A write that fails writes nothing. Reading ``.fault`` gives the current setting and the
-count of failed calls. The file system name is ``rfaultfs-<pid of the harness>``, so a
+A write that fails writes nothing. Reading ``.fault`` gives the current setting, the
+count of failed calls and what the last power cut kept.
+
+Power cut: every write and truncation is remembered (with the bytes it replaced) until the
+file is fsynced or fdatasynced; ``powercut`` then rolls each file back to its last synced
+state and puts back, per file, a random part of what followed, as a disk with a volatile
+cache may keep: nothing (a third of the cuts), the writes up to a random one with that one
+torn at a 4 KiB boundary (a disk that writes in order), or any subset of their 4 KiB
+pieces (a disk that reorders). Issue it only once the files' writer is dead (SIGKILL):
+this is its disk losing power, not the writer's view of it. Creating, renaming and
+removing files count as durable at once (no fsync of the directory is modelled); the
+mount uses direct I/O, so no page cache above it holds what was rolled back. The file system name is ``rfaultfs-<pid of the harness>``, so a
 later run can find and unmount what a killed one left (`sweep_stale`).
 """
 
@@ -23,14 +34,69 @@ import contextlib
 import errno
 import fnmatch
 import os
+import random
 import re
 import signal
 import stat as stat_m
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 CONTROL = b".fault"
+#: the unit a disk writes whole, for a power cut's torn writes
+SECTOR = 4096
+
+
+@dataclass(frozen=True)
+class Change:
+    """A write (``new`` its bytes) or a truncation (``new`` None) not synced yet: where,
+    the bytes it replaced or cut, and the file's size before and after it."""
+
+    off: int
+    old: bytes
+    size_before: int
+    size_after: int
+    new: bytes | None
+
+
+class Unsynced:
+    """One file's changes since its last sync, in order."""
+
+    def __init__(self) -> None:
+        self.changes: list[Change] = []
+
+    def lose_power(self, fd: int, rng: random.Random) -> str:
+        """Roll the file back to its synced state, then put back what this cut keeps;
+        how many writes were kept, in words."""
+        for c in reversed(self.changes):
+            os.pwrite(fd, c.old, c.off)
+            os.ftruncate(fd, c.size_before)
+        writes = [c for c in self.changes if c.new is not None]
+        how = rng.choice(["lost", "ordered", "reordered"])
+        kept = 0
+        if how == "ordered":
+            cut = rng.randint(0, len(self.changes))
+            for i, c in enumerate(self.changes[: cut + 1]):
+                if c.new is None:
+                    if i < cut:
+                        os.ftruncate(fd, c.size_after)
+                    continue
+                new = c.new if i < cut else c.new[: rng.randrange(0, len(c.new) + 1, SECTOR)]
+                if new:  # (the last one torn: its first sectors only)
+                    os.pwrite(fd, new, c.off)
+                    kept += 1
+        elif how == "reordered":
+            for c in writes:  # truncations are lost
+                assert c.new is not None
+                took = False
+                for start in range(c.off - c.off % SECTOR, c.off + len(c.new), SECTOR):
+                    lo, hi = max(start, c.off), min(start + SECTOR, c.off + len(c.new))
+                    if rng.random() < 0.5:
+                        os.pwrite(fd, c.new[lo - c.off : hi - c.off], lo)
+                        took = True
+                kept += took
+        return f"{how} {kept}/{len(writes)}"
 
 
 def sweep_stale() -> list[str]:
@@ -97,6 +163,8 @@ def main(argv: list[str]) -> int:
             self.mode = "none"
             self.glob = ""
             self.failed = 0
+            self.unsynced: dict[bytes, Unsynced] = {}
+            self.last_cut = "-"
 
         # ---- helpers
         def path(self, name: bytes) -> bytes:
@@ -147,6 +215,34 @@ def main(argv: list[str]) -> int:
             )
             return a
 
+        def remember(self, name: bytes, fd: int, off: int, buf: bytes) -> None:
+            size = os.fstat(fd).st_size
+            old = os.pread(fd, len(buf), off) if off < size else b""
+            after = max(size, off + len(buf))
+            self.unsynced.setdefault(name, Unsynced()).changes.append(
+                Change(off, old, size, after, bytes(buf))
+            )
+
+        def remember_truncate(self, name: bytes, new: int) -> None:
+            size = os.stat(self.path(name)).st_size
+            with open(self.path(name), "rb") as f:
+                old = os.pread(f.fileno(), max(0, size - new), new)
+            self.unsynced.setdefault(name, Unsynced()).changes.append(
+                Change(min(new, size), old, size, new, None)
+            )
+
+        def power_cut(self, seed: int) -> str:
+            rng = random.Random(seed)
+            said = []
+            for name, u in sorted(self.unsynced.items()):
+                fd = os.open(self.path(name), os.O_RDWR)
+                try:
+                    said.append(f"{os.fsdecode(name)}:{u.lose_power(fd, rng)}")
+                finally:
+                    os.close(fd)
+            self.unsynced.clear()
+            return ",".join(said) or "nothing-unsynced"
+
         # ---- operations
         async def lookup(self, parent_inode, name, ctx=None):
             if parent_inode != pyfuse3.ROOT_INODE:
@@ -169,6 +265,7 @@ def main(argv: list[str]) -> int:
                 if fields.update_size:
                     if self.fails(name, "w"):
                         raise FUSEError(errno.EIO)
+                    self.remember_truncate(name, attr.st_size)
                     os.truncate(p, attr.st_size)
                 if fields.update_mode:
                     os.chmod(p, stat_m.S_IMODE(attr.st_mode))
@@ -228,6 +325,8 @@ def main(argv: list[str]) -> int:
                 fd = os.open(self.path(name), flags & ~os.O_CREAT)
             except OSError as exc:
                 raise FUSEError(exc.errno) from None
+            if flags & os.O_TRUNC:
+                self.unsynced.pop(name, None)  # (made empty, durably: see powercut)
             return self._fh(fd, name)
 
         async def create(self, parent_inode, name, mode, flags, ctx):
@@ -237,12 +336,14 @@ def main(argv: list[str]) -> int:
                 fd = os.open(self.path(name), flags | os.O_CREAT | os.O_TRUNC, mode)
             except OSError as exc:
                 raise FUSEError(exc.errno) from None
+            self.unsynced.pop(name, None)  # (made empty, durably: see powercut)
             return self._fh(fd, name), self.attrs(self.ino(name))
 
         async def read(self, fh, off, size):
             fd, name = self.fds[fh]
             if name == CONTROL:
-                return f"{self.mode} {self.glob} failed={self.failed}\n".encode()[off : off + size]
+                said = f"{self.mode} {self.glob} failed={self.failed} cut={self.last_cut}\n"
+                return said.encode()[off : off + size]
             if self.fails(name, "r"):
                 raise FUSEError(errno.EIO)
             return os.pread(fd, size, off)
@@ -255,11 +356,14 @@ def main(argv: list[str]) -> int:
                     self.mode, self.glob = "none", ""
                 elif words[0] == "eio" and len(words) == 3 and words[1] in ("r", "w", "rw"):
                     self.mode, self.glob = words[1], words[2]
+                elif words[0] == "powercut" and len(words) == 2 and words[1].isdigit():
+                    self.last_cut = self.power_cut(int(words[1]))
                 else:
                     raise FUSEError(errno.EINVAL)
                 return len(buf)
             if self.fails(name, "w"):
                 raise FUSEError(errno.EIO)
+            self.remember(name, fd, off, buf)
             return os.pwrite(fd, buf, off)
 
         async def fsync(self, fh, datasync):
@@ -269,6 +373,7 @@ def main(argv: list[str]) -> int:
             if self.fails(name, "w"):
                 raise FUSEError(errno.EIO)
             (os.fdatasync if datasync else os.fsync)(fd)
+            self.unsynced.pop(name, None)
 
         async def flush(self, fh):
             return None
@@ -286,6 +391,7 @@ def main(argv: list[str]) -> int:
             ino = self.inos.pop(name, None)
             if ino is not None:
                 self.names.pop(ino, None)
+            self.unsynced.pop(name, None)
 
         async def rename(self, parent_old, name_old, parent_new, name_new, flags, ctx):
             if flags:
@@ -294,6 +400,10 @@ def main(argv: list[str]) -> int:
                 os.rename(self.path(name_old), self.path(name_new))
             except OSError as exc:
                 raise FUSEError(exc.errno) from None
+            moved = self.unsynced.pop(name_old, None)
+            self.unsynced.pop(name_new, None)
+            if moved is not None:
+                self.unsynced[name_new] = moved
             ino = self.inos.pop(name_old, None)
             old = self.inos.pop(name_new, None)
             if old is not None:

@@ -102,6 +102,7 @@ NET_KINDS = {
     "disk_hang": 2,
     "disk_hang_failover": 2,
     "long_split": 1,
+    "power_cut": 2,
 }
 
 #: a long split's secondary must be back with its primary this soon after the heal: past
@@ -703,6 +704,8 @@ class Harness(OperatorActions):
         dn = self.disk_node
         if self.disk and dn is not None and self.reachable(dn) and dn not in self.disk_hit:
             ks.append("disk_error")
+            if away < MAX_AWAY and (dn != self.primary or secs):
+                ks.append("power_cut")
         if self.disk and dn is not None and self.reachable(dn):
             ks.append("disk_hang")
             if dn == self.primary and away < MAX_AWAY and secs:
@@ -955,7 +958,33 @@ class Harness(OperatorActions):
             return self.disk_hang(kind == "disk_hang_failover")
         if kind == "long_split":
             return self.long_split(rng.choice(secs))
+        if kind == "power_cut":
+            return self.power_cut()
         raise AssertionError(kind)
+
+    def power_cut(self) -> str:
+        """The disk node loses power: its daemon killed, and with it what its disk held in a
+        volatile cache (faultfs ``powercut``): every write it had not fsynced is lost, in
+        whole or in 4 KiB pieces. A SIGKILL alone leaves the page cache to the next start,
+        so only this finds a write acknowledged, or a record reported held, before it was
+        synced. A primary is replaced at once (as fencing would); the node starts again
+        now or later (restart) and must recover its log and converge like any other."""
+        n, p, rng = self.disk_node, self.primary, self.rng
+        assert n is not None
+        role = "primary" if n == p else f"{self.modes[n]} secondary"
+        self.kill(n)
+        self.set_disk_fault(f"powercut {rng.randrange(1 << 30)}")
+        kept = self.fault_file.read_text().split("cut=")[1].strip()
+        self.faults[f"power_cut({role.split()[0]})"] += 1
+        self.note(f"power cut of {n} ({role}): unsynced writes kept {kept}")
+        if n == p:
+            self.wait_observing(rng.uniform(0, 0.8))
+            self.failover()
+        now = rng.random() < 0.5
+        if now:
+            self.wait_observing(rng.uniform(0, 1.0))
+            self.restart(n)
+        return f"power_cut({n}{f'->{self.primary}' if n == p else ''}{', up' if now else ''})"
 
     def long_split(self, n: str) -> str:
         """A secondary split off from every other node for 12-25 s (nftables: packets

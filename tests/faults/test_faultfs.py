@@ -1,0 +1,129 @@
+"""The failing disk's power cut (tests.faults.faultfs): what was synced survives it, what was
+not is lost in part or whole, sector by sector, and nothing else changes. The fault
+campaign's ``power_cut`` trusts this to tell a missing fsync in the product from a sound
+recovery."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.faults import faultfs
+
+SECTOR = faultfs.SECTOR
+
+
+def _why_not() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (FUSE allow_other)"
+    if not Path("/dev/fuse").exists() or shutil.which("fusermount3") is None:
+        return "needs /dev/fuse and fusermount3"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_why_not() is not None, reason=str(_why_not()))
+
+
+@pytest.fixture
+def disk(tmp_path: Path):
+    mnt, backing = tmp_path / "mnt", tmp_path / "backing"
+    mnt.mkdir()
+    backing.mkdir()
+    with faultfs.mounted(backing, mnt):
+        yield mnt
+
+
+def command(mnt: Path, spec: str) -> str:
+    with open(mnt / ".fault", "w") as f:
+        f.write(spec)
+    return (mnt / ".fault").read_text()
+
+
+def cut(mnt: Path, seed: int) -> dict[str, str]:
+    """Power cut; what it kept of each file, e.g. {"a": "ordered 2/5"}."""
+    said = command(mnt, f"powercut {seed}").split("cut=")[1].strip()
+    if said == "nothing-unsynced":
+        return {}
+    return dict(part.split(":", 1) for part in said.split(","))
+
+
+def test_synced_bytes_survive_and_unsynced_sectors_are_old_or_new(disk: Path) -> None:
+    """Over many cuts every kind happens: all lost, a torn prefix kept, any sectors kept;
+    each sector ends as it was synced or as one of the writes since left it, and a file
+    synced after its writes loses nothing."""
+    rng = random.Random(7)
+    seen = set()
+    for seed in range(24):
+        synced = rng.randbytes(16 * SECTOR)
+        with open(disk / "a", "wb") as f:
+            f.write(synced)
+            f.flush()
+            os.fsync(f.fileno())
+        (disk / "b").write_bytes(b"x")
+        fd = os.open(disk / "a", os.O_RDWR)
+        fdb = os.open(disk / "b", os.O_RDWR)
+        writes = []
+        try:
+            for _ in range(rng.randint(1, 6)):
+                off = rng.randrange(0, 20) * SECTOR  # some past the synced end
+                data = rng.randbytes(rng.randint(1, 3) * SECTOR)
+                os.pwrite(fd, data, off)
+                writes.append((off, data))
+            os.pwrite(fdb, b"durable", 0)
+            os.fdatasync(fdb)
+        finally:
+            os.close(fd)
+            os.close(fdb)
+        kept = cut(disk, seed)
+        assert set(kept) == {"a"}, kept  # b was synced: nothing of it to lose
+        assert (disk / "b").read_bytes() == b"durable"
+        how = kept["a"].split()[0]
+        seen.add(how)
+        after = (disk / "a").read_bytes()
+        if how == "lost":
+            assert after == synced
+            continue
+        for s in range(0, max(len(after), len(synced)), SECTOR):
+            got = after[s : s + SECTOR]
+            # past the synced end: a hole where a later sector was kept and this one not
+            could = [synced[s : s + SECTOR]] if s < len(synced) else [bytes(len(got))]
+            could += [d[s - o : s - o + SECTOR] for o, d in writes if o <= s < o + len(d)]
+            assert got in could, f"seed {seed} ({kept['a']}): sector {s // SECTOR}"
+        assert len(after) >= len(synced)
+    assert seen == {"lost", "ordered", "reordered"}, seen
+
+
+def test_a_rename_carries_what_is_unsynced_and_a_sync_clears_it(disk: Path) -> None:
+    """The product's atomic file pattern: a new file written, renamed over the old one.
+    Without an fsync before the rename, a cut may leave it short of its bytes under the
+    new name; with one, never."""
+    emptied = False
+    for seed in range(12):
+        (disk / "marker").write_bytes(b"old")
+        with open(disk / "marker.tmp", "wb") as f:
+            f.write(b"new contents")
+        os.rename(disk / "marker.tmp", disk / "marker")
+        kept = cut(disk, seed)
+        assert set(kept) == {"marker"}, kept
+        emptied |= (disk / "marker").read_bytes() != b"new contents"
+        with open(disk / "marker.tmp", "wb") as f:
+            f.write(b"synced")
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(disk / "marker.tmp", disk / "marker")
+        assert cut(disk, seed) == {}
+        assert (disk / "marker").read_bytes() == b"synced"
+    assert emptied
+
+
+def test_bad_commands_are_refused_and_change_nothing(disk: Path) -> None:
+    (disk / "a").write_bytes(b"unsynced")
+    for bad in ("powercut", "powercut soon", "powercut 1 2"):
+        with pytest.raises(OSError):
+            command(disk, bad)
+    assert (disk / "a").read_bytes() == b"unsynced"
+    assert set(cut(disk, 1)) == {"a"}  # still remembered: the refused ones did nothing
