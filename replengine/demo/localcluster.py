@@ -26,6 +26,14 @@ from replengine.wire.control import ControlClient
 from replengine.wire.security import generate
 
 
+def blank_file(path: Path, size: int) -> None:
+    """A sparse file of ``size`` bytes, durably: its size must outlive a power cut of the
+    disk under it (the fault campaign's ``power_cut``) as a disk's would."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+        os.fsync(f.fileno())
+
+
 def free_ports(n: int) -> list[int]:
     socks, ports = [], []
     for _ in range(n):
@@ -90,10 +98,8 @@ class LocalResource:
 
     def _make_node(self, name: str) -> None:
         (self.workdir / name).mkdir(parents=True, exist_ok=True)
-        with open(self.volume_path(name), "wb") as f:
-            f.truncate(self.volume_size)
-        with open(self.srl_path(name), "wb") as f:
-            f.truncate(self.srl_size)
+        blank_file(self.volume_path(name), self.volume_size)
+        blank_file(self.srl_path(name), self.srl_size)
         if self.keys:
             self.publics[name] = generate(self.key_path(name), force=True)
 
@@ -152,12 +158,8 @@ class LocalResource:
         """A stopped node's failed disks replaced: a blank volume, a new SRL, `replctl init`.
         It has no history in common with the others: started, it is synced in full. Its
         key stays: the node is the same one, on new disks."""
-        for path, size in (
-            (self.volume_path(name), self.volume_size),
-            (self.srl_path(name), self.srl_size),
-        ):
-            with open(path, "wb") as f:
-                f.truncate(size)
+        blank_file(self.volume_path(name), self.volume_size)
+        blank_file(self.srl_path(name), self.srl_size)
         self.replctl(name, "init", "--force")
 
     def adjust(self, *nodes: str) -> str:
