@@ -9,10 +9,12 @@
   SRLs small enough to fill), one round = faults, heal, quiesce, checks.
 - ``netns``: ``--net netns``: each node's daemon in its own network namespace on a bridge,
   and the network faults (a node's link down, a split in two, packet loss, delay);
-- ``faultfs``: a FUSE passthrough that fails reads or writes with EIO on command (one
-  node's volume and SRL live on it in ``--net netns``);
+- ``faultfs``: a FUSE passthrough that fails reads or writes with EIO on command, or
+  loses what was never synced, as in a power cut (one node's volume and SRL live on it in
+  ``--net netns``);
 - ``run``: ``python -m tests.faults.run`` for long runs (per-round lines and a summary).
-- ``test_schedule``: the checks' own unit tests and the small always-on part (a few rounds).
+- ``test_schedule``: the checks' own unit tests and the small always-on part (a few rounds);
+  ``test_faultfs``: what the power cut keeps and loses.
 
 Only ``replengine`` is imported, so the package runs both under pytest and as a module.
 """

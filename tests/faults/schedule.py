@@ -622,12 +622,16 @@ class Harness(OperatorActions):
         to follow, every node recovering its own SRL, and a promotion that must take the
         newest history the nodes up hold, or refuse (a node still down may hold records no
         other has: whether they had to survive is decided from the evidence, as for any
-        node away at a promotion)."""
+        node away at a promotion). The faultfs node's disk loses what it never synced."""
         order = [n for n in NODES if n not in self.dead]
         self.rng.shuffle(order)
         for n in order:
             self.kill(n)
             self.wait_observing(self.rng.uniform(0, 0.05))
+        if self.disk and self.disk_node is not None:
+            # the one disk here whose cache can be lost (a node killed before too: what it
+            # wrote and never synced was still in the page cache)
+            self.lose_power(self.disk_node)
         self.primary = None
         self.writer.set_target(None)
         back = self.rng.sample(sorted(NODES), self.rng.randint(len(NODES) - MAX_AWAY, len(NODES)))
@@ -962,6 +966,12 @@ class Harness(OperatorActions):
             return self.power_cut()
         raise AssertionError(kind)
 
+    def lose_power(self, n: str) -> None:
+        """The disk node's disk loses what it never synced (its daemon already killed)."""
+        self.set_disk_fault(f"powercut {self.rng.randrange(1 << 30)}")
+        kept = self.fault_file.read_text().split("cut=")[1].strip()
+        self.note(f"power cut of {n}'s disk: unsynced writes kept {kept}")
+
     def power_cut(self) -> str:
         """The disk node loses power: its daemon killed, and with it what its disk held in a
         volatile cache (faultfs ``powercut``): every write it had not fsynced is lost, in
@@ -973,10 +983,9 @@ class Harness(OperatorActions):
         assert n is not None
         role = "primary" if n == p else f"{self.modes[n]} secondary"
         self.kill(n)
-        self.set_disk_fault(f"powercut {rng.randrange(1 << 30)}")
-        kept = self.fault_file.read_text().split("cut=")[1].strip()
         self.faults[f"power_cut({role.split()[0]})"] += 1
-        self.note(f"power cut of {n} ({role}): unsynced writes kept {kept}")
+        self.note(f"power cut of {n} ({role})")
+        self.lose_power(n)
         if n == p:
             self.wait_observing(rng.uniform(0, 0.8))
             self.failover()

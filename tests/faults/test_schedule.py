@@ -328,11 +328,17 @@ def _netns_tools() -> str | None:
             301,
             [["mode_switch", "partition_primary", "delay"], ["split", "loss", "disk_error"]],
         ),
-        # then the operator's full sync of a secondary, the primary cut off during it
-        ("block", 302, [["split", "delay"], ["sync_full", "partition_primary", "srl_fill"]]),
+        # the failing disk's node losing power (what it never synced lost), a split; then
+        # the operator's full sync of a secondary, the primary cut off during it
+        (
+            "block",
+            302,
+            [["power_cut", "split", "delay"], ["sync_full", "partition_primary", "srl_fill"]],
+        ),
         # the primary's disk hangs (replaced meanwhile or not), the primary on one-way links
         # and replaced, a secondary on one too, and a damaged secondary invalidated while it
-        # runs; then every node killed at once, some started again, one promoted
+        # runs; then every node killed at once (the failing disk losing what it never
+        # synced), some started again, one promoted
         (
             "degrade",
             303,
