@@ -11,7 +11,11 @@ in force):
     eio r GLOB           reads of files matching GLOB fail with EIO
     eio w GLOB           writes, fsync and truncation of those files fail with EIO
     eio rw GLOB          both
-    powercut SEED        what was written and never synced is lost, as in a power cut
+    powercut SEED        what was written and never synced is lost, as in a power cut;
+                         then every call fails with EIO until
+    poweron              (the node's processes stopped first, killed before this)
+    slowsync MS          every fsync and fdatasync takes MS milliseconds more (0: off),
+                         as on a busy disk: writes pile up unsynced behind it
 
 A write that fails writes nothing. Reading ``.fault`` gives the current setting, the
 count of failed calls and what the last power cut kept.
@@ -21,11 +25,14 @@ file is fsynced or fdatasynced; ``powercut`` then rolls each file back to its la
 state and puts back, per file, a random part of what followed, as a disk with a volatile
 cache may keep: nothing (a third of the cuts), the writes up to a random one with that one
 torn at a 4 KiB boundary (a disk that writes in order), or any subset of their 4 KiB
-pieces (a disk that reorders). Issue it only once the files' writer is dead (SIGKILL):
-this is its disk losing power, not the writer's view of it. Creating, renaming and
+pieces (a disk that reorders). The writer must be stopped first (SIGSTOP: none of its
+threads runs again) and killed before ``poweron``: a call it had under way fails, an
+fsync slowed by ``slowsync`` included, and it never sees the answer. Creating, renaming and
 removing files count as durable at once (no fsync of the directory is modelled); the
-mount uses direct I/O, so no page cache above it holds what was rolled back. The file system name is ``rfaultfs-<pid of the harness>``, so a
-later run can find and unmount what a killed one left (`sweep_stale`).
+mount uses direct I/O, so no page cache above it holds what was rolled back.
+
+The file system name is ``rfaultfs-<pid of the harness>``, so a later run can find and
+unmount what a killed one left (`sweep_stale`).
 """
 
 from __future__ import annotations
@@ -165,6 +172,9 @@ def main(argv: list[str]) -> int:
             self.failed = 0
             self.unsynced: dict[bytes, Unsynced] = {}
             self.last_cut = "-"
+            self.sync_delay = 0.0
+            self.syncing = 0  # fsyncs being slowed now
+            self.off = False  # the power is cut (powercut) until poweron
 
         # ---- helpers
         def path(self, name: bytes) -> bytes:
@@ -178,6 +188,8 @@ def main(argv: list[str]) -> int:
             return self.inos[name]
 
         def fails(self, name: bytes, what: str) -> bool:
+            if self.off:
+                return True  # no power: nothing reads, writes or syncs
             if self.mode == "none" or what not in self.mode:
                 return False
             if fnmatch.fnmatch(os.fsdecode(name), self.glob):
@@ -232,6 +244,8 @@ def main(argv: list[str]) -> int:
             )
 
         def power_cut(self, seed: int) -> str:
+            # (an fsync slowed by slowsync and still waiting is its killed caller's: once
+            # it wakes it finds the file closed, or its changes gone from here)
             rng = random.Random(seed)
             said = []
             for name, u in sorted(self.unsynced.items()):
@@ -321,6 +335,8 @@ def main(argv: list[str]) -> int:
                 raise FUSEError(errno.ENOENT)
             if name == CONTROL:
                 return self._fh(-1, name)
+            if self.off:
+                raise FUSEError(errno.EIO)
             try:
                 fd = os.open(self.path(name), flags & ~os.O_CREAT)
             except OSError as exc:
@@ -332,6 +348,8 @@ def main(argv: list[str]) -> int:
         async def create(self, parent_inode, name, mode, flags, ctx):
             if parent_inode != pyfuse3.ROOT_INODE or name == CONTROL:
                 raise FUSEError(errno.EACCES)
+            if self.off:
+                raise FUSEError(errno.EIO)
             try:
                 fd = os.open(self.path(name), flags | os.O_CREAT | os.O_TRUNC, mode)
             except OSError as exc:
@@ -342,7 +360,12 @@ def main(argv: list[str]) -> int:
         async def read(self, fh, off, size):
             fd, name = self.fds[fh]
             if name == CONTROL:
-                said = f"{self.mode} {self.glob} failed={self.failed} cut={self.last_cut}\n"
+                said = (
+                    f"{self.mode} {self.glob} failed={self.failed} "
+                    f"slowsync={self.sync_delay * 1000:.0f} syncing={self.syncing} "
+                    f"power={'off' if self.off else 'on'} "
+                    f"cut={self.last_cut}\n"
+                )
                 return said.encode()[off : off + size]
             if self.fails(name, "r"):
                 raise FUSEError(errno.EIO)
@@ -356,8 +379,13 @@ def main(argv: list[str]) -> int:
                     self.mode, self.glob = "none", ""
                 elif words[0] == "eio" and len(words) == 3 and words[1] in ("r", "w", "rw"):
                     self.mode, self.glob = words[1], words[2]
+                elif words[0] == "slowsync" and len(words) == 2 and words[1].isdigit():
+                    self.sync_delay = int(words[1]) / 1000
                 elif words[0] == "powercut" and len(words) == 2 and words[1].isdigit():
                     self.last_cut = self.power_cut(int(words[1]))
+                    self.off = True
+                elif words == ["poweron"]:
+                    self.off = False
                 else:
                     raise FUSEError(errno.EINVAL)
                 return len(buf)
@@ -372,8 +400,23 @@ def main(argv: list[str]) -> int:
                 return
             if self.fails(name, "w"):
                 raise FUSEError(errno.EIO)
+            u = self.unsynced.get(name)
+            before = len(u.changes) if u is not None else 0
+            if self.sync_delay:
+                self.syncing += 1
+                try:
+                    await trio.sleep(self.sync_delay)
+                finally:
+                    self.syncing -= 1
+                if fh not in self.fds or self.off:  # its caller stopped, killed, cut off
+                    raise FUSEError(errno.EIO)
             (os.fdatasync if datasync else os.fsync)(fd)
-            self.unsynced.pop(name, None)
+            # durable now: what was written before it was called (later writes, while it
+            # was slowed, are not)
+            if u is not None and self.unsynced.get(name) is u:
+                del u.changes[:before]
+                if not u.changes:
+                    del self.unsynced[name]
 
         async def flush(self, fh):
             return None
@@ -384,6 +427,8 @@ def main(argv: list[str]) -> int:
                 os.close(fd)
 
         async def unlink(self, parent_inode, name, ctx):
+            if self.off:
+                raise FUSEError(errno.EIO)
             try:
                 os.unlink(self.path(name))
             except OSError as exc:
@@ -396,6 +441,8 @@ def main(argv: list[str]) -> int:
         async def rename(self, parent_old, name_old, parent_new, name_new, flags, ctx):
             if flags:
                 raise FUSEError(errno.EINVAL)
+            if self.off:
+                raise FUSEError(errno.EIO)
             try:
                 os.rename(self.path(name_old), self.path(name_new))
             except OSError as exc:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import re
 import shutil
@@ -472,9 +473,10 @@ class Harness(OperatorActions):
             + (f" (replaced primary: a zombie; {late} late writes sent to it)" if replaced else "")
         )
 
-    def kill(self, n: str) -> None:
+    def kill(self, n: str, observe: bool = True) -> None:
         assert self.r is not None
-        self.observe()
+        if observe:
+            self.observe()
         self.r.kill(n)
         was = self.frozen.pop(n, None)
         self.dead.add(n)
@@ -625,13 +627,17 @@ class Harness(OperatorActions):
         node away at a promotion). The faultfs node's disk loses what it never synced."""
         order = [n for n in NODES if n not in self.dead]
         self.rng.shuffle(order)
+        # the faultfs disk is the one here whose cache can be lost (a node killed before
+        # too: what it wrote and never synced was still in the page cache)
+        dn = self.disk_node if self.disk else None
+        if dn is not None and dn not in order:
+            self.lose_power(dn)
         for n in order:
-            self.kill(n)
+            if n == dn:
+                self.lose_power(n)
+            else:
+                self.kill(n)
             self.wait_observing(self.rng.uniform(0, 0.05))
-        if self.disk and self.disk_node is not None:
-            # the one disk here whose cache can be lost (a node killed before too: what it
-            # wrote and never synced was still in the page cache)
-            self.lose_power(self.disk_node)
         self.primary = None
         self.writer.set_target(None)
         back = self.rng.sample(sorted(NODES), self.rng.randint(len(NODES) - MAX_AWAY, len(NODES)))
@@ -967,9 +973,22 @@ class Harness(OperatorActions):
         raise AssertionError(kind)
 
     def lose_power(self, n: str) -> None:
-        """The disk node's disk loses what it never synced (its daemon already killed)."""
+        """The disk node's power cut at one instant: its daemon's threads all stopped
+        (SIGSTOP), its disk's unsynced writes lost, any call still under way failed, the
+        daemon killed, the power back. A daemon killed before loses what it left unsynced
+        in the page cache."""
+        assert self.r is not None
+        pid = self.r.pid(n) if n not in self.dead else None
+        self.observe()  # (the evidence up to the cut: the node does not answer after it)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)  # (not waited for: a thread in a slowed
+                # fsync stops only once it returns, which the cut makes it do, with EIO)
         self.set_disk_fault(f"powercut {self.rng.randrange(1 << 30)}")
         kept = self.fault_file.read_text().split("cut=")[1].strip()
+        if n not in self.dead:
+            self.kill(n, observe=False)
+        self.set_disk_fault("poweron")
         self.note(f"power cut of {n}'s disk: unsynced writes kept {kept}")
 
     def power_cut(self) -> str:
@@ -982,10 +1001,19 @@ class Harness(OperatorActions):
         n, p, rng = self.disk_node, self.primary, self.rng
         assert n is not None
         role = "primary" if n == p else f"{self.modes[n]} secondary"
-        self.kill(n)
-        self.faults[f"power_cut({role.split()[0]})"] += 1
+        slow = rng.random() < 0.5
+        if slow:
+            # its syncs slowed first (a busy disk): SRL batches and volume writes pile up
+            # unsynced behind them, and the cut lands on a batch written and not yet synced
+            ms = rng.choice([5, 10, 20, 40])
+            self.set_disk_fault(f"slowsync {ms}")
+            self.note(f"disk of {n} ({role}): every fsync {ms} ms slower")
+            self.wait_observing(rng.uniform(0.3, 1.0))
+        self.faults[f"power_cut({role.split()[0]}{', slow syncs' if slow else ''})"] += 1
         self.note(f"power cut of {n} ({role})")
         self.lose_power(n)
+        if slow:
+            self.set_disk_fault("slowsync 0")
         if n == p:
             self.wait_observing(rng.uniform(0, 0.8))
             self.failover()

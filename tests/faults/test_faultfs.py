@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -44,8 +46,9 @@ def command(mnt: Path, spec: str) -> str:
 
 
 def cut(mnt: Path, seed: int) -> dict[str, str]:
-    """Power cut; what it kept of each file, e.g. {"a": "ordered 2/5"}."""
+    """Power cut (and the power back); what it kept of each file, e.g. {"a": "ordered 2/5"}."""
     said = command(mnt, f"powercut {seed}").split("cut=")[1].strip()
+    command(mnt, "poweron")
     if said == "nothing-unsynced":
         return {}
     return dict(part.split(":", 1) for part in said.split(","))
@@ -120,6 +123,28 @@ def test_a_rename_carries_what_is_unsynced_and_a_sync_clears_it(disk: Path) -> N
     assert emptied
 
 
+def test_without_power_every_call_fails_until_it_is_back(disk: Path) -> None:
+    """Between the cut and ``poweron`` the killed writer's calls under way, and any other,
+    fail: none of them reaches the files after the cut."""
+    with open(disk / "a", "wb") as f:
+        f.write(b"before")
+        f.flush()
+        os.fsync(f.fileno())
+    command(disk, "powercut 3")
+    for call in (
+        lambda: (disk / "a").read_bytes(),
+        lambda: (disk / "a").write_bytes(b"after"),
+        lambda: (disk / "new").write_bytes(b"after"),
+        lambda: os.rename(disk / "a", disk / "b"),
+        lambda: os.unlink(disk / "a"),
+    ):
+        with pytest.raises(OSError):
+            call()
+    command(disk, "poweron")
+    assert (disk / "a").read_bytes() == b"before"
+    assert not (disk / "new").exists() and not (disk / "b").exists()
+
+
 def test_bad_commands_are_refused_and_change_nothing(disk: Path) -> None:
     (disk / "a").write_bytes(b"unsynced")
     for bad in ("powercut", "powercut soon", "powercut 1 2"):
@@ -127,3 +152,31 @@ def test_bad_commands_are_refused_and_change_nothing(disk: Path) -> None:
             command(disk, bad)
     assert (disk / "a").read_bytes() == b"unsynced"
     assert set(cut(disk, 1)) == {"a"}  # still remembered: the refused ones did nothing
+
+
+def test_a_slowed_sync_makes_durable_only_what_was_written_before_it(disk: Path) -> None:
+    """``slowsync``: writes go on while an fsync waits; the fsync covers what came before
+    it was called, and a power cut may still take what came during it."""
+    first, second = b"A" * SECTOR, b"B" * SECTOR
+    seen = set()
+    for seed in range(12):
+        command(disk, "slowsync 100")
+        fd = os.open(disk / f"a{seed}", os.O_RDWR | os.O_CREAT)
+        try:
+            os.pwrite(fd, first, 0)
+            syncing = threading.Thread(target=os.fsync, args=(fd,))
+            syncing.start()
+            while "syncing=1" not in (disk / ".fault").read_text():
+                time.sleep(0.005)  # (polled: nothing signals an fsync under way)
+            os.pwrite(fd, second, SECTOR)
+            syncing.join()
+        finally:
+            os.close(fd)
+        command(disk, "slowsync 0")
+        kept = cut(disk, seed)
+        assert kept.keys() == {f"a{seed}"}, kept
+        assert kept[f"a{seed}"].endswith("/1"), kept  # the second write only
+        after = (disk / f"a{seed}").read_bytes()
+        assert after[:SECTOR] == first
+        seen.add(after[SECTOR:])
+    assert seen == {b"", second}, seen  # lost in some cuts, kept in others
