@@ -14,6 +14,7 @@ import random
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,11 +26,16 @@ TRIALS = 60
 
 
 def run_child_and_kill(
-    path: Path, seed: int, writers: int, acks_before_kill: int
+    path: Path,
+    seed: int,
+    writers: int,
+    acks_before_kill: int,
+    kill: Callable[[subprocess.Popen], None] = subprocess.Popen.kill,
 ) -> tuple[dict[int, tuple[int, int, str]], int]:
-    """Run the child until it has acknowledged ``acks_before_kill`` appends, SIGKILL it, and
-    return every acknowledgement it managed to write (also those still in the pipe) and the
-    highest clear it reported."""
+    """Run the child until it has acknowledged ``acks_before_kill`` appends, SIGKILL it
+    (``kill``: how, e.g. with its disk's power cut: test_srl_powercut), and return every
+    acknowledgement it managed to write (also those still in the pipe) and the highest
+    clear it reported."""
     proc = subprocess.Popen(
         [sys.executable, str(CHILD), str(path), str(seed), str(writers)],
         stdout=subprocess.PIPE,
@@ -54,7 +60,7 @@ def run_child_and_kill(
             if not line:
                 raise AssertionError(f"child exited early: {proc.wait()} {proc.stderr.read()}")
             parse(line)
-        proc.kill()
+        kill(proc)
         rest, err = proc.communicate(timeout=30)
         for line in rest.splitlines():
             parse(line)
