@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 
 from replengine.node.copier import CHUNK
 from replengine.storage.chunksums import DIGEST_SIZE
+from replengine.storage.durable import replace_durably
 from replengine.storage.hashpool import volume_digests
 from replengine.wire.protocol import MAX_DATA, Block, BlockAck, BlockDone, BlockReq, Sums
 
@@ -114,12 +115,7 @@ def _write_durably(path: Path, doc: dict) -> None:
         json.dump(doc, f)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    replace_durably(tmp, path)
 
 
 def load_marker(path: Path) -> list[tuple[int, int]] | None:

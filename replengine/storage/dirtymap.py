@@ -43,6 +43,7 @@ from pathlib import Path
 
 from replengine.errors import ReplError
 from replengine.log.crc import crc32c
+from replengine.storage.durable import replace_durably
 
 MAGIC = b"REPLDCM\0"
 VERSION = 1
@@ -64,14 +65,6 @@ class DCMCorruptError(DCMError):
 
 class DCMRangeError(DCMError, ValueError):
     """A byte range passed to mark/clear lies outside the volume or is negative."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class DirtyMap:
@@ -202,8 +195,7 @@ class DirtyMap:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, self.path)
-            _fsync_dir(self.path.parent)
+            replace_durably(tmp, self.path)
         except OSError as exc:
             raise DCMError(f"DCM {self.path}: cannot write: {exc.strerror or exc}") from exc
         with self._lock:

@@ -24,6 +24,7 @@ import zmq
 
 from replengine import config as configmod
 from replengine.errors import ConfigError, ReplError
+from replengine.storage.durable import fsync_dir, replace_durably
 
 Z85_KEY_LEN = 40
 
@@ -72,7 +73,9 @@ def generate(out: Path, force: bool = False) -> str:
     finally:
         os.close(fd)
     if force:
-        os.replace(tmp, out)
+        replace_durably(tmp, out)
+    else:
+        fsync_dir(out.parent)  # the new name too, not only the bytes
     return public.decode()
 
 
