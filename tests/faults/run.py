@@ -46,6 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--no-disk", action="store_true", help="netns without the faultfs disk")
     ap.add_argument(
+        "--disk-all",
+        action="store_true",
+        help="netns: every node's files on a faultfs disk (a blackout then cuts the power "
+        "of every node's disk), not only one node's",
+    )
+    ap.add_argument(
         "--device",
         choices=["none", "fuse-loop", "mixed"],
         default="none",
@@ -128,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             verbose=args.verbose,
             net=net,
             disk=not args.no_disk,
+            disk_all=args.disk_all,
             device=device,
             keys=keys,
             resync_rate=args.resync_rate,

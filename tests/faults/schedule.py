@@ -51,6 +51,7 @@ import psutil
 from replengine.cli.progress import poll_status
 from replengine.demo.localcluster import LocalResource
 from replengine.errors import ReplError
+from replengine.log.srl import SRL
 from replengine.runtime import is_alive, wait_gone
 from replengine.wire.control import ControlClient, DaemonGone
 
@@ -188,11 +189,17 @@ class Harness(OperatorActions):
         script: list[list[str]] | None = None,
         keys: bool = False,
         resync_rate: float = 0,
+        disk_all: bool = False,
     ) -> None:
         #: per round, fault kinds played first (when allowed), before the random ones
         self.script = [list(x) for x in script or []]
         self.net = net
         self.disk = disk and net == "netns"
+        #: every node's files on a faultfs disk, not only disk_node's: a blackout then cuts
+        #: the power of all of them (disk errors and hangs stay on disk_node's)
+        self.disk_all = disk_all and self.disk
+        #: the .fault control file of each node's faultfs disk
+        self.fault_files: dict[str, Path] = {}
         self.device = device
         #: CURVE between the nodes (LocalResource.keys)
         self.keys = keys
@@ -254,7 +261,8 @@ class Harness(OperatorActions):
         if self.disk:
             # one node's volume and SRL on a disk that fails on command
             self.disk_node = list(NODES)[(self.seed + self.builds) % len(NODES)]
-            self.mount_faultfs(work, self.disk_node)
+            for n in list(NODES) if self.disk_all else [self.disk_node]:
+                self.mount_faultfs(work, n)
         self.r.create()
         self.r.up()
         first = list(NODES)[0]
@@ -283,11 +291,14 @@ class Harness(OperatorActions):
         mnt, backing = work / node, work / f"{node}.disk"
         mnt.mkdir(parents=True, exist_ok=True)
         backing.mkdir(parents=True, exist_ok=True)
-        self.fuse = self.fuse_mount.enter_context(faultfs.mounted(backing, mnt))
-        self.fault_file = mnt / ".fault"
+        fuse = self.fuse_mount.enter_context(faultfs.mounted(backing, mnt))
+        self.fault_files[node] = mnt / ".fault"
+        if node == self.disk_node:
+            self.fuse = fuse
 
-    def set_disk_fault(self, spec: str) -> None:
-        with open(self.fault_file, "w") as f:
+    def set_disk_fault(self, spec: str, node: str | None = None) -> None:
+        """Tell a faultfs disk (disk_node's unless ``node``) what to do."""
+        with open(self.fault_files[node or self.disk_node or ""], "w") as f:
             f.write(spec)
 
     def teardown(self, remove: bool) -> None:
@@ -307,6 +318,7 @@ class Harness(OperatorActions):
         if self.fuse is not None:
             self.fuse_mount.close()  # unmounted, its server killed
             self.fuse = None
+            self.fault_files = {}
         if self.network is not None:
             self.network.down()
             self.network = None
@@ -627,17 +639,24 @@ class Harness(OperatorActions):
         node away at a promotion). The faultfs node's disk loses what it never synced."""
         order = [n for n in NODES if n not in self.dead]
         self.rng.shuffle(order)
-        # the faultfs disk is the one here whose cache can be lost (a node killed before
+        # the faultfs disks are those here whose cache can be lost (a node killed before
         # too: what it wrote and never synced was still in the page cache)
-        dn = self.disk_node if self.disk else None
-        if dn is not None and dn not in order:
-            self.lose_power(dn)
+        cut = set(self.fault_files) if self.disk else set()
+        slow = [n for n in sorted(cut) if n in order] if self.rng.random() < 0.5 else []
+        if slow:
+            # their syncs slowed first (busy disks), so the cut lands on records written
+            # and not yet synced: acknowledged only if something acked before a sync
+            self.slow_syncs(slow)
+        for n in sorted(cut - set(order)):
+            self.lose_power(n)
         for n in order:
-            if n == dn:
+            if n in cut:
                 self.lose_power(n)
             else:
                 self.kill(n)
             self.wait_observing(self.rng.uniform(0, 0.05))
+        for n in slow:
+            self.set_disk_fault("slowsync 0", n)
         self.primary = None
         self.writer.set_target(None)
         back = self.rng.sample(sorted(NODES), self.rng.randint(len(NODES) - MAX_AWAY, len(NODES)))
@@ -972,6 +991,15 @@ class Harness(OperatorActions):
             return self.power_cut()
         raise AssertionError(kind)
 
+    def slow_syncs(self, nodes: list[str]) -> None:
+        """Every fsync of these nodes' faultfs disks 5-40 ms slower, for 0.3-1 s under the
+        writes (until set back to 0 by the caller)."""
+        ms = self.rng.choice([5, 10, 20, 40])
+        for n in nodes:
+            self.set_disk_fault(f"slowsync {ms}", n)
+        self.note(f"disks of {','.join(nodes)}: every fsync {ms} ms slower")
+        self.wait_observing(self.rng.uniform(0.3, 1.0))
+
     def lose_power(self, n: str) -> None:
         """The disk node's power cut at one instant: its daemon's threads all stopped
         (SIGSTOP), its disk's unsynced writes lost, any call still under way failed, the
@@ -979,17 +1007,50 @@ class Harness(OperatorActions):
         in the page cache."""
         assert self.r is not None
         pid = self.r.pid(n) if n not in self.dead else None
+        seen = len(self.observations)
         self.observe()  # (the evidence up to the cut: the node does not answer after it)
+        obs = self.observations[-1] if len(self.observations) > seen else None
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGSTOP)  # (not waited for: a thread in a slowed
                 # fsync stops only once it returns, which the cut makes it do, with EIO)
-        self.set_disk_fault(f"powercut {self.rng.randrange(1 << 30)}")
-        kept = self.fault_file.read_text().split("cut=")[1].strip()
+        self.set_disk_fault(f"powercut {self.rng.randrange(1 << 30)}", n)
+        kept = self.fault_files[n].read_text().split("cut=")[1].strip()
         if n not in self.dead:
             self.kill(n, observe=False)
-        self.set_disk_fault("poweron")
+        self.set_disk_fault("poweron", n)
         self.note(f"power cut of {n}'s disk: unsynced writes kept {kept}")
+        if obs is not None and n in obs.acked:
+            self.check_acked_kept(n, obs)
+
+    def check_acked_kept(self, n: str, obs: Observation) -> None:
+        """Every LSN the primary saw ``n`` acknowledge just before its power cut must be in
+        its SRL after it: an acknowledgement says durable. Read from a copy of the SRL
+        file (recovering it in place would change what the daemon's own start does). The
+        ledger alone misses an acknowledgement made before the sync whenever another node
+        kept the write, which is nearly always."""
+        assert self.r is not None
+        acked = obs.acked[n]
+        path = self.r.workdir / f"{n}.disk" / self.r.srl_path(n).name
+        copy = self.r.workdir / f"{n}.srl-after-cut"
+        try:
+            shutil.copyfile(path, copy)
+            with SRL.open(copy) as srl:
+                end = srl.end_lsn
+        except (OSError, ReplError) as exc:
+            self.note(f"{n}'s SRL after the cut could not be read: {exc}")
+            return  # (its start says so too: restart-failed)
+        finally:
+            copy.unlink(missing_ok=True)
+        if end <= acked:
+            self.violate(
+                "ack-not-durable",
+                f"{obs.node} (epoch {obs.epoch}) had {n}'s acknowledgement up to LSN {acked} "
+                f"just before {n}'s power cut; its SRL recovers to end {end}",
+                [n, obs.node],
+            )
+        else:
+            self.notes["power cut: every acknowledged LSN still in the SRL"] += 1
 
     def power_cut(self) -> str:
         """The disk node loses power: its daemon killed, and with it what its disk held in a
@@ -1005,15 +1066,12 @@ class Harness(OperatorActions):
         if slow:
             # its syncs slowed first (a busy disk): SRL batches and volume writes pile up
             # unsynced behind them, and the cut lands on a batch written and not yet synced
-            ms = rng.choice([5, 10, 20, 40])
-            self.set_disk_fault(f"slowsync {ms}")
-            self.note(f"disk of {n} ({role}): every fsync {ms} ms slower")
-            self.wait_observing(rng.uniform(0.3, 1.0))
+            self.slow_syncs([n])
         self.faults[f"power_cut({role.split()[0]}{', slow syncs' if slow else ''})"] += 1
         self.note(f"power cut of {n} ({role})")
         self.lose_power(n)
         if slow:
-            self.set_disk_fault("slowsync 0")
+            self.set_disk_fault("slowsync 0", n)
         if n == p:
             self.wait_observing(rng.uniform(0, 0.8))
             self.failover()
