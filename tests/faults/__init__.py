@@ -12,6 +12,8 @@
 - ``faultfs``: a FUSE passthrough that fails reads or writes with EIO on command, or
   loses what was never synced, as in a power cut (one node's volume and SRL live on it in
   ``--net netns``);
+- ``diskfaults``: the schedule's faults of that disk (EIO, a hang, a power cut) and the
+  check that a node's acknowledgements outlive its power cut;
 - ``run``: ``python -m tests.faults.run`` for long runs (per-round lines and a summary).
 - ``test_schedule``: the checks' own unit tests and the small always-on part (a few rounds);
   ``test_faultfs``: what the power cut keeps and loses.
