@@ -319,7 +319,7 @@ def _netns_tools() -> str | None:
 @pytest.mark.slow
 @pytest.mark.skipif(_netns_tools() is not None, reason=str(_netns_tools()))
 @pytest.mark.parametrize(
-    "mode,seed,script",
+    "mode,seed,script,disk_all",
     [
         # a node's mode switched by `adjust` under writes, the primary cut off and replaced,
         # a slowed link; then a split with loss
@@ -327,6 +327,7 @@ def _netns_tools() -> str | None:
             "degrade",
             301,
             [["mode_switch", "partition_primary", "delay"], ["split", "loss", "disk_error"]],
+            False,
         ),
         # the failing disk's node losing power (what it never synced lost), a split; then
         # the operator's full sync of a secondary, the primary cut off during it
@@ -334,6 +335,7 @@ def _netns_tools() -> str | None:
             "block",
             302,
             [["power_cut", "split", "delay"], ["sync_full", "partition_primary", "srl_fill"]],
+            False,
         ),
         # the primary's disk hangs (replaced meanwhile or not), the primary on one-way links
         # and replaced, a secondary on one too, and a damaged secondary invalidated while it
@@ -346,12 +348,25 @@ def _netns_tools() -> str | None:
                 ["disk_hang_failover", "oneway_primary", "invalidate_online", "oneway_secondary"],
                 ["blackout"],
             ],
+            False,
         ),
+        # every node on a faultfs disk: the whole cluster's power cut (what no node synced
+        # lost on all of them), then the disk node's alone
+        ("block", 304, [["blackout"], ["power_cut", "kill_primary_failover"]], True),
     ],
 )
-def test_fault_schedule_netns_smoke(mode, seed, script):
+def test_fault_schedule_netns_smoke(mode, seed, script, disk_all):
     work = Path(tempfile.mkdtemp(prefix="faults-", dir="/tmp"))
-    h = Harness(work, seed, mode, converge_s=20.0, keep_failed=False, net="netns", script=script)
+    h = Harness(
+        work,
+        seed,
+        mode,
+        converge_s=20.0,
+        keep_failed=False,
+        net="netns",
+        script=script,
+        disk_all=disk_all,
+    )
     reports, lines = [], []
     try:
         for _ in range(len(script)):
