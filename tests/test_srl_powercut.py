@@ -65,6 +65,11 @@ def test_power_cut_during_appends(disk: Path, trial: int) -> None:
     slow = trial % 3 == 1
     path = disk / f"srl-{trial}"
     SRL.create(path, resource="r0", uuid=uuid.uuid4(), node="n", size=MIN_SRL_SIZE).close()
+    fd = os.open(disk, os.O_RDONLY | os.O_DIRECTORY)  # its name too: made by the test, as an
+    try:  # operator makes the file or device `replctl init` formats
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     cut: list[str] = []
 
     def lose_power(proc: subprocess.Popen) -> None:

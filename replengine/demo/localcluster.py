@@ -22,16 +22,18 @@ from typing import Any
 from replengine.client import Volume, connect
 from replengine.errors import ReplError
 from replengine.runtime import RuntimePaths, is_alive, is_daemon, wait_gone
+from replengine.storage.durable import fsync_dir
 from replengine.wire.control import ControlClient
 from replengine.wire.security import generate
 
 
 def blank_file(path: Path, size: int) -> None:
-    """A sparse file of ``size`` bytes, durably: its size must outlive a power cut of the
-    disk under it (the fault campaign's ``power_cut``) as a disk's would."""
+    """A sparse file of ``size`` bytes, durably (its size and its name): it must outlive a
+    power cut of the disk under it (the fault campaign's ``power_cut``) as a disk would."""
     with open(path, "wb") as f:
         f.truncate(size)
         os.fsync(f.fileno())
+    fsync_dir(path.parent)
 
 
 def free_ports(n: int) -> list[int]:

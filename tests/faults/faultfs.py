@@ -27,9 +27,11 @@ cache may keep: nothing (a third of the cuts), the writes up to a random one wit
 torn at a 4 KiB boundary (a disk that writes in order), or any subset of their 4 KiB
 pieces (a disk that reorders). The writer must be stopped first (SIGSTOP: none of its
 threads runs again) and killed before ``poweron``: a call it had under way fails, an
-fsync slowed by ``slowsync`` included, and it never sees the answer. Creating, renaming and
-removing files count as durable at once (no fsync of the directory is modelled); the
-mount uses direct I/O, so no page cache above it holds what was rolled back.
+fsync slowed by ``slowsync`` included, and it never sees the answer. Names too: a file
+created, removed or renamed (over another or not) is so durably only once the directory is
+fsynced; the cut keeps a random prefix of those changes since and undoes the rest (a
+removed or replaced file waits hidden until then, to come back). The mount uses direct
+I/O, so no page cache above it holds what was rolled back.
 
 The file system name is ``rfaultfs-<pid of the harness>``, so a later run can find and
 unmount what a killed one left (`sweep_stale`).
@@ -51,6 +53,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 CONTROL = b".fault"
+#: where a removed or replaced file waits until the directory is synced (hidden)
+TRASH = b".faultfs-trash-"
 #: the unit a disk writes whole, for a power cut's torn writes
 SECTOR = 4096
 
@@ -175,6 +179,10 @@ def main(argv: list[str]) -> int:
             self.sync_delay = 0.0
             self.syncing = 0  # fsyncs being slowed now
             self.off = False  # the power is cut (powercut) until poweron
+            #: names made, removed or renamed since the directory was last synced, in order:
+            #: ("create", name), ("unlink", name, trash), ("rename", old, new, trash | None)
+            self.journal: list[tuple] = []
+            self.trashed = 0
 
         # ---- helpers
         def path(self, name: bytes) -> bytes:
@@ -251,11 +259,75 @@ def main(argv: list[str]) -> int:
             for name, u in sorted(self.unsynced.items()):
                 fd = os.open(self.path(name), os.O_RDWR)
                 try:
-                    said.append(f"{os.fsdecode(name)}:{u.lose_power(fd, rng)}")
+                    if not name.startswith(TRASH):
+                        said.append(f"{os.fsdecode(name)}:{u.lose_power(fd, rng)}")
+                    else:
+                        u.lose_power(fd, rng)  # (its name may come back below)
                 finally:
                     os.close(fd)
             self.unsynced.clear()
+            if self.journal:
+                # the directory's changes reach the disk in order: a prefix of them is kept
+                total = len(self.journal)
+                keep = rng.randint(0, total)
+                undone = self.journal[keep:]
+                for op in reversed(undone):
+                    self.undo(op)
+                self.journal = self.journal[:keep]
+                what = " ".join(
+                    f"{op[0]}:{os.fsdecode(op[-2 if op[0] == 'rename' else 1])}" for op in undone
+                )
+                said.append(f"names:ordered {keep}/{total}" + (f" (undone {what})" if what else ""))
+                self.commit_names()
             return ",".join(said) or "nothing-unsynced"
+
+        # ---- the directory's names: durable once it is synced
+        def move(self, old: bytes, new: bytes) -> None:
+            """Rename in the backing directory; the inode number and what is unsynced of
+            the file go with it."""
+            os.rename(self.path(old), self.path(new))
+            u = self.unsynced.pop(old, None)
+            if u is not None:
+                self.unsynced[new] = u
+            ino = self.inos.pop(old, None)
+            gone = self.inos.pop(new, None)
+            if gone is not None:
+                self.names.pop(gone, None)
+            if ino is not None:
+                self.inos[new] = ino
+                self.names[ino] = new
+
+        def to_trash(self, name: bytes) -> bytes:
+            trash = TRASH + str(self.trashed).encode()
+            self.trashed += 1
+            self.move(name, trash)
+            return trash
+
+        def undo(self, op: tuple) -> None:
+            if op[0] == "create":
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path(op[1]))
+                self.unsynced.pop(op[1], None)
+                ino = self.inos.pop(op[1], None)
+                if ino is not None:
+                    self.names.pop(ino, None)
+            elif op[0] == "unlink":
+                self.move(op[2], op[1])
+            else:
+                _, old, new, trash = op
+                self.move(new, old)
+                if trash is not None:
+                    self.move(trash, new)
+
+        def commit_names(self) -> None:
+            """The directory synced: what was removed or replaced is gone for good."""
+            for op in self.journal:
+                trash = op[2] if op[0] == "unlink" else op[3] if op[0] == "rename" else None
+                if trash is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.path(trash))
+                    self.unsynced.pop(trash, None)
+            self.journal.clear()
 
         # ---- operations
         async def lookup(self, parent_inode, name, ctx=None):
@@ -263,7 +335,7 @@ def main(argv: list[str]) -> int:
                 raise FUSEError(errno.ENOENT)
             if name == CONTROL:
                 return self.attrs(self.ino(name))
-            if not os.path.lexists(self.path(name)):
+            if name.startswith(TRASH) or not os.path.lexists(self.path(name)):
                 raise FUSEError(errno.ENOENT)
             return self.attrs(self.ino(name))
 
@@ -298,7 +370,7 @@ def main(argv: list[str]) -> int:
             return inode
 
         async def readdir(self, fh, start_id, token):
-            names = sorted(os.listdir(os.fsencode(backing)))
+            names = sorted(n for n in os.listdir(os.fsencode(backing)) if not n.startswith(TRASH))
             for i, name in enumerate(names):
                 if i < start_id:
                     continue
@@ -309,11 +381,14 @@ def main(argv: list[str]) -> int:
             return None
 
         async def fsyncdir(self, fh, datasync):
+            if self.off:
+                raise FUSEError(errno.EIO)
             fd = os.open(backing, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            self.commit_names()
 
         async def statfs(self, ctx):
             st = os.statvfs(backing)
@@ -350,11 +425,14 @@ def main(argv: list[str]) -> int:
                 raise FUSEError(errno.EACCES)
             if self.off:
                 raise FUSEError(errno.EIO)
+            existed = os.path.lexists(self.path(name))
             try:
                 fd = os.open(self.path(name), flags | os.O_CREAT | os.O_TRUNC, mode)
             except OSError as exc:
                 raise FUSEError(exc.errno) from None
             self.unsynced.pop(name, None)  # (made empty, durably: see powercut)
+            if not existed:
+                self.journal.append(("create", name))
             return self._fh(fd, name), self.attrs(self.ino(name))
 
         async def read(self, fh, off, size):
@@ -429,35 +507,28 @@ def main(argv: list[str]) -> int:
         async def unlink(self, parent_inode, name, ctx):
             if self.off:
                 raise FUSEError(errno.EIO)
+            if name.startswith(TRASH) or not os.path.lexists(self.path(name)):
+                raise FUSEError(errno.ENOENT)
             try:
-                os.unlink(self.path(name))
+                self.journal.append(("unlink", name, self.to_trash(name)))
             except OSError as exc:
                 raise FUSEError(exc.errno) from None
-            ino = self.inos.pop(name, None)
-            if ino is not None:
-                self.names.pop(ino, None)
-            self.unsynced.pop(name, None)
 
         async def rename(self, parent_old, name_old, parent_new, name_new, flags, ctx):
             if flags:
                 raise FUSEError(errno.EINVAL)
             if self.off:
                 raise FUSEError(errno.EIO)
+            if TRASH in (name_old[: len(TRASH)], name_new[: len(TRASH)]):
+                raise FUSEError(errno.ENOENT)
+            if not os.path.lexists(self.path(name_old)):
+                raise FUSEError(errno.ENOENT)
             try:
-                os.rename(self.path(name_old), self.path(name_new))
+                trash = self.to_trash(name_new) if os.path.lexists(self.path(name_new)) else None
+                self.move(name_old, name_new)
             except OSError as exc:
                 raise FUSEError(exc.errno) from None
-            moved = self.unsynced.pop(name_old, None)
-            self.unsynced.pop(name_new, None)
-            if moved is not None:
-                self.unsynced[name_new] = moved
-            ino = self.inos.pop(name_old, None)
-            old = self.inos.pop(name_new, None)
-            if old is not None:
-                self.names.pop(old, None)
-            if ino is not None:
-                self.inos[name_new] = ino
-                self.names[ino] = name_new
+            self.journal.append(("rename", name_old, name_new, trash))
 
         async def forget(self, inode_list):
             return None

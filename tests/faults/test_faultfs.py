@@ -45,6 +45,22 @@ def command(mnt: Path, spec: str) -> str:
     return (mnt / ".fault").read_text()
 
 
+def sync_dir(mnt: Path) -> None:
+    fd = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    sync_dir(path.parent)
+
+
 def cut(mnt: Path, seed: int) -> dict[str, str]:
     """Power cut (and the power back); what it kept of each file, e.g. {"a": "ordered 2/5"}."""
     said = command(mnt, f"powercut {seed}").split("cut=")[1].strip()
@@ -62,11 +78,8 @@ def test_synced_bytes_survive_and_unsynced_sectors_are_old_or_new(disk: Path) ->
     seen = set()
     for seed in range(24):
         synced = rng.randbytes(16 * SECTOR)
-        with open(disk / "a", "wb") as f:
-            f.write(synced)
-            f.flush()
-            os.fsync(f.fileno())
-        (disk / "b").write_bytes(b"x")
+        write_durably(disk / "a", synced)
+        write_durably(disk / "b", b"x")
         fd = os.open(disk / "a", os.O_RDWR)
         fdb = os.open(disk / "b", os.O_RDWR)
         writes = []
@@ -100,36 +113,49 @@ def test_synced_bytes_survive_and_unsynced_sectors_are_old_or_new(disk: Path) ->
     assert seen == {"lost", "ordered", "reordered"}, seen
 
 
-def test_a_rename_carries_what_is_unsynced_and_a_sync_clears_it(disk: Path) -> None:
-    """The product's atomic file pattern: a new file written, renamed over the old one.
-    Without an fsync before the rename, a cut may leave it short of its bytes under the
-    new name; with one, never."""
-    emptied = False
-    for seed in range(12):
-        (disk / "marker").write_bytes(b"old")
-        with open(disk / "marker.tmp", "wb") as f:
-            f.write(b"new contents")
-        os.rename(disk / "marker.tmp", disk / "marker")
-        kept = cut(disk, seed)
-        assert set(kept) == {"marker"}, kept
-        emptied |= (disk / "marker").read_bytes() != b"new contents"
-        with open(disk / "marker.tmp", "wb") as f:
-            f.write(b"synced")
+def test_a_name_is_durable_once_its_directory_is_synced(disk: Path) -> None:
+    """The product's atomic file: a new file written and fsynced, renamed over the old one,
+    the directory fsynced. Leave a step out and a cut shows it: without the file's fsync
+    its bytes may be gone under the new name; without the directory's, the old file may be
+    back, a new one missing, a removed one there again."""
+    seen: dict[str, set] = {"both": set(), "no file sync": set(), "no dir sync": set()}
+    created, removed = set(), set()
+    for seed in range(16):
+        for how, outcomes in seen.items():
+            write_durably(disk / "marker", b"old")
+            with open(disk / "marker.tmp", "wb") as f:
+                f.write(b"new contents")
+                f.flush()
+                if how != "no file sync":
+                    os.fsync(f.fileno())
+            os.rename(disk / "marker.tmp", disk / "marker")
+            if how != "no dir sync":
+                sync_dir(disk)
+            cut(disk, seed)
+            outcomes.add((disk / "marker").read_bytes())
+            (disk / "marker.tmp").unlink(missing_ok=True)
+        write_durably(disk / "kept", b"z")  # (the directory synced after it: there)
+        with open(disk / "new", "wb") as f:
+            f.write(b"y")
             f.flush()
             os.fsync(f.fileno())
-        os.rename(disk / "marker.tmp", disk / "marker")
-        assert cut(disk, seed) == {}
-        assert (disk / "marker").read_bytes() == b"synced"
-    assert emptied
+        (disk / "kept").unlink()
+        cut(disk, seed)
+        created.add((disk / "new").exists())
+        removed.add((disk / "kept").exists())
+        for name in ("new", "kept"):
+            (disk / name).unlink(missing_ok=True)
+        sync_dir(disk)
+    assert seen["both"] == {b"new contents"}, seen
+    assert b"old" in seen["no dir sync"], seen  # the rename undone
+    assert seen["no file sync"] - {b"new contents"}, seen  # its bytes lost
+    assert created == {True, False} and removed == {True, False}
 
 
 def test_without_power_every_call_fails_until_it_is_back(disk: Path) -> None:
     """Between the cut and ``poweron`` the killed writer's calls under way, and any other,
     fail: none of them reaches the files after the cut."""
-    with open(disk / "a", "wb") as f:
-        f.write(b"before")
-        f.flush()
-        os.fsync(f.fileno())
+    write_durably(disk / "a", b"before")
     command(disk, "powercut 3")
     for call in (
         lambda: (disk / "a").read_bytes(),
@@ -146,6 +172,7 @@ def test_without_power_every_call_fails_until_it_is_back(disk: Path) -> None:
 
 
 def test_bad_commands_are_refused_and_change_nothing(disk: Path) -> None:
+    write_durably(disk / "a", b"")
     (disk / "a").write_bytes(b"unsynced")
     for bad in ("powercut", "powercut soon", "powercut 1 2"):
         with pytest.raises(OSError):
@@ -162,6 +189,7 @@ def test_a_slowed_sync_makes_durable_only_what_was_written_before_it(disk: Path)
     for seed in range(12):
         command(disk, "slowsync 100")
         fd = os.open(disk / f"a{seed}", os.O_RDWR | os.O_CREAT)
+        sync_dir(disk)
         try:
             os.pwrite(fd, first, 0)
             syncing = threading.Thread(target=os.fsync, args=(fd,))
