@@ -257,7 +257,10 @@ def main(argv: list[str]) -> int:
             rng = random.Random(seed)
             said = []
             for name, u in sorted(self.unsynced.items()):
-                fd = os.open(self.path(name), os.O_RDWR)
+                try:
+                    fd = os.open(self.path(name), os.O_RDWR)
+                except FileNotFoundError:
+                    continue  # (gone for good: removed, its directory synced)
                 try:
                     if not name.startswith(TRASH):
                         said.append(f"{os.fsdecode(name)}:{u.lose_power(fd, rng)}")
@@ -289,6 +292,9 @@ def main(argv: list[str]) -> int:
             u = self.unsynced.pop(old, None)
             if u is not None:
                 self.unsynced[new] = u
+            for fh, (fd, name) in list(self.fds.items()):
+                if name == old:  # (written to after the rename: remembered under the new name)
+                    self.fds[fh] = (fd, new)
             ino = self.inos.pop(old, None)
             gone = self.inos.pop(new, None)
             if gone is not None:
@@ -523,6 +529,8 @@ def main(argv: list[str]) -> int:
                 raise FUSEError(errno.ENOENT)
             if not os.path.lexists(self.path(name_old)):
                 raise FUSEError(errno.ENOENT)
+            if name_old == name_new:
+                return
             try:
                 trash = self.to_trash(name_new) if os.path.lexists(self.path(name_new)) else None
                 self.move(name_old, name_new)

@@ -208,3 +208,31 @@ def test_a_slowed_sync_makes_durable_only_what_was_written_before_it(disk: Path)
         assert after[:SECTOR] == first
         seen.add(after[SECTOR:])
     assert seen == {b"", second}, seen  # lost in some cuts, kept in others
+
+
+def test_a_file_written_after_its_rename_loses_only_its_unsynced_bytes(disk: Path) -> None:
+    """Written through a descriptor opened before its rename: remembered under the new
+    name, so the cut rolls back the right file (and a removed one is skipped)."""
+    for seed in range(6):
+        write_durably(disk / "before", b"A" * SECTOR)
+        fd = os.open(disk / "before", os.O_RDWR)
+        try:
+            os.rename(disk / "before", disk / "after")
+            sync_dir(disk)
+            os.pwrite(fd, b"B" * SECTOR, 0)  # not synced
+        finally:
+            os.close(fd)
+        write_durably(disk / "removed", b"C")
+        fd = os.open(disk / "removed", os.O_RDWR)
+        try:
+            (disk / "removed").unlink()
+            sync_dir(disk)
+            os.pwrite(fd, b"D", 0)  # to a file gone for good
+        finally:
+            os.close(fd)
+        kept = cut(disk, seed)
+        assert set(kept) == {"after"}, kept
+        assert (disk / "after").read_bytes() in (b"A" * SECTOR, b"B" * SECTOR)
+        assert not (disk / "before").exists() and not (disk / "removed").exists()
+        (disk / "after").unlink()
+        sync_dir(disk)
