@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
 import subprocess
 import time
@@ -25,37 +24,22 @@ from pathlib import Path
 import pytest
 
 from replengine.log.srl import MIN_SRL_SIZE, SRL
+from replengine.storage.durable import fsync_dir
 from tests.faults import faultfs
 from tests.test_srl_crash import check_recovered, run_child_and_kill
 
 TRIALS = 30
 
 
-def _why_not() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (FUSE allow_other)"
-    if not Path("/dev/fuse").exists() or shutil.which("fusermount3") is None:
-        return "needs /dev/fuse and fusermount3"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_why_not() is not None, reason=str(_why_not()))
+pytestmark = pytest.mark.skipif(
+    faultfs.unavailable() is not None, reason=str(faultfs.unavailable())
+)
 
 
 @pytest.fixture(scope="module")
 def disk(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("powercut")
-    mnt, backing = root / "mnt", root / "backing"
-    mnt.mkdir()
-    backing.mkdir()
-    with faultfs.mounted(backing, mnt):
-        yield mnt
-
-
-def command(mnt: Path, spec: str) -> str:
-    with open(mnt / ".fault", "w") as f:
-        f.write(spec)
-    return (mnt / ".fault").read_text()
+    with faultfs.disk_in(tmp_path_factory.mktemp("powercut")) as mnt:
+        yield Path(mnt)
 
 
 @pytest.mark.parametrize("trial", range(TRIALS))
@@ -65,11 +49,8 @@ def test_power_cut_during_appends(disk: Path, trial: int) -> None:
     slow = trial % 3 == 1
     path = disk / f"srl-{trial}"
     SRL.create(path, resource="r0", uuid=uuid.uuid4(), node="n", size=MIN_SRL_SIZE).close()
-    fd = os.open(disk, os.O_RDONLY | os.O_DIRECTORY)  # its name too: made by the test, as an
-    try:  # operator makes the file or device `replctl init` formats
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    # its name too: made by the test, as an operator makes the file `replctl init` formats
+    fsync_dir(disk)
     cut: list[str] = []
 
     def lose_power(proc: subprocess.Popen) -> None:
@@ -78,17 +59,17 @@ def test_power_cut_during_appends(disk: Path, trial: int) -> None:
         # from the pipe after the kill and checked as the others)
         time.sleep(rng.uniform(0, 0.02))
         os.kill(proc.pid, signal.SIGSTOP)  # none of its threads runs again
-        cut.append(command(disk, f"powercut {trial}").split("cut=")[1].strip())
+        cut.append(faultfs.command(disk, f"powercut {trial}").split("cut=")[1].strip())
         proc.kill()
         proc.wait()
-        command(disk, "poweron")
+        faultfs.command(disk, "poweron")
 
-    command(disk, f"slowsync {rng.choice([2, 5, 10]) if slow else 0}")
+    faultfs.command(disk, f"slowsync {rng.choice([2, 5, 10]) if slow else 0}")
     try:
         acks, cleared = run_child_and_kill(
             path, 20_000 + trial, writers, rng.randint(1, 150), kill=lose_power
         )
     finally:
-        command(disk, "slowsync 0")
+        faultfs.command(disk, "slowsync 0")
     print(f"trial {trial}: {len(acks)} acknowledged, cut kept {cut[0]}")
     check_recovered(path, acks, cleared)

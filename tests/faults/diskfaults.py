@@ -30,14 +30,13 @@ class DiskFaults:
         mnt.mkdir(parents=True, exist_ok=True)
         backing.mkdir(parents=True, exist_ok=True)
         fuse = self.fuse_mount.enter_context(faultfs.mounted(backing, mnt))
-        self.fault_files[node] = mnt / ".fault"
+        self.disks[node] = mnt
         if node == self.disk_node:
             self.fuse = fuse
 
-    def set_disk_fault(self, spec: str, node: str | None = None) -> None:
-        """Tell a faultfs disk (disk_node's unless ``node``) what to do."""
-        with open(self.fault_files[node or self.disk_node or ""], "w") as f:
-            f.write(spec)
+    def set_disk_fault(self, spec: str, node: str | None = None) -> str:
+        """Tell a faultfs disk (disk_node's unless ``node``) what to do; its state after."""
+        return faultfs.command(self.disks[node or self.disk_node or ""], spec)
 
     def disk_error(self) -> str:
         """The disk node's reads, writes or both fail with EIO for 0.2-1.5 s: on its SRL,
@@ -148,8 +147,8 @@ class DiskFaults:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGSTOP)  # (not waited for: a thread in a slowed
                 # fsync stops only once it returns, which the cut makes it do, with EIO)
-        self.set_disk_fault(f"powercut {self.rng.randrange(1 << 30)}", n)
-        kept = self.fault_files[n].read_text().split("cut=")[1].strip()
+        said = self.set_disk_fault(f"powercut {self.rng.randrange(1 << 30)}", n)
+        kept = said.split("cut=")[1].strip()
         if n not in self.dead:
             self.kill(n, observe=False)
         self.set_disk_fault("poweron", n)

@@ -45,6 +45,7 @@ import fnmatch
 import os
 import random
 import re
+import shutil
 import signal
 import stat as stat_m
 import subprocess
@@ -124,6 +125,35 @@ def sweep_stale() -> list[str]:
             subprocess.run(["umount", "-l", parts[1]], capture_output=True, check=False)
             out.append(parts[1])
     return out
+
+
+def unavailable() -> str | None:
+    """Why a faultfs disk cannot be mounted here (None: it can)."""
+    if os.geteuid() != 0:
+        return "needs root (FUSE allow_other)"
+    if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:
+        return "needs /dev/fuse and fusermount3"
+    return None
+
+
+def command(mnt: os.PathLike[str], spec: str) -> str:
+    """Tell the faultfs disk mounted at ``mnt`` what to do (see above); its state after."""
+    control = os.path.join(mnt, CONTROL.decode())
+    with open(control, "w") as f:
+        f.write(spec)
+    with open(control) as f:
+        return f.read()
+
+
+@contextlib.contextmanager
+def disk_in(root: os.PathLike[str]) -> Iterator[str]:
+    """A faultfs disk mounted at ROOT/mnt over ROOT/backing while the block runs: its
+    mount point."""
+    mnt, backing = os.path.join(root, "mnt"), os.path.join(root, "backing")
+    os.makedirs(mnt)
+    os.makedirs(backing)
+    with mounted(backing, mnt):
+        yield mnt
 
 
 @contextlib.contextmanager

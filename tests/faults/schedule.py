@@ -197,8 +197,8 @@ class Harness(OperatorActions, DiskFaults):
         #: every node's files on a faultfs disk, not only disk_node's: a blackout then cuts
         #: the power of all of them (disk errors and hangs stay on disk_node's)
         self.disk_all = disk_all and self.disk
-        #: the .fault control file of each node's faultfs disk
-        self.fault_files: dict[str, Path] = {}
+        #: the mount point of each node's faultfs disk
+        self.disks: dict[str, Path] = {}
         self.device = device
         #: CURVE between the nodes (LocalResource.keys)
         self.keys = keys
@@ -301,7 +301,7 @@ class Harness(OperatorActions, DiskFaults):
         if self.fuse is not None:
             self.fuse_mount.close()  # unmounted, its server killed
             self.fuse = None
-            self.fault_files = {}
+            self.disks = {}
         if self.network is not None:
             self.network.down()
             self.network = None
@@ -624,7 +624,7 @@ class Harness(OperatorActions, DiskFaults):
         self.rng.shuffle(order)
         # the faultfs disks are those here whose cache can be lost (a node killed before
         # too: what it wrote and never synced was still in the page cache)
-        cut = set(self.fault_files) if self.disk else set()
+        cut = set(self.disks) if self.disk else set()
         slow = [n for n in sorted(cut) if n in order] if self.rng.random() < 0.5 else []
         if slow:
             # their syncs slowed first (busy disks), so the cut lands on records written

@@ -7,50 +7,27 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from replengine.storage.durable import fsync_dir
 from tests.faults import faultfs
 
 SECTOR = faultfs.SECTOR
 
 
-def _why_not() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (FUSE allow_other)"
-    if not Path("/dev/fuse").exists() or shutil.which("fusermount3") is None:
-        return "needs /dev/fuse and fusermount3"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_why_not() is not None, reason=str(_why_not()))
+pytestmark = pytest.mark.skipif(
+    faultfs.unavailable() is not None, reason=str(faultfs.unavailable())
+)
 
 
 @pytest.fixture
 def disk(tmp_path: Path):
-    mnt, backing = tmp_path / "mnt", tmp_path / "backing"
-    mnt.mkdir()
-    backing.mkdir()
-    with faultfs.mounted(backing, mnt):
-        yield mnt
-
-
-def command(mnt: Path, spec: str) -> str:
-    with open(mnt / ".fault", "w") as f:
-        f.write(spec)
-    return (mnt / ".fault").read_text()
-
-
-def sync_dir(mnt: Path) -> None:
-    fd = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with faultfs.disk_in(tmp_path) as mnt:
+        yield Path(mnt)
 
 
 def write_durably(path: Path, data: bytes) -> None:
@@ -58,13 +35,13 @@ def write_durably(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    sync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def cut(mnt: Path, seed: int) -> dict[str, str]:
     """Power cut (and the power back); what it kept of each file, e.g. {"a": "ordered 2/5"}."""
-    said = command(mnt, f"powercut {seed}").split("cut=")[1].strip()
-    command(mnt, "poweron")
+    said = faultfs.command(mnt, f"powercut {seed}").split("cut=")[1].strip()
+    faultfs.command(mnt, "poweron")
     if said == "nothing-unsynced":
         return {}
     return dict(part.split(":", 1) for part in said.split(","))
@@ -130,7 +107,7 @@ def test_a_name_is_durable_once_its_directory_is_synced(disk: Path) -> None:
                     os.fsync(f.fileno())
             os.rename(disk / "marker.tmp", disk / "marker")
             if how != "no dir sync":
-                sync_dir(disk)
+                fsync_dir(disk)
             cut(disk, seed)
             outcomes.add((disk / "marker").read_bytes())
             (disk / "marker.tmp").unlink(missing_ok=True)
@@ -145,7 +122,7 @@ def test_a_name_is_durable_once_its_directory_is_synced(disk: Path) -> None:
         removed.add((disk / "kept").exists())
         for name in ("new", "kept"):
             (disk / name).unlink(missing_ok=True)
-        sync_dir(disk)
+        fsync_dir(disk)
     assert seen["both"] == {b"new contents"}, seen
     assert b"old" in seen["no dir sync"], seen  # the rename undone
     assert seen["no file sync"] - {b"new contents"}, seen  # its bytes lost
@@ -156,7 +133,7 @@ def test_without_power_every_call_fails_until_it_is_back(disk: Path) -> None:
     """Between the cut and ``poweron`` the killed writer's calls under way, and any other,
     fail: none of them reaches the files after the cut."""
     write_durably(disk / "a", b"before")
-    command(disk, "powercut 3")
+    faultfs.command(disk, "powercut 3")
     for call in (
         lambda: (disk / "a").read_bytes(),
         lambda: (disk / "a").write_bytes(b"after"),
@@ -166,7 +143,7 @@ def test_without_power_every_call_fails_until_it_is_back(disk: Path) -> None:
     ):
         with pytest.raises(OSError):
             call()
-    command(disk, "poweron")
+    faultfs.command(disk, "poweron")
     assert (disk / "a").read_bytes() == b"before"
     assert not (disk / "new").exists() and not (disk / "b").exists()
 
@@ -176,7 +153,7 @@ def test_bad_commands_are_refused_and_change_nothing(disk: Path) -> None:
     (disk / "a").write_bytes(b"unsynced")
     for bad in ("powercut", "powercut soon", "powercut 1 2"):
         with pytest.raises(OSError):
-            command(disk, bad)
+            faultfs.command(disk, bad)
     assert (disk / "a").read_bytes() == b"unsynced"
     assert set(cut(disk, 1)) == {"a"}  # still remembered: the refused ones did nothing
 
@@ -187,9 +164,9 @@ def test_a_slowed_sync_makes_durable_only_what_was_written_before_it(disk: Path)
     first, second = b"A" * SECTOR, b"B" * SECTOR
     seen = set()
     for seed in range(12):
-        command(disk, "slowsync 100")
+        faultfs.command(disk, "slowsync 100")
         fd = os.open(disk / f"a{seed}", os.O_RDWR | os.O_CREAT)
-        sync_dir(disk)
+        fsync_dir(disk)
         try:
             os.pwrite(fd, first, 0)
             syncing = threading.Thread(target=os.fsync, args=(fd,))
@@ -200,7 +177,7 @@ def test_a_slowed_sync_makes_durable_only_what_was_written_before_it(disk: Path)
             syncing.join()
         finally:
             os.close(fd)
-        command(disk, "slowsync 0")
+        faultfs.command(disk, "slowsync 0")
         kept = cut(disk, seed)
         assert kept.keys() == {f"a{seed}"}, kept
         assert kept[f"a{seed}"].endswith("/1"), kept  # the second write only
@@ -218,7 +195,7 @@ def test_a_file_written_after_its_rename_loses_only_its_unsynced_bytes(disk: Pat
         fd = os.open(disk / "before", os.O_RDWR)
         try:
             os.rename(disk / "before", disk / "after")
-            sync_dir(disk)
+            fsync_dir(disk)
             os.pwrite(fd, b"B" * SECTOR, 0)  # not synced
         finally:
             os.close(fd)
@@ -226,7 +203,7 @@ def test_a_file_written_after_its_rename_loses_only_its_unsynced_bytes(disk: Pat
         fd = os.open(disk / "removed", os.O_RDWR)
         try:
             (disk / "removed").unlink()
-            sync_dir(disk)
+            fsync_dir(disk)
             os.pwrite(fd, b"D", 0)  # to a file gone for good
         finally:
             os.close(fd)
@@ -235,7 +212,7 @@ def test_a_file_written_after_its_rename_loses_only_its_unsynced_bytes(disk: Pat
         assert (disk / "after").read_bytes() in (b"A" * SECTOR, b"B" * SECTOR)
         assert not (disk / "before").exists() and not (disk / "removed").exists()
         (disk / "after").unlink()
-        sync_dir(disk)
+        fsync_dir(disk)
 
 
 def test_the_products_own_small_files_outlive_a_power_cut(disk: Path) -> None:
