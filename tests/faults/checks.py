@@ -70,6 +70,11 @@ class Freeze:
     was_primary: bool
     t_stop: float
     t_cont: float | None = None  # None: killed while frozen, or still frozen
+    #: percent of one CPU it was throttled to (tests/faults/cpuslow.py), 0 for a SIGSTOP:
+    #: a slowed node never stops, so it has no stall to notice when it is let go
+    slow: float = 0.0
+    #: a slowed primary's sync secondaries when it was slowed (check_slow_acks)
+    sync_peers: tuple[str, ...] = ()
 
 
 @dataclass
@@ -462,7 +467,7 @@ def check_zombie_acks(
     out = []
     isolations = list(isolations)
     for f in freezes:
-        if not f.was_primary or f.t_cont is None:
+        if not f.was_primary or f.t_cont is None or f.slow:
             continue
         t_stop, t_cont = f.t_stop, f.t_cont
         cut = [
@@ -564,6 +569,68 @@ def check_isolated_acks(
                 f"{[list(h) for h in history]} does not have (on_sync_loss=block): "
                 + "; ".join(f"{w.describe()} at {w.t_done:.2f}s" for w in bad[:limit]),
                 [iso.node, newer[0].node],
+            )
+        )
+    return out, allowed
+
+
+def check_slow_acks(
+    ledger: Ledger,
+    history: Sequence[Sequence[int]],
+    end: int,
+    freezes: Iterable[Freeze],
+    promotions: Sequence[Promotion],
+    mode: str,
+    limit: int = 4,
+) -> tuple[list[Violation], int]:
+    """A primary starved of CPU (never stopped: no stall for it to notice) while another
+    node is promoted. Under on_sync_loss = "block" every write it completes needs a sync
+    secondary's acknowledgement, and a secondary that knows the newer epoch refuses its
+    records, so a write it completed after the promotion began and the winning history
+    lacks contradicts README rule 6 -- unless one of its sync secondaries was away from the
+    promotion (cut off, frozen or down), which `promote_min_peers` allows, as
+    check_isolated_acks does. Under "degrade" it may have judged its peers gone while it
+    was too slow to read them and completed writes alone: those are the old primary's
+    divergent tail, allowed and counted (second value), and checked absent from every
+    volume like any discarded write."""
+    out: list[Violation] = []
+    allowed = 0
+    for f in freezes:
+        if not f.was_primary or not f.slow:
+            continue
+        newer = [
+            p
+            for p in promotions
+            if p.epoch > f.epoch and p.t >= f.t_stop and (f.t_cont is None or p.t <= f.t_cont)
+        ]
+        if not newer:
+            continue
+        first = newer[0]
+        bad = [
+            w
+            for w in ledger.completed()
+            if w.conn.node == f.node
+            and w.epoch == f.epoch
+            and w.t_done is not None
+            and w.t_done > first.t
+            and not in_history(w, history, end)
+        ]
+        if not bad:
+            continue
+        astray = [s for s in f.sync_peers if s not in first.reachable]
+        if mode != "block" or astray:
+            allowed += len(bad)
+            continue
+        out.append(
+            Violation(
+                "slow-zombie-ack",
+                f"{f.node} (primary, epoch {f.epoch}) was slowed to {f.slow:g} % of a CPU at "
+                f"{f.t_stop:.2f}s, {first.node} promoted to epoch {first.epoch} at "
+                f"{first.t:.2f}s with every sync secondary of {f.node} ({list(f.sync_peers)}) "
+                f"reachable, and {f.node} then acknowledged {len(bad)} writes that the history "
+                f"{[list(h) for h in history]} does not have (on_sync_loss=block): "
+                + "; ".join(f"{w.describe()} at {w.t_done:.2f}s" for w in bad[:limit]),
+                [f.node, first.node],
             )
         )
     return out, allowed

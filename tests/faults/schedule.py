@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import re
 import shutil
@@ -53,7 +54,7 @@ from replengine.errors import ReplError
 from replengine.runtime import is_alive, wait_gone
 from replengine.wire.control import ControlClient, DaemonGone
 
-from . import checks, faultfs
+from . import checks, cpuslow, faultfs
 from .checks import Freeze, Isolation, Observation, Promotion, Violation
 from .diskfaults import DiskFaults
 from .layout import MAX_AWAY, NODES, SRL_SIZE, VOLUME_SIZE
@@ -86,6 +87,8 @@ KINDS = {
     "invalidate": 1,
     "invalidate_online": 1,
     "blackout": 1,
+    "slow_secondary": 1,
+    "slow_primary_failover": 2,
 }
 
 #: the faults of --net netns (nodes in their own network namespaces), and their weights
@@ -110,6 +113,11 @@ NET_KINDS = {
 #: every retry's backoff (the transport's RETRY_CONNECT_S, 2 s) with room for a loaded
 #: machine; the kernel's SYN backoff it replaced left 15-35 s (docs/reliability.md)
 REJOIN_BOUND_S = 8.0
+
+#: a slowed node's share of one CPU, in percent, and the period it gets it in, in ms
+#: (cpuslow): from running a millisecond in every 100 to a burst every half second, each
+#: gap under the 2 heartbeats its own stall rule would notice
+SLOW = ((1.0, 100), (3.0, 100), (10.0, 100), (2.0, 500), (5.0, 500))
 
 
 @dataclass
@@ -189,6 +197,7 @@ class Harness(OperatorActions, DiskFaults):
         keys: bool = False,
         resync_rate: float = 0,
         disk_all: bool = False,
+        cpu_slow: bool = True,
     ) -> None:
         #: per round, fault kinds played first (when allowed), before the random ones
         self.script = [list(x) for x in script or []]
@@ -228,6 +237,10 @@ class Harness(OperatorActions, DiskFaults):
         self.epoch = 0
         self.dead: set[str] = set()
         self.frozen: dict[str, Freeze] = {}
+        #: nodes can be starved of CPU here (cpuslow): the slow_* faults are drawn
+        self.cpu_slow = cpu_slow and cpuslow.unavailable() is None
+        #: this harness's cgroups are named after it (two campaigns run side by side)
+        self.cgroup_tag = f"{os.getpid()}-{id(self) % 100000}-"
         self.ex_primaries: set[str] = set()
         #: each node's mode in the config file now (mode_switch changes them)
         self.modes = dict(NODES)
@@ -302,6 +315,7 @@ class Harness(OperatorActions, DiskFaults):
             self.fuse_mount.close()  # unmounted, its server killed
             self.fuse = None
             self.disks = {}
+        cpuslow.cleanup(self.cgroup_tag)
         if self.network is not None:
             self.network.down()
             self.network = None
@@ -409,12 +423,15 @@ class Harness(OperatorActions, DiskFaults):
                     self.primary = None
 
     def observe(self) -> None:
-        """Poll the primary: evidence of which LSNs each sync secondary holds."""
+        """Poll the primary: evidence of which LSNs each sync secondary holds (a slowed one
+        too: it answers, late)."""
         self.check_alive()
         p = self.primary
-        if p is None or not self.reachable(p):
+        slowed = p in self.frozen and bool(self.frozen[p].slow)
+        if p is None or (not self.reachable(p) and not slowed):
             return
-        s = self.status(p, 1.0)
+        assert self.r is not None
+        s = poll_status(self.r.paths(p).socket, 1.0) if slowed else self.status(p, 1.0)
         if s is None:
             return
         if s["role"] != "primary":
@@ -440,19 +457,29 @@ class Harness(OperatorActions, DiskFaults):
 
     # ---- faults ------------------------------------------------------------------------------
 
-    def freeze(self, n: str) -> None:
+    def freeze(self, n: str, slow: tuple[float, int] | None = None) -> None:
+        """SIGSTOP n, or with ``slow`` throttle it to that percent of a CPU in each period
+        of that many ms (cpuslow): away either way, until thaw()."""
         assert self.r is not None
         self.observe()
         pid = self.r.pid(n)
         if n in self.dead or pid is None:
             self.note(f"not freezing {n}: its daemon is gone")
             return
-        self.r.freeze(n)
+        if slow:
+            cpuslow.throttle(pid, f"{self.cgroup_tag}{n}", *slow)
+        else:
+            self.r.freeze(n)
         was_primary = n == self.primary
-        f = Freeze(n, self.epoch if was_primary else 0, was_primary, self.now())
+        sync = tuple(sorted(m for m in NODES if m != n and self.modes[m] == "sync"))
+        share = slow[0] if slow else 0.0
+        f = Freeze(n, self.epoch if was_primary else 0, was_primary, self.now(), slow=share)
+        if was_primary:
+            f.sync_peers = sync
         self.frozen[n] = f
         self.freezes.append(f)
-        self.note(f"SIGSTOP {n}" + (f" (primary, epoch {self.epoch})" if was_primary else ""))
+        what = f"slowed to {slow[0]:g} % of a CPU per {slow[1]} ms" if slow else "SIGSTOP"
+        self.note(f"{what} {n}" + (f" (primary, epoch {self.epoch})" if was_primary else ""))
 
     def thaw(self, n: str) -> None:
         assert self.r is not None
@@ -460,11 +487,17 @@ class Harness(OperatorActions, DiskFaults):
         replaced = f.was_primary and any(p.epoch > f.epoch for p in self.promotions)
         # an application on the old primary goes on writing: sent while it is frozen
         late = self.late_writes(n, f.epoch) if replaced and self.rng.random() < 0.7 else 0
-        self.r.signal(n, signal.SIGCONT)
+        if f.slow:
+            pid = self.r.pid(n)
+            if pid is not None:
+                cpuslow.release(pid)
+        else:
+            self.r.signal(n, signal.SIGCONT)
         del self.frozen[n]
         f.t_cont = self.now()
         self.note(
-            f"SIGCONT {n}"
+            ("unthrottled " if f.slow else "SIGCONT ")
+            + n
             + (f" (replaced primary: a zombie; {late} late writes sent to it)" if replaced else "")
         )
 
@@ -678,6 +711,10 @@ class Harness(OperatorActions, DiskFaults):
             ks += ["freeze_secondary", "kill_secondary"]
         if away < MAX_AWAY and self.reachable(self.primary) and secs:
             ks += ["kill_primary_failover", "freeze_primary_failover"]
+        if self.cpu_slow and away < MAX_AWAY and secs:
+            ks.append("slow_secondary")
+            if self.reachable(self.primary):
+                ks.append("slow_primary_failover")
         if away == 0:
             ks.append("double_failover")
         if self.dead:
@@ -759,6 +796,17 @@ class Harness(OperatorActions, DiskFaults):
             assert p is not None
             self.freeze(p)
             self.wait_observing(rng.uniform(0, 0.8))
+            self.failover()
+            return f"{kind}({p}->{self.primary})"
+        if kind == "slow_secondary":
+            n = rng.choice(secs)
+            self.freeze(n, slow=rng.choice(SLOW))
+            return f"{kind}({n})"
+        if kind == "slow_primary_failover":
+            assert p is not None
+            self.freeze(p, slow=rng.choice(SLOW))
+            # observed while slow (its sync acks are evidence), then replaced
+            self.wait_observing(rng.uniform(0, 1.5))
             self.failover()
             return f"{kind}({p}->{self.primary})"
         if kind == "double_failover":
@@ -1273,6 +1321,16 @@ class Harness(OperatorActions, DiskFaults):
             self.ledger, history, end, self.isolations, self.promotions, self.mode
         )
         self.violations += iso_v
+        slow_v, slow_discarded = checks.check_slow_acks(
+            self.ledger, history, end, self.freezes, self.promotions, self.mode
+        )
+        self.violations += slow_v
+        if slow_discarded:
+            self.notes["acks of a slowed primary discarded (degrade allows it)"] += slow_discarded
+            self.note(
+                f"{slow_discarded} writes acknowledged by a slowed, replaced primary were "
+                "discarded with its divergent tail (on_sync_loss=degrade allows it)"
+            )
         self.violations += checks.check_srl_policy(self.ledger, self.srl_full, self.mode)
         if discarded:
             self.notes["acks of a cut-off primary discarded (degrade allows it)"] += discarded

@@ -14,11 +14,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
-from . import checks
+from . import checks, cpuslow
 from .checks import Freeze, Isolation, Observation, Promotion
 from .ledger import SECTOR, Ledger, Write, make_data, read_tag
 from .netns import Network, sweep_stale
@@ -198,6 +200,59 @@ def test_cut_off_primary_acks_are_violations_only_under_block():
     assert checks.check_isolated_acks(led, hist, 4, [iso], lone, "block") == ([], 2)
     v, n = checks.check_isolated_acks(led, hist, 4, [iso], prom, "block")
     assert len(v) == 1 and n == 0  # both were: a violation, as before
+
+
+def test_slowed_primary_acks_are_violations_only_under_block():
+    # alpha slowed at t=1.5 with sync secondaries beta and gamma; beta promoted at 1.8 from
+    # LSN 2; alpha completed LSN 2 (t=2) and 3 (t=3) after it, both discarded by the history
+    led = ledger_with(("alpha", 1, 1, [(0, 1, None), (1, 2, None), (2, 3, None)]))
+    f = Freeze("alpha", 1, True, 1.5, 4.0, slow=2.0, sync_peers=("beta", "gamma"))
+    prom = [Promotion(1.8, "beta", 2, 2, {"beta", "gamma"})]
+    hist = [(1, 1), (2, 2)]
+    v, n = checks.check_slow_acks(led, hist, 4, [f], prom, "block")
+    assert len(v) == 1 and v[0].kind == "slow-zombie-ack" and n == 0
+    assert "LSN 2" in v[0].message and "LSN 3" in v[0].message and "LSN 1," not in v[0].message
+    # degrade: it may have judged its peers gone while too slow to read them: counted
+    assert checks.check_slow_acks(led, hist, 4, [f], prom, "degrade") == ([], 2)
+    # gamma away from the promotion: it may still acknowledge alpha's records (allowed)
+    lone = [Promotion(1.8, "beta", 2, 2, {"beta", "delta"})]
+    assert checks.check_slow_acks(led, hist, 4, [f], lone, "block") == ([], 2)
+    # promoted only after alpha was let go: an ordinary failover, not this check's
+    late = [Promotion(4.5, "beta", 2, 2, {"beta", "gamma"})]
+    assert checks.check_slow_acks(led, hist, 4, [f], late, "block") == ([], 0)
+    # kept writes are fine; and a SIGSTOP is check_zombie_acks', not this one's
+    assert checks.check_slow_acks(led, [(1, 1)], 4, [f], prom, "block") == ([], 0)
+    stop = Freeze("alpha", 1, True, 1.5, 4.0)
+    assert checks.check_slow_acks(led, hist, 4, [stop], prom, "block") == ([], 0)
+    assert checks.check_zombie_acks(led, hist, 4, [f], prom) == []
+
+
+def test_a_daemon_is_slowed_and_let_go():
+    """cpuslow: a busy process throttled to 5 % of a CPU uses about that, and all of one
+    once released; its cgroup is removed afterwards."""
+    if cpuslow.unavailable():
+        pytest.skip(cpuslow.unavailable())
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    tag = f"test-{os.getpid()}-"
+    try:
+        p = psutil.Process(proc.pid)
+
+        def cpu_over(seconds: float) -> float:
+            t0 = sum(p.cpu_times()[:2])
+            time.sleep(seconds)
+            return (sum(p.cpu_times()[:2]) - t0) / seconds
+
+        cpuslow.throttle(proc.pid, f"{tag}x", 5.0)
+        assert cpuslow.throttled(proc.pid)
+        assert cpu_over(2.0) < 0.15
+        cpuslow.release(proc.pid)
+        assert not cpuslow.throttled(proc.pid)
+        assert cpu_over(1.0) > 0.5
+    finally:
+        proc.kill()
+        proc.wait()
+        cpuslow.cleanup(tag)
+    assert cpuslow.groups(tag) == []
 
 
 def test_only_srl_full_fail_fails_writes_with_srl_full():
