@@ -582,6 +582,7 @@ def check_slow_acks(
     promotions: Sequence[Promotion],
     mode: str,
     limit: int = 4,
+    isolations: Iterable[Isolation] = (),
 ) -> tuple[list[Violation], int]:
     """A primary starved of CPU (never stopped: no stall for it to notice) while another
     node is promoted. Under on_sync_loss = "block" every write it completes needs a sync
@@ -592,9 +593,12 @@ def check_slow_acks(
     check_isolated_acks does. Under "degrade" it may have judged its peers gone while it
     was too slow to read them and completed writes alone: those are the old primary's
     divergent tail, allowed and counted (second value), and checked absent from every
-    volume like any discarded write."""
+    volume like any discarded write. Writes submitted after it was also cut off (an
+    `Isolation` of it in force at the promotion: `slow_primary_failover`'s mute links) are
+    check_isolated_acks' to judge."""
     out: list[Violation] = []
     allowed = 0
+    isolations = list(isolations)
     for f in freezes:
         if not f.was_primary or not f.slow:
             continue
@@ -606,6 +610,15 @@ def check_slow_acks(
         if not newer:
             continue
         first = newer[0]
+        cuts = [
+            i.t_cut
+            for i in isolations
+            if i.node == f.node
+            and i.epoch == f.epoch
+            and i.t_cut <= first.t
+            and (i.t_heal is None or i.t_heal >= first.t)
+        ]
+        cut_at = min(cuts) if cuts else None
         bad = [
             w
             for w in ledger.completed()
@@ -614,6 +627,7 @@ def check_slow_acks(
             and w.t_done is not None
             and w.t_done > first.t
             and not in_history(w, history, end)
+            and (cut_at is None or w.t_submit < cut_at)
         ]
         if not bad:
             continue

@@ -805,10 +805,18 @@ class Harness(OperatorActions, DiskFaults):
         if kind == "slow_primary_failover":
             assert p is not None
             self.freeze(p, slow=rng.choice(SLOW))
+            net, how = self.network, ""
+            if net is not None and net.sides is None and p not in net.isolated():
+                if rng.random() < 0.5:
+                    # nobody hears it any more, so a promotion goes ahead, while it still
+                    # hears the others (and the new primary's epoch), late
+                    net.one_way(p, "mute", set(NODES) - {p})
+                    self.isolate(p, "mute, slowed")
+                    how = ",mute"
             # observed while slow (its sync acks are evidence), then replaced
             self.wait_observing(rng.uniform(0, 1.5))
             self.failover()
-            return f"{kind}({p}->{self.primary})"
+            return f"{kind}({p}{how}->{self.primary})"
         if kind == "double_failover":
             assert p is not None
             self.kill(p)
@@ -1322,7 +1330,13 @@ class Harness(OperatorActions, DiskFaults):
         )
         self.violations += iso_v
         slow_v, slow_discarded = checks.check_slow_acks(
-            self.ledger, history, end, self.freezes, self.promotions, self.mode
+            self.ledger,
+            history,
+            end,
+            self.freezes,
+            self.promotions,
+            self.mode,
+            isolations=self.isolations,
         )
         self.violations += slow_v
         if slow_discarded:

@@ -220,6 +220,11 @@ def test_slowed_primary_acks_are_violations_only_under_block():
     # promoted only after alpha was let go: an ordinary failover, not this check's
     late = [Promotion(4.5, "beta", 2, 2, {"beta", "gamma"})]
     assert checks.check_slow_acks(led, hist, 4, [f], late, "block") == ([], 0)
+    # cut off too (mute) before the writes were submitted: check_isolated_acks' to judge
+    for w in led.all():
+        w.t_submit = w.t_done - 0.1 if w.t_done is not None else 0
+    iso = Isolation("alpha", 1, 1.6, "mute, slowed", t_heal=4.0)
+    assert checks.check_slow_acks(led, hist, 4, [f], prom, "block", isolations=[iso]) == ([], 0)
     # kept writes are fine; and a SIGSTOP is check_zombie_acks', not this one's
     assert checks.check_slow_acks(led, [(1, 1)], 4, [f], prom, "block") == ([], 0)
     stop = Freeze("alpha", 1, True, 1.5, 4.0)
