@@ -93,6 +93,18 @@ def cleanup(tag: str = "") -> None:
             group.rmdir()
 
 
+def sweep_stale() -> list[str]:
+    """Remove the groups of runs that no longer exist (a killed campaign): their tag starts
+    with the pid of the process that made them (the harness's ``cgroup_tag``)."""
+    removed = []
+    for group in groups():
+        owner = group.name.removeprefix(PREFIX).split("-", 1)[0]
+        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+            cleanup(group.name.removeprefix(PREFIX))
+            removed.append(group.name)
+    return removed
+
+
 def throttled(pid: int) -> bool:
     """Whether ``pid`` is in one of this module's groups (a test's own check)."""
     try:

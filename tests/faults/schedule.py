@@ -263,6 +263,8 @@ class Harness(OperatorActions, DiskFaults):
             device=self.device,
             keys=self.keys,
         )
+        if self.cpu_slow:
+            cpuslow.sweep_stale()
         if self.net == "netns":
             faultfs.sweep_stale()
             self.network = Network(list(NODES))

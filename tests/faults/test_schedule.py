@@ -258,6 +258,13 @@ def test_a_daemon_is_slowed_and_let_go():
         proc.wait()
         cpuslow.cleanup(tag)
     assert cpuslow.groups(tag) == []
+    # a killed run's group (named after a pid that no longer exists) is swept at the next
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    cpuslow.throttle(os.getpid(), f"{dead.pid}-0-x", 50.0)
+    cpuslow.release(os.getpid())
+    assert f"{cpuslow.PREFIX}{dead.pid}-0-x" in cpuslow.sweep_stale()
+    assert cpuslow.groups(f"{dead.pid}-") == []
 
 
 def test_only_srl_full_fail_fails_writes_with_srl_full():
