@@ -583,7 +583,7 @@ def check_slow_acks(
     mode: str,
     limit: int = 4,
     isolations: Iterable[Isolation] = (),
-) -> tuple[list[Violation], int]:
+) -> tuple[list[Violation], int, int]:
     """A primary starved of CPU (never stopped: no stall for it to notice) while another
     node is promoted. Under on_sync_loss = "block" every write it completes needs a sync
     secondary's acknowledgement, and a secondary that knows the newer epoch refuses its
@@ -593,11 +593,12 @@ def check_slow_acks(
     check_isolated_acks does. Under "degrade" it may have judged its peers gone while it
     was too slow to read them and completed writes alone: those are the old primary's
     divergent tail, allowed and counted (second value), and checked absent from every
-    volume like any discarded write. Writes submitted after it was also cut off (an
-    `Isolation` of it in force at the promotion: `slow_primary_failover`'s mute links) are
-    check_isolated_acks' to judge."""
+    volume like any discarded write. The third value: how many of its writes completed
+    after the promotion began were judged (kept or not). Writes submitted after it was
+    also cut off (an `Isolation` of it in force at the promotion: `slow_primary_failover`'s
+    mute links) are check_isolated_acks' to judge."""
     out: list[Violation] = []
-    allowed = 0
+    allowed = judged = 0
     isolations = list(isolations)
     for f in freezes:
         if not f.was_primary or not f.slow:
@@ -619,16 +620,17 @@ def check_slow_acks(
             and (i.t_heal is None or i.t_heal >= first.t)
         ]
         cut_at = min(cuts) if cuts else None
-        bad = [
+        late = [
             w
             for w in ledger.completed()
             if w.conn.node == f.node
             and w.epoch == f.epoch
             and w.t_done is not None
             and w.t_done > first.t
-            and not in_history(w, history, end)
             and (cut_at is None or w.t_submit < cut_at)
         ]
+        judged += len(late)
+        bad = [w for w in late if not in_history(w, history, end)]
         if not bad:
             continue
         astray = [s for s in f.sync_peers if s not in first.reachable]
@@ -647,7 +649,7 @@ def check_slow_acks(
                 [f.node, first.node],
             )
         )
-    return out, allowed
+    return out, allowed, judged
 
 
 def check_srl_policy(

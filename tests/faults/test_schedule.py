@@ -209,26 +209,26 @@ def test_slowed_primary_acks_are_violations_only_under_block():
     f = Freeze("alpha", 1, True, 1.5, 4.0, slow=2.0, sync_peers=("beta", "gamma"))
     prom = [Promotion(1.8, "beta", 2, 2, {"beta", "gamma"})]
     hist = [(1, 1), (2, 2)]
-    v, n = checks.check_slow_acks(led, hist, 4, [f], prom, "block")
-    assert len(v) == 1 and v[0].kind == "slow-zombie-ack" and n == 0
+    v, n, judged = checks.check_slow_acks(led, hist, 4, [f], prom, "block")
+    assert len(v) == 1 and v[0].kind == "slow-zombie-ack" and n == 0 and judged == 2
     assert "LSN 2" in v[0].message and "LSN 3" in v[0].message and "LSN 1," not in v[0].message
     # degrade: it may have judged its peers gone while too slow to read them: counted
-    assert checks.check_slow_acks(led, hist, 4, [f], prom, "degrade") == ([], 2)
+    assert checks.check_slow_acks(led, hist, 4, [f], prom, "degrade") == ([], 2, 2)
     # gamma away from the promotion: it may still acknowledge alpha's records (allowed)
     lone = [Promotion(1.8, "beta", 2, 2, {"beta", "delta"})]
-    assert checks.check_slow_acks(led, hist, 4, [f], lone, "block") == ([], 2)
+    assert checks.check_slow_acks(led, hist, 4, [f], lone, "block") == ([], 2, 2)
     # promoted only after alpha was let go: an ordinary failover, not this check's
     late = [Promotion(4.5, "beta", 2, 2, {"beta", "gamma"})]
-    assert checks.check_slow_acks(led, hist, 4, [f], late, "block") == ([], 0)
+    assert checks.check_slow_acks(led, hist, 4, [f], late, "block") == ([], 0, 0)
     # cut off too (mute) before the writes were submitted: check_isolated_acks' to judge
     for w in led.all():
         w.t_submit = w.t_done - 0.1 if w.t_done is not None else 0
     iso = Isolation("alpha", 1, 1.6, "mute, slowed", t_heal=4.0)
-    assert checks.check_slow_acks(led, hist, 4, [f], prom, "block", isolations=[iso]) == ([], 0)
+    assert checks.check_slow_acks(led, hist, 4, [f], prom, "block", isolations=[iso]) == ([], 0, 0)
     # kept writes are fine; and a SIGSTOP is check_zombie_acks', not this one's
-    assert checks.check_slow_acks(led, [(1, 1)], 4, [f], prom, "block") == ([], 0)
+    assert checks.check_slow_acks(led, [(1, 1)], 4, [f], prom, "block") == ([], 0, 2)
     stop = Freeze("alpha", 1, True, 1.5, 4.0)
-    assert checks.check_slow_acks(led, hist, 4, [stop], prom, "block") == ([], 0)
+    assert checks.check_slow_acks(led, hist, 4, [stop], prom, "block") == ([], 0, 0)
     assert checks.check_zombie_acks(led, hist, 4, [f], prom) == []
 
 
