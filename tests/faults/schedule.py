@@ -54,7 +54,7 @@ from replengine.errors import ReplError
 from replengine.runtime import is_alive, wait_gone
 from replengine.wire.control import ControlClient, DaemonGone
 
-from . import checks, cpuslow, faultfs
+from . import checks, cpuslow, deposed, faultfs
 from .checks import Freeze, Isolation, Observation, Promotion, Violation
 from .diskfaults import DiskFaults
 from .layout import MAX_AWAY, NODES, SRL_SIZE, VOLUME_SIZE
@@ -1326,14 +1326,14 @@ class Harness(OperatorActions, DiskFaults):
         self.violations += checks.check_acknowledged_survive(
             self.ledger, history, end, self.promotions, self.observations, (p, sts[p]["epoch"])
         )
-        self.violations += checks.check_zombie_acks(
+        self.violations += deposed.check_zombie_acks(
             self.ledger, history, end, self.freezes, self.promotions, isolations=self.isolations
         )
-        iso_v, discarded = checks.check_isolated_acks(
+        iso_v, discarded = deposed.check_isolated_acks(
             self.ledger, history, end, self.isolations, self.promotions, self.mode
         )
         self.violations += iso_v
-        slow_v, slow_discarded, slow_judged = checks.check_slow_acks(
+        slow_v, slow_discarded, slow_judged = deposed.check_slow_acks(
             self.ledger,
             history,
             end,

@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from . import checks, cpuslow
+from . import checks, cpuslow, deposed
 from .checks import Freeze, Isolation, Observation, Promotion
 from .ledger import SECTOR, Ledger, Write, make_data, read_tag
 from .netns import Network, sweep_stale
@@ -163,16 +163,16 @@ def test_zombie_acknowledgement_after_sigcont():
     # 2.2; writes done at t=2 and t=3: the one at 3 came after SIGCONT
     f = Freeze("alpha", 1, True, 1.5, 2.2)
     prom = [Promotion(1.8, "beta", 2, 2, {"beta", "gamma"})]
-    v = checks.check_zombie_acks(led, [(1, 1), (2, 2)], 4, [f], prom)
+    v = deposed.check_zombie_acks(led, [(1, 1), (2, 2)], 4, [f], prom)
     assert len(v) == 1 and "LSN 3" in v[0].message and "LSN 2" not in v[0].message
     # cut off from its sync secondaries before the freeze (seed 307 round 3): the writes
     # submitted after the cut are the isolated primary's, judged by check_isolated_acks
     for w in led.all():
         w.t_submit = w.t_done - 0.5
     iso = Isolation("alpha", 1, 1.0, "its link down")
-    assert checks.check_zombie_acks(led, [(1, 1), (2, 2)], 4, [f], prom, isolations=[iso]) == []
+    assert deposed.check_zombie_acks(led, [(1, 1), (2, 2)], 4, [f], prom, isolations=[iso]) == []
     late_cut = Isolation("alpha", 1, 2.6, "its link down")  # cut after the freeze: no excuse
-    v = checks.check_zombie_acks(led, [(1, 1), (2, 2)], 4, [f], prom, isolations=[late_cut])
+    v = deposed.check_zombie_acks(led, [(1, 1), (2, 2)], 4, [f], prom, isolations=[late_cut])
     assert len(v) == 1
 
 
@@ -185,20 +185,20 @@ def test_cut_off_primary_acks_are_violations_only_under_block():
     iso = Isolation("alpha", 1, 1.5, "its link down", t_heal=4.0)
     prom = [Promotion(1.8, "beta", 2, 2, {"beta", "gamma"})]
     hist = [(1, 1), (2, 2)]
-    v, n = checks.check_isolated_acks(led, hist, 4, [iso], prom, "block")
+    v, n = deposed.check_isolated_acks(led, hist, 4, [iso], prom, "block")
     assert len(v) == 1 and v[0].kind == "isolated-ack" and n == 0
     assert "LSN 2" in v[0].message and "LSN 3" in v[0].message and "LSN 1," not in v[0].message
-    v, n = checks.check_isolated_acks(led, hist, 4, [iso], prom, "degrade")
+    v, n = deposed.check_isolated_acks(led, hist, 4, [iso], prom, "degrade")
     assert v == [] and n == 2  # degrade allows it: counted
     # no promotion while it was cut off (healed first): nothing to judge here
     late = [Promotion(4.5, "beta", 2, 2, {"beta", "gamma"})]
-    assert checks.check_isolated_acks(led, hist, 4, [iso], late, "block") == ([], 0)
+    assert deposed.check_isolated_acks(led, hist, 4, [iso], late, "block") == ([], 0)
     # its sync secondaries beta and gamma, gamma not on beta's side at the promotion (seed
     # 5002 round 1): gamma may follow alpha after the heal and acknowledge: allowed, counted
     iso = Isolation("alpha", 1, 1.5, "one-way", t_heal=4.0, sync_peers=("beta", "gamma"))
     lone = [Promotion(1.8, "beta", 2, 2, {"beta", "delta"})]
-    assert checks.check_isolated_acks(led, hist, 4, [iso], lone, "block") == ([], 2)
-    v, n = checks.check_isolated_acks(led, hist, 4, [iso], prom, "block")
+    assert deposed.check_isolated_acks(led, hist, 4, [iso], lone, "block") == ([], 2)
+    v, n = deposed.check_isolated_acks(led, hist, 4, [iso], prom, "block")
     assert len(v) == 1 and n == 0  # both were: a violation, as before
 
 
@@ -209,27 +209,27 @@ def test_slowed_primary_acks_are_violations_only_under_block():
     f = Freeze("alpha", 1, True, 1.5, 4.0, slow=2.0, sync_peers=("beta", "gamma"))
     prom = [Promotion(1.8, "beta", 2, 2, {"beta", "gamma"})]
     hist = [(1, 1), (2, 2)]
-    v, n, judged = checks.check_slow_acks(led, hist, 4, [f], prom, "block")
+    v, n, judged = deposed.check_slow_acks(led, hist, 4, [f], prom, "block")
     assert len(v) == 1 and v[0].kind == "slow-zombie-ack" and n == 0 and judged == 2
     assert "LSN 2" in v[0].message and "LSN 3" in v[0].message and "LSN 1," not in v[0].message
     # degrade: it may have judged its peers gone while too slow to read them: counted
-    assert checks.check_slow_acks(led, hist, 4, [f], prom, "degrade") == ([], 2, 2)
+    assert deposed.check_slow_acks(led, hist, 4, [f], prom, "degrade") == ([], 2, 2)
     # gamma away from the promotion: it may still acknowledge alpha's records (allowed)
     lone = [Promotion(1.8, "beta", 2, 2, {"beta", "delta"})]
-    assert checks.check_slow_acks(led, hist, 4, [f], lone, "block") == ([], 2, 2)
+    assert deposed.check_slow_acks(led, hist, 4, [f], lone, "block") == ([], 2, 2)
     # promoted only after alpha was let go: an ordinary failover, not this check's
     late = [Promotion(4.5, "beta", 2, 2, {"beta", "gamma"})]
-    assert checks.check_slow_acks(led, hist, 4, [f], late, "block") == ([], 0, 0)
+    assert deposed.check_slow_acks(led, hist, 4, [f], late, "block") == ([], 0, 0)
     # cut off too (mute) before the writes were submitted: check_isolated_acks' to judge
     for w in led.all():
         w.t_submit = w.t_done - 0.1 if w.t_done is not None else 0
     iso = Isolation("alpha", 1, 1.6, "mute, slowed", t_heal=4.0)
-    assert checks.check_slow_acks(led, hist, 4, [f], prom, "block", isolations=[iso]) == ([], 0, 0)
+    assert deposed.check_slow_acks(led, hist, 4, [f], prom, "block", isolations=[iso]) == ([], 0, 0)
     # kept writes are fine; and a SIGSTOP is check_zombie_acks', not this one's
-    assert checks.check_slow_acks(led, [(1, 1)], 4, [f], prom, "block") == ([], 0, 2)
+    assert deposed.check_slow_acks(led, [(1, 1)], 4, [f], prom, "block") == ([], 0, 2)
     stop = Freeze("alpha", 1, True, 1.5, 4.0)
-    assert checks.check_slow_acks(led, hist, 4, [stop], prom, "block") == ([], 0, 0)
-    assert checks.check_zombie_acks(led, hist, 4, [f], prom) == []
+    assert deposed.check_slow_acks(led, hist, 4, [stop], prom, "block") == ([], 0, 0)
+    assert deposed.check_zombie_acks(led, hist, 4, [f], prom) == []
 
 
 def test_a_daemon_is_slowed_and_let_go():
