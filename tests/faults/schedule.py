@@ -355,11 +355,16 @@ class Harness(OperatorActions, DiskFaults):
             and self.network.connected(n, p)
         )
 
+    def sync_peers(self, p: str) -> tuple[str, ...]:
+        """p's sync secondaries, as the schedule's modes say now."""
+        return tuple(sorted(n for n in NODES if n != p and self.modes[n] == "sync"))
+
     def isolate(self, p: str, how: str) -> None:
         """Primary p is cut off from every sync secondary from now on; which ones they are
-        is noted, as the schedule's modes say now (check_isolated_acks)."""
-        sync = tuple(sorted(n for n in NODES if n != p and self.modes[n] == "sync"))
-        self.isolations.append(Isolation(p, self.epoch, self.now(), how, sync_peers=sync))
+        is noted (check_isolated_acks)."""
+        self.isolations.append(
+            Isolation(p, self.epoch, self.now(), how, sync_peers=self.sync_peers(p))
+        )
 
     def away(self) -> set[str]:
         """Nodes killed, frozen or cut off."""
@@ -473,11 +478,10 @@ class Harness(OperatorActions, DiskFaults):
         else:
             self.r.freeze(n)
         was_primary = n == self.primary
-        sync = tuple(sorted(m for m in NODES if m != n and self.modes[m] == "sync"))
         share = slow[0] if slow else 0.0
         f = Freeze(n, self.epoch if was_primary else 0, was_primary, self.now(), slow=share)
         if was_primary:
-            f.sync_peers = sync
+            f.sync_peers = self.sync_peers(n)
         self.frozen[n] = f
         self.freezes.append(f)
         what = f"slowed to {slow[0]:g} % of a CPU per {slow[1]} ms" if slow else "SIGSTOP"
