@@ -233,7 +233,7 @@ def test_slowed_primary_acks_are_violations_only_under_block():
 
 
 def test_a_daemon_is_slowed_and_let_go():
-    """cpuslow: a busy process throttled to 5 % of a CPU uses about that, and all of one
+    """cpuslow: a busy process throttled to 2 % of a CPU uses no more, and more than that
     once released; its cgroup is removed afterwards."""
     if cpuslow.unavailable():
         pytest.skip(cpuslow.unavailable())
@@ -247,12 +247,14 @@ def test_a_daemon_is_slowed_and_let_go():
             time.sleep(seconds)
             return (sum(p.cpu_times()[:2]) - t0) / seconds
 
-        cpuslow.throttle(proc.pid, f"{tag}x", 5.0)
+        cpuslow.throttle(proc.pid, f"{tag}x", 2.0)
         assert cpuslow.throttled(proc.pid)
-        assert cpu_over(2.0) < 0.15
+        assert cpu_over(2.0) < 0.06
         cpuslow.release(proc.pid)
         assert not cpuslow.throttled(proc.pid)
-        assert cpu_over(1.0) > 0.5
+        # past the cap however busy the machine is (a fair share of 2 cores among a few
+        # busy processes is far above 0.02)
+        assert cpu_over(1.0) > 0.15
     finally:
         proc.kill()
         proc.wait()
