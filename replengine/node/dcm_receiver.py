@@ -11,6 +11,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from replengine.node.rewind import ACK_EVERY, owe_whole_volume, write_marker
+from replengine.storage.durable import remove_durably
 from replengine.wire.protocol import Block, BlockAck, BlockDone
 
 if TYPE_CHECKING:
@@ -142,7 +143,7 @@ class DcmReceiver:
             self._finish(done)
         if self.done and self.node.applier.applied_end >= self.primary_end:
             if self.node.rewinder is None:  # a rewind still under way decides for itself
-                self.node.rewind_marker.unlink(missing_ok=True)
+                remove_durably(self.node.rewind_marker)
                 self.node.consistent = True
                 self.node.send(self.source, self.node.hello())  # it ends our resync there
             log.warning("dcm resync complete: consistent at LSN %d", self.node.applier.applied_end)

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 from replengine.node.copier import CHUNK
 from replengine.storage.chunksums import DIGEST_SIZE
-from replengine.storage.durable import replace_durably
+from replengine.storage.durable import remove_durably, replace_durably
 from replengine.storage.hashpool import volume_digests
 from replengine.wire.protocol import MAX_DATA, Block, BlockAck, BlockDone, BlockReq, Sums
 
@@ -219,7 +219,7 @@ class Rewinder:
             and node.applier.applied_end >= self.as_of
             and getattr(node, "dcm_rx", None) is None  # a dcm resync started meanwhile ends first
         ):
-            self.marker.unlink(missing_ok=True)
+            remove_durably(self.marker)
             node.consistent = True
             node.rewinder = None
             log.warning("rewind complete: consistent at LSN %d", node.applier.applied_end)

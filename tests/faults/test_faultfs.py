@@ -237,3 +237,25 @@ def test_the_products_own_small_files_outlive_a_power_cut(disk: Path) -> None:
         assert read_secret_key(disk / f"new{seed}.key")[0].decode() == new
         assert DirtyMap.open(disk / f"dcm{seed}").dirty_bytes == 1 << 16
         assert load_marker(disk / f"rewind{seed}") == [(0, 8192)]
+
+
+def test_a_finished_rewinds_marker_stays_removed(disk: Path) -> None:
+    """A rewind's marker says the volume is mixed; once the rewind ends it is removed, and a
+    power cut must not bring it back: the node would come up inconsistent, owing the whole
+    volume, as three of four did after a whole-cluster power cut in the fault campaign (seed
+    10300 round 9), which then had no node it could promote. A plain unlink comes back over
+    these cuts; remove_durably's does not."""
+    from replengine.node.rewind import load_marker, write_marker
+    from replengine.storage.durable import remove_durably
+
+    back = 0
+    for seed in range(8):
+        plain, durable = disk / f"plain{seed}", disk / f"durable{seed}"
+        write_marker(plain, [(0, 8192)], 3)
+        write_marker(durable, [(0, 8192)], 3)
+        remove_durably(durable)
+        plain.unlink()  # after: the directory sync above does not cover it
+        cut(disk, seed)
+        assert load_marker(durable) is None
+        back += load_marker(plain) is not None
+    assert back > 0, "no cut brought a plain unlink back: the fault no longer tests this"
