@@ -9,7 +9,27 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from .checks import Freeze, Isolation, Promotion, Violation, in_history
-from .ledger import Ledger
+from .ledger import Ledger, Write
+
+
+def cut_since(isolations: Iterable[Isolation], f: Freeze, t: float) -> float | None:
+    """When f's node (primary in f's epoch) was cut off from its sync secondaries, if such
+    a cut was in force at ``t``: the writes submitted to it after that are
+    check_isolated_acks' to judge."""
+    cuts = [
+        i.t_cut
+        for i in isolations
+        if i.node == f.node
+        and i.epoch == f.epoch
+        and i.t_cut <= t
+        and (i.t_heal is None or i.t_heal >= t)
+    ]
+    return min(cuts) if cuts else None
+
+
+def listed(writes: Sequence[Write], limit: int) -> str:
+    """The first ``limit`` writes of a violation's message, with when each completed."""
+    return "; ".join(f"{w.describe()} at {w.t_done:.2f}s" for w in writes[:limit])
 
 
 def check_zombie_acks(
@@ -37,15 +57,7 @@ def check_zombie_acks(
         if not f.was_primary or f.t_cont is None or f.slow:
             continue
         t_stop, t_cont = f.t_stop, f.t_cont
-        cut = [
-            i.t_cut
-            for i in isolations
-            if i.node == f.node
-            and i.epoch == f.epoch
-            and i.t_cut <= t_stop
-            and (i.t_heal is None or i.t_heal >= t_stop)
-        ]
-        cut_at = min(cut) if cut else None
+        cut_at = cut_since(isolations, f, t_stop)
         newer = [p for p in promotions if p.epoch > f.epoch and t_stop <= p.t <= t_cont]
         if not newer:
             continue
@@ -67,8 +79,7 @@ def check_zombie_acks(
                     f"{newer[0].node} promoted to epoch {newer[0].epoch} at "
                     f"{newer[0].t:.2f}s, {f.node} continued at {t_cont:.2f}s and then "
                     f"acknowledged {len(bad)} writes that the history "
-                    f"{[list(h) for h in history]} discarded: "
-                    + "; ".join(f"{w.describe()} at {w.t_done:.2f}s" for w in bad[:limit]),
+                    f"{[list(h) for h in history]} discarded: " + listed(bad, limit),
                     [f.node, newer[0].node],
                 )
             )
@@ -134,7 +145,7 @@ def check_isolated_acks(
                 f"epoch {newer[0].epoch} at {newer[0].t:.2f}s, and {iso.node} acknowledged "
                 f"{len(bad)} writes submitted after the cut that the history "
                 f"{[list(h) for h in history]} does not have (on_sync_loss=block): "
-                + "; ".join(f"{w.describe()} at {w.t_done:.2f}s" for w in bad[:limit]),
+                + listed(bad, limit),
                 [iso.node, newer[0].node],
             )
         )
@@ -178,15 +189,7 @@ def check_slow_acks(
         if not newer:
             continue
         first = newer[0]
-        cuts = [
-            i.t_cut
-            for i in isolations
-            if i.node == f.node
-            and i.epoch == f.epoch
-            and i.t_cut <= first.t
-            and (i.t_heal is None or i.t_heal >= first.t)
-        ]
-        cut_at = min(cuts) if cuts else None
+        cut_at = cut_since(isolations, f, first.t)
         late = [
             w
             for w in ledger.completed()
@@ -212,7 +215,7 @@ def check_slow_acks(
                 f"{first.t:.2f}s with every sync secondary of {f.node} ({list(f.sync_peers)}) "
                 f"reachable, and {f.node} then acknowledged {len(bad)} writes that the history "
                 f"{[list(h) for h in history]} does not have (on_sync_loss=block): "
-                + "; ".join(f"{w.describe()} at {w.t_done:.2f}s" for w in bad[:limit]),
+                + listed(bad, limit),
                 [f.node, first.node],
             )
         )
