@@ -25,6 +25,8 @@ class FakeNode:
     peers: list[PeerView] = field(default_factory=list)
     total_peers: int = 3
     full: str | None = None
+    #: what make_room() answers in turn: the LSNs cleared, or None (nothing more yet)
+    room: list = field(default_factory=list)
     pulls: list[tuple[str, int, int]] = field(default_factory=list)
     promoted: list[int] = field(default_factory=list)
     refused: dict[str, float] = field(default_factory=dict)
@@ -52,6 +54,9 @@ class FakeNode:
 
     def srl_full(self):
         return self.full
+
+    def make_room(self):
+        return self.room.pop(0) if self.room else None
 
     def start_pull(self, source, first, end):
         self.pulls.append((source, first, end))
@@ -114,6 +119,39 @@ def test_a_full_srl_during_the_pull_refuses_at_once_naming_the_source() -> None:
     with pytest.raises(PromotionRefused, match="SRL of gamma is full.*promote beta instead"):
         p.step(now=p.t0)  # long before the pull deadline
     assert not node.promoted
+
+
+def test_a_full_srl_pulling_from_an_inconsistent_node_clears_its_applied_records(
+    caplog,
+) -> None:
+    """beta, being rebuilt from blocks, cannot be promoted instead: refusing would leave no
+    node promotable (the primary is gone). gamma gives up the applied records its log still
+    holds, waits while there are none (its volume takes what is logged), and the pull goes
+    on; the promotion event says what it gave up (tests/test_invalidate.py, for real)."""
+    node = FakeNode(end=6, start=2, peers=[peer("alpha", 6), peer("beta", 10, consistent=False)])
+    p = Promotion(node, force=False, min_peers=1)
+    assert run(p) is None and node.pulls == [("beta", 6, 10)]
+    node.full = "the SRL of gamma is full"
+    node.room = [(2, 5), None, (5, 6)]
+    for _ in range(3):
+        assert p.step(now=p.t0) is None  # long before the pull deadline
+    assert "records [2, 5), applied here, are cleared" in caplog.text
+    node.full, node.end = None, 10
+    out = p.step(now=p.t0)
+    assert out["pulled_records"] == 4 and node.promoted
+    assert p.decision["made_room"] == {"first_lsn": 2, "end_lsn": 6}
+
+
+def test_a_full_srl_that_cannot_be_cleared_is_refused_at_the_pulls_deadline() -> None:
+    """Its volume hangs: nothing it logged is applied, so nothing can be cleared."""
+    node = FakeNode(end=6, peers=[peer("alpha", 6), peer("beta", 10, consistent=False)])
+    p = Promotion(node, force=False, min_peers=1)
+    assert run(p) is None
+    node.full = "the SRL of gamma is full"
+    assert p.step(now=p.t0) is None
+    with pytest.raises(PromotionRefused, match=r"could not pull LSNs \[6, 10\) from beta"):
+        p.step(now=p.deadline + 1)
+    assert not node.promoted and p.decision["made_room"] is None
 
 
 def test_a_node_lacking_records_no_log_holds_is_refused_naming_the_best() -> None:

@@ -17,6 +17,7 @@ UUID = uuid.UUID("6f1c2a9e-3d4b-4c5d-8e6f-7a8b9c0d1e2f")
 @dataclass
 class FakeSRL:
     history: list = field(default_factory=lambda: [(1, 1)])
+    start_lsn: int = 1
     end_lsn: int = 5
     appended: list = field(default_factory=list)
     full: bool = False
@@ -193,6 +194,23 @@ def test_a_full_srl_drops_the_update_and_asks_again_after_a_clear() -> None:
     node.srl.full = False
     sec.after_clear()
     assert any(type(b).__name__ == "Nack" for _, b in node.transport.sent)
+
+
+def test_a_pull_refused_for_room_is_asked_again_once_the_log_is_cleared() -> None:
+    """A promotion pulling into its full log clears what it has applied
+    (failover.promotion._make_room): the peer pulled from is asked to resend at once, not
+    a heartbeat later, and not before the log's start has moved."""
+    node = FakeNode(following="", srl=FakeSRL(full=True))
+    node.ops.pull_source = "gamma"
+    sec = Secondary(node)
+    sec.on_update(hdr(flags=Flag.PULLED, sender="gamma"), Update(5, 1, 0, b"x"))
+    sec.after_clear()
+    assert not node.transport.sent  # nothing cleared yet
+    node.srl.start_lsn, node.srl.full = 4, False
+    sec.after_clear()
+    assert [(p, b.expected) for p, b in node.transport.sent] == [("gamma", 5)]
+    sec.after_clear()
+    assert len(node.transport.sent) == 1  # once per clear
 
 
 def test_a_pulled_record_from_a_peer_we_do_not_follow_is_taken() -> None:

@@ -73,6 +73,12 @@ class PromotionContext(Protocol):
     def highest_epoch(self) -> int: ...
     def node_slot(self) -> tuple[int, int]: ...
     def srl_full(self) -> str | None: ...
+    def make_room(self) -> tuple[int, int] | None:
+        """Clear this node's log of the records it has applied, which the primary that
+        died never let it clear: the LSNs [first, end) newly given up, or None when there
+        are none beyond what was cleared already (its volume has yet to take the rest)."""
+        ...
+
     def start_pull(self, source: str, first: int, end: int) -> None: ...
     def stop_pull(self) -> None: ...
     def pulled_bytes(self) -> int: ...
@@ -110,6 +116,10 @@ class Promotion:
     decision: dict = field(default_factory=dict)
     #: records only an inconsistent peer holds that this promotion could not take
     left_behind: dict | None = None
+    #: whether the node pulled from can be promoted in this one's place
+    source_consistent: bool = True
+    #: the applied records this node cleared from its full log to take the pull
+    made_room: dict | None = None
 
     def __post_init__(self) -> None:
         if not self.ctx.local_consistent() and not self.force:
@@ -163,16 +173,46 @@ class Promotion:
             return self._finish()
         full = self.ctx.srl_full()
         if full:
-            raise PromotionRefused(
-                f"cannot pull LSNs [{end}, {self.target_end}) from {self.source}: {full}; "
-                f"promote {self.source} instead (it holds every record)"
-            )
+            if self.source_consistent:
+                # the better outcome: that node takes over with every record, and this
+                # one keeps the records a laggard's log-diff catch-up needs
+                raise PromotionRefused(
+                    f"cannot pull LSNs [{end}, {self.target_end}) from {self.source}: "
+                    f"{full}; promote {self.source} instead (it holds every record)"
+                )
+            self._make_room(full)
         if now > self.deadline:
             raise PromotionRefused(
                 f"could not pull LSNs [{end}, {self.target_end}) from {self.source} in time; "
                 "refusing so another node can be promoted"
             )
         return None
+
+    def _make_room(self, full: str) -> None:
+        """The node pulled from is being rebuilt from blocks and cannot be promoted instead:
+        refusing would leave no node promotable (the primary is gone). So this node's log
+        gives up the records it has applied, which only a laggard's log-diff catch-up
+        needed: such a laggard is resynced from blocks (the chunks that differ) instead."""
+        cleared = self.ctx.make_room()
+        if cleared is None:
+            # cleared already, or its volume has yet to take what the log holds: room comes
+            # as it does (a hung volume never does: the pull's deadline refuses then)
+            return
+        first, upto = cleared
+        if self.made_room is None:
+            self.made_room = {"first_lsn": first, "end_lsn": upto}
+        else:
+            self.made_room["end_lsn"] = upto
+        self.decision["made_room"] = self.made_room
+        log.warning(
+            "promotion: %s; %s cannot be promoted instead (it is inconsistent), so records "
+            "[%d, %d), applied here, are cleared from this log to make room: a peer that "
+            "lacks them is resynced from blocks, not from the log",
+            full,
+            self.source,
+            first,
+            upto,
+        )
 
     def _plan(self, fresh: list[PeerView]) -> dict | None:
         ctx = self.ctx
@@ -208,12 +248,14 @@ class Promotion:
             "unreachable": sorted(p.name for p in ctx.peer_views() if p.name not in heard),
             "refused": self.refused,
             "left_behind": self.left_behind,
+            "made_room": None,
         }
         self._check_plan(plan)
         self._check_newer_elsewhere(logs)
         if plan.pull is None or ctx.me in plan.needs_full:
             return self._finish()
         self.phase, self.source, self.target_end = Phase.PULL, plan.pull.source, plan.pull.end_lsn
+        self.source_consistent = any(p.consistent for p in fresh if p.name == self.source)
         self.pulled = plan.pull.count
         self.deadline = time.monotonic() + PULL_GRACE_S + self.pulled / PULL_RECORDS_PER_S
         log.warning(

@@ -368,6 +368,8 @@ class Node:
         elif isinstance(body, Nack):
             if self.primary and peer.streaming and body.expected < peer.next_lsn:
                 peer.restart_stream(max(body.expected, peer.acked_end))
+            else:
+                self.ops.pulls.resend_from(peer.name, body.expected)
         elif isinstance(body, Pull):
             self.events.emit("pull-served", peer=peer.name, first_lsn=body.first, end_lsn=body.end)
             self.ops.pulls.serve(peer.name, body.first, body.end)

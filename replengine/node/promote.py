@@ -81,6 +81,17 @@ class NodePromotionContext:
             f"records [{srl.start_lsn}, {node.watcher.durable_end}) not yet cleared)"
         )
 
+    def make_room(self) -> tuple[int, int] | None:
+        node = self.node
+        applier = node.applier
+        first, applied = node.srl.start_lsn, applier.applied_end
+        if applied <= max(first, applier.pending_clear):
+            return None
+        # the applier flushes the volume, then moves the log's start; the secondary asks
+        # the pull's source to resend from where the log refused once it has (after_clear)
+        applier.clear(applied)
+        return first, applied
+
     def start_pull(self, source: str, first: int, end: int) -> None:
         self.node.ops.pull_source = source
         self.node.send(source, Pull(first, end))

@@ -55,6 +55,15 @@ class PullServer:
             if job.acked >= job.end:
                 del self.jobs[peer]
 
+    def resend_from(self, peer: str, lsn: int) -> None:
+        """The puller refused records from ``lsn`` on (its log was full, or one went
+        missing) and asks for them again (a NACK): send the pull on from there."""
+        job = self.jobs.get(peer)
+        if job is not None and job.acked <= lsn < job.next_lsn:
+            log.info("%s asks for LSN %d again: resending its pull from there", peer, lsn)
+            job.next_lsn = lsn
+            self.pump()
+
     def pump(self) -> None:
         for job in list(self.jobs.values()):
             budget = PULL_BUDGET

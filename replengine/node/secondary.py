@@ -31,6 +31,8 @@ class Secondary:
         self.acked_sent = (0, 0)
         self._last_nack = (0, 0.0)
         self.srl_full = False
+        #: the log's start when it last refused a record for lack of room
+        self.full_at = 0
         #: whose records were refused because a block copy was still coming in
         self.refused_in_copy: set[str] = set()
 
@@ -159,6 +161,7 @@ class Secondary:
                     "SRL full at LSN %d: not logging until the primary clears records", u.lsn
                 )
                 self.srl_full = True
+                self.full_at = node.srl.start_lsn
             return False
         self.srl_full = False
         node.watcher.put(pending, rec)
@@ -222,6 +225,7 @@ class Secondary:
                     recs[n].lsn,
                 )
                 self.srl_full = True
+                self.full_at = node.srl.start_lsn
             return False
         self.srl_full = False
         return True
@@ -353,5 +357,14 @@ class Secondary:
 
     def after_clear(self) -> None:
         """Space was freed: if we dropped an UPDATE for lack of room, ask for it again."""
-        if self.srl_full and self.node.following:
-            self._nack(self.node.following)
+        if not self.srl_full:
+            return
+        node = self.node
+        if node.following:
+            self._nack(node.following)
+        elif node.ops.pull_source and node.srl.start_lsn > self.full_at:
+            # a promotion cleared its log to take a pull (failover.promotion._make_room):
+            # the records refused meanwhile are asked for again at once
+            self.full_at = node.srl.start_lsn
+            self._last_nack = (0, 0.0)
+            self._nack(node.ops.pull_source)
