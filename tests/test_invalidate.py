@@ -13,7 +13,7 @@ import pytest
 
 from replengine.demo.localcluster import LocalResource, blank_file
 from replengine.log.srl_format import SB_SIZE
-from tests.conftest import THREE_NODES, Ledger, Writer
+from tests.conftest import FOUR_NODES, THREE_NODES, Ledger, Writer
 from tests.test_full_sync import damage, wait_cleared
 from tests.test_status_cli import documented, schema_problems
 
@@ -157,12 +157,12 @@ def test_a_promotion_makes_room_in_its_full_log_for_what_only_an_invalidated_nod
     resource: Callable[..., LocalResource],
 ) -> None:
     """As above, with gamma's log (1 MiB) full of records the dead primary never let it clear
-    (beta was away when they were written): the 10 records only beta holds do not fit. beta
+    (delta was away when they were written): the 10 records only beta holds do not fit. beta
     cannot be promoted instead (it is inconsistent) and alpha is dead, so refusing left no
-    node promotable (the fault campaign, seed 10300 round 9). gamma drops the records it has
-    applied from its own log, pulls, and is promoted; a peer that lacked what it dropped
-    would be resynced from blocks, not from the log."""
-    r = resource(THREE_NODES)
+    node promotable (the fault campaign, seed 10300 round 9). gamma clears the records it
+    has applied from its own log, pulls, and is promoted; delta, which lacked what gamma
+    cleared, is resynced from blocks instead of from the log."""
+    r = resource(FOUR_NODES)
     blank_file(r.srl_path("gamma"), MiB + 8 * KiB)  # the least an SRL may be
     r.replctl("gamma", "init", "--force")
     r.up()
@@ -179,12 +179,10 @@ def test_a_promotion_makes_room_in_its_full_log_for_what_only_an_invalidated_nod
 
     write(5)
     r.wait_synced()
-    r.down("beta")
-    write(10)  # gamma logs them, and may not clear them: beta lacks them
-    r.wait_synced(["alpha", "gamma"])
+    r.down("delta")
+    write(10)  # beta and gamma log them, and may not clear them: delta lacks them
+    r.wait_synced(["alpha", "beta", "gamma"])
     r.down("gamma")
-    r.up("beta")
-    r.wait_synced(["alpha", "beta"])
     write(10)  # acknowledged by alpha and beta alone
     r.wait_synced(["alpha", "beta"])
     end = r.status("beta")["end_lsn"]
@@ -192,18 +190,20 @@ def test_a_promotion_makes_room_in_its_full_log_for_what_only_an_invalidated_nod
     r.freeze("alpha")
     r.replctl("beta", "invalidate")
     r.kill("alpha")
-    r.up("gamma")
+    r.up("gamma", "delta")
     st = r.status("gamma")
     assert st["end_lsn"] < end and st["end_lsn"] - st["start_lsn"] >= 10, st
+    assert r.status("delta")["end_lsn"] <= st["start_lsn"] + 1
     r.promote("gamma")
     log = r.log("gamma")
     assert f"inconsistent, holds LSNs up to {end} that no consistent node has" in log
     assert "to make room" in log, log
     # the promotion event says what the log gave up
     assert f"made-room first_lsn={st['start_lsn']}," in log, log
-    r.wait_synced(["beta", "gamma"])
-    sums = r.checksums(["beta", "gamma"])
-    assert sums["beta"] == sums["gamma"], sums
-    r.down("beta", "gamma")
-    for n in ("beta", "gamma"):  # every acknowledged write, the 10 only beta held too
+    r.wait_synced(["beta", "gamma", "delta"])
+    sums = r.checksums(["beta", "gamma", "delta"])
+    assert len(set(sums.values())) == 1, sums
+    assert r.status("gamma")["peers"]["delta"]["blocks_sent_bytes"] > 0  # not from the log
+    r.down("beta", "gamma", "delta")
+    for n in ("beta", "gamma", "delta"):  # every acknowledged write, the 10 only beta held too
         ledger.check_file(r.volume_path(n), n)
