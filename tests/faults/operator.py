@@ -1,5 +1,6 @@
-"""What the operator does while the faults go on: the README's rollout of a mode change,
-`replctl sync --full` of a secondary, and `replctl invalidate` of a damaged one.
+"""What the operator does while the faults go on: the README's rollouts of a mode change and
+of a node's removal and return, `replctl sync --full` of a secondary, and `replctl
+invalidate` of a damaged one.
 
 Mixed into the schedule's Harness (tests/faults/schedule.py), whose state and small tools
 (the resource, the seeded rng, notes, violations, kills, observations) these use.
@@ -8,8 +9,12 @@ Mixed into the schedule's Harness (tests/faults/schedule.py), whose state and sm
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
+
+from replengine.errors import ReplError
+from replengine.runtime import wait_gone
 
 from .layout import NODES, VOLUME_SIZE
 
@@ -32,20 +37,78 @@ class OperatorActions:
         new = self.modes[n] = "sync" if old == "async" else "async"
         self.r.nodes[n] = new
         self.r.write_config()
+        self.adjust_all(f"{n} {old} -> {new}")
+        self.note(f"{n} switched {old} -> {new}: the file on every node, adjust on the running")
+        self.observe()
+        return f"mode_switch({n},{old}->{new})"
+
+    def adjust_all(self, what: str, skip: str = "") -> None:
+        """`replctl adjust` on every running node but ``skip``, one at a time (the README's
+        rollout): a refusal or a failure is a violation."""
+        assert self.r is not None
         for m in NODES:
-            if m in self.dead:
+            if m in self.dead or m == skip:
                 continue
             proc = self.r.replctl(m, "adjust", check=False, timeout=60)
             if proc.returncode != 0:
                 self.violate(
                     "adjust-failed",
-                    f"replctl adjust on {m} ({n} {old} -> {new}): "
-                    f"{(proc.stderr or proc.stdout).strip()}",
+                    f"replctl adjust on {m} ({what}): {(proc.stderr or proc.stdout).strip()}",
                     [m],
                 )
-        self.note(f"{n} switched {old} -> {new}: the file on every node, adjust on the running")
+
+    def write_members(self, members: list[str]) -> None:
+        """The config file with these nodes, in the layout's order (a node's place in the
+        list is part of which epochs it owns: a node added back takes its old place)."""
+        assert self.r is not None
+        self.r.nodes = {m: self.modes[m] for m in NODES if m in members}
+        self.r.write_config()
+
+    def remove_readd(self) -> str:
+        """A secondary removed from the running resource (README, "Changing the nodes of a
+        running resource": the file without it and `adjust` on every node that stays, then
+        it is stopped) while the application writes; meanwhile, at random, the primary is
+        killed and another node promoted; then the node added back (the file with it,
+        `adjust` everywhere, `up`). On new disks as the README asks, or on its old ones (an
+        operator who skipped the wipe): its log's history, now stale, decides what it is
+        sent. Every volume must end identical, no acknowledged write lost."""
+        assert self.r is not None and self.primary is not None
+        rng = self.rng
+        p = self.primary
+        pool = sorted(n for n in NODES if n != p and self.reachable(n) and n not in self.disk_hit)
+        n = rng.choice(pool)
+        self.write_members([m for m in NODES if m != n])
+        self.adjust_all(f"{n} removed", skip=n)
+        pid = self.r.pid(n)
         self.observe()
-        return f"mode_switch({n},{old}->{new})"
+        self.r.signal(n, signal.SIGTERM)  # its stop, with the file it started with
+        if pid is not None:
+            try:
+                wait_gone(pid, 30)
+            except ReplError:
+                self.violate("stop-hung", f"{n}, removed, still runs 30 s after SIGTERM", [n])
+                self.r.kill(n)
+        self.dead.add(n)
+        self.note(f"{n} ({self.modes[n]}) removed: adjust on the others, then stopped")
+        self.wait_observing(rng.uniform(0.1, 1.0))
+        how = ""
+        q = self.primary
+        others = [m for m in NODES if m not in (n, q) and self.reachable(m)]
+        if q is not None and self.reachable(q) and others and rng.random() < 0.4:
+            self.kill(q)
+            self.wait_observing(rng.uniform(0, 0.5))
+            self.failover()
+            how = f", {q}->{self.primary} meanwhile"
+        wipe = rng.random() < 0.5
+        self.write_members(list(NODES))
+        self.adjust_all(f"{n} added back", skip=n)
+        if wipe:
+            self.r.replace_disks(n)
+            self.replaced.add(n)
+        self.note(f"{n} added back on {'new' if wipe else 'its old'} disks")
+        self.restart(n)
+        self.notes["nodes removed and added back" + (" on new disks" if wipe else "")] += 1
+        return f"remove_readd({n}{how}{', wiped' if wipe else ''})"
 
     def sync_full(self) -> str:
         """The operator rebuilds a secondary from the primary (`replctl sync --full`, as after

@@ -89,6 +89,7 @@ KINDS = {
     "blackout": 1,
     "slow_secondary": 1,
     "slow_primary_failover": 2,
+    "remove_readd": 1,
 }
 
 #: the faults of --net netns (nodes in their own network namespaces), and their weights
@@ -731,6 +732,8 @@ class Harness(OperatorActions, DiskFaults):
             ks.append("thaw")
         else:
             ks.append("mode_switch")  # a frozen daemon could not take the new file
+            if [n for n in secs if n not in self.disk_hit]:
+                ks.append("remove_readd")
         if self.reachable(self.primary):
             ks.append("sync_full")
         if not self.disk_hit:
@@ -870,6 +873,8 @@ class Harness(OperatorActions, DiskFaults):
             return f"{kind}({n})"
         if kind == "mode_switch":
             return self.switch_mode()
+        if kind == "remove_readd":
+            return self.remove_readd()
         if kind == "blackout":
             return self.blackout()
         if kind == "sync_full":

@@ -390,12 +390,15 @@ def _netns_tools() -> str | None:
 @pytest.mark.parametrize(
     "mode,seed,script,disk_all",
     [
-        # a node's mode switched by `adjust` under writes, the primary cut off and replaced,
-        # a slowed link; then a split with loss
+        # a node's mode switched by `adjust` under writes, a node removed and added back by
+        # `adjust`, the primary cut off and replaced, a slowed link; then a split with loss
         (
             "degrade",
             301,
-            [["mode_switch", "partition_primary", "delay"], ["split", "loss", "disk_error"]],
+            [
+                ["mode_switch", "remove_readd", "partition_primary", "delay"],
+                ["split", "loss", "disk_error"],
+            ],
             False,
         ),
         # the failing disk's node losing power (what it never synced lost), a split; then
