@@ -213,6 +213,42 @@ def test_srl_full_stall_blocks_until_secondary_returns(resource):
     vol.close()
 
 
+@pytest.mark.parametrize("verb", ["demote", "down"])
+def test_writes_stalled_on_a_full_srl_fail_at_once_when_the_primary_steps_down(resource, verb):
+    """Writes stalled on a full SRL (srl_full = "stall") were never logged: a demote or a
+    stop fails them at once, naming why. Before, a demote waited for room as long as gamma
+    stayed away (for ever), and a stop for its minute's drain: the fault campaign's stop of
+    a cut-off primary outlived its 30 s (seed 10803 round 9)."""
+    r = _srl_full_resource(resource, "stall")
+    ledger = Ledger()
+    ledger.add(1, 0, b"f" * 4096)
+    error: list[str] = []
+
+    def run() -> None:
+        vol = r.connect("alpha")
+        try:
+            for off, data in _fill_writes(48, seed=44):
+                ledger.add(vol.write(off, data), off, data)
+        except ReplError as exc:
+            error.append(str(exc))
+        finally:
+            vol.close()
+
+    with cf.ThreadPoolExecutor(1) as pool:
+        fut = pool.submit(run)
+        r.wait_for(lambda: r.status("alpha")["writes_stalled"] > 0, 20, "a stalled writer")
+        r.replctl("alpha", verb, timeout=20)
+        fut.result(timeout=10)
+    assert error and "not logged" in error[0] and "SRL" in error[0], error
+    assert 20 <= len(ledger) < 48, len(ledger)
+    if verb == "demote":
+        assert r.status("alpha")["role"] == "secondary"
+        r.down("alpha")
+    r.down("beta")
+    for n in ("alpha", "beta"):  # every completed write; the refused one nowhere in a log
+        ledger.check_file(r.volume_path(n), n)
+
+
 def test_srl_full_fail_refuses_write_and_stays_healthy(resource):
     r = resource(THREE_NODES, srl_size=SMALL_SRL, srl_full="fail", on_sync_loss="degrade")
     r.up()

@@ -129,7 +129,7 @@ class Operations(ClientIO):
             self.node.events.emit("stopping", role=str(self.node.role))
             self.node.device_io.fence()
             if self.node.primary:
-                self.node.primary.accepting = False
+                self.node.primary.stop_accepting("stopping")
 
     def finished(self) -> bool:
         if not self.down_since:
@@ -195,7 +195,7 @@ class Operations(ClientIO):
         if self._device_busy(req, "demote"):
             return
         node.device_io.fence()
-        node.primary.accepting = False
+        node.primary.stop_accepting("demoting")
         self.demotion = req
 
     def progress(self) -> None:

@@ -205,6 +205,23 @@ class Primary:
                     f"write timed out: SRL full for {node.cfg.sync_timeout}s (srl_full=stall)",
                 )
 
+    def stop_accepting(self, why: str) -> None:
+        """No new write from now on (a demote, a stop). Writes stalled on a full SRL were
+        never logged, and room comes only once a lagging secondary catches up, which may be
+        never (it is gone, or this node is cut off): they fail now, saying so, instead of
+        holding the demote until then, or the stop for its drain's minute (seed 10803 round
+        9). Logged writes still drain: their outcome is decided by their acknowledgements."""
+        self.accepting = False
+        node = self.node
+        for s in self.stalled:
+            node.reply_error(
+                s.client,
+                s.req_id,
+                f"write not logged: {node.me} is {why} and its SRL was full "
+                f"(srl_full={node.cfg.srl_full}); nothing of it was written",
+            )
+        self.stalled.clear()
+
     def drained(self) -> bool:
         return not self.pending and not self.stalled
 
