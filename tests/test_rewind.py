@@ -167,6 +167,29 @@ def test_a_new_source_starts_the_copy_over_and_late_blocks_are_ignored(tmp_path)
     assert node.volume.data[7 * 4096] != ord("L")
 
 
+def test_a_rewind_retargeted_after_its_copy_catches_up_to_the_new_sources_end(tmp_path) -> None:
+    """beta, a deposed primary cut off for long, sent its copy as of LSN 2449 (its own
+    tail's end); beta stepped down and delta, primary of the newer epoch, sent its copy as of
+    962. The rewind waited to apply LSN 2449, which delta's line had not reached: alpha
+    stayed inconsistent once the application stopped writing (seed 11003 round 1)."""
+    node, rw = node_with_tail(tmp_path)
+    rw.progress()
+    tag = requests(node)[-1].tag
+    rw.on_message("beta", Block(7 * 4096, b"b" * 3 * 4096))
+    rw.on_message("beta", BlockDone(tag, 2449))
+    assert rw.phase is Phase.CATCHUP and rw.as_of == 2449
+    node.following = "delta"
+    rw.retarget("delta", 8)
+    rw.progress()
+    tag = requests(node)[-1].tag
+    rw.on_message("delta", Block(7 * 4096, b"d" * 3 * 4096))
+    rw.on_message("delta", BlockDone(tag, 962))
+    assert rw.phase is Phase.CATCHUP and rw.as_of == 962
+    node.applier.applied_end = 962
+    rw.progress()
+    assert node.consistent and node.rewinder is None
+
+
 def test_subtract_ranges() -> None:
     assert subtract([(0, 100)], 10, 20) == [(0, 10), (30, 70)]
     assert subtract([(0, 10), (20, 10)], 0, 25) == [(25, 5)]

@@ -184,6 +184,11 @@ class Rewinder:
         self.source = source
         self.divergence = min(self.divergence, divergence)
         self.phase = Phase.DRAIN
+        # the LSN an earlier source's copy stood at is of its line, not this one's: a
+        # deposed primary's tail may reach far past the new primary's end, and a catch-up
+        # waiting for it would wait until the application had written that far (seed 11003
+        # round 1: for ever, once it stopped)
+        self.as_of = 0
         self.node.consistent = False
 
     # ---- the loop's turn ----------------------------------------------------------------------
