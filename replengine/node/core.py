@@ -548,6 +548,7 @@ class Node:
             ):
                 p.acked_end = p.hello.end_lsn
         self.dcm.load(self.primary)
+        self.ops.pulls.cancel_all(f"{self.me} is primary now")
         log.warning("PROMOTED to primary: epoch %d starts at LSN %d", new_epoch, first)
         self.beacon()
 

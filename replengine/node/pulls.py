@@ -64,8 +64,27 @@ class PullServer:
             job.next_lsn = lsn
             self.pump()
 
+    def cancel_all(self, why: str) -> None:
+        """Pulls are for a peer's promotion: once this node is primary (that promotion was
+        refused or lost), its peers follow it and get its records from its stream."""
+        for peer in self.jobs:
+            log.info("pull of %s ended: %s", peer, why)
+        self.jobs.clear()
+
     def pump(self) -> None:
+        start, _ = self.bounds()
         for job in list(self.jobs.values()):
+            if job.next_lsn < job.end and job.next_lsn < start:
+                # cleared here meanwhile (this node's own primary, or a promotion of its
+                # own, moved its log on): the puller, refused, asks another node or gives up
+                log.warning(
+                    "pull of %s ended: LSN %d is no longer in this SRL (it starts at %d)",
+                    job.peer,
+                    job.next_lsn,
+                    start,
+                )
+                del self.jobs[job.peer]
+                continue
             budget = PULL_BUDGET
             while job.next_lsn < job.end and job.next_lsn - job.acked < PULL_WINDOW and budget:
                 rec = self.read(job.next_lsn)
