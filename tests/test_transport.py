@@ -186,5 +186,72 @@ def test_newer_connection_order_wraps_and_prefers_chosen_ids() -> None:
     assert _newer(b"alpha", rid(7)) and _newer(rid(7), b"alpha")
 
 
+def _take(t, timeout: float) -> list[tuple[bytes, bytes]]:
+    """Every (name, payload) the transport hands over within ``timeout`` seconds."""
+    out = []
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        t.poll(20)
+        while (inc := t.recv_peer()) is not None:
+            out.append((inc.identity, inc.frames[0].bytes))
+    return out
+
+
+def test_a_peers_live_connection_is_not_muted_by_an_abandoned_one_numbered_after_it(
+    tmp_path: Path,
+) -> None:
+    """Fault campaign, seed 11301: a peer abandons a connection mid-handshake on a lossy
+    link and makes another; the abandoned one's handshake and first message, still in the
+    peer's kernel, arrive after the live one was numbered. The live one was then dropped as
+    a leftover for good: this node never heard the peer again, while the peer heard it."""
+    import zmq
+
+    from replengine.wire.transport import ADOPT_AFTER_BEATS, Transport
+
+    hb_ms = 250
+    port = free_port()
+    t = Transport("gamma", f"127.0.0.1:{port}", {}, str(tmp_path / "c.sock"), hb_ms)
+    ctx = zmq.Context.instance()
+    live, abandoned = ctx.socket(zmq.DEALER), ctx.socket(zmq.DEALER)
+    try:
+        for s in (live, abandoned):
+            s.setsockopt(zmq.LINGER, 0)
+        live.connect(f"tcp://127.0.0.1:{port}")
+        live.send_multipart([b"beta", b"live-first"])
+        assert _take(t, 0.5) == [(b"beta", b"live-first")]
+        abandoned.connect(f"tcp://127.0.0.1:{port}")  # numbered after the live one
+        abandoned.send_multipart([b"beta", b"abandoned"])
+        assert _take(t, 0.5) == [(b"beta", b"abandoned")]
+        abandoned.close(0)
+        # what comes at once on the older connection is a leftover, as before
+        for i in range(5):
+            live.send_multipart([b"beta", b"burst-%d" % i])
+        assert _take(t, 0.1) == []
+        # then it goes on delivering, as a live peer does at each heartbeat: taken again
+        got: list[tuple[bytes, bytes]] = []
+        beats = 0
+        while not got and beats < 10 * ADOPT_AFTER_BEATS:
+            live.send_multipart([b"beta", b"beat-%d" % beats])
+            beats += 1
+            got = _take(t, hb_ms / 1000)
+        assert got and got[0][0] == b"beta", f"beta's live connection stayed muted: {got}"
+        assert beats <= ADOPT_AFTER_BEATS + 2, f"taken only after {beats} heartbeats"
+        live.send_multipart([b"beta", b"after"])
+        assert _take(t, 0.3) == [(b"beta", b"after")]
+        # a newer connection of beta still takes over at once, as before
+        newer = ctx.socket(zmq.DEALER)
+        newer.setsockopt(zmq.LINGER, 0)
+        newer.connect(f"tcp://127.0.0.1:{port}")
+        newer.send_multipart([b"beta", b"newer"])
+        assert _take(t, 0.5) == [(b"beta", b"newer")]
+        live.send_multipart([b"beta", b"stale"])
+        assert _take(t, 0.1) == []
+        newer.close(0)
+    finally:
+        live.close(0)
+        abandoned.close(0)
+        t.close()
+
+
 if __name__ == "__main__":
     worker(sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], int(sys.argv[4]))

@@ -22,6 +22,18 @@ would stay mute. With a routing id per connection no pipe is ever terminated und
 engine. The "newest connection wins" of handover is kept here instead: once a node's newer
 connection has delivered a message, what its older connection still delivers is dropped.
 
+"Newer" is the ROUTER's numbering, the order in which connections finished their handshake
+here, and that is not always the order in which the peer made them. A connection the peer
+abandoned (its `reconnect` while the handshake was still under way, on a link that drops
+packets) still has its handshake and a first message in the peer's kernel, which goes on
+sending them after the close; they can arrive after the connection that replaced it was
+numbered. The abandoned one is then "newest" for its one message, and the live one was
+dropped as its leftover for good: a node deaf to one peer while the peer heard it (fault
+campaign, seed 11301). So an older connection that goes on delivering for ADOPT_AFTER_BEATS
+heartbeats, while the newest says nothing (every node sends a HELLO each heartbeat), is the
+live one and is taken again. Leftovers come as one burst, read within a turn or two of the
+loop, and are still dropped.
+
 A peer that sets its own routing id (an older replengine, a test speaking the wire format)
 is still taken by it, without a name frame. The wire format changed: a node running this
 module and one running the version with named DEALERs do not understand each other's messages.
@@ -73,6 +85,9 @@ SIDE_EVERY_S = 0.02
 #: second, not half a minute later. Two of the kernel's SYNs go out before (at 0 and 1 s),
 #: so a slow link's answer has time to come
 RETRY_CONNECT_S = 2.0
+#: an older connection of a node that delivers for this many heartbeats while its newest
+#: one delivers nothing is the live one (see the module docstring)
+ADOPT_AFTER_BEATS = 2
 
 
 def tcp_endpoint(address: str) -> str:
@@ -185,6 +200,11 @@ class Transport:
             self.poller.register(self.zap, zmq.POLLIN)
         #: node name -> routing id of its newest connection to our ROUTER
         self._routes: dict[bytes, bytes] = {}
+        #: node name -> when its newest connection last delivered a message
+        self._heard: dict[bytes, float] = {}
+        #: node name -> {routing id of an older connection: when the run of its messages
+        #: dropped since the newest last spoke began}
+        self._muted: dict[bytes, dict[bytes, float]] = {}
 
     def add_peer(self, name: str, addr: str, key: bytes | None = None) -> None:
         """Connect to a peer (at start, or a node added by `replctl adjust`); with CURVE,
@@ -224,7 +244,7 @@ class Transport:
         for fd in self.watch.unwatch(name, sock):
             self.poller.unregister(fd)
         sock.close(0)
-        self._routes.pop(name.encode(), None)
+        self._forget_routes(name.encode())
         if self.curve is not None:
             key = self.curve.peers.pop(name, None)
             if key is not None:
@@ -383,13 +403,44 @@ class Transport:
             if self.curve is not None and not self._authentic(name, frames[-1]):
                 continue
             newest = self._routes.get(name)
-            if newest != route:
-                if newest is not None and not _newer(route, newest):
+            now = time.monotonic()
+            if newest is not None and newest != route and not _newer(route, newest):
+                if not self._outlived(name, route, now):
                     continue  # sent before the peer reconnected: a newer pipe replaced it
+            if newest != route:
                 if newest is None and len(self._routes) >= MAX_ROUTES:
                     self._routes.clear()
+                    self._heard.clear()
+                    self._muted.clear()
                 self._routes[name] = route
+                self._muted.pop(name, None)
+            self._heard[name] = now
             return Incoming(name, payload)
+
+    def _outlived(self, name: bytes, route: bytes, now: float) -> bool:
+        """Whether ``route``, an older connection of ``name`` than its newest, has been
+        delivering for ADOPT_AFTER_BEATS heartbeats while the newest said nothing: the
+        newest was a connection the peer abandoned, whose handshake arrived late (see the
+        module docstring), and this one is live."""
+        muted = self._muted.setdefault(name, {})
+        since = muted.get(route)
+        if since is None or since < self._heard.get(name, 0.0):
+            muted[route] = since = now  # a run of drops begins (the newest spoke since)
+        if now - since < ADOPT_AFTER_BEATS * self.heartbeat_ms / 1000:
+            return False
+        log.warning(
+            "peer %s: its newest connection here has said nothing for %.1fs while an older "
+            "one went on delivering: taking the older one as its connection (the newest was "
+            "one it had abandoned, whose handshake arrived late)",
+            name.decode(errors="replace")[:64],
+            now - self._heard.get(name, since),
+        )
+        return True
+
+    def _forget_routes(self, name: bytes) -> None:
+        self._routes.pop(name, None)
+        self._heard.pop(name, None)
+        self._muted.pop(name, None)
 
     def _authentic(self, name: bytes, frame: zmq.Frame) -> bool:
         """Whether the node name a message claims is the one its connection's key belongs
