@@ -194,7 +194,8 @@ def test_a_promotion_makes_room_in_its_full_log_for_what_only_an_invalidated_nod
     st = r.status("gamma")
     assert st["end_lsn"] < end and st["end_lsn"] - st["start_lsn"] >= 10, st
     assert r.status("delta")["end_lsn"] <= st["start_lsn"] + 1
-    r.promote("gamma")
+    out = r.promote("gamma")
+    assert f"cleared applied LSNs [{st['start_lsn']}, " in out, out
     log = r.log("gamma")
     assert f"inconsistent, holds LSNs up to {end} that no consistent node has" in log
     assert "to make room" in log, log

@@ -144,9 +144,16 @@ def cmd_promote(args: argparse.Namespace) -> int:
             if doc.get("pulled_from")
             else ""
         )
+        room = doc.get("made_room")
+        cleared = (
+            f"; cleared applied LSNs [{room['first_lsn']}, {room['end_lsn']}) from its full "
+            "SRL to make room for the pull"
+            if room
+            else ""
+        )
         print(
             f"promoted: epoch {doc['epoch']} starts at LSN {doc['first_lsn']}{pulled} "
-            f"({doc['seconds']}s){device}"
+            f"({doc['seconds']}s){cleared}{device}"
         )
     return 0
 

@@ -394,6 +394,7 @@ class Promotion:
             "pulled_records": self.pulled,
             "pulled_bytes": ctx.pulled_bytes(),
             "pulled_from": self.source,
+            "made_room": self.made_room,
             "seconds": round(time.monotonic() - self.t0, 3),
         }
 

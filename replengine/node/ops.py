@@ -361,9 +361,9 @@ class Operations(ClientIO):
             self.node.reply_error(req.client, req.req_id, str(exc))
             return
         if result is not None:
-            self.node.events.emit(
-                "promotion", chosen=self.node.me, **result, **self.promotion.decision
-            )
+            # the answer repeats a field of the decision (made_room): one dict, not two
+            fields = {**self.promotion.decision, **result}
+            self.node.events.emit("promotion", chosen=self.node.me, **fields)
             self.promotion = self.promotion_req = None
             self.last_promotion = result
             if self.node.device is not None:

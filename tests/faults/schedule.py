@@ -591,9 +591,13 @@ class Harness(OperatorActions, DiskFaults):
             self.primary, self.epoch = c, int(doc["epoch"])
             self.promotions.append(Promotion(t, c, self.epoch, int(doc["first_lsn"]), reach, ends))
             self.failovers += 1
+            room = doc.get("made_room")
+            if room:
+                self.faults["promotion-made-room"] += 1
             self.note(
                 f"promoted {c}: epoch {self.epoch} from LSN {doc['first_lsn']}, pulled "
                 f"{doc['pulled_records']} from {doc['pulled_from'] or '-'} (ends {ends})"
+                + (f", made room: cleared [{room['first_lsn']}, {room['end_lsn']})" if room else "")
             )
             if write:
                 self.writer.set_target(
