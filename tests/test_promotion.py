@@ -47,7 +47,7 @@ class FakeNode:
         return self.consistent
 
     def highest_epoch(self):
-        return max([p.epoch for p in self.peers] + [self.history[-1][0]])
+        return max([p.epoch for p in self.peers] + [h[0] for h in self.history[-1:]] + [0])
 
     def node_slot(self):
         return self.slot
@@ -101,6 +101,45 @@ def test_too_few_peers_refuses_unless_forced() -> None:
     with pytest.raises(PromotionRefused, match="only 0 of 3 peers reachable"):
         run(Promotion(node, force=False, min_peers=1))
     assert run(Promotion(node, force=True, min_peers=1))["epoch"] == 2
+
+
+def blank(name, heard=0):
+    """A node added, or back on new disks: its log is empty; ``heard``, the epoch its HELLO
+    passes on (the newest it heard of)."""
+    return PeerView(name, 1e12, False, "secondary", (), 1, 1, True, heard)
+
+
+def test_a_peer_with_an_empty_log_does_not_count_once_a_newer_epoch_is_known() -> None:
+    """Fault campaign, seed 11704: gamma, just added back on new disks, was the only peer
+    beta reached, and beta had heard of an epoch its log never followed (a primary promoted
+    while it was cut off); its promotion went ahead and discarded what alpha and delta held
+    of that epoch."""
+    node = FakeNode(peers=[blank("delta", heard=5)])  # alpha and beta unreachable
+    with pytest.raises(
+        PromotionRefused,
+        match=r"only 0 of 3 peers reachable \(none; delta reachable but with an empty log",
+    ):
+        run(Promotion(node, force=False, min_peers=1))
+    assert not node.promoted
+    node.peers.append(peer("alpha", 10, history=((1, 1), (5, 10))))  # one that followed it
+    assert run(Promotion(node, force=False, min_peers=1))["role"] == "primary"
+
+
+def test_a_peer_with_an_empty_log_still_counts_without_a_newer_epoch() -> None:
+    """A new node being synced when its primary dies does not keep an up-to-date secondary
+    from taking over (tests/test_full_sync_auto.py, for real); nor does it on a new
+    resource, where every log is empty."""
+    node = FakeNode(peers=[blank("delta")])
+    assert run(Promotion(node, force=False, min_peers=1))["epoch"] == 2
+    node = FakeNode(history=(), end=1, peers=[blank("alpha"), blank("beta")], total_peers=3)
+    assert run(Promotion(node, force=False, min_peers=2))["role"] == "primary"
+
+
+def test_min_peers_asks_for_no_more_than_the_peers_that_may_hold_data() -> None:
+    """Two nodes, the secondary replaced by a new one: the primary is the only node with
+    data, and the new one cannot be ahead of it, whatever epochs it heard of."""
+    node = FakeNode(peers=[blank("delta", heard=5)], total_peers=1)
+    assert run(Promotion(node, force=False, min_peers=1))["role"] == "primary"
 
 
 def test_a_node_behind_pulls_first_then_promotes() -> None:

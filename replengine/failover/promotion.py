@@ -214,6 +214,24 @@ class Promotion:
             upto,
         )
 
+    def _uninformed(self, fresh: list[PeerView]) -> list[str]:
+        """The reachable peers that do not count towards min_peers: those with an empty log
+        (a node added, or back on new disks, before its full sync has given it one), once
+        this node knows of an epoch that neither its log nor any other reachable log has
+        followed. A primary of that epoch may have acknowledged writes, and an empty log
+        cannot say where they are (fault campaign, seed 11704: beta, cut off since epoch 7,
+        heard of epoch 8 and was promoted with only gamma, just back on new disks,
+        reachable; it discarded 132 records of epoch 8 that alpha and delta held). Without
+        such an epoch they count as before: a new node being synced when its primary dies
+        does not keep an up-to-date secondary from taking over. The requirement is then
+        capped at the peers that may hold data: a new node cannot be ahead of anyone."""
+        blank = [p.name for p in fresh if not p.history]
+        logs = [self.ctx.local_log().history] + [p.history for p in fresh if p.history]
+        followed = max((h[-1][0] for h in logs if h), default=0)
+        if not blank or not followed or self.ctx.highest_epoch() <= followed:
+            return []
+        return blank
+
     def _plan(self, fresh: list[PeerView]) -> dict | None:
         ctx = self.ctx
         primaries = [p.name for p in fresh if p.role == "primary"]
@@ -221,20 +239,29 @@ class Promotion:
             raise PromotionRefused(
                 f"{', '.join(primaries)} is primary and reachable: demote it first"
             )
-        if len(fresh) < self.min_peers:
+        blank = self._uninformed(fresh)
+        need = min(self.min_peers, ctx.peer_count() - len(blank))
+        have = len(fresh) - len(blank)
+        if have < need:
+            empty = (
+                f"; {', '.join(blank)} reachable but with an empty log (new), which holds no "
+                "write and does not count"
+                if blank
+                else ""
+            )
             if not self.force:
                 raise PromotionRefused(
-                    f"only {len(fresh)} of {ctx.peer_count()} peers reachable "
-                    f"({', '.join(p.name for p in fresh) or 'none'}); promotion needs "
-                    f"{self.min_peers} so that no acknowledged write is left behind on an "
-                    "unreachable node; use --force to promote anyway"
+                    f"only {have} of {ctx.peer_count()} peers reachable "
+                    f"({', '.join(p.name for p in fresh if p.name not in blank) or 'none'}"
+                    f"{empty}); promotion needs {need} so that no acknowledged write is left "
+                    "behind on an unreachable node; use --force to promote anyway"
                 )
             log.error(
                 "FORCED PROMOTION with %d of %d peers reachable (need %d): writes only "
                 "unreachable nodes hold may be lost",
-                len(fresh),
+                have,
                 ctx.peer_count(),
-                self.min_peers,
+                need,
             )
         logs = [ctx.local_log()]
         logs += [NodeLog(p.name, p.history, p.start_lsn, p.end_lsn) for p in fresh if p.consistent]
