@@ -243,3 +243,56 @@ def test_a_full_sync_whose_source_dies_resumes_from_the_new_primary(
     again = r.status("beta")["peers"]["gamma"]["blocks_sent_bytes"]
     print(f"64 MiB full sync, source killed half way, new primary sent {again} bytes")
     assert again <= 0.6 * r.volume_size, again
+
+
+def test_a_new_node_that_heard_of_an_epoch_the_promoted_node_missed_does_not_vouch_for_it(
+    resource: Callable[..., LocalResource],
+) -> None:
+    """Fault campaign, seed 11704: beta was away while delta was promoted and took writes;
+    gamma, on new disks and half way through its full sync from delta (its log still
+    empty), had heard of delta's epoch. Both delta and alpha are gone when beta comes back:
+    gamma is the only peer beta reaches, and its empty log once met promote_min_peers, so
+    beta was promoted from its own end and delta's acknowledged writes were discarded.
+    Now beta refuses, naming gamma; once delta is back it is promoted and every
+    acknowledged write is there."""
+    nodes = {"alpha": "sync", "beta": "sync", "gamma": "sync", "delta": "sync"}
+    r = resource(nodes, volume_size=64 * MiB, extra={"resync_rate": 4, "promote_min_peers": 1})
+    r.up()
+    r.promote("alpha")
+    ledger = Ledger(r.volume_size)
+    rng = random.Random(17)
+
+    def write(node: str, n: int) -> None:
+        with r.connect(node) as vol:
+            for _ in range(n):
+                off = rng.randrange(0, r.volume_size // 4096) * 4096
+                data = rng.randbytes(4096)
+                ledger.add(vol.write(off, data), off, data)
+
+    write("alpha", 20)
+    r.wait_synced()
+    r.down("beta")  # away from here on: it never hears of delta's epoch from delta
+    r.kill("alpha")
+    r.promote("delta")
+    write("delta", 30)  # acknowledged with gamma; beta lacks them
+    r.down("gamma")
+    reinit(r, "gamma")  # new disks
+    r.up("gamma")
+    r.wait_for(
+        lambda: (r.status("delta")["peers"]["gamma"].get("resync") or {}).get("bytes_done", 0) > 0,
+        60,
+        "gamma's full sync from delta under way",
+    )
+    assert not r.status("gamma")["consistent"]
+    r.kill("delta")
+    r.up("beta")
+    refused = r.replctl("beta", "promote", check=False, timeout=120)
+    assert refused.returncode != 0, refused.stdout
+    assert "gamma reachable but with an empty log" in refused.stderr, refused.stderr
+    assert r.status("beta")["role"] == "secondary"
+    r.up("delta")
+    r.promote("delta")
+    r.wait_synced(["beta", "delta"], timeout=120)
+    r.down("beta", "delta")
+    for n in ("beta", "delta"):
+        ledger.check_file(r.volume_path(n), n)
