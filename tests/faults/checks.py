@@ -14,7 +14,9 @@ secondary surviving") is decided from evidence, never assumed:
   reachable (running, not frozen, on the promoted node's side; consistent or not, since a
   node being rebuilt from blocks keeps its log and a promotion pulls from it, but not one
   whose disks were replaced) at every promotion after that observation: every promotion
-  saw a node holding L, so L must be in the history that won.
+  saw a node holding L, so L must be in the history that won;
+- the same for E's primary itself once `replctl demote` of it answered (a planned
+  switchover, in any mode): its log then holds every write it completed.
 
 A completed write with no such evidence (acknowledged by a primary degraded to alone, or
 only by a secondary that was then frozen or killed through a promotion) may legitimately be
@@ -61,6 +63,9 @@ class Observation:
     node: str
     epoch: int
     acked: dict[str, int]  # sync peer -> acked_lsn (every LSN <= it is durable there)
+    #: taken once `replctl demote` of that primary answered (a planned switchover): acked
+    #: then holds the demoted node itself, its last logged LSN, every write it completed
+    demoted: bool = False
 
 
 @dataclass
@@ -395,14 +400,18 @@ def protection(
             continue  # seen after a newer epoch began: not evidence
         after = [p for p in promotions if p.t > ob.t]
         for s, acked in sorted(ob.acked.items()):
-            if s == w.conn.node or acked < w.lsn:
+            if (s == w.conn.node and not ob.demoted) or acked < w.lsn:
                 continue
             if all(s in p.reachable for p in after):
                 where = ", ".join(f"{p.node} (epoch {p.epoch}) at {p.t:.2f}s" for p in after)
+                held = (
+                    f"{s}, demoted, had logged LSN {acked} >= {w.lsn}"
+                    if ob.demoted
+                    else f"sync secondary {s} had acknowledged LSN {acked} >= {w.lsn}"
+                )
                 return (
-                    f"sync secondary {s} had acknowledged LSN {acked} >= {w.lsn} "
-                    f"(status of {ob.node} at {ob.t:.2f}s) and was reachable at every "
-                    f"later promotion: {where or 'none'}"
+                    f"{held} (status of {ob.node} at {ob.t:.2f}s) and was reachable at "
+                    f"every later promotion: {where or 'none'}"
                 )
     return None
 

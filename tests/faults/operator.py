@@ -1,6 +1,6 @@
 """What the operator does while the faults go on: the README's rollouts of a mode change and
-of a node's removal and return, `replctl sync --full` of a secondary, and `replctl
-invalidate` of a damaged one.
+of a node's removal and return, `replctl sync --full` of a secondary, `replctl invalidate`
+of a damaged one, and a planned switchover (demote, then promote another node).
 
 Mixed into the schedule's Harness (tests/faults/schedule.py), whose state and small tools
 (the resource, the seeded rng, notes, violations, kills, observations) these use.
@@ -16,7 +16,8 @@ import time
 from replengine.errors import ReplError
 from replengine.runtime import wait_gone
 
-from .layout import NODES, VOLUME_SIZE
+from .checks import Observation
+from .layout import MAX_AWAY, NODES, VOLUME_SIZE
 
 #: the nodes whose mode the schedule switches (one of them async at a time, so every primary
 #: keeps a sync secondary); delta stays async: the SRL-filling fault cuts an async node
@@ -174,6 +175,85 @@ class OperatorActions:
         self.notes["volumes damaged and invalidated" + (" online" if online else "")] += 1
         self.note(f"{n} invalidated: {proc.stdout.strip()}")
         return f"{'invalidate_online' if online else 'invalidate'}({n})"
+
+    def switchover(self) -> str:
+        """The planned switchover (`pcs resource move`: demote the primary, then promote
+        another node), whatever faults are on: the application stopped first or, at random,
+        still writing while the demote drains. Once `replctl demote` has answered, the old
+        primary's log holds every write it completed, in either mode: while it stays
+        reachable, every later promotion must find them (recorded here as evidence for
+        checks.protection), an async node promoted pulling them first. At random it is
+        killed before the promotion (then nothing protects what only it held)."""
+        assert self.r is not None and self.primary is not None
+        rng, p, epoch = self.rng, self.primary, self.epoch
+        before = self.status(p, 5.0)
+        quiet = rng.random() < 0.5
+        net = self.network
+        # an async node, stopped while the writes go on and let go just before it is
+        # promoted: behind the demoted primary, it pulls the difference first
+        lagging = None
+        asyncs = [
+            n
+            for n in NODES
+            if n != p
+            and self.reachable(n)
+            and self.modes[n] == "async"
+            and (net is None or n not in net.isolated())
+        ]
+        if asyncs and not quiet and len(self.away()) < MAX_AWAY and rng.random() < 0.5:
+            lagging = rng.choice(asyncs)
+            self.freeze(lagging)
+            self.wait_observing(rng.uniform(0.1, 0.6))
+        if quiet and not self.writer.pause(10.0):
+            self.note(f"switchover of {p}: writes still in flight after 10 s")
+        try:
+            proc = self.r.replctl(p, "demote", check=False, timeout=90)
+        except subprocess.TimeoutExpired:
+            self.violate("demote-hung", f"replctl demote on {p}: no answer in 90 s", [p])
+            if lagging is not None:
+                self.thaw(lagging)
+            self.writer.resume()
+            return f"switchover({p}: demote hung)"
+        if lagging is not None:
+            self.thaw(lagging)
+        if proc.returncode != 0:
+            self.writer.resume()
+            self.note(f"demote {p} failed: {(proc.stderr or proc.stdout).strip()}")
+            self.check_alive()  # stopped by its disk error: a failover is due
+            return f"switchover({p}: demote failed)"
+        after = self.status(p, 5.0)
+        self.writer.set_target(None)
+        self.primary = None
+        self.ex_primaries.add(p)
+        was = before is not None and before["role"] == "primary" and before["epoch"] == epoch
+        clean = after is not None and not after["following"] and after["epoch"] == epoch
+        if was and clean:
+            assert after is not None
+            ob = Observation(self.now(), p, epoch, {p: after["end_lsn"] - 1}, demoted=True)
+            self.observations.append(ob)
+        self.note(
+            f"demoted {p}{' (writer stopped first)' if quiet else ''}: "
+            + (f"end LSN {after['end_lsn']}" if after else "no status")
+            + ("" if was and clean else " (not a clean demote of the primary: no evidence)")
+        )
+        killed = rng.random() < 0.2
+        if killed:
+            self.kill(p, observe=False)
+        candidates = [
+            n
+            for n in NODES
+            if n not in (p, lagging)
+            and self.reachable(n)
+            and (net is None or n not in net.isolated())
+            and not self.serving_beside(n)
+        ]
+        rng.shuffle(candidates)
+        if lagging is not None and self.reachable(lagging):
+            candidates.insert(0, lagging)
+        self.failover(candidates=candidates)
+        self.writer.resume()
+        how = ",quiet" if quiet else (f",{lagging} lagging" if lagging else "")
+        return f"switchover({p}{how}{',killed' if killed else ''}->{self.primary})"
 
 
 __all__ = ["SWITCHABLE", "OperatorActions"]

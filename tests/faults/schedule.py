@@ -90,6 +90,7 @@ KINDS = {
     "slow_secondary": 1,
     "slow_primary_failover": 2,
     "remove_readd": 1,
+    "switchover": 2,
 }
 
 #: the faults of --net netns (nodes in their own network namespaces), and their weights
@@ -740,6 +741,8 @@ class Harness(OperatorActions, DiskFaults):
                 ks.append("remove_readd")
         if self.reachable(self.primary):
             ks.append("sync_full")
+            if secs:
+                ks.append("switchover")
         if not self.disk_hit:
             ks.append("blackout")  # (a failing disk would stop its node's restart)
         if [n for n in secs if n != self.disk_node]:
@@ -879,6 +882,8 @@ class Harness(OperatorActions, DiskFaults):
             return self.switch_mode()
         if kind == "remove_readd":
             return self.remove_readd()
+        if kind == "switchover":
+            return self.switchover()
         if kind == "blackout":
             return self.blackout()
         if kind == "sync_full":

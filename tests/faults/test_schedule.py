@@ -157,6 +157,27 @@ def test_acknowledged_write_with_a_surviving_sync_secondary_must_survive():
     assert len(v) == 1 and "still primary" in v[0].message
 
 
+def test_a_demoted_primary_is_evidence_for_its_own_writes():
+    """A planned switchover: once `replctl demote` answered, the old primary's log holds
+    every write it completed, acknowledged by no secondary or not (degrade, async only)."""
+    led = ledger_with(("alpha", 1, 1, [(0, 1, None), (1, 2, None)]))
+    lost_history = [(1, 1), (2, 1)]
+    demoted = [Observation(2.5, "alpha", 1, {"alpha": 2}, demoted=True)]
+    prom = [Promotion(3.0, "delta", 2, 1, {"delta", "alpha"})]
+    v = checks.check_acknowledged_survive(led, lost_history, 5, prom, demoted, ("delta", 2))
+    assert len(v) == 1 and "2 acknowledged writes" in v[0].message
+    assert "alpha, demoted, had logged LSN 2" in v[0].message
+    # killed before the promotion: what only it held may go
+    prom = [Promotion(3.0, "delta", 2, 1, {"delta"})]
+    assert (
+        checks.check_acknowledged_survive(led, lost_history, 5, prom, demoted, ("delta", 2)) == []
+    )
+    # a primary's own status is no evidence for itself (it may die with its tail)
+    own = [Observation(2.5, "alpha", 1, {"alpha": 2})]
+    prom = [Promotion(3.0, "delta", 2, 1, {"delta", "alpha"})]
+    assert checks.check_acknowledged_survive(led, lost_history, 5, prom, own, ("delta", 2)) == []
+
+
 def test_zombie_acknowledgement_after_sigcont():
     led = ledger_with(("alpha", 1, 1, [(0, 1, None), (1, 2, None), (2, 3, None)]))
     # alpha frozen at 1.5 (LSN 1 done), beta promoted at 1.8 from LSN 2, alpha continued at
