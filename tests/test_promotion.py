@@ -75,8 +75,22 @@ class FakeNode:
         pass
 
 
-def peer(name, end, start=1, role="secondary", history=H, consistent=True, seen=1e12):
-    return PeerView(name, seen, False, role, history, start, end, consistent, history[-1][0])
+def peer(
+    name, end, start=1, role="secondary", history=H, consistent=True, seen=1e12, answered=None
+):
+    """A peer's latest HELLO, heard at ``seen``; by default the answer to the probe."""
+    return PeerView(
+        name,
+        seen,
+        False,
+        role,
+        history,
+        start,
+        end,
+        consistent,
+        history[-1][0],
+        answered_at=seen if answered is None else answered,
+    )
 
 
 def run(p: Promotion):
@@ -106,7 +120,7 @@ def test_too_few_peers_refuses_unless_forced() -> None:
 def blank(name, heard=0):
     """A node added, or back on new disks: its log is empty; ``heard``, the epoch its HELLO
     passes on (the newest it heard of)."""
-    return PeerView(name, 1e12, False, "secondary", (), 1, 1, True, heard)
+    return PeerView(name, 1e12, False, "secondary", (), 1, 1, True, heard, answered_at=1e12)
 
 
 def test_a_peer_with_an_empty_log_does_not_count_once_a_newer_epoch_is_known() -> None:
@@ -257,6 +271,35 @@ def test_the_probe_waits_for_every_peer_within_its_window() -> None:
     p = Promotion(node, force=False, min_peers=1)
     assert p.step(now=p.t0) is None  # beta only; alpha might still answer
     assert p.step(now=p.probe_until + 1)["epoch"] == 2
+
+
+def test_the_probe_takes_a_peers_answer_not_a_hello_that_left_before_it_began() -> None:
+    """Seed 12602: the demoted node's link congested (a queue of 400 ms), `replctl demote`
+    of it answered, then another node's promotion heard its HELLO from before the demote,
+    still naming it primary, and refused ("gamma is primary and reachable: demote it
+    first"). A HELLO heard after the probe began is not its answer; the answer (flagged) is
+    waited for. Here delta is the demoted node, gamma the one promoted."""
+    node = FakeNode(total_peers=2)
+    p = Promotion(node, force=False, min_peers=1)
+    stale = peer("delta", 12, role="primary", seen=p.t0 + 0.01, answered=0.0)
+    node.peers = [peer("alpha", 10, seen=p.t0 + 0.01), stale]
+    assert p.step(now=p.probe_until + 0.01) is None  # past the first window: still waits
+    node.peers[1] = peer("delta", 12, seen=p.t0 + 0.2)  # its answer: demoted, at LSN 12
+    out = p.step(now=p.t0 + 0.21)
+    assert out is None and node.pulls == [("delta", 10, 12)]  # pulls what delta logged
+    node.end = 12
+    assert p.step(now=p.t0 + 0.22)["epoch"] == 2
+
+
+def test_a_peer_that_never_answers_is_taken_as_heard_when_the_window_ends() -> None:
+    """A release that does not flag its answers: its latest HELLO decides, as before, once
+    the liveness window is over (here it still says primary: refused)."""
+    node = FakeNode(total_peers=1)
+    p = Promotion(node, force=False, min_peers=1)
+    node.peers = [peer("delta", 12, role="primary", seen=p.t0 + 0.01, answered=0.0)]
+    assert p.step(now=p.t0 + 2.9 * node.heartbeat_s) is None
+    with pytest.raises(PromotionRefused, match="delta is primary and reachable"):
+        p.step(now=p.t0 + 3.1 * node.heartbeat_s)
 
 
 def test_the_probe_does_not_wait_for_peers_whose_connection_was_refused_since_it_began() -> None:

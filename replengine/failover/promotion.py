@@ -38,6 +38,7 @@ class PeerView:
     consistent: bool
     epoch: int
     alive: bool = False  # heard from within the liveness window (3 heartbeats)
+    answered_at: float = 0.0  # monotonic time of its latest answer to a probe (0: none)
 
 
 def next_epoch(highest: int, index: int, count: int) -> int:
@@ -137,6 +138,7 @@ class Promotion:
                 views = self.ctx.peer_views()
                 fresh = [p for p in views if p.seen_at > self.t0 and not p.rejected]
                 heard = {p.name for p in fresh}
+                answered = {p.name for p in fresh if p.answered_at > self.t0}
                 # a connection to it refused since the probe began: nothing listens there (a
                 # killed daemon, a stopped node), so no answer can come within the window,
                 # and waiting it out only delays the failover. A busy peer's kernel still
@@ -145,7 +147,7 @@ class Promotion:
                     {n for n, t in self.ctx.refused_since().items() if t > self.t0} - heard
                 )
                 if (
-                    len(fresh) + len(self.refused) < self.ctx.peer_count()
+                    len(answered) + len(self.refused) < self.ctx.peer_count()
                     and now < self.probe_until
                 ):
                     return None
@@ -159,7 +161,14 @@ class Promotion:
                     and not p.rejected
                     and p.name not in self.refused
                 ]
-                if late and now < self.t0 + 3 * self.ctx.heartbeat_s:
+                # a peer heard since the probe began whose answer has not come: what it said
+                # may have left it before (a congested link's queue holds seconds), such as
+                # the role of a primary demoted since (seed 12602: "gamma is primary and
+                # reachable" just after `demote` of gamma answered). Its answer, sent once
+                # it had the probe, is waited for as long. A peer of a release that does
+                # not flag its answers is taken as heard when the window ends
+                unanswered = [p for p in fresh if p.name not in answered]
+                if (late or unanswered) and now < self.t0 + 3 * self.ctx.heartbeat_s:
                     return None
                 return self._plan(fresh)
             return self._pulling(now)

@@ -46,6 +46,8 @@ def on_hello(node: Node, peer: Peer, epoch: int, h: Hello, flags: int = 0) -> No
     peer.hello, peer.session, peer.epoch = h, h.session, epoch
     peer.hellos += 1
     peer.last_seen = time.monotonic()
+    if flags & Flag.ANSWERED:
+        peer.answered_at = peer.last_seen
     if epoch > node.known_epoch:
         node.known_epoch = epoch
     if node.role == Role.PRIMARY and node.known_epoch > node.epoch:
@@ -55,8 +57,9 @@ def on_hello(node: Node, peer: Peer, epoch: int, h: Hello, flags: int = 0) -> No
     if restarted or not was_alive:
         node.transport.hasten(peer.name)
     if restarted or not was_alive or flags & Flag.ANSWER:
-        # answer a newcomer, or a promotion probing its peers, now: not at our next beat
-        node.send(peer.name, node.hello())
+        # answer a newcomer, or a promotion probing its peers, now: not at our next beat.
+        # The probe tells this answer from a HELLO sent before it began (ANSWERED)
+        node.send(peer.name, node.hello(), Flag.ANSWERED if flags & Flag.ANSWER else 0)
     if node.role == Role.PRIMARY:
         primary_hello(node, peer, h, restarted or not was_alive)
     else:

@@ -25,6 +25,8 @@ class Peer:
     epoch: int = 0
     session: str = ""
     rejected: str = ""  # why we refused it (handshake), "" when fine
+    #: monotonic time of its latest HELLO flagged ANSWERED (a reply to a promotion's probe)
+    answered_at: float = 0.0
     # primary-side replication state
     acked_end: int = 0  # every LSN below this is durable in its SRL
     applied_end: int = 0

@@ -47,6 +47,7 @@ class NodePromotionContext:
                     h.consistent,
                     p.epoch,
                     p.alive(self.node.heartbeat_s),
+                    p.answered_at,
                 )
             )
         return out

@@ -58,6 +58,7 @@ _MSG_TYPES: dict[int, MsgType] = {int(t): t for t in MsgType}
 class Flag:
     PULLED = 1  # UPDATE is a reply to PULL, not the primary's live stream
     ANSWER = 2  # HELLO that asks for a HELLO back at once (a promotion probing its peers)
+    ANSWERED = 4  # HELLO sent in reply to an ANSWER: the sender's state after the probe began
 
 
 @dataclass(frozen=True, slots=True)
