@@ -7,28 +7,33 @@ still named the old primary primary, and the promotion refused: "alpha is primar
 reachable: demote it first", just after `demote` of alpha had answered. The probe now waits
 for the peer's answer (flagged ANSWERED), sent once it had the probe.
 
-Real daemons, each in its own network namespace; alpha's link a token bucket (1 Mbit/s, a
-queue of up to 1.5 s) kept full by its stream to the async node.
+The first test: real daemons, each in its own network namespace; alpha's link a token
+bucket (1 Mbit/s, a queue of up to 1.5 s) kept full by its stream to the async node. The
+others: a real daemon answering a probe played by the test over raw sockets.
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from replengine import config as configmod
+from replengine.demo.localcluster import LocalResource
+from replengine.wire import protocol as proto
 from replengine.wire.control import ControlClient
 from tests.faults.netns import NetnsResource, Network
+from tests.wire_peer import Listener, Peer
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not (shutil.which("ip") and shutil.which("tc") and shutil.which("nsenter")),
-        reason="needs ip, tc and nsenter (network namespaces, as root)",
-    ),
-]
+pytestmark = pytest.mark.slow
+
+netns = pytest.mark.skipif(
+    not (shutil.which("ip") and shutil.which("tc") and shutil.which("nsenter")),
+    reason="needs ip, tc and nsenter (network namespaces, as root)",
+)
 
 KIB = 1024
 
@@ -65,6 +70,7 @@ def call(r: NetnsResource, node: str, op: str) -> dict:
     return doc if doc.get("ok") else {"error": doc.get("error", "refused")}
 
 
+@netns
 def test_a_promotion_just_after_a_demote_is_not_refused_by_a_hello_from_before_it(trio) -> None:
     r = trio
     net = r.net
@@ -103,3 +109,86 @@ def test_a_promotion_just_after_a_demote_is_not_refused_by_a_hello_from_before_i
             for i, data in written.items():
                 f.seek(i * 64 * KIB)
                 assert f.read(len(data)) == data, f"{n}: write {i} missing"
+
+
+class Prober:
+    """beta, promoting, played by the test: its probe's HELLO (flagged ANSWER) to alpha, a
+    real daemon, and a ROUTER at beta's address for what alpha sends back."""
+
+    def __init__(self, r: LocalResource) -> None:
+        self.r = r
+        self.cfg = configmod.load(r.config, node="beta", check_local=False)
+        self.size = self.cfg.node("beta").volume.stat().st_size
+        self.out = Peer(self.cfg.node("alpha").address, "beta")
+        self.inbox: Listener | None = None
+
+    def listen(self) -> None:
+        self.inbox = Listener(self.cfg.node("beta").address, self.cfg.uuid)
+
+    def probe(self) -> None:
+        h = proto.Hello(
+            role="secondary",
+            session="fake-beta",
+            history=[],
+            start_lsn=1,
+            end_lsn=1,
+            applied_end=1,
+            digest=self.cfg.digest,
+            volume_size=self.size,
+        )
+        frames = proto.encode(self.cfg.uuid, 0, "beta", h, proto.Flag.ANSWER)
+        self.out.send([bytes(f) for f in frames])
+
+    def hellos(self, timeout: float) -> Iterator[int]:
+        """The flags of each HELLO alpha sends beta, as they come, for ``timeout`` s."""
+        assert self.inbox is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.inbox.sock.poll(50):
+                continue
+            msg = proto.decode(self.inbox.sock.recv_multipart()[2:], self.cfg.uuid)
+            if isinstance(msg.body, proto.Hello):
+                yield msg.header.flags
+
+    def close(self) -> None:
+        self.out.close()
+        if self.inbox is not None:
+            self.inbox.close()
+
+
+@pytest.fixture
+def alpha_alone(resource: Callable[..., LocalResource]) -> Iterator[Prober]:
+    r = resource({"alpha": "sync", "beta": "sync"}, heartbeat_ms=300)
+    r.up("alpha")
+    beta = Prober(r)
+    try:
+        yield beta
+    finally:
+        beta.close()
+
+
+def test_a_probe_is_answered_with_a_hello_flagged_as_its_answer(alpha_alone) -> None:
+    beta = alpha_alone
+    beta.listen()
+    # alpha's heartbeats (not answers) until its connection to beta is up and has spoken
+    next(beta.hellos(10))
+    beta.probe()
+    flags = [f for f in beta.hellos(0.6)]
+    assert any(f & proto.Flag.ANSWERED for f in flags), f"no answer among {flags}"
+    assert not flags[-1] & proto.Flag.ANSWERED, "later heartbeats are not answers"
+
+
+def test_an_answer_that_found_no_connection_goes_with_the_first_hello_once_there_is_one(
+    alpha_alone,
+) -> None:
+    """alpha's answer to a probe is dropped when its connection to the prober is not up
+    yet (after a restart, a cut): the HELLO it sends once the connection is made holds its
+    state after the probe arrived, and is flagged as the answer, so the probe does not
+    wait out its window for it."""
+    beta = alpha_alone
+    beta.probe()  # nothing listens at beta's address: alpha cannot answer yet
+    r = beta.r
+    r.wait_for(lambda: r.status("alpha")["peers"]["beta"]["connected"], 10, "alpha hearing beta")
+    beta.listen()
+    first = next(beta.hellos(10))
+    assert first & proto.Flag.ANSWERED, f"alpha's first HELLO to beta has flags {first}"

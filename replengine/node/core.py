@@ -214,7 +214,7 @@ class Node:
     def beacon(self, flags: int = 0) -> None:
         hello = self.hello()
         for name in self.peers:
-            self.send(name, hello, flags)
+            handshake.hello_to(self, name, hello, flags)
 
     def warn_once(self, key: str, msg: str, *args: Any) -> None:
         now = time.monotonic()
@@ -244,7 +244,7 @@ class Node:
             for name in self.transport.watch.take_connected():
                 # a HELLO now, not at the next beat: the peer learns of us (restarted,
                 # back from a stall or a cut link) and resumes streaming at once
-                self.send(name, self.hello())
+                handshake.hello_to(self, name)
             if peer_in:
                 self.drain_peers()
             if ctl_in:

@@ -59,11 +59,23 @@ def on_hello(node: Node, peer: Peer, epoch: int, h: Hello, flags: int = 0) -> No
     if restarted or not was_alive or flags & Flag.ANSWER:
         # answer a newcomer, or a promotion probing its peers, now: not at our next beat.
         # The probe tells this answer from a HELLO sent before it began (ANSWERED)
-        node.send(peer.name, node.hello(), Flag.ANSWERED if flags & Flag.ANSWER else 0)
+        if flags & Flag.ANSWER:
+            peer.answer_owed = True
+        hello_to(node, peer.name)
     if node.role == Role.PRIMARY:
         primary_hello(node, peer, h, restarted or not was_alive)
     else:
         secondary_hello(node, peer, epoch, h)
+
+
+def hello_to(node: Node, name: str, hello: Hello | None = None, flags: int = 0) -> None:
+    """A HELLO to one peer; flagged ANSWERED when it probed us and has no answer yet (ours
+    was dropped for want of a connection, as right after a reconnect): the probe waits for
+    an answer, and this HELLO holds our state from after its request."""
+    peer = node.peers[name]
+    owed = Flag.ANSWERED if peer.answer_owed else 0
+    if node.send(name, hello or node.hello(), flags | owed) and owed:
+        peer.answer_owed = False
 
 
 def configs_agree(node: Node, h: Hello) -> bool:

@@ -27,6 +27,9 @@ class Peer:
     rejected: str = ""  # why we refused it (handshake), "" when fine
     #: monotonic time of its latest HELLO flagged ANSWERED (a reply to a promotion's probe)
     answered_at: float = 0.0
+    #: it probed us and our answer could not be sent (no connection yet): the next HELLO
+    #: that goes to it is the answer
+    answer_owed: bool = False
     # primary-side replication state
     acked_end: int = 0  # every LSN below this is durable in its SRL
     applied_end: int = 0
