@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.netns import NetnsResource, Network
+from tests.faults.netns import NetnsResource, running_trio
 
 pytestmark = [
     pytest.mark.slow,
@@ -34,23 +34,8 @@ CUT_S = 20.0
 
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[NetnsResource]:
-    net = Network(["alpha", "beta", "gamma"])
-    net.up()
-    r = NetnsResource(
-        tmp_path / "res",
-        nodes={"alpha": "sync", "beta": "sync", "gamma": "async"},
-        net=net,
-        heartbeat_ms=300,
-        volume_size=8 << 20,
-    )
-    try:
-        r.create()
-        r.up()
-        r.promote("alpha")
+    with running_trio(tmp_path / "res", heartbeat_ms=300, volume_size=8 << 20) as r:
         yield r
-    finally:
-        r.stop_all()
-        net.down()
 
 
 def test_a_sync_secondary_back_after_a_long_cut_is_synchronous_again_at_once(pair) -> None:

@@ -25,7 +25,7 @@ from replengine import config as configmod
 from replengine.demo.localcluster import LocalResource
 from replengine.wire import protocol as proto
 from replengine.wire.control import ControlClient
-from tests.faults.netns import NetnsResource, Network
+from tests.faults.netns import NetnsResource, running_trio
 from tests.wire_peer import Listener, Peer
 
 pytestmark = pytest.mark.slow
@@ -40,24 +40,10 @@ KIB = 1024
 
 @pytest.fixture
 def trio(tmp_path: Path) -> Iterator[NetnsResource]:
-    net = Network(["alpha", "beta", "gamma"])
-    net.up()
-    r = NetnsResource(
-        tmp_path / "res",
-        nodes={"alpha": "sync", "beta": "sync", "gamma": "async"},
-        net=net,
-        heartbeat_ms=1000,
-        volume_size=16 << 20,
-        srl_size=32 << 20,
-    )
-    try:
-        r.create()
-        r.up()
-        r.promote("alpha")
+    with running_trio(
+        tmp_path / "res", heartbeat_ms=1000, volume_size=16 << 20, srl_size=32 << 20
+    ) as r:
         yield r
-    finally:
-        r.stop_all()
-        net.down()
 
 
 def call(r: NetnsResource, node: str, op: str) -> dict:

@@ -31,12 +31,15 @@ removes those of processes that no longer exist (a killed run), at start.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
 import signal
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from replengine.demo.localcluster import LocalResource
 
@@ -306,3 +309,21 @@ class NetnsResource(LocalResource):
     def command_prefix(self, node: str) -> list[str]:
         assert self.net is not None
         return self.net.prefix_cmd(node)
+
+
+@contextlib.contextmanager
+def running_trio(work: Path, **kw) -> Iterator[NetnsResource]:
+    """alpha, beta sync and gamma async, each in its namespace, alpha promoted; every daemon
+    stopped and the namespaces removed after (a test's resource, outside the schedule)."""
+    net = Network(["alpha", "beta", "gamma"])
+    net.up()
+    nodes = {"alpha": "sync", "beta": "sync", "gamma": "async"}
+    r = NetnsResource(work, nodes=nodes, net=net, **kw)
+    try:
+        r.create()
+        r.up()
+        r.promote("alpha")
+        yield r
+    finally:
+        r.stop_all()
+        net.down()

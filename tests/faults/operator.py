@@ -239,15 +239,7 @@ class OperatorActions:
         killed = rng.random() < 0.2
         if killed:
             self.kill(p, observe=False)
-        candidates = [
-            n
-            for n in NODES
-            if n not in (p, lagging)
-            and self.reachable(n)
-            and (net is None or n not in net.isolated())
-            and not self.serving_beside(n)
-        ]
-        rng.shuffle(candidates)
+        candidates = self.promotable({p, lagging})
         if lagging is not None and self.reachable(lagging):
             candidates.insert(0, lagging)
         self.failover(candidates=candidates)

@@ -539,15 +539,7 @@ class Harness(OperatorActions, DiskFaults):
         """Promote a random reachable node (trying others if refused); the writer follows
         it unless `write` is False (a new primary that must not write anything)."""
         if candidates is None:
-            candidates = [
-                n
-                for n in NODES
-                if self.reachable(n)
-                and n != self.primary
-                and (self.network is None or n not in self.network.isolated())
-                and not self.serving_beside(n)
-            ]
-            self.rng.shuffle(candidates)
+            candidates = self.promotable({self.primary})
         sts = {n: self.status(n) for n in NODES if self.reachable(n)}
         sound = {n for n, s in sts.items() if s and s["consistent"] and not s["rewinding"]}
         # a node being rebuilt from blocks (invalidated, in a full sync, rewinding) keeps its
@@ -611,6 +603,20 @@ class Harness(OperatorActions, DiskFaults):
         self.writer.set_target(None)
         self.note("no node could be promoted")
         return False
+
+    def promotable(self, exclude: set[str | None]) -> list[str]:
+        """The nodes a promotion may be tried on, in a random order: running, not cut off,
+        no running primary on their side, none of ``exclude``."""
+        out = [
+            n
+            for n in NODES
+            if self.reachable(n)
+            and n not in exclude
+            and (self.network is None or n not in self.network.isolated())
+            and not self.serving_beside(n)
+        ]
+        self.rng.shuffle(out)
+        return out
 
     def kill_while_rejoining(self, n: str) -> None:
         """Restart n, then SIGKILL it while it rejoins: when it is seen rewinding, or
