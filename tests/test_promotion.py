@@ -174,6 +174,53 @@ def test_a_full_srl_during_the_pull_refuses_at_once_naming_the_source() -> None:
     assert not node.promoted
 
 
+def test_a_full_srl_clears_its_applied_records_when_every_other_node_holds_them(
+    caplog,
+) -> None:
+    """A planned switchover to an async node that was behind: the demoted primary no
+    longer sends the clears that would have emptied its log, and the pull of what it lacks
+    finds it full. Every other node answered, consistent and ahead of it, so no log-diff
+    catch-up can need its applied records: it clears them and is promoted, as asked,
+    instead of refusing with "promote beta instead" (the fault campaign's `switchover`)."""
+    node = FakeNode(end=6, start=2, peers=[peer("alpha", 10), peer("beta", 10), peer("delta", 8)])
+    p = Promotion(node, force=False, min_peers=1)
+    assert run(p) is None and node.pulls == [("alpha", 6, 10)]
+    node.full = "the SRL of gamma is full"
+    node.room = [(2, 6)]
+    assert p.step(now=p.t0) is None
+    assert "records [2, 6), applied here, are cleared" in caplog.text
+    assert "every other node (alpha, beta, delta) holds them" in caplog.text
+    node.full, node.end = None, 10
+    out = p.step(now=p.t0)
+    assert out["pulled_records"] == 4 and node.promoted
+    assert out["made_room"] == {"first_lsn": 2, "end_lsn": 6}
+
+
+@pytest.mark.parametrize(
+    "others",
+    [
+        # delta lacks records this node holds: its catch-up would need this node's log
+        [peer("beta", 10), peer("delta", 5)],
+        # delta did not answer: what it lacks is unknown
+        [peer("beta", 10)],
+        # delta is being rebuilt from blocks: it resumes from the log where its copy began
+        [peer("beta", 10), peer("delta", 9, consistent=False)],
+    ],
+    ids=["a-node-behind", "a-node-unreachable", "a-node-inconsistent"],
+)
+def test_a_full_srl_still_refuses_naming_the_source_when_a_node_may_need_its_log(
+    others,
+) -> None:
+    node = FakeNode(end=6, start=2, peers=[peer("alpha", 10), *others])
+    p = Promotion(node, force=False, min_peers=1)
+    assert run(p) is None and node.pulls[0][0] == "alpha"
+    node.full = "the SRL of gamma is full"
+    node.room = [(2, 6)]
+    with pytest.raises(PromotionRefused, match="SRL of gamma is full.*promote alpha instead"):
+        p.step(now=p.t0)
+    assert node.room == [(2, 6)] and not node.promoted  # nothing cleared
+
+
 def test_a_full_srl_pulling_from_an_inconsistent_node_clears_its_applied_records(
     caplog,
 ) -> None:

@@ -14,7 +14,9 @@ others: a real daemon answering a probe played by the test over raw sockets.
 
 from __future__ import annotations
 
+import random
 import shutil
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,9 +24,10 @@ from pathlib import Path
 import pytest
 
 from replengine import config as configmod
-from replengine.demo.localcluster import LocalResource
+from replengine.demo.localcluster import LocalResource, blank_file
 from replengine.wire import protocol as proto
 from replengine.wire.control import ControlClient
+from tests.conftest import KiB, Ledger, MiB
 from tests.faults.netns import NetnsResource, running_trio
 from tests.wire_peer import Listener, Peer
 
@@ -34,8 +37,6 @@ netns = pytest.mark.skipif(
     not (shutil.which("ip") and shutil.which("tc") and shutil.which("nsenter")),
     reason="needs ip, tc and nsenter (network namespaces, as root)",
 )
-
-KIB = 1024
 
 
 @pytest.fixture
@@ -64,8 +65,8 @@ def test_a_promotion_just_after_a_demote_is_not_refused_by_a_hello_from_before_i
     written: dict[int, bytes] = {}
     with r.connect("alpha") as v:
         for i in range(8):
-            data = bytes([i + 1]) * (64 * KIB)
-            v.write(i * 64 * KIB, data)
+            data = bytes([i + 1]) * (64 * KiB)
+            v.write(i * 64 * KiB, data)
             written[i] = data
     r.wait_synced(["alpha", "beta", "gamma"])
     net.slow("alpha", 1500, 0, 1)
@@ -74,8 +75,8 @@ def test_a_promotion_just_after_a_demote_is_not_refused_by_a_hello_from_before_i
     # in it behind up to 1.5 s of records
     with r.connect("alpha") as v:
         for i in range(8, 14):
-            data = bytes([i + 1]) * (64 * KIB)
-            v.write(i * 64 * KIB, data)
+            data = bytes([i + 1]) * (64 * KiB)
+            v.write(i * 64 * KiB, data)
             written[i] = data
     demoted = call(r, "alpha", "demote")
     assert "error" not in demoted, demoted
@@ -93,7 +94,7 @@ def test_a_promotion_just_after_a_demote_is_not_refused_by_a_hello_from_before_i
     for n in ("alpha", "beta", "gamma"):
         with open(r.volume_path(n), "rb") as f:
             for i, data in written.items():
-                f.seek(i * 64 * KIB)
+                f.seek(i * 64 * KiB)
                 assert f.read(len(data)) == data, f"{n}: write {i} missing"
 
 
@@ -178,3 +179,56 @@ def test_an_answer_that_found_no_connection_goes_with_the_first_hello_once_there
     beta.listen()
     first = next(beta.hellos(10))
     assert first & proto.Flag.ANSWERED, f"alpha's first HELLO to beta has flags {first}"
+
+
+def test_a_switchover_to_an_async_node_behind_makes_room_in_its_full_log(
+    resource: Callable[..., LocalResource],
+) -> None:
+    """A planned switchover to the async node while it is behind (the DR site): its log,
+    the smallest an SRL may be, cannot take what it must pull from the demoted primary, and
+    nothing clears it any more (a primary sends the clears). Every other node answered the
+    promotion holding every record, so none needs its log for a catch-up: it clears the
+    records it has applied and is promoted. It was refused before, "promote alpha instead",
+    which is not the switchover the operator asked for (the fault campaign's `switchover`:
+    5 to 10 times in 100 schedules)."""
+    r = resource(
+        {"alpha": "sync", "beta": "sync", "gamma": "async"}, srl_full="stall", heartbeat_ms=300
+    )
+    blank_file(r.srl_path("gamma"), MiB + 8 * KiB)  # the least an SRL may be
+    r.replctl("gamma", "init", "--force")
+    r.up()
+    r.promote("alpha")
+    ledger = Ledger(r.volume_size)
+    vol = r.connect("alpha")
+    rng = random.Random(13)
+
+    def write(n: int) -> None:
+        for _ in range(n):
+            off = rng.randrange(0, r.volume_size // (64 * KiB)) * 64 * KiB
+            data = rng.randbytes(64 * KiB)
+            ledger.add(vol.write(off, data), off, data)
+
+    write(4)
+    r.wait_synced()
+    r.freeze("gamma")
+    write(40)  # 2.5 MiB of records, more than gamma's whole log holds
+    vol.close()
+    r.replctl("alpha", "demote")
+    end = r.status("alpha")["end_lsn"]
+    r.signal("gamma", signal.SIGCONT)
+    out = r.promote("gamma")
+    assert "cleared applied LSNs [" in out, out
+    log = r.log("gamma")
+    assert "every other node (alpha, beta) holds them" in log, log
+    st = r.status("gamma")
+    assert st["role"] == "primary" and st["last_promotion"]["pulled_records"] > 16, st
+    assert st["last_promotion"]["made_room"] is not None, st
+    r.wait_synced()
+    sums = r.checksums()
+    assert len(set(sums.values())) == 1, sums
+    for n in ("alpha", "beta"):  # nobody lacked what gamma cleared: no block was copied
+        assert r.status("gamma")["peers"][n]["blocks_sent_bytes"] == 0, r.status("gamma")
+    assert r.status("beta")["end_lsn"] >= end
+    r.down()
+    for n in r.nodes:
+        ledger.check_file(r.volume_path(n), n)

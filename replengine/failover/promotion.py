@@ -121,6 +121,9 @@ class Promotion:
     source_consistent: bool = True
     #: the applied records this node cleared from its full log to take the pull
     made_room: dict | None = None
+    #: every other member's end LSN when each was reachable, consistent and on this history
+    #: at the plan (else empty): what tells that no laggard needs this node's log
+    member_ends: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.ctx.local_consistent() and not self.force:
@@ -182,14 +185,20 @@ class Promotion:
             return self._finish()
         full = self.ctx.srl_full()
         if full:
-            if self.source_consistent:
+            held = self._held_everywhere(end)
+            if self.source_consistent and not held:
                 # the better outcome: that node takes over with every record, and this
                 # one keeps the records a laggard's log-diff catch-up needs
                 raise PromotionRefused(
                     f"cannot pull LSNs [{end}, {self.target_end}) from {self.source}: "
                     f"{full}; promote {self.source} instead (it holds every record)"
                 )
-            self._make_room(full)
+            self._make_room(
+                full,
+                held
+                or f"{self.source} cannot be promoted instead (it is inconsistent), so a "
+                "peer that lacks them is resynced from blocks, not from the log",
+            )
         if now > self.deadline:
             raise PromotionRefused(
                 f"could not pull LSNs [{end}, {self.target_end}) from {self.source} in time; "
@@ -197,11 +206,28 @@ class Promotion:
             )
         return None
 
-    def _make_room(self, full: str) -> None:
-        """The node pulled from is being rebuilt from blocks and cannot be promoted instead:
-        refusing would leave no node promotable (the primary is gone). So this node's log
-        gives up the records it has applied, which only a laggard's log-diff catch-up
-        needed: such a laggard is resynced from blocks (the chunks that differ) instead."""
+    def _held_everywhere(self, end: int) -> str:
+        """Why no other node can need this node's log below ``end`` (else ""): every
+        member answered the probe, consistent and on this history, holding at least up to
+        it. So clearing the records this node has applied costs nobody a log-diff
+        catch-up, and the promotion the operator asked for goes ahead: a planned
+        switchover to an async node that was behind, whose log was still full of records
+        the demoted primary would have had it clear (the fault campaign's `switchover`:
+        "promote alpha instead" 5 to 10 times in 100 schedules)."""
+        ends = self.member_ends
+        if not ends or min(ends.values()) < end:
+            return ""
+        return (
+            f"every other node ({', '.join(sorted(ends))}) holds them (reachable, "
+            f"consistent, each at or past LSN {end}), so no log-diff catch-up needs them"
+        )
+
+    def _make_room(self, full: str, why: str) -> None:
+        """This node's log gives up the records it has applied, which only a laggard's
+        log-diff catch-up could need: when no other node lacks them (_held_everywhere), or
+        when the node pulled from is being rebuilt from blocks and cannot be promoted
+        instead, refusing would leave no node promotable (the primary is gone); such a
+        laggard is then resynced from blocks (the chunks that differ) instead."""
         cleared = self.ctx.make_room()
         if cleared is None:
             # cleared already, or its volume has yet to take what the log holds: room comes
@@ -214,13 +240,12 @@ class Promotion:
             self.made_room["end_lsn"] = upto
         self.decision["made_room"] = self.made_room
         log.warning(
-            "promotion: %s; %s cannot be promoted instead (it is inconsistent), so records "
-            "[%d, %d), applied here, are cleared from this log to make room: a peer that "
-            "lacks them is resynced from blocks, not from the log",
+            "promotion: %s; records [%d, %d), applied here, are cleared from this log to "
+            "make room: %s",
             full,
-            self.source,
             first,
             upto,
+            why,
         )
 
     def _uninformed(self, fresh: list[PeerView]) -> list[str]:
@@ -292,6 +317,11 @@ class Promotion:
             return self._finish()
         self.phase, self.source, self.target_end = Phase.PULL, plan.pull.source, plan.pull.end_lsn
         self.source_consistent = any(p.consistent for p in fresh if p.name == self.source)
+        odd = set(plan.divergent) | set(plan.needs_full)
+        if len(fresh) == ctx.peer_count() and all(
+            p.consistent and p.name not in odd for p in fresh
+        ):
+            self.member_ends = {p.name: p.end_lsn for p in fresh}
         self.pulled = plan.pull.count
         self.deadline = time.monotonic() + PULL_GRACE_S + self.pulled / PULL_RECORDS_PER_S
         log.warning(
