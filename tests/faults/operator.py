@@ -147,6 +147,7 @@ class OperatorActions:
         rng = self.rng
         online = n not in self.dead
         blocks = sorted(rng.sample(range(VOLUME_SIZE // 4096), rng.randint(1, 4)))
+        self.damage_noted(n, blocks)
         with open(self.r.volume_path(n), "r+b") as f:
             for b in blocks:
                 f.seek(b * 4096)

@@ -61,6 +61,7 @@ from .layout import MAX_AWAY, NODES, SRL_SIZE, VOLUME_SIZE
 from .ledger import Ledger, Stream, Writer
 from .netns import NetnsResource, Network
 from .operator import OperatorActions
+from .verifying import VerifyRuns
 
 
 class RoundStop(Exception):
@@ -91,6 +92,7 @@ KINDS = {
     "slow_primary_failover": 2,
     "remove_readd": 1,
     "switchover": 2,
+    "verify": 2,
 }
 
 #: the faults of --net netns (nodes in their own network namespaces), and their weights
@@ -178,7 +180,7 @@ class RoundResult:
         return "\n".join(out)
 
 
-class Harness(OperatorActions, DiskFaults):
+class Harness(OperatorActions, DiskFaults, VerifyRuns):
     """One resource, one seed, one on_sync_loss mode: rounds of faults and checks."""
 
     def __init__(
@@ -747,6 +749,8 @@ class Harness(OperatorActions, DiskFaults):
                 ks.append("remove_readd")
         if self.reachable(self.primary):
             ks.append("sync_full")
+            if all(v.done.is_set() for v in self.verifies):
+                ks.append("verify")  # one at a time: the primary refuses a second
             if secs:
                 ks.append("switchover")
         if not self.disk_hit:
@@ -890,6 +894,8 @@ class Harness(OperatorActions, DiskFaults):
             return self.remove_readd()
         if kind == "switchover":
             return self.switchover()
+        if kind == "verify":
+            return self.verify()
         if kind == "blackout":
             return self.blackout()
         if kind == "sync_full":
@@ -1125,6 +1131,8 @@ class Harness(OperatorActions, DiskFaults):
         self.freezes: list[Freeze] = []
         self.isolations: list[Isolation] = []
         self.replaced: set[str] = set()  # nodes whose disks were replaced this round
+        self.verifies: list = []  # replctl verify runs (tests/faults/verifying.py)
+        self.damaged: dict[str, set[int]] = {}  # 4 KiB blocks written behind our back
         self.disk_hit: set[str] = set()
         self.notes: Counter = Counter()
         if self.keys:
@@ -1378,6 +1386,7 @@ class Harness(OperatorActions, DiskFaults):
                 "discarded with its divergent tail (on_sync_loss=degrade allows it)"
             )
         self.violations += checks.check_srl_policy(self.ledger, self.srl_full, self.mode)
+        self.judge_verifies(p)
         if discarded:
             self.notes["acks of a cut-off primary discarded (degrade allows it)"] += discarded
             self.note(

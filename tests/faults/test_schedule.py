@@ -8,6 +8,7 @@ the seed and the number of rounds; long runs: `python -m tests.faults.run --help
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import psutil
@@ -25,6 +27,7 @@ from .checks import Freeze, Isolation, Observation, Promotion
 from .ledger import SECTOR, Ledger, Write, make_data, read_tag
 from .netns import Network, sweep_stale
 from .schedule import FAILED_PID, Harness, stale_primaries
+from .verifying import VerifyRun, VerifyRuns
 
 SIZE = 64 * SECTOR
 
@@ -347,6 +350,66 @@ def test_convergence_problems():
     probs = checks.convergence_problems({"a": p, "b": b, "c": other_line})
     assert any("c's history" in x for x in probs)
     assert checks.convergence_problems({"a": p, "b": dict(b, role="primary"), "c": None})
+
+
+class _Judge(VerifyRuns):
+    """The verify checks alone: the round state they read, violations collected."""
+
+    def __init__(self, damaged=None, replaced=()) -> None:
+        self.damaged = damaged or {}
+        self.replaced = set(replaced)
+        self.notes: Counter = Counter()
+        self.found: list[tuple[str, str]] = []
+
+    def now(self) -> float:
+        return 9.0
+
+    def note(self, text: str) -> None:
+        pass
+
+    def violate(self, kind: str, msg: str, nodes=None) -> None:
+        self.found.append((kind, msg))
+
+
+def _run(regions: dict[str, list], status: str = "differs") -> VerifyRun:
+    nodes = {
+        n: {"status": status if r else "identical", "regions": r, "reason": None}
+        for n, r in regions.items()
+    }
+    doc = {"nodes": nodes, "first_lsn": 5, "last_lsn": 9, "exit": 1}
+    run = VerifyRun("alpha", 2, 1.0, rc=1, out=json.dumps(doc), t_end=2.0)
+    run.done.set()
+    return run
+
+
+def test_a_verify_difference_nothing_damaged_is_a_violation() -> None:
+    """beta's region [1 MiB, 2 MiB) differs, but only gamma's block 3 was damaged."""
+    j = _Judge(damaged={"gamma": {3}})
+    j._judge(_run({"beta": [[1 << 20, 1 << 20]], "gamma": []}), final=False)
+    assert [k for k, _ in j.found] == ["verify-false-difference"]
+    assert "beta reported different in [[1048576, 1048576]]" in j.found[0][1]
+
+
+def test_a_verify_difference_where_the_volume_was_damaged_is_not() -> None:
+    j = _Judge(damaged={"beta": {300}})  # block 300 lies in the chunk at 1 MiB
+    j._judge(_run({"beta": [[1 << 20, 1 << 20]]}), final=False)
+    assert j.found == [] and j.notes["verify: a damaged volume found"] == 1
+    k = _Judge(replaced={"gamma"})  # new blank disks: noted, not judged
+    k._judge(_run({"gamma": [[0, 1 << 20]]}), final=False)
+    assert k.found == [] and k.notes["verify: differs on a node on new disks"] == 1
+
+
+def test_the_final_verify_must_find_every_node_identical() -> None:
+    j = _Judge()
+    run = _run({"beta": []})
+    doc = json.loads(run.out)
+    doc["nodes"]["gamma"] = {"status": "not compared", "regions": [], "reason": "not connected"}
+    run.out = json.dumps(doc)
+    j._judge(run, final=True)
+    assert [k for k, _ in j.found] == ["verify-final"] and "gamma not compared" in j.found[0][1]
+    j.found.clear()
+    j._judge(_run({"beta": []}), final=True)
+    assert j.found == []
 
 
 def test_the_failed_daemons_pid_is_read_from_its_log_line() -> None:
