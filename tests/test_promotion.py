@@ -242,6 +242,25 @@ def test_a_full_srl_pulling_from_an_inconsistent_node_clears_its_applied_records
     assert p.decision["made_room"] == {"first_lsn": 2, "end_lsn": 6}
 
 
+def test_a_pull_that_brings_nothing_is_asked_for_again_from_where_the_log_ends() -> None:
+    """The request, or the records on their way, went with a connection the transport gave
+    up on (a lossy link): asked for again after 3 heartbeats without a record, from where
+    this node's log has got to, and not while records come."""
+    node = FakeNode(end=6, peers=[peer("beta", 10)])
+    p = Promotion(node, force=False, min_peers=1)
+    assert run(p) is None and node.pulls == [("beta", 6, 10)]
+    t = p.progress[1]
+    assert p.step(now=t + 0.2) is None and len(node.pulls) == 1  # within 3 heartbeats
+    assert p.step(now=t + 0.31) is None and node.pulls[-1] == ("beta", 6, 10)
+    node.end = 8  # records come: no retry while they do
+    assert p.step(now=t + 0.5) is None and p.step(now=t + 0.75) is None
+    assert len(node.pulls) == 2
+    assert p.step(now=t + 0.85) is None and node.pulls[-1] == ("beta", 8, 10)
+    assert p.pull_retries == 2
+    node.end = 10
+    assert p.step(now=t + 0.9)["pulled_records"] == 4 and node.promoted
+
+
 def test_a_full_srl_that_cannot_be_cleared_is_refused_at_the_pulls_deadline() -> None:
     """Its volume hangs: nothing it logged is applied, so nothing can be cleared."""
     node = FakeNode(end=6, peers=[peer("alpha", 6), peer("beta", 10, consistent=False)])

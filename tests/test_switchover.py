@@ -15,8 +15,10 @@ others: a real daemon answering a probe played by the test over raw sockets.
 from __future__ import annotations
 
 import random
+import re
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -232,3 +234,76 @@ def test_a_switchover_to_an_async_node_behind_makes_room_in_its_full_log(
     r.down()
     for n in r.nodes:
         ledger.check_file(r.volume_path(n), n)
+
+
+@netns
+def test_a_pull_whose_records_went_with_a_lost_connection_is_asked_for_again(
+    tmp_path: Path,
+) -> None:
+    """gamma, the async node, was cut off while alpha wrote 3 MiB; alpha is demoted and
+    gamma promoted: it pulls what it lacks over a slow link (4 Mbit/s), and the link is cut
+    mid-pull until the connection is given up. The records on their way went with it, and
+    nothing told the source: the pull sat until its deadline and the promotion was refused
+    ("could not pull LSNs ... in time", the fault campaign, seed 13501 round 7, over a link
+    losing 30 % of its packets). Now the pull is asked for again after 3 heartbeats without
+    a record (and again, while the link is still cut), and the promotion completes with
+    every write."""
+    with running_trio(
+        tmp_path / "res", heartbeat_ms=300, volume_size=16 << 20, srl_size=32 << 20
+    ) as r:
+        net = r.net
+        assert net is not None
+        written: dict[int, bytes] = {}
+        r.wait_synced(["alpha", "beta", "gamma"])  # the first full sync to gamma done
+        net.cut("gamma")
+        # alpha sends gamma nothing more once it has given it up: no backlog of records
+        # (and of HELLOs from before the demote) is left to reach gamma after the cut
+        r.wait_for(
+            lambda: not r.status("alpha")["peers"]["gamma"]["streaming"], 30, "gamma given up"
+        )
+        with r.connect("alpha") as v:
+            for i in range(48):
+                data = bytes([i + 1]) * (64 * KiB)
+                v.write(i * 64 * KiB, data)
+                written[i] = data
+        r.wait_synced(["alpha", "beta"])
+        assert "error" not in call(r, "alpha", "demote")
+        before = r.status("gamma")["end_lsn"]
+        net.uncut("gamma")
+        r.wait_for(
+            lambda: all(r.status("gamma")["peers"][n]["connected"] for n in ("alpha", "beta")),
+            30,
+            "gamma hearing alpha and beta again",
+        )
+        net.slow("alpha", 50, 0, 4)
+        net.slow("beta", 50, 0, 4)
+        out: dict = {}
+        promoting = threading.Thread(target=lambda: out.update(call(r, "gamma", "promote")))
+        promoting.start()
+
+        def pulling() -> re.Match | None:
+            assert "error" not in out, out  # refused before it pulled
+            return re.search(r"promotion: (\w+) is ahead; pulling", r.log("gamma"))
+
+        source = r.wait_for(pulling, 30, "gamma pulling").group(1)
+        r.wait_for(lambda: r.status("gamma")["end_lsn"] > before, 30, "the first records in")
+        net.cut(source)
+        # cut until gamma has asked twice: 1.8 s without a record, past the ZMTP heartbeat
+        # timeout of both ends (1.2 s at most), so the connection and what it held are gone
+        r.wait_for(
+            lambda: r.log("gamma").count("asking again for LSNs") >= 2,
+            30,
+            "gamma asking again for its pull, twice",
+        )
+        net.uncut(source)
+        promoting.join(90)
+        assert "error" not in out, out
+        assert out["role"] == "primary" and out["pulled_from"] == source, out
+        net.unslow("alpha")
+        net.unslow("beta")
+        r.wait_synced(["alpha", "beta", "gamma"])
+        for n in ("alpha", "beta", "gamma"):
+            with open(r.volume_path(n), "rb") as f:
+                for i, data in written.items():
+                    f.seek(i * 64 * KiB)
+                    assert f.read(len(data)) == data, f"{n}: write {i} missing"

@@ -22,6 +22,13 @@ log = logging.getLogger(__name__)
 
 PULL_GRACE_S = 30.0
 PULL_RECORDS_PER_S = 2000.0
+#: a pull that brought nothing for this many heartbeats is asked for again from where this
+#: node's log ends: the request, or the records on their way, went with a connection the
+#: transport gave up on (a lossy link; the fault campaign, seed 13501 round 7: 3 records
+#: over a link losing 30 % of its packets waited out the pull's deadline, and the
+#: promotion was refused). The source restarts the pull from there; a record that arrives
+#: twice is passed over
+PULL_RETRY_HEARTBEATS = 3
 
 
 @dataclass(frozen=True)
@@ -121,6 +128,10 @@ class Promotion:
     source_consistent: bool = True
     #: the applied records this node cleared from its full log to take the pull
     made_room: dict | None = None
+    #: this node's log end when the pull last brought a record, and when (monotonic)
+    progress: tuple[int, float] = (0, 0.0)
+    #: how often the pull was asked for again (PULL_RETRY_HEARTBEATS)
+    pull_retries: int = 0
     #: every other member's end LSN when each was reachable, consistent and on this history
     #: at the plan (else empty): what tells that no laggard needs this node's log
     member_ends: dict[str, int] = field(default_factory=dict)
@@ -199,6 +210,20 @@ class Promotion:
                 or f"{self.source} cannot be promoted instead (it is inconsistent), so a "
                 "peer that lacks them is resynced from blocks, not from the log",
             )
+            self.progress = (end, now)  # waiting for room is not a stalled pull
+        elif end != self.progress[0]:
+            self.progress = (end, now)
+        elif now - self.progress[1] > PULL_RETRY_HEARTBEATS * self.ctx.heartbeat_s:
+            log.warning(
+                "promotion: nothing from %s for %.1f s: asking again for LSNs [%d, %d)",
+                self.source,
+                now - self.progress[1],
+                end,
+                self.target_end,
+            )
+            self.ctx.start_pull(self.source, end, self.target_end)
+            self.progress = (end, now)
+            self.pull_retries += 1
         if now > self.deadline:
             raise PromotionRefused(
                 f"could not pull LSNs [{end}, {self.target_end}) from {self.source} in time; "
@@ -331,7 +356,9 @@ class Promotion:
             plan.pull.end_lsn,
         )
         ctx.start_pull(self.source, plan.pull.first_lsn, plan.pull.end_lsn)
-        return self._pulling(time.monotonic())
+        now = time.monotonic()
+        self.progress = (ctx.local_log().end, now)
+        return self._pulling(now)
 
     def _with_inconsistent_logs(
         self, logs: list[NodeLog], plan: SyncPlan, fresh: list[PeerView]
