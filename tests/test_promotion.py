@@ -8,7 +8,13 @@ from dataclasses import dataclass, field
 import pytest
 
 from replengine.failover.planner import NodeLog
-from replengine.failover.promotion import PeerView, Promotion, PromotionRefused, next_epoch
+from replengine.failover.promotion import (
+    ANSWER_WAIT_S,
+    PeerView,
+    Promotion,
+    PromotionRefused,
+    next_epoch,
+)
 
 H = ((1, 1),)
 
@@ -357,15 +363,33 @@ def test_the_probe_takes_a_peers_answer_not_a_hello_that_left_before_it_began() 
     assert p.step(now=p.t0 + 0.22)["epoch"] == 2
 
 
-def test_a_peer_that_never_answers_is_taken_as_heard_when_the_window_ends() -> None:
+def test_a_peer_heard_but_not_answering_is_asked_again_and_waited_for() -> None:
+    """Its answer queues behind seconds of a congested link's backlog (the HELLOs in front
+    of it still name it primary, from before its demote): the probe waits past the liveness
+    window, asking again every 3 heartbeats in case the question went with a lost
+    connection, and decides on the answer once it comes."""
+    node = FakeNode(total_peers=1, end=12)
+    asked = []
+    node.announce = lambda: asked.append(1)
+    p = Promotion(node, force=False, min_peers=1)
+    node.peers = [peer("delta", 12, role="primary", seen=p.t0 + 0.01, answered=0.0)]
+    hb = node.heartbeat_s
+    for k in (2.9, 3.1, 5.9, 6.1, 40.0):
+        assert p.step(now=p.t0 + k * hb) is None  # 4 s: well within the answer's wait
+    assert len(asked) == 4  # the probe, then again at 3.1, 6.1 and 40 heartbeats
+    node.peers = [peer("delta", 12, seen=p.t0 + 4.1)]  # its answer: a secondary now
+    assert p.step(now=p.t0 + 4.2)["epoch"] == 2
+
+
+def test_a_peer_that_never_answers_is_taken_as_heard_when_the_wait_ends() -> None:
     """A release that does not flag its answers: its latest HELLO decides, as before, once
-    the liveness window is over (here it still says primary: refused)."""
+    the wait for an answer is over (here it still says primary: refused)."""
     node = FakeNode(total_peers=1)
     p = Promotion(node, force=False, min_peers=1)
     node.peers = [peer("delta", 12, role="primary", seen=p.t0 + 0.01, answered=0.0)]
-    assert p.step(now=p.t0 + 2.9 * node.heartbeat_s) is None
+    assert p.step(now=p.t0 + ANSWER_WAIT_S - 0.1) is None
     with pytest.raises(PromotionRefused, match="delta is primary and reachable"):
-        p.step(now=p.t0 + 3.1 * node.heartbeat_s)
+        p.step(now=p.t0 + ANSWER_WAIT_S + 0.1)
 
 
 def test_the_probe_does_not_wait_for_peers_whose_connection_was_refused_since_it_began() -> None:

@@ -61,7 +61,58 @@ def call(r: NetnsResource, node: str, op: str) -> dict:
 
 @netns
 def test_a_promotion_just_after_a_demote_is_not_refused_by_a_hello_from_before_it(trio) -> None:
-    r = trio
+    switchover_over_a_congested_link(trio)
+
+
+@netns
+def test_an_answer_queued_longer_than_the_liveness_window_is_waited_for(
+    tmp_path: Path,
+) -> None:
+    """gamma, cut off for a moment while alpha wrote 3 MiB, gets it all back at once when
+    the link returns: alpha's connection to it had not timed out, and what alpha had sent
+    (records, and HELLOs naming itself primary) waits in it. alpha is demoted, its link
+    slowed to 4 Mbit/s, and gamma promoted: the answer to gamma's probe queues behind
+    seconds of that backlog, longer than the liveness window (0.9 s). The probe took the
+    last HELLO heard when the window ended, one from before the demote, and refused:
+    "alpha is primary and reachable: demote it first" (seen writing the test above). It now
+    waits for the answer while alpha is heard, asking again every 3 heartbeats (the
+    connection, timed out behind its backlog, is made again, and the answer owed goes with
+    its first HELLO), up to ANSWER_WAIT_S."""
+    with running_trio(
+        tmp_path / "res", heartbeat_ms=300, volume_size=16 << 20, srl_size=32 << 20
+    ) as r:
+        net = r.net
+        assert net is not None
+        written: dict[int, bytes] = {}
+        r.wait_synced(["alpha", "beta", "gamma"])
+        net.cut("gamma")
+        with r.connect("alpha") as v:
+            for i in range(48):
+                data = bytes([i + 1]) * (64 * KiB)
+                v.write(i * 64 * KiB, data)
+                written[i] = data
+        assert "error" not in call(r, "alpha", "demote")
+        net.slow("alpha", 50, 0, 4)
+        net.uncut("gamma")
+        r.wait_for(
+            lambda: all(r.status("gamma")["peers"][n]["connected"] for n in ("alpha", "beta")),
+            30,
+            "gamma hearing alpha (its backlog) and beta",
+        )
+        out = call(r, "gamma", "promote")
+        assert "error" not in out, out
+        assert out["role"] == "primary", out
+        assert "not answering the probe" in r.log("gamma")
+        net.unslow("alpha")
+        r.wait_synced(["alpha", "beta", "gamma"])
+        for n in ("alpha", "beta", "gamma"):
+            with open(r.volume_path(n), "rb") as f:
+                for i, data in written.items():
+                    f.seek(i * 64 * KiB)
+                    assert f.read(len(data)) == data, f"{n}: write {i} missing"
+
+
+def switchover_over_a_congested_link(r: NetnsResource) -> None:
     net = r.net
     assert net is not None
     written: dict[int, bytes] = {}

@@ -29,6 +29,14 @@ PULL_RECORDS_PER_S = 2000.0
 #: promotion was refused). The source restarts the pull from there; a record that arrives
 #: twice is passed over
 PULL_RETRY_HEARTBEATS = 3
+#: how long a peer heard since the probe began, whose answer has not come, is waited for.
+#: Its answer queues behind whatever its link still carries: a congested link holds seconds
+#: of records and of HELLOs from before a demote, and deciding on those refuses for a reason
+#: no longer true ("alpha is primary and reachable" just after alpha's demote answered) or
+#: misses records it logged since. The probe is sent again every 3 heartbeats meanwhile,
+#: in case it went with a connection given up on. A peer of a release that does not flag
+#: its answers (before 3d5f0db) is taken as heard when this ends
+ANSWER_WAIT_S = 20.0
 
 
 @dataclass(frozen=True)
@@ -143,6 +151,7 @@ class Promotion:
                 "promote a consistent node, or use --force to promote this one anyway"
             )
         self.probe_until = self.t0 + self.ctx.heartbeat_s * 1.5
+        self.asked_at = self.t0
         self.ctx.announce()
 
     def step(self, now: float | None = None) -> dict | None:
@@ -182,7 +191,19 @@ class Promotion:
                 # it had the probe, is waited for as long. A peer of a release that does
                 # not flag its answers is taken as heard when the window ends
                 unanswered = [p for p in fresh if p.name not in answered]
-                if (late or unanswered) and now < self.t0 + 3 * self.ctx.heartbeat_s:
+                window = 3 * self.ctx.heartbeat_s
+                if (late or unanswered) and now < self.t0 + window:
+                    return None
+                if unanswered and now < self.t0 + ANSWER_WAIT_S:
+                    if now >= self.asked_at + window:
+                        log.warning(
+                            "promotion: %s heard but not answering the probe after %.1f s: "
+                            "asking again (a congested link delays the answer)",
+                            ", ".join(p.name for p in unanswered),
+                            now - self.t0,
+                        )
+                        self.ctx.announce()
+                        self.asked_at = now
                     return None
                 return self._plan(fresh)
             return self._pulling(now)
