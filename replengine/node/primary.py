@@ -134,10 +134,11 @@ class Primary:
         if not self._stall_logged:
             node.warn_once(
                 "srl-full",
-                "SRL full (%d of %d bytes used): writers stall until a "
-                "secondary catches up (srl_full=%s)",
+                "SRL full (%d of %d bytes used): writers stall until it can be cleared; "
+                "held by %s (srl_full=%s)",
                 node.srl.used_bytes,
                 node.srl.capacity,
+                self.log_holder(),
                 policy,
             )
             self._stall_logged = True
@@ -202,7 +203,8 @@ class Primary:
                 node.reply_error(
                     w.client,
                     w.req_id,
-                    f"write timed out: SRL full for {node.cfg.sync_timeout}s (srl_full=stall)",
+                    f"write timed out: SRL full for {node.cfg.sync_timeout}s "
+                    f"(srl_full={node.cfg.srl_full}; held by {self.log_holder()})",
                 )
 
     def stop_accepting(self, why: str) -> None:
@@ -438,6 +440,23 @@ class Primary:
             lsn += 1
 
     # ---- clearing -------------------------------------------------------------------------
+
+    def log_holder(self) -> str:
+        """What keeps the SRL from being cleared, for the messages of a full log: a
+        stall under srl_full = "dcm" means nothing could be released (seed 13703 round 5
+        said "srl_full=stall" there and named nothing)."""
+        node = self.node
+        applied = node.applier.applied_end
+        if applied < self.clear_end:
+            return f"this node's own volume, applied up to LSN {applied - 1}"
+        held = []
+        for p in node.peers.values():
+            floor = node.dcm.clear_floor(p)
+            end = p.acked_end if floor is None else floor
+            if end <= self.clear_end:
+                how = "acknowledged" if floor is None else "in dcm or a resync, covered"
+                held.append(f"{p.name} ({how} up to LSN {end - 1})")
+        return ", ".join(held) or "records not yet durable here"
 
     def update_clear(self) -> None:
         """CLEAR(X) once every secondary of the resource has logged everything below X."""
