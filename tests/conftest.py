@@ -25,7 +25,7 @@ import psutil
 import pytest
 
 from replengine.client import Volume
-from replengine.demo.localcluster import LocalResource, wait_gone
+from replengine.demo.localcluster import LocalResource, blank_file, wait_gone
 from replengine.errors import ReplError
 
 KiB, MiB = 1 << 10, 1 << 20
@@ -135,6 +135,22 @@ def random_write(
     limit = min(size, span or size) - length
     offset = rng.randrange(0, limit // 4096 + 1) * 4096
     return offset, rng.randbytes(length)
+
+
+def write_chunks(vol: Volume, ledger: Ledger, rng: random.Random, n: int) -> None:
+    """``n`` writes of 64 KiB of random bytes at random 64 KiB-aligned offsets of the
+    ledger's volume, each recorded with its LSN once acknowledged."""
+    for _ in range(n):
+        off = rng.randrange(0, ledger.size // (64 * KiB)) * 64 * KiB
+        data = rng.randbytes(64 * KiB)
+        ledger.add(vol.write(off, data), off, data)
+
+
+def smallest_srl(r: LocalResource, node: str) -> None:
+    """``node``'s SRL replaced by the smallest one an SRL may be (1 MiB + 8 KiB) and
+    initialised: a log that fills after a few dozen 64 KiB records."""
+    blank_file(r.srl_path(node), MiB + 8 * KiB)
+    r.replctl(node, "init", "--force")
 
 
 class Writer(threading.Thread):

@@ -11,9 +11,9 @@ from collections.abc import Callable
 
 import pytest
 
-from replengine.demo.localcluster import LocalResource, blank_file
+from replengine.demo.localcluster import LocalResource
 from replengine.log.srl_format import SB_SIZE
-from tests.conftest import FOUR_NODES, THREE_NODES, Ledger, Writer
+from tests.conftest import FOUR_NODES, THREE_NODES, Ledger, Writer, smallest_srl, write_chunks
 from tests.test_full_sync import damage, wait_cleared
 from tests.test_status_cli import documented, schema_problems
 
@@ -163,8 +163,7 @@ def test_a_promotion_makes_room_in_its_full_log_for_what_only_an_invalidated_nod
     has applied from its own log, pulls, and is promoted; delta, which lacked what gamma
     cleared, is resynced from blocks instead of from the log."""
     r = resource(FOUR_NODES)
-    blank_file(r.srl_path("gamma"), MiB + 8 * KiB)  # the least an SRL may be
-    r.replctl("gamma", "init", "--force")
+    smallest_srl(r, "gamma")
     r.up()
     r.promote("alpha")
     ledger = Ledger(r.volume_size)
@@ -172,10 +171,7 @@ def test_a_promotion_makes_room_in_its_full_log_for_what_only_an_invalidated_nod
     rng = random.Random(6)
 
     def write(n: int) -> None:
-        for _ in range(n):
-            off = rng.randrange(0, r.volume_size // (64 * KiB)) * 64 * KiB
-            data = rng.randbytes(64 * KiB)
-            ledger.add(vol.write(off, data), off, data)
+        write_chunks(vol, ledger, rng, n)
 
     write(5)
     r.wait_synced()

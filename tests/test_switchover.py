@@ -26,10 +26,10 @@ from pathlib import Path
 import pytest
 
 from replengine import config as configmod
-from replengine.demo.localcluster import LocalResource, blank_file
+from replengine.demo.localcluster import LocalResource
 from replengine.wire import protocol as proto
 from replengine.wire.control import ControlClient
-from tests.conftest import KiB, Ledger, MiB
+from tests.conftest import KiB, Ledger, smallest_srl, write_chunks
 from tests.faults.netns import NetnsResource, running_trio
 from tests.wire_peer import Listener, Peer
 
@@ -83,14 +83,10 @@ def test_an_answer_queued_longer_than_the_liveness_window_is_waited_for(
     ) as r:
         net = r.net
         assert net is not None
-        written: dict[int, bytes] = {}
+        ledger = Ledger(16 << 20)
         r.wait_synced(["alpha", "beta", "gamma"])
         net.cut("gamma")
-        with r.connect("alpha") as v:
-            for i in range(48):
-                data = bytes([i + 1]) * (64 * KiB)
-                v.write(i * 64 * KiB, data)
-                written[i] = data
+        write_numbered(r, ledger, range(48))
         assert "error" not in call(r, "alpha", "demote")
         net.slow("alpha", 50, 0, 4)
         net.uncut("gamma")
@@ -105,32 +101,30 @@ def test_an_answer_queued_longer_than_the_liveness_window_is_waited_for(
         assert "not answering the probe" in r.log("gamma")
         net.unslow("alpha")
         r.wait_synced(["alpha", "beta", "gamma"])
+        # every write alpha acknowledged is on every node, and nothing else
         for n in ("alpha", "beta", "gamma"):
-            with open(r.volume_path(n), "rb") as f:
-                for i, data in written.items():
-                    f.seek(i * 64 * KiB)
-                    assert f.read(len(data)) == data, f"{n}: write {i} missing"
+            ledger.check_file(r.volume_path(n), n)
+
+
+def write_numbered(r: LocalResource, ledger: Ledger, numbers: range) -> None:
+    """Write i (64 KiB of the byte i + 1) at i x 64 KiB on alpha, for each i, recorded."""
+    with r.connect("alpha") as v:
+        for i in numbers:
+            data = bytes([i + 1]) * (64 * KiB)
+            ledger.add(v.write(i * 64 * KiB, data), i * 64 * KiB, data)
 
 
 def switchover_over_a_congested_link(r: NetnsResource) -> None:
     net = r.net
     assert net is not None
-    written: dict[int, bytes] = {}
-    with r.connect("alpha") as v:
-        for i in range(8):
-            data = bytes([i + 1]) * (64 * KiB)
-            v.write(i * 64 * KiB, data)
-            written[i] = data
+    ledger = Ledger(16 << 20)
+    write_numbered(r, ledger, range(8))
     r.wait_synced(["alpha", "beta", "gamma"])
     net.slow("alpha", 1500, 0, 1)
     # what alpha writes now reaches beta slowly and gamma, async, more slowly still: the
     # stream to gamma keeps alpha's outgoing queue full, so every HELLO alpha sends waits
     # in it behind up to 1.5 s of records
-    with r.connect("alpha") as v:
-        for i in range(8, 14):
-            data = bytes([i + 1]) * (64 * KiB)
-            v.write(i * 64 * KiB, data)
-            written[i] = data
+    write_numbered(r, ledger, range(8, 14))
     demoted = call(r, "alpha", "demote")
     assert "error" not in demoted, demoted
     out = call(r, "beta", "promote")
@@ -143,12 +137,9 @@ def switchover_over_a_congested_link(r: NetnsResource) -> None:
         "alpha and gamma following beta",
     )
     r.wait_synced(["alpha", "beta", "gamma"])
-    # every write alpha acknowledged is on every node
+    # every write alpha acknowledged is on every node, and nothing else
     for n in ("alpha", "beta", "gamma"):
-        with open(r.volume_path(n), "rb") as f:
-            for i, data in written.items():
-                f.seek(i * 64 * KiB)
-                assert f.read(len(data)) == data, f"{n}: write {i} missing"
+        ledger.check_file(r.volume_path(n), n)
 
 
 class Prober:
@@ -247,24 +238,16 @@ def test_a_switchover_to_an_async_node_behind_makes_room_in_its_full_log(
     r = resource(
         {"alpha": "sync", "beta": "sync", "gamma": "async"}, srl_full="stall", heartbeat_ms=300
     )
-    blank_file(r.srl_path("gamma"), MiB + 8 * KiB)  # the least an SRL may be
-    r.replctl("gamma", "init", "--force")
+    smallest_srl(r, "gamma")
     r.up()
     r.promote("alpha")
     ledger = Ledger(r.volume_size)
     vol = r.connect("alpha")
     rng = random.Random(13)
-
-    def write(n: int) -> None:
-        for _ in range(n):
-            off = rng.randrange(0, r.volume_size // (64 * KiB)) * 64 * KiB
-            data = rng.randbytes(64 * KiB)
-            ledger.add(vol.write(off, data), off, data)
-
-    write(4)
+    write_chunks(vol, ledger, rng, 4)
     r.wait_synced()
     r.freeze("gamma")
-    write(40)  # 2.5 MiB of records, more than gamma's whole log holds
+    write_chunks(vol, ledger, rng, 40)  # 2.5 MiB of records, more than gamma's whole log
     vol.close()
     r.replctl("alpha", "demote")
     end = r.status("alpha")["end_lsn"]
@@ -304,7 +287,7 @@ def test_a_pull_whose_records_went_with_a_lost_connection_is_asked_for_again(
     ) as r:
         net = r.net
         assert net is not None
-        written: dict[int, bytes] = {}
+        ledger = Ledger(16 << 20)
         r.wait_synced(["alpha", "beta", "gamma"])  # the first full sync to gamma done
         net.cut("gamma")
         # alpha sends gamma nothing more once it has given it up: no backlog of records
@@ -312,11 +295,7 @@ def test_a_pull_whose_records_went_with_a_lost_connection_is_asked_for_again(
         r.wait_for(
             lambda: not r.status("alpha")["peers"]["gamma"]["streaming"], 30, "gamma given up"
         )
-        with r.connect("alpha") as v:
-            for i in range(48):
-                data = bytes([i + 1]) * (64 * KiB)
-                v.write(i * 64 * KiB, data)
-                written[i] = data
+        write_numbered(r, ledger, range(48))
         r.wait_synced(["alpha", "beta"])
         assert "error" not in call(r, "alpha", "demote")
         before = r.status("gamma")["end_lsn"]
@@ -353,8 +332,6 @@ def test_a_pull_whose_records_went_with_a_lost_connection_is_asked_for_again(
         net.unslow("alpha")
         net.unslow("beta")
         r.wait_synced(["alpha", "beta", "gamma"])
+        # every write alpha acknowledged is on every node, and nothing else
         for n in ("alpha", "beta", "gamma"):
-            with open(r.volume_path(n), "rb") as f:
-                for i, data in written.items():
-                    f.seek(i * 64 * KiB)
-                    assert f.read(len(data)) == data, f"{n}: write {i} missing"
+            ledger.check_file(r.volume_path(n), n)
