@@ -27,6 +27,7 @@ import pytest
 from replengine.client import Volume
 from replengine.demo.localcluster import LocalResource, blank_file, wait_gone
 from replengine.errors import ReplError
+from replengine.wire.control import ControlClient
 
 KiB, MiB = 1 << 10, 1 << 20
 
@@ -144,6 +145,18 @@ def write_chunks(vol: Volume, ledger: Ledger, rng: random.Random, n: int) -> Non
         off = rng.randrange(0, ledger.size // (64 * KiB)) * 64 * KiB
         data = rng.randbytes(64 * KiB)
         ledger.add(vol.write(off, data), off, data)
+
+
+def control_op(r: LocalResource, node: str, op: str) -> dict:
+    """`replctl <op>` without the CLI's start-up (a Python interpreter, a second or so
+    under load, that a test timing an operation against a network event cannot afford):
+    the answer, or {"error": ...}."""
+    ctl = ControlClient(r.paths(node).socket, 60)
+    try:
+        doc, _ = ctl.wait(ctl.send(op), 60)
+    finally:
+        ctl.close()
+    return doc if doc.get("ok") else {"error": doc.get("error", "refused")}
 
 
 def smallest_srl(r: LocalResource, node: str) -> None:

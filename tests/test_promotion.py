@@ -10,6 +10,7 @@ import pytest
 from replengine.failover.planner import NodeLog
 from replengine.failover.promotion import (
     ANSWER_WAIT_S,
+    QUORUM_WAIT_S,
     PeerView,
     Promotion,
     PromotionRefused,
@@ -404,6 +405,52 @@ def test_the_probe_does_not_wait_for_peers_whose_connection_was_refused_since_it
     out = p.step(now=p.t0 + 0.04)
     assert out is not None and out["epoch"] == 2 and node.promoted == [2]
     assert p.decision["refused"] == ["alpha", "delta"]
+
+
+class Announcing(FakeNode):
+    asked: int = 0
+
+    def announce(self):
+        self.asked += 1
+
+
+def test_a_promotion_short_of_peers_waits_for_a_link_just_back() -> None:
+    """gamma is promoted at the moment its links come back: its peers are reached at the
+    transport's next connection attempt, up to 2 s later. It keeps listening, asking again
+    every 3 heartbeats, and is promoted once beta answers (it was refused "only 0 of 3
+    peers reachable" at 3 heartbeats)."""
+    node = Announcing(peers=[])
+    p = Promotion(node, force=False, min_peers=1)
+    assert node.asked == 1
+    assert p.step(now=p.t0 + 0.5) is None and node.asked == 2  # past the 3-heartbeat window
+    assert p.step(now=p.t0 + 0.6) is None and node.asked == 2
+    assert p.step(now=p.t0 + 2.0) is None and node.asked == 3
+    node.peers = [peer("beta", 10, seen=p.t0 + 2.1)]
+    out = p.step(now=p.t0 + 2.2)
+    assert out is not None and out["epoch"] == 2 and node.promoted == [2]
+
+
+def test_a_promotion_short_of_peers_refuses_once_the_wait_is_over() -> None:
+    node = FakeNode(peers=[])
+    p = Promotion(node, force=False, min_peers=1)
+    assert p.step(now=p.t0 + QUORUM_WAIT_S - 0.1) is None
+    with pytest.raises(PromotionRefused, match="only 0 of 3 peers reachable"):
+        p.step(now=p.t0 + QUORUM_WAIT_S + 0.1)
+    assert not node.promoted
+
+
+def test_no_wait_for_peers_that_refused_the_connection_or_when_forced() -> None:
+    """Nothing listens at a node whose connection was refused: a quorum it would complete
+    cannot come in the wait, so the refusal is at once, as before; --force does not wait."""
+    node = FakeNode(peers=[], total_peers=2)
+    p = Promotion(node, force=False, min_peers=1)
+    node.refused = {"alpha": p.t0 + 0.01, "delta": p.t0 + 0.02}
+    with pytest.raises(PromotionRefused, match="only 0 of 2 peers reachable"):
+        p.step(now=p.t0 + 0.05)
+    node = FakeNode(peers=[])
+    p = Promotion(node, force=True, min_peers=1)
+    out = p.step(now=p.t0 + 0.5)
+    assert out is not None and out["epoch"] == 2
 
 
 SPLIT = ((7, 1),)  # gamma's side of a split: its own epoch 7

@@ -28,8 +28,7 @@ import pytest
 from replengine import config as configmod
 from replengine.demo.localcluster import LocalResource
 from replengine.wire import protocol as proto
-from replengine.wire.control import ControlClient
-from tests.conftest import KiB, Ledger, smallest_srl, write_chunks
+from tests.conftest import KiB, Ledger, control_op, smallest_srl, write_chunks
 from tests.faults.netns import NetnsResource, running_trio
 from tests.wire_peer import Listener, Peer
 
@@ -47,16 +46,6 @@ def trio(tmp_path: Path) -> Iterator[NetnsResource]:
         tmp_path / "res", heartbeat_ms=1000, volume_size=16 << 20, srl_size=32 << 20
     ) as r:
         yield r
-
-
-def call(r: NetnsResource, node: str, op: str) -> dict:
-    """`replctl <op>` without the CLI's start-up: the answer, or {"error": ...}."""
-    ctl = ControlClient(r.paths(node).socket, 60)
-    try:
-        doc, _ = ctl.wait(ctl.send(op), 60)
-    finally:
-        ctl.close()
-    return doc if doc.get("ok") else {"error": doc.get("error", "refused")}
 
 
 @netns
@@ -87,7 +76,7 @@ def test_an_answer_queued_longer_than_the_liveness_window_is_waited_for(
         r.wait_synced(["alpha", "beta", "gamma"])
         net.cut("gamma")
         write_numbered(r, ledger, range(48))
-        assert "error" not in call(r, "alpha", "demote")
+        assert "error" not in control_op(r, "alpha", "demote")
         net.slow("alpha", 50, 0, 4)
         net.uncut("gamma")
         r.wait_for(
@@ -95,7 +84,7 @@ def test_an_answer_queued_longer_than_the_liveness_window_is_waited_for(
             30,
             "gamma hearing alpha (its backlog) and beta",
         )
-        out = call(r, "gamma", "promote")
+        out = control_op(r, "gamma", "promote")
         assert "error" not in out, out
         assert out["role"] == "primary", out
         assert "not answering the probe" in r.log("gamma")
@@ -125,9 +114,9 @@ def switchover_over_a_congested_link(r: NetnsResource) -> None:
     # stream to gamma keeps alpha's outgoing queue full, so every HELLO alpha sends waits
     # in it behind up to 1.5 s of records
     write_numbered(r, ledger, range(8, 14))
-    demoted = call(r, "alpha", "demote")
+    demoted = control_op(r, "alpha", "demote")
     assert "error" not in demoted, demoted
-    out = call(r, "beta", "promote")
+    out = control_op(r, "beta", "promote")
     assert "error" not in out, f"promote beta just after demote of alpha: {out['error']}"
     assert out["role"] == "primary"
     net.unslow("alpha")
@@ -297,7 +286,7 @@ def test_a_pull_whose_records_went_with_a_lost_connection_is_asked_for_again(
         )
         write_numbered(r, ledger, range(48))
         r.wait_synced(["alpha", "beta"])
-        assert "error" not in call(r, "alpha", "demote")
+        assert "error" not in control_op(r, "alpha", "demote")
         before = r.status("gamma")["end_lsn"]
         net.uncut("gamma")
         r.wait_for(
@@ -308,7 +297,7 @@ def test_a_pull_whose_records_went_with_a_lost_connection_is_asked_for_again(
         net.slow("alpha", 50, 0, 4)
         net.slow("beta", 50, 0, 4)
         out: dict = {}
-        promoting = threading.Thread(target=lambda: out.update(call(r, "gamma", "promote")))
+        promoting = threading.Thread(target=lambda: out.update(control_op(r, "gamma", "promote")))
         promoting.start()
 
         def pulling() -> re.Match | None:

@@ -37,6 +37,14 @@ PULL_RETRY_HEARTBEATS = 3
 #: in case it went with a connection given up on. A peer of a release that does not flag
 #: its answers (before 3d5f0db) is taken as heard when this ends
 ANSWER_WAIT_S = 20.0
+#: how long a promotion short of the peers it needs waits for more to be heard before it
+#: refuses: a link just healed is reached again at the transport's next connection attempt
+#: (every 2 s for a peer whose attempt is stuck, replengine.wire.transport.RETRY_CONNECT_S),
+#: plus a handshake, so a promotion started at the heal (Pacemaker's, an operator's right
+#: after the network is back) found "only 0 of 2 peers reachable" within its 3-heartbeat
+#: window and was refused while the peers were a second away. A peer whose connection was
+#: refused (nothing listens there) is not waited for
+QUORUM_WAIT_S = 6.0
 
 
 @dataclass(frozen=True)
@@ -202,14 +210,49 @@ class Promotion:
                             ", ".join(p.name for p in unanswered),
                             now - self.t0,
                         )
-                        self.ctx.announce()
-                        self.asked_at = now
+                        self._ask_again(now)
+                    return None
+                if self._awaiting_quorum(fresh, heard, now):
                     return None
                 return self._plan(fresh)
             return self._pulling(now)
         except PromotionRefused:
             self.ctx.stop_pull()
             raise
+
+    def _ask_again(self, now: float) -> None:
+        self.ctx.announce()
+        self.asked_at = now
+
+    def _quorum(self, fresh: list[PeerView]) -> tuple[int, int, list[str]]:
+        """The peers heard that count, the number needed, and the blank ones heard."""
+        blank = self._uninformed(fresh)
+        need = min(self.min_peers, self.ctx.peer_count() - len(blank))
+        return len(fresh) - len(blank), need, blank
+
+    def _awaiting_quorum(self, fresh: list[PeerView], heard: set[str], now: float) -> bool:
+        """Short of the peers it needs, the promotion keeps listening up to QUORUM_WAIT_S
+        for a peer whose link has just come back, asking again every 3 heartbeats, unless
+        every peer not heard refused the connection or the operator forced it."""
+        if self.force or now >= self.t0 + QUORUM_WAIT_S:
+            return False
+        have, need, _ = self._quorum(fresh)
+        rejected = {p.name for p in self.ctx.peer_views() if p.rejected}
+        silent = self.ctx.peer_count() - len(heard | rejected | set(self.refused))
+        if have >= need or silent <= 0:
+            return False
+        if now >= self.asked_at + 3 * self.ctx.heartbeat_s:
+            log.warning(
+                "promotion: %d of the %d peers it needs heard after %.1f s: waiting for "
+                "the %d not heard (a link just back is reached at the next connection "
+                "attempt)",
+                have,
+                need,
+                now - self.t0,
+                silent,
+            )
+            self._ask_again(now)
+        return True
 
     def _pulling(self, now: float) -> dict | None:
         end = self.ctx.local_log().end
@@ -319,9 +362,7 @@ class Promotion:
             raise PromotionRefused(
                 f"{', '.join(primaries)} is primary and reachable: demote it first"
             )
-        blank = self._uninformed(fresh)
-        need = min(self.min_peers, ctx.peer_count() - len(blank))
-        have = len(fresh) - len(blank)
+        have, need, blank = self._quorum(fresh)
         if have < need:
             empty = (
                 f"; {', '.join(blank)} reachable but with an empty log (new), which holds no "
