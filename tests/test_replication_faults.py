@@ -200,7 +200,7 @@ def test_srl_full_stall_blocks_until_secondary_returns(resource):
             "the primary cleared records the killed secondary never got"
         )
         assert "SRL full" in r.log("alpha")
-        assert "held by gamma (acknowledged up to LSN" in r.log("alpha")
+        assert "held by gamma (sync, not connected, acknowledged up to LSN" in r.log("alpha")
         r.up("gamma")
         lsns = fut.result(timeout=60)
     ledger = Ledger()

@@ -454,7 +454,11 @@ class Primary:
             floor = node.dcm.clear_floor(p)
             end = p.acked_end if floor is None else floor
             if end <= self.clear_end:
-                how = "acknowledged" if floor is None else "in dcm or a resync, covered"
+                if floor is not None:
+                    how = "in dcm or a resync, covered"
+                else:  # a sync peer still connected is waited for, and not released to dcm
+                    link = "connected" if p.streaming and not p.degraded else "not connected"
+                    how = f"{p.mode}, {link}, acknowledged"
                 held.append(f"{p.name} ({how} up to LSN {end - 1})")
         return ", ".join(held) or "records not yet durable here"
 

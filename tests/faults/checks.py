@@ -454,22 +454,51 @@ def check_acknowledged_survive(
     ]
 
 
+#: what a timed-out stalled write names as holding the log (node.primary.log_holder)
+_HOLDER = re.compile(
+    r"this node's own volume, applied up to LSN -?\d+|records not yet durable here"
+    r"|(\w+) \((\w+, (?:not )?connected, acknowledged|in dcm or a resync, covered)"
+    r" up to LSN -?\d+\)"
+)
+
+
+def _held_by_block(err: str, sync_nodes: frozenset[str]) -> bool:
+    """Whether a `write timed out: SRL full` under srl_full = "dcm" names only holders that
+    on_sync_loss = "block" makes every write wait for anyway: a sync secondary still
+    connected that has not acknowledged (dcm switches a sync secondary only once it is
+    gone: a hung disk keeps it connected and silent) or the primary's own disk. Such writes fail after
+    `sync_timeout` whichever way they are told; a log held by an async node, or by a node
+    in dcm or a resync, is the dcm policy failing."""
+    held = err.partition("; held by ")[2].removesuffix(")")
+    found = list(_HOLDER.finditer(held))
+    if not found or ", ".join(m.group(0) for m in found) != held:
+        return False
+    return all(
+        m.group(1) is None
+        or (m.group(2) == "sync, connected, acknowledged" and m.group(1) in sync_nodes)
+        for m in found
+    )
+
+
 def check_srl_policy(
-    ledger: Ledger, srl_full: str, on_sync_loss: str = "degrade", limit: int = 3
+    ledger: Ledger,
+    srl_full: str,
+    on_sync_loss: str = "degrade",
+    limit: int = 3,
+    sync_nodes: frozenset[str] = frozenset(),
 ) -> list[Violation]:
     """README, "The SRL fills": `stall` makes writers wait and `dcm` releases the lagging
     secondary's records; only `fail` fails writes with `SRL full` — and, docs/config.md,
     `stall` under on_sync_loss = "block" after `sync_timeout` seconds (`write timed out:
-    SRL full for Ns`)."""
+    SRL full for Ns`), and `dcm` under block when what holds the log is what block waits
+    for (_held_by_block; ``sync_nodes``, the nodes in sync mode during the round)."""
     if srl_full == "fail":
         return []
 
     def allowed(err: str) -> bool:
-        return (
-            srl_full == "stall"
-            and on_sync_loss == "block"
-            and err.startswith("write timed out: SRL full for")
-        )
+        if on_sync_loss != "block" or not err.startswith("write timed out: SRL full for"):
+            return False
+        return srl_full == "stall" or _held_by_block(err, sync_nodes)
 
     bad = [
         w

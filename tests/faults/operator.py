@@ -36,6 +36,7 @@ class OperatorActions:
         n = back[0] if back else self.rng.choice(SWITCHABLE)
         old = self.modes[n]
         new = self.modes[n] = "sync" if old == "async" else "async"
+        self.ever_sync.add(n)
         self.r.nodes[n] = new
         self.r.write_config()
         self.adjust_all(f"{n} {old} -> {new}")

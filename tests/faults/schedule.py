@@ -248,6 +248,7 @@ class Harness(OperatorActions, DiskFaults, VerifyRuns):
         self.ex_primaries: set[str] = set()
         #: each node's mode in the config file now (mode_switch changes them)
         self.modes = dict(NODES)
+        self.ever_sync: set[str] = set()
 
     # ---- resource lifecycle ------------------------------------------------------------------
 
@@ -1141,6 +1142,8 @@ class Harness(OperatorActions, DiskFaults, VerifyRuns):
         assert self.r is not None
         self.log_offsets = {n: len(self.r.log(n)) for n in NODES}
         self.ledger = Ledger(self.round, self.next_wid, self.t0)
+        #: the nodes in sync mode at any time of the round (check_srl_policy)
+        self.ever_sync = {n for n, m in self.modes.items() if m == "sync"}
         self.writer = Writer(self.r, self.ledger, self.rng.randrange(1 << 30))
         steps: list[str] = []
         try:
@@ -1385,7 +1388,9 @@ class Harness(OperatorActions, DiskFaults, VerifyRuns):
                 f"{slow_discarded} writes acknowledged by a slowed, replaced primary were "
                 "discarded with its divergent tail (on_sync_loss=degrade allows it)"
             )
-        self.violations += checks.check_srl_policy(self.ledger, self.srl_full, self.mode)
+        self.violations += checks.check_srl_policy(
+            self.ledger, self.srl_full, self.mode, sync_nodes=frozenset(self.ever_sync)
+        )
         self.judge_verifies(p)
         if discarded:
             self.notes["acks of a cut-off primary discarded (degrade allows it)"] += discarded

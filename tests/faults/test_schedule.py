@@ -306,6 +306,33 @@ def test_only_srl_full_fail_fails_writes_with_srl_full():
     assert len(checks.check_srl_policy(led, "stall", "degrade")) == 1
 
 
+def test_dcm_under_block_may_time_out_a_write_only_on_what_block_waits_for():
+    """Under on_sync_loss = "block" every write waits for every sync secondary: one whose
+    disk hangs stays connected (dcm does not switch it) and holds the log, and writes that
+    did not fit time out as the logged ones do (seed 13703 round 5's 15 timeouts under
+    dcm named no holder then). A log held by an async node or a node in dcm is dcm
+    failing."""
+    sync = frozenset({"alpha", "beta", "gamma"})
+
+    def judged(held: str, mode: str = "block") -> int:
+        msg = f"write timed out: SRL full for 2.0s (srl_full=dcm; held by {held})"
+        led = ledger_with(("a", 1, 1, [(0, 1, None), (1, None, msg)]))
+        return len(checks.check_srl_policy(led, "dcm", mode, sync_nodes=sync))
+
+    a, b = "alpha (sync, connected, acknowledged up to LSN 41)", "beta (sync, connected, "
+    assert judged(a) == 0
+    assert judged(f"{a}, {b}acknowledged up to LSN 40)") == 0
+    assert judged("this node's own volume, applied up to LSN 12") == 0
+    assert judged("records not yet durable here") == 0
+    assert judged(a, "degrade") == 1
+    assert judged("delta (async, connected, acknowledged up to LSN 41)") == 1  # dcm releases it
+    assert judged("delta (sync, connected, acknowledged up to LSN 41)") == 1  # not sync here
+    assert judged("beta (sync, not connected, acknowledged up to LSN 40)") == 1  # gone: dcm
+    assert judged("gamma (in dcm or a resync, covered up to LSN 7)") == 1
+    assert judged(f"{a}, delta (async, connected, acknowledged up to LSN 3)") == 1
+    assert judged("something new") == 1
+
+
 def status(node, role, end, history, following=None, **kw):
     s = {
         "node": node,
