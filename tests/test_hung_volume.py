@@ -8,7 +8,8 @@ wait in the kernel while the SRL, a plain file, keeps working.
   the node has stopped; and what the log held still reaches the volume.
 - A sync secondary whose volume hangs stops acknowledging once its log cannot be cleared, but
   goes on beaconing: under on_sync_loss = "degrade" the primary degrades it after three of
-  its heartbeats, as a lost one, instead of making the application wait for it for ever.
+  its heartbeats, as a lost one, instead of making the application wait for it for ever;
+  under "block" every write waits for it, and srl_full = "dcm" does not release it.
 """
 
 from __future__ import annotations
@@ -57,6 +58,18 @@ def slow_alpha(tmp_path: Path):
 @pytest.fixture
 def slow_beta(tmp_path: Path):
     yield from volume_on_fuse(tmp_path, "beta", srl_size=2 * 1024 * KiB, srl_full="dcm")
+
+
+@pytest.fixture
+def slow_beta_block(tmp_path: Path):
+    yield from volume_on_fuse(
+        tmp_path,
+        "beta",
+        srl_size=1032 * KiB,  # the smallest an SRL may be: full after 15 of these writes
+        srl_full="dcm",
+        on_sync_loss="block",
+        extra={"sync_timeout": 1.0},
+    )
 
 
 @pytest.fixture
@@ -173,6 +186,67 @@ def test_a_sync_secondary_whose_volume_hangs_is_degraded_not_waited_for(slow_bet
     r.down()
     for n in r.nodes:
         ledger.check_file(r.volume_path(n), n)
+
+
+def test_under_block_dcm_does_not_release_a_sync_secondary_whose_volume_hangs(
+    slow_beta_block,
+) -> None:
+    """on_sync_loss = "block" promises that no write completes unless every sync secondary
+    has it. beta's volume hangs: its log fills and it acknowledges nothing more while it
+    goes on beaconing. alpha's writes time out after sync_timeout, and once alpha's own
+    log is full of them, the ones that do not fit time out too, naming beta, connected, as
+    what holds the log: srl_full = "dcm" does not switch a connected sync secondary, whose
+    writes would then complete without it (the fault campaign's check, seed 13703 round
+    5). When beta's volume answers, every write acknowledged is on both nodes."""
+    r, fuse, _ = slow_beta_block
+    r.create()
+    r.up()
+    r.promote("alpha")
+    r.wait_synced()
+    os.kill(fuse.pid, signal.SIGSTOP)
+    slots = iter(range(r.volume_size // (64 * KiB)))
+    lock = threading.Lock()
+    done: dict[int, bytes] = {}
+    errors: list[str] = []
+
+    def writer() -> None:
+        with r.connect("alpha") as vol:
+            while True:
+                with lock:
+                    if any("SRL full" in e for e in errors):
+                        return
+                    slot = next(slots, None)
+                if slot is None:
+                    return
+                data = os.urandom(64 * KiB)
+                try:
+                    vol.write(slot * 64 * KiB, data)
+                except ReplError as exc:
+                    with lock:
+                        errors.append(str(exc))
+                else:
+                    with lock:
+                        done[slot] = data
+
+    threads = [threading.Thread(target=writer) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    os.kill(fuse.pid, signal.SIGCONT)
+    full = [e for e in errors if "SRL full" in e]
+    assert full, f"no write stalled on a full log: {errors[:3]}"
+    assert "held by beta (sync, connected, acknowledged up to LSN" in full[0], full[0]
+    assert "srl_full=dcm" in full[0], full[0]
+    assert any("waiting for sync secondaries beta" in e for e in errors), errors[:3]
+    assert "switched to dcm" not in r.log("alpha")
+    assert not peer(r, "alpha", "beta")["degraded"]
+    r.wait_synced(timeout=120)
+    for node in r.nodes:
+        with open(r.volume_path(node), "rb") as f:
+            for slot, data in done.items():
+                f.seek(slot * 64 * KiB)
+                assert f.read(64 * KiB) == data, f"write at slot {slot} missing on {node}"
 
 
 def test_a_primary_replaced_while_its_disk_hung_acknowledges_nothing_alone(hung_alpha) -> None:
