@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
@@ -451,6 +451,43 @@ def test_no_wait_for_peers_that_refused_the_connection_or_when_forced() -> None:
     p = Promotion(node, force=True, min_peers=1)
     out = p.step(now=p.t0 + 0.5)
     assert out is not None and out["epoch"] == 2
+
+
+def test_an_epoch_no_reachable_log_follows_makes_the_probe_wait_for_the_others() -> None:
+    """gamma was cut off while beta was promoted (epoch 6) and wrote; its link is back and
+    it is promoted at once. Only delta, which missed epoch 6 too, is heard yet, though
+    gamma knows the epoch (from delta's HELLO): it waits for the peers not heard, and
+    pulls epoch 6's records from beta once beta answers (the fault campaign, seed 14101
+    round 7: promoted with delta alone, it discarded 3 acknowledged records)."""
+    node = Announcing(peers=[], total_peers=3)
+    p = Promotion(node, force=False, min_peers=1)
+    node.peers = [replace(peer("delta", 10, seen=p.t0 + 0.01), epoch=6)]
+    assert p.step(now=p.t0 + 0.5) is None and node.asked == 2
+    newer = ((1, 1), (6, 10))
+    node.peers.append(peer("beta", 13, history=newer, seen=p.t0 + 1.0))
+    assert p.step(now=p.t0 + 1.1) is None  # pulling
+    assert node.pulls == [("beta", 10, 13)]
+
+
+def test_an_epoch_no_reachable_log_follows_is_waited_on_only_so_long() -> None:
+    """With promote_min_peers met, a promotion that hears nobody follow the newest epoch
+    goes on after QUORUM_WAIT_S, as documented for a low promote_min_peers; when every
+    peer was heard or refused the connection, and when forced, it does not wait at all."""
+    node = FakeNode(peers=[])
+    p = Promotion(node, force=False, min_peers=1)
+    node.peers = [replace(peer("delta", 10, seen=p.t0 + 0.01), epoch=6)]
+    assert p.step(now=p.t0 + QUORUM_WAIT_S - 0.1) is None
+    out = p.step(now=p.t0 + QUORUM_WAIT_S + 0.1)
+    assert out is not None and node.promoted == [10]  # gamma's next epoch above 6
+    node = FakeNode(peers=[], total_peers=2)
+    p = Promotion(node, force=False, min_peers=1)
+    node.peers = [replace(peer("delta", 10, seen=p.t0 + 0.01), epoch=6)]
+    node.refused = {"beta": p.t0 + 0.02}
+    assert p.step(now=p.t0 + 0.5) is not None
+    node = FakeNode(peers=[])
+    p = Promotion(node, force=True, min_peers=1)
+    node.peers = [replace(peer("delta", 10, seen=p.t0 + 0.01), epoch=6)]
+    assert p.step(now=p.t0 + 0.5) is not None
 
 
 SPLIT = ((7, 1),)  # gamma's side of a split: its own epoch 7

@@ -38,7 +38,9 @@ PULL_RETRY_HEARTBEATS = 3
 #: its answers (before 3d5f0db) is taken as heard when this ends
 ANSWER_WAIT_S = 20.0
 #: how long a promotion short of the peers it needs waits for more to be heard before it
-#: refuses: a link just healed is reached again at the transport's next connection attempt
+#: refuses (and one that knows of an epoch no reachable log follows, before it goes on
+#: without them: Promotion._awaiting_peers): a link just healed is reached again at the
+#: transport's next connection attempt
 #: (every 2 s for a peer whose attempt is stuck, replengine.wire.transport.RETRY_CONNECT_S),
 #: plus a handshake, so a promotion started at the heal (Pacemaker's, an operator's right
 #: after the network is back) found "only 0 of 2 peers reachable" within its 3-heartbeat
@@ -212,7 +214,7 @@ class Promotion:
                         )
                         self._ask_again(now)
                     return None
-                if self._awaiting_quorum(fresh, heard, now):
+                if self._awaiting_peers(fresh, heard, now):
                     return None
                 return self._plan(fresh)
             return self._pulling(now)
@@ -230,29 +232,51 @@ class Promotion:
         need = min(self.min_peers, self.ctx.peer_count() - len(blank))
         return len(fresh) - len(blank), need, blank
 
-    def _awaiting_quorum(self, fresh: list[PeerView], heard: set[str], now: float) -> bool:
-        """Short of the peers it needs, the promotion keeps listening up to QUORUM_WAIT_S
-        for a peer whose link has just come back, asking again every 3 heartbeats, unless
-        every peer not heard refused the connection or the operator forced it."""
+    def _awaiting_peers(self, fresh: list[PeerView], heard: set[str], now: float) -> bool:
+        """The promotion keeps listening up to QUORUM_WAIT_S, asking again every 3
+        heartbeats, while some peer is neither heard nor refused and either
+
+        - fewer peers are heard than it needs (a link just back is reached at the next
+          connection attempt), or
+        - it knows of an epoch that no reachable log follows: that epoch's primary may have
+          acknowledged writes only peers not heard yet hold. A node cut off while another
+          was promoted and demoted, promoted itself 0.4 s after its link came back, heard
+          only a node that had missed that epoch too and discarded 3 acknowledged records
+          that the two others, connected 0.13 s later, held (the fault campaign, seed 14101
+          round 7, with promote_min_peers = 1). In a failover the survivors follow the lost
+          primary's epoch, so this costs it nothing.
+
+        Not when forced: the operator asked not to wait for anyone."""
         if self.force or now >= self.t0 + QUORUM_WAIT_S:
             return False
-        have, need, _ = self._quorum(fresh)
         rejected = {p.name for p in self.ctx.peer_views() if p.rejected}
         silent = self.ctx.peer_count() - len(heard | rejected | set(self.refused))
-        if have >= need or silent <= 0:
+        if silent <= 0:
+            return False
+        have, need, _ = self._quorum(fresh)
+        newer = self.ctx.highest_epoch()
+        if have >= need and newer <= self._followed(fresh):
             return False
         if now >= self.asked_at + 3 * self.ctx.heartbeat_s:
+            why = (
+                f"{have} of the {need} peers it needs heard"
+                if have < need
+                else f"no reachable log follows epoch {newer}"
+            )
             log.warning(
-                "promotion: %d of the %d peers it needs heard after %.1f s: waiting for "
-                "the %d not heard (a link just back is reached at the next connection "
-                "attempt)",
-                have,
-                need,
+                "promotion: %s after %.1f s: waiting for the %d not heard (a link just back "
+                "is reached at the next connection attempt)",
+                why,
                 now - self.t0,
                 silent,
             )
             self._ask_again(now)
         return True
+
+    def _followed(self, fresh: list[PeerView]) -> int:
+        """The newest epoch this node's log or a reachable peer's log follows."""
+        logs = [self.ctx.local_log().history] + [p.history for p in fresh if p.history]
+        return max((h[-1][0] for h in logs if h), default=0)
 
     def _pulling(self, now: float) -> dict | None:
         end = self.ctx.local_log().end
@@ -349,8 +373,7 @@ class Promotion:
         does not keep an up-to-date secondary from taking over. The requirement is then
         capped at the peers that may hold data: a new node cannot be ahead of anyone."""
         blank = [p.name for p in fresh if not p.history]
-        logs = [self.ctx.local_log().history] + [p.history for p in fresh if p.history]
-        followed = max((h[-1][0] for h in logs if h), default=0)
+        followed = self._followed(fresh)
         if not blank or not followed or self.ctx.highest_epoch() <= followed:
             return []
         return blank
