@@ -1286,11 +1286,19 @@ class Harness(OperatorActions, DiskFaults, VerifyRuns):
 
     def count_log_lines(self) -> None:
         """Notes for what the daemons did this round that no status shows: a copy longer
-        than the SRL folding its records in (node.resync_fold)."""
+        than the SRL folding its records in (node.resync_fold), a promotion waiting for
+        peers (each 3 heartbeats of it logged)."""
         assert self.r is not None
         for n in NODES:
             text = self.r.log(n)[self.log_offsets.get(n, 0) :]
             self.notes["resync folds logged"] += text.count("are read and sent again instead")
+            # a promotion's probe listening past its window (failover.promotion, QUORUM_WAIT_S)
+            self.notes["promotion wait lines (one per 3 heartbeats): short of peers"] += text.count(
+                "peers it needs heard"
+            )
+            self.notes["promotion wait lines: an epoch no reachable log follows"] += text.count(
+                "no reachable log follows epoch"
+            )
 
     def wait_failed_daemons(self, timeout: float = 30.0) -> None:
         """A daemon whose disk failed under it says "node failed" and stops, which takes a
