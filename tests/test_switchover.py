@@ -21,6 +21,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ from replengine import config as configmod
 from replengine.demo.localcluster import LocalResource
 from replengine.wire import protocol as proto
 from tests.conftest import KiB, Ledger, control_op, smallest_srl, write_chunks
-from tests.faults.netns import NetnsResource, running_trio
+from tests.faults.netns import NetnsResource, Network, running_trio
 from tests.wire_peer import Listener, Peer
 
 pytestmark = pytest.mark.slow
@@ -46,6 +47,19 @@ def trio(tmp_path: Path) -> Iterator[NetnsResource]:
         tmp_path / "res", heartbeat_ms=1000, volume_size=16 << 20, srl_size=32 << 20
     ) as r:
         yield r
+
+
+@contextmanager
+def gamma_cut_off(tmp_path: Path) -> Iterator[tuple[NetnsResource, Network, Ledger]]:
+    """alpha, beta sync and gamma async in their namespaces at 300 ms heartbeats, the first
+    full sync to gamma done, then gamma's link cut; a Ledger for the 16 MiB volume."""
+    with running_trio(
+        tmp_path / "res", heartbeat_ms=300, volume_size=16 << 20, srl_size=32 << 20
+    ) as r:
+        assert r.net is not None
+        r.wait_synced(["alpha", "beta", "gamma"])
+        r.net.cut("gamma")
+        yield r, r.net, Ledger(16 << 20)
 
 
 @netns
@@ -67,14 +81,7 @@ def test_an_answer_queued_longer_than_the_liveness_window_is_waited_for(
     waits for the answer while alpha is heard, asking again every 3 heartbeats (the
     connection, timed out behind its backlog, is made again, and the answer owed goes with
     its first HELLO), up to ANSWER_WAIT_S."""
-    with running_trio(
-        tmp_path / "res", heartbeat_ms=300, volume_size=16 << 20, srl_size=32 << 20
-    ) as r:
-        net = r.net
-        assert net is not None
-        ledger = Ledger(16 << 20)
-        r.wait_synced(["alpha", "beta", "gamma"])
-        net.cut("gamma")
+    with gamma_cut_off(tmp_path) as (r, net, ledger):
         write_numbered(r, ledger, range(48))
         assert "error" not in control_op(r, "alpha", "demote")
         net.slow("alpha", 50, 0, 4)
@@ -271,14 +278,7 @@ def test_a_pull_whose_records_went_with_a_lost_connection_is_asked_for_again(
     losing 30 % of its packets). Now the pull is asked for again after 3 heartbeats without
     a record (and again, while the link is still cut), and the promotion completes with
     every write."""
-    with running_trio(
-        tmp_path / "res", heartbeat_ms=300, volume_size=16 << 20, srl_size=32 << 20
-    ) as r:
-        net = r.net
-        assert net is not None
-        ledger = Ledger(16 << 20)
-        r.wait_synced(["alpha", "beta", "gamma"])  # the first full sync to gamma done
-        net.cut("gamma")
+    with gamma_cut_off(tmp_path) as (r, net, ledger):
         # alpha sends gamma nothing more once it has given it up: no backlog of records
         # (and of HELLOs from before the demote) is left to reach gamma after the cut
         r.wait_for(

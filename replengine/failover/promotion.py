@@ -214,7 +214,7 @@ class Promotion:
                         )
                         self._ask_again(now)
                     return None
-                if self._awaiting_peers(fresh, heard, now):
+                if self._awaiting_peers(views, fresh, heard, now):
                     return None
                 return self._plan(fresh)
             return self._pulling(now)
@@ -232,7 +232,9 @@ class Promotion:
         need = min(self.min_peers, self.ctx.peer_count() - len(blank))
         return len(fresh) - len(blank), need, blank
 
-    def _awaiting_peers(self, fresh: list[PeerView], heard: set[str], now: float) -> bool:
+    def _awaiting_peers(
+        self, views: Sequence[PeerView], fresh: list[PeerView], heard: set[str], now: float
+    ) -> bool:
         """The promotion keeps listening up to QUORUM_WAIT_S, asking again every 3
         heartbeats, while some peer is neither heard nor refused and either
 
@@ -249,7 +251,7 @@ class Promotion:
         Not when forced: the operator asked not to wait for anyone."""
         if self.force or now >= self.t0 + QUORUM_WAIT_S:
             return False
-        rejected = {p.name for p in self.ctx.peer_views() if p.rejected}
+        rejected = {p.name for p in views if p.rejected}
         silent = self.ctx.peer_count() - len(heard | rejected | set(self.refused))
         if silent <= 0:
             return False
